@@ -1,0 +1,54 @@
+"""`lumbarclip COMMAND`: a thin shell over the library. Each command lives in its own module
+with `register(subparsers)`, which adds its parser and sets `func(args) -> int`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from lumbarclip.errors import InputError
+
+#: Command modules under `lumbarclip.cli`, in the order `--help` lists them.
+COMMANDS: tuple[str, ...] = (
+    "demo",
+    "train",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lumbarclip",
+        description="Contrastive image-report pre-training and image-only diagnosis for axial "
+        "lumbar spine MRI. Run `lumbarclip COMMAND --help` for each command.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"lumbarclip.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: exit 0 on success, 2 on bad usage or input with a one-line reason."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (InputError, ValueError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"lumbarclip {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
