@@ -1,0 +1,88 @@
+"""Image-report pairs as tensors: one sentence of the patient's report sampled per image per step."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lumbarclip.data.imageio import load_image
+from lumbarclip.data.manifest import ImageRecord
+from lumbarclip.errors import InputError
+from lumbarclip.findings import Findings, binary_label_vector
+
+
+def label_vector(record: ImageRecord, source: str) -> list[float]:
+    """Soft-loss label vector of a record: `binary` (the paper's two classes, one-hot) or
+    `findings` (multi-hot over `LABEL_NAMES` from the record's findings JSON)."""
+    if source == "binary":
+        return binary_label_vector(record.label)
+    if source != "findings":
+        raise ValueError(f"unknown label source {source!r}; use binary or findings")
+    if not record.findings:
+        raise InputError(f"{record.image_path}: label source 'findings' needs a findings column")
+    return Findings.from_json(record.findings).label_vector()
+
+
+@dataclass
+class PairSample:
+    image: torch.Tensor
+    text: str
+    label: int
+    label_vec: torch.Tensor
+    index: int
+
+
+class ImageTextDataset(Dataset):
+    """Pairs for contrastive training. `split_sentences` picks the sentence pool of a report;
+    with `sample_sentence=False` the whole report is the text (evaluation, retrieval)."""
+
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        transform: Callable[[np.ndarray], torch.Tensor],
+        split_sentences: Callable[[str], list[str]] | None = None,
+        sample_sentence: bool = True,
+        label_source: str = "binary",
+        cache_images: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.records = records
+        self.transform = transform
+        self.sample_sentence = sample_sentence and split_sentences is not None
+        self.sentences = [
+            (split_sentences(r.report) or [r.report]) if split_sentences else [r.report] for r in records
+        ]
+        self.label_vecs = torch.tensor([label_vector(r, label_source) for r in records])
+        self.cache: dict[int, np.ndarray] | None = {} if cache_images else None
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def pixels(self, index: int) -> np.ndarray:
+        if self.cache is None:
+            return load_image(self.records[index].image_path)
+        if index not in self.cache:
+            self.cache[index] = load_image(self.records[index].image_path)
+        return self.cache[index]
+
+    def __getitem__(self, index: int) -> PairSample:
+        record = self.records[index]
+        pool = self.sentences[index]
+        text = self.rng.choice(pool) if self.sample_sentence else record.report
+        return PairSample(self.transform(self.pixels(index)), text, record.label, self.label_vecs[index], index)
+
+
+def collate_pairs(samples: list[PairSample]) -> dict[str, object]:
+    return {
+        "images": torch.stack([s.image for s in samples]),
+        "texts": [s.text for s in samples],
+        "labels": torch.tensor([s.label for s in samples]),
+        "label_vecs": torch.stack([s.label_vec for s in samples]),
+        "indices": torch.tensor([s.index for s in samples]),
+    }

@@ -1,0 +1,92 @@
+"""A classifier's predictions on one split, their patient-level aggregate and their scores.
+
+Patient rule: a patient's probability is the MEAN of its images' P(abnormal) (each slice
+votes with its confidence; one odd slice cannot flip a patient alone), and a patient is
+abnormal when any of its images is labelled abnormal (labels are per patient in practice, so
+this only matters for hand-made manifests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from lumbarclip.evaluation.metrics import (
+    SCALAR_METRICS,
+    bootstrap_ci,
+    choose_threshold,
+    classification_metrics,
+)
+
+LEVELS: tuple[str, str] = ("image", "patient")
+
+
+def aggregate_patients(
+    patient_ids: np.ndarray, y_true: np.ndarray, prob: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(patient ids sorted, patient labels, patient probabilities) by the module's rule."""
+    ids, inverse = np.unique(np.asarray(patient_ids).astype(str), return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(ids))
+    mean_prob = np.bincount(inverse, weights=np.asarray(prob, dtype=float), minlength=len(ids)) / counts
+    labels = np.zeros(len(ids), dtype=int)
+    np.maximum.at(labels, inverse, np.asarray(y_true, dtype=int))
+    return ids, labels, mean_prob
+
+
+@dataclass
+class Predictions:
+    """P(abnormal) of one classifier for the images of one split, plus its decision thresholds
+    (one per level, chosen on validation data by `tuned_on`)."""
+
+    y_true: np.ndarray
+    prob: np.ndarray
+    patient_ids: np.ndarray
+    thresholds: dict[str, float] = field(default_factory=lambda: {"image": 0.5, "patient": 0.5})
+
+    def __post_init__(self) -> None:
+        self.y_true = np.asarray(self.y_true, dtype=int)
+        self.prob = np.asarray(self.prob, dtype=float)
+        self.patient_ids = np.asarray(self.patient_ids).astype(str)
+        if not (len(self.y_true) == len(self.prob) == len(self.patient_ids)):
+            raise ValueError("y_true, prob and patient_ids must have the same length")
+
+    def by_patient(self) -> Predictions:
+        """One row per patient, aggregated by the module's rule."""
+        ids, labels, prob = aggregate_patients(self.patient_ids, self.y_true, self.prob)
+        return Predictions(labels, prob, ids, dict(self.thresholds))
+
+    def level(self, name: str) -> Predictions:
+        return self if name == "image" else self.by_patient()
+
+    def tuned_on(self, valid: Predictions) -> Predictions:
+        """A copy whose thresholds maximise balanced accuracy on `valid` at each level."""
+        chosen = {lv: choose_threshold(valid.level(lv).y_true, valid.level(lv).prob) for lv in LEVELS}
+        return replace(self, thresholds=chosen)
+
+    def metrics(self) -> dict[str, dict[str, object]]:
+        """The contract's {"image": {...}, "patient": {...}} blocks, with the thresholds used."""
+        out = {}
+        for lv in LEVELS:
+            pred = self.level(lv)
+            out[lv] = {**classification_metrics(pred.y_true, pred.prob, self.thresholds[lv]), "threshold": self.thresholds[lv]}
+        return out
+
+    def bootstrap(self, n_resamples: int = 1000, seed: int = 0, prefix: str = "") -> dict[str, list[float] | None]:
+        """95% intervals keyed "PREFIXimage.accuracy" ..., resampling patients with replacement
+        (a drawn patient brings all its images to the image-level resample)."""
+        patients = self.by_patient()
+        rows = [np.flatnonzero(self.patient_ids == pid) for pid in patients.patient_ids]
+
+        def statistic(idx: np.ndarray) -> dict[str, float | None]:
+            image_rows = np.concatenate([rows[i] for i in idx])
+            scores = {}
+            for lv, y, p in (
+                ("image", self.y_true[image_rows], self.prob[image_rows]),
+                ("patient", patients.y_true[idx], patients.prob[idx]),
+            ):
+                block = classification_metrics(y, p, self.thresholds[lv])
+                scores.update({f"{prefix}{lv}.{k}": block[k] for k in SCALAR_METRICS})
+            return scores
+
+        return bootstrap_ci(statistic, len(rows), n_resamples=n_resamples, seed=seed)

@@ -1,0 +1,54 @@
+"""Using a trained model: embeddings of images and texts, and the zero-shot classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lumbarclip.data.imageio import load_image
+from lumbarclip.data.transforms import eval_transform
+from lumbarclip.models import LumbarCLIP
+
+
+@torch.no_grad()
+def embed_images(
+    model: LumbarCLIP, paths: Sequence[str | Path], batch_size: int = 64, progress: bool = True
+) -> np.ndarray:
+    """[N, D] unit image embeddings, read and preprocessed exactly as in evaluation."""
+    model.eval()
+    transform = eval_transform(model.config.image_size)
+    out = []
+    for start in tqdm(range(0, len(paths), batch_size), desc="embed images", disable=not progress, leave=False):
+        batch = torch.stack([transform(load_image(p)) for p in paths[start : start + batch_size]])
+        out.append(model.encode_image(batch.to(model.device)).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.config.embed_dim), np.float32)
+
+
+@torch.no_grad()
+def embed_texts(model: LumbarCLIP, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """[N, D] unit text embeddings."""
+    model.eval()
+    out = [model.encode_text(list(texts[i : i + batch_size])).float().cpu() for i in range(0, len(texts), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, model.config.embed_dim), np.float32)
+
+
+@torch.no_grad()
+def class_embeddings(model: LumbarCLIP, prompts: dict[int, list[str]]) -> torch.Tensor:
+    """[C, D] zero-shot classifier: per class, the normalised mean of its prompts' embeddings
+    (CLIP's prompt ensemble), rows ordered by class index."""
+    rows = []
+    for cls in sorted(prompts):
+        if not prompts[cls]:
+            raise ValueError(f"class {cls} has no prompts")
+        emb = model.encode_text(list(prompts[cls])).float()
+        rows.append(torch.nn.functional.normalize(emb.mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+def zero_shot_probs(image_features: torch.Tensor, classes: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """[N, C] class probabilities: softmax over scaled cosine similarities."""
+    return (logit_scale.float() * image_features.float() @ classes.float().T).softmax(dim=-1)

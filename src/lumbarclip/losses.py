@@ -1,0 +1,96 @@
+"""Contrastive losses: hard symmetric InfoNCE and the soft (label-similarity) CLIP loss.
+
+Soft targets (MedCLIP's semantic matching, the paper's objective): with label vectors Y_img and
+Y_txt, S = Y_img @ Y_txt.T. The paper's form uses targets softmax(S) row-wise (and softmax(S.T)
+for the text side). Note that with 0/1 similarities softmax still gives every different-class
+pair weight 1/e of a same-class pair; the `normalized` form, S / row sums, gives them exactly
+zero and equals InfoNCE when every pair has its own label.
+
+Features from other ranks are gathered (open_clip's scheme) so the loss sees the global batch
+under DDP; on one process the gather is a no-op.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def gather_features(
+    *tensors: torch.Tensor, gather_with_grad: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Concatenate each tensor across ranks (rank order). Without `gather_with_grad` only the
+    local slice keeps its gradient, as in open_clip; with it, gradients flow to every rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors
+    out = []
+    for t in tensors:
+        if gather_with_grad:
+            parts = list(torch.distributed.nn.functional.all_gather(t))
+        else:
+            parts = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, t)
+            parts[dist.get_rank()] = t
+        out.append(torch.cat(parts, dim=0))
+    return tuple(out)
+
+
+def soft_targets(sim: torch.Tensor, form: str = "softmax") -> torch.Tensor:
+    """Row-wise target distributions from a label-similarity matrix."""
+    if form == "softmax":
+        return sim.softmax(dim=1)
+    if form == "normalized":
+        return sim / sim.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    raise ValueError(f"unknown soft-target form {form!r}; use softmax or normalized")
+
+
+def hard_clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE: pair i is the only positive of row i and of column i."""
+    logits = logit_scale * image_features @ text_features.T
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def soft_clip_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    image_labels: torch.Tensor,
+    text_labels: torch.Tensor,
+    form: str = "softmax",
+) -> torch.Tensor:
+    """Soft-target CLIP loss: ½ [CE(logits, T(S)) + CE(logitsᵀ, T(Sᵀ))] with S = Y_img·Y_txtᵀ."""
+    logits = logit_scale * image_features @ text_features.T
+    sim = image_labels.to(logits.dtype) @ text_labels.to(logits.dtype).T
+    i2t = F.cross_entropy(logits, soft_targets(sim, form))
+    t2i = F.cross_entropy(logits.T, soft_targets(sim.T, form))
+    return (i2t + t2i) / 2
+
+
+class ClipLoss(nn.Module):
+    """The training loss: `kind` soft (needs label vectors) or hard, over the gathered batch."""
+
+    def __init__(self, kind: str = "soft", form: str = "softmax", gather_with_grad: bool = False) -> None:
+        super().__init__()
+        if kind not in ("soft", "hard"):
+            raise ValueError(f"loss.kind must be soft or hard, got {kind!r}")
+        self.kind, self.form, self.gather_with_grad = kind, form, gather_with_grad
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.kind == "hard" or labels is None:
+            img, txt = gather_features(image_features, text_features, gather_with_grad=self.gather_with_grad)
+            return hard_clip_loss(img, txt, logit_scale)
+        img, txt, lab = gather_features(
+            image_features, text_features, labels, gather_with_grad=self.gather_with_grad
+        )
+        return soft_clip_loss(img, txt, logit_scale, lab, lab, self.form)

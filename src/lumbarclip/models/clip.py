@@ -1,0 +1,122 @@
+"""`LumbarCLIP`: vision tower + text tower + projection heads + learnable temperature."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from lumbarclip.errors import InputError
+from lumbarclip.models.config import ModelConfig
+from lumbarclip.models.heads import create_head
+from lumbarclip.models.text import (
+    freeze_text_layers,
+    load_text_tower,
+    pool_tokens,
+    text_tower_from_folder,
+)
+from lumbarclip.models.vision import create_vision_tower
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class LumbarCLIP(nn.Module):
+    """A two-tower CLIP model whose embeddings are L2-normalised.
+
+    Build it with `create_model(config)` (pretrained text tower) or `from_pretrained(folder)`
+    (a saved model; nothing is fetched from the network).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        text_encoder: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        vision_pretrained: bool = True,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.visual = create_vision_tower(
+            config.vision,
+            pretrained=config.vision_pretrained if vision_pretrained else False,
+            **config.vision_kwargs,
+        )
+        self.text = text_encoder
+        self.tokenizer = tokenizer
+        freeze_text_layers(self.text, config.text_unfrozen_layers)
+        self.visual_head = create_head(config.head, self.visual.num_features, config.embed_dim)
+        self.text_head = create_head(config.head, self.text.config.hidden_size, config.embed_dim)
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.init_logit_scale)))
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """The multiplier of cosine similarities (1 / temperature), clamped at its maximum."""
+        return self.log_logit_scale.exp().clamp(max=self.config.max_logit_scale)
+
+    @property
+    def device(self) -> torch.device:
+        return self.log_logit_scale.device
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 1, H, W] images -> [B, embed_dim] unit vectors."""
+        return F.normalize(self.visual_head(self.visual(images)), dim=-1)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.config.max_tokens,
+            return_tensors="pt",
+        )
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Strings -> [B, embed_dim] unit vectors; tokenised here so callers pass plain text."""
+        tokens = self.tokenize(texts)
+        out = self.text(**tokens, output_hidden_states=True)
+        pooled = pool_tokens(out.hidden_states, tokens["attention_mask"], self.config.text_pooling)
+        return F.normalize(self.text_head(pooled), dim=-1)
+
+    def forward(self, images: torch.Tensor, texts: list[str]) -> dict[str, torch.Tensor]:
+        return {
+            "image_features": self.encode_image(images),
+            "text_features": self.encode_text(texts),
+            "logit_scale": self.logit_scale,
+        }
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write config.json, model.safetensors and the text tower's config + tokenizer."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        save_model(self, str(folder / WEIGHTS_FILE))
+        self.text.config.save_pretrained(folder / "text")
+        self.tokenizer.save_pretrained(folder / "text")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str = "cpu") -> LumbarCLIP:
+        """Rebuild a saved model from its folder alone (no network, no pickle)."""
+        folder = Path(folder)
+        if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+            raise InputError(f"{folder}: not a LumbarCLIP model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        config = ModelConfig(**json.loads((folder / CONFIG_FILE).read_text()))
+        text_encoder, tokenizer = text_tower_from_folder(folder)
+        model = cls(config, text_encoder, tokenizer, vision_pretrained=False)
+        load_model(model, str(folder / WEIGHTS_FILE), device=map_location)
+        return model.eval()
+
+
+def create_model(config: ModelConfig) -> LumbarCLIP:
+    """The one entry point to build a new model from a config (pretrained text tower)."""
+    text_encoder, tokenizer = load_text_tower(config.text)
+    return LumbarCLIP(config, text_encoder, tokenizer)

@@ -1,0 +1,85 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lumbarclip.losses import ClipLoss, hard_clip_loss, soft_clip_loss, soft_targets
+
+
+def _features():
+    img = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]), dim=-1)
+    txt = F.normalize(torch.tensor([[1.0, 0.1], [0.0, 1.0], [0.7, 0.7]]), dim=-1)
+    return img, txt
+
+
+def _ce(row_logits, target):
+    """Cross-entropy of one row against a target distribution, by hand."""
+    lse = math.log(sum(math.exp(v) for v in row_logits))
+    return -sum(t * (v - lse) for v, t in zip(row_logits, target))
+
+
+def test_hard_loss_matches_hand_computation():
+    img, txt = _features()
+    scale = torch.tensor(2.0)
+    logits = (scale * img @ txt.T).tolist()
+    cols = [list(c) for c in zip(*logits)]
+    onehot = [[1.0 if i == j else 0.0 for j in range(3)] for i in range(3)]
+    expected = (sum(_ce(logits[i], onehot[i]) for i in range(3)) / 3 + sum(_ce(cols[i], onehot[i]) for i in range(3)) / 3) / 2
+    assert hard_clip_loss(img, txt, scale).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_soft_loss_paper_form_matches_hand_computation():
+    img, txt = _features()
+    scale = torch.tensor(3.0)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # classes 0, 1, 0
+    logits = (scale * img @ txt.T).tolist()
+    cols = [list(c) for c in zip(*logits)]
+    # S = Y Yᵀ is symmetric here; the softmax of row [1, 0, 1] is [e, 1, e] / (2e + 1).
+    e = math.e
+    same = [[1, 0, 1], [0, 1, 0], [1, 0, 1]]
+    targets = [[math.exp(v) / sum(math.exp(w) for w in row) for v in row] for row in same]
+    assert targets[0] == pytest.approx([e / (2 * e + 1), 1 / (2 * e + 1), e / (2 * e + 1)])
+    expected = (sum(_ce(logits[i], targets[i]) for i in range(3)) / 3 + sum(_ce(cols[i], targets[i]) for i in range(3)) / 3) / 2
+    assert soft_clip_loss(img, txt, scale, labels, labels).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_soft_targets_normalized_zeroes_other_classes():
+    sim = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    assert soft_targets(sim, "normalized").tolist() == [[0.5, 0.0, 0.5], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5]]
+    with pytest.raises(ValueError):
+        soft_targets(sim, "other")
+
+
+def test_normalized_soft_loss_equals_infonce_with_unique_labels():
+    img = F.normalize(torch.randn(5, 8), dim=-1)
+    txt = F.normalize(torch.randn(5, 8), dim=-1)
+    labels = torch.eye(5)
+    scale = torch.tensor(10.0)
+    soft = soft_clip_loss(img, txt, scale, labels, labels, form="normalized")
+    assert soft.item() == pytest.approx(hard_clip_loss(img, txt, scale).item(), rel=1e-6)
+
+
+def test_soft_loss_does_not_push_same_class_pairs_apart():
+    """Two images of one class with swapped texts: the soft loss is lower than InfoNCE's,
+    since the swapped (same-class) pairing is a valid target, not a false negative."""
+    img = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.05]]), dim=-1)
+    txt = F.normalize(torch.tensor([[1.0, 0.05], [1.0, 0.0]]), dim=-1)
+    labels = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    scale = torch.tensor(50.0)
+    soft = soft_clip_loss(img, txt, scale, labels, labels, form="normalized")
+    assert soft.item() < hard_clip_loss(img, txt, scale).item()
+    assert soft.item() == pytest.approx(math.log(2), abs=0.05)
+
+
+def test_clip_loss_module_gradients_and_fallback():
+    img = F.normalize(torch.randn(4, 6), dim=-1).requires_grad_()
+    txt = F.normalize(torch.randn(4, 6), dim=-1).requires_grad_()
+    scale = torch.tensor(5.0, requires_grad=True)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    loss = ClipLoss("soft")(img, txt, scale, labels)
+    loss.backward()
+    assert img.grad is not None and scale.grad is not None and torch.isfinite(loss)
+    assert ClipLoss("soft")(img, txt, scale, None).item() == pytest.approx(hard_clip_loss(img, txt, scale).item())
+    with pytest.raises(ValueError):
+        ClipLoss("triplet")
