@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lumbarclip.training import load_config, preset_names, train
+from lumbarclip.training.config import load_config, preset_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lumbarclip.training.trainer import train
+
     config = load_config(args.config, args.overrides)
     out = train(config, args.data, args.out, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"model: {out / 'model'}")

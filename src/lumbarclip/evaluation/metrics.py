@@ -12,14 +12,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    brier_score_loss,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 LABELS: tuple[int, int] = (0, 1)
 #: Metrics that are numbers (the ones a confidence interval is computed for).
@@ -61,21 +54,26 @@ def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, n_bins: int
 def classification_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, object]:
     """Every metric of a contract block; a case is called abnormal when `prob >= threshold`.
 
-    Macro averages run over both classes (a class absent from `y_true` and never predicted
-    scores 0), balanced accuracy over the classes present in `y_true` (scikit-learn's rule).
+    Threshold metrics come from the 2x2 confusion matrix (scikit-learn's definitions with
+    `labels=[0, 1]`, `zero_division=0`; the bootstrap calls this thousands of times, so they are
+    not re-derived by a validating call each): macro averages run over both classes, balanced
+    accuracy over the classes present in `y_true`. Ranking metrics are scikit-learn's.
     """
     y_true = np.asarray(y_true, dtype=int)
     prob = np.asarray(prob, dtype=float)
     if len(y_true) == 0:
         return {**{k: None for k in SCALAR_METRICS}, "confusion_matrix": [[0, 0], [0, 0]], "n": 0}
+    if not np.isin(y_true, LABELS).all():
+        raise ValueError("labels must be 0 (normal) or 1 (abnormal)")
     y_pred = (prob >= threshold).astype(int)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=list(LABELS), zero_division=0
-    )
-    both = len(np.unique(y_true)) == 2
-    matrix = confusion_matrix(y_true, y_pred, labels=list(LABELS))
+    matrix = np.bincount(2 * y_true + y_pred, minlength=4).reshape(2, 2)  # rows: true, columns: predicted
+    hits, support, called = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    recall = np.divide(hits, support, out=np.zeros(2), where=support > 0)
+    precision = np.divide(hits, called, out=np.zeros(2), where=called > 0)
+    f1 = np.divide(2 * hits, support + called, out=np.zeros(2), where=support + called > 0)
+    both = bool((support > 0).all())
     return {
-        "accuracy": float(np.trace(matrix) / len(y_true)),
+        "accuracy": float(hits.sum() / len(y_true)),
         "balanced_accuracy": float(recall[support > 0].mean()),
         "f1_macro": float(f1.mean()),
         "f1_weighted": float(np.average(f1, weights=support)),
@@ -86,7 +84,7 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: floa
         "confusion_matrix": matrix.tolist(),
         "n": int(len(y_true)),
         "ece": expected_calibration_error(y_true, prob),
-        "brier": float(brier_score_loss(y_true, prob, pos_label=1)),
+        "brier": float(np.mean((prob - y_true) ** 2)),
     }
 
 
@@ -99,7 +97,7 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
     y_true, prob = np.asarray(y_true, dtype=int), np.asarray(prob, dtype=float)
     if len(np.unique(y_true)) < 2:
         return 0.5
-    fpr, tpr, thresholds = roc_curve(y_true, prob)
+    fpr, tpr, thresholds = roc_curve(y_true, prob, drop_intermediate=False)
     best = int(np.argmax(tpr - fpr))
     if not math.isfinite(thresholds[best]):  # the "predict nothing abnormal" point
         return float(np.nextafter(prob.max(), np.inf))

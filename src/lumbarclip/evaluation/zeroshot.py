@@ -8,15 +8,15 @@ validation data would make it no longer zero-shot.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
-from scipy.special import softmax
 
 from lumbarclip.errors import InputError
+from lumbarclip.inference import class_embeddings, zero_shot_probs
+from lumbarclip.models import LumbarCLIP
 
 CLASS_NAMES: dict[str, int] = {"normal": 0, "abnormal": 1, "0": 0, "1": 1}
 
@@ -53,18 +53,9 @@ def default_prompts() -> dict[int, list[str]]:
     return class_prompts()
 
 
-def class_embeddings(embed_texts: Callable[[list[str]], np.ndarray], prompts: dict[int, list[str]]) -> np.ndarray:
-    """[n_classes, D] unit vectors, row c = normalised mean of class c's normalised prompts."""
-    rows = []
-    for cls in sorted(prompts):
-        emb = np.asarray(embed_texts(prompts[cls]), dtype=np.float64)
-        mean = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).mean(axis=0)
-        rows.append(mean / np.linalg.norm(mean))
-    return np.stack(rows)
-
-
-def zero_shot_proba(image_emb: np.ndarray, class_emb: np.ndarray, logit_scale: float) -> np.ndarray:
-    """[N, n_classes] class probabilities: softmax of logit_scale * cosine similarity."""
-    image_emb = np.asarray(image_emb, dtype=np.float64)
-    image_emb = image_emb / np.linalg.norm(image_emb, axis=1, keepdims=True)
-    return softmax(logit_scale * image_emb @ class_emb.T, axis=1)
+def zero_shot_abnormal_proba(model: LumbarCLIP, image_emb: np.ndarray, prompts: dict[int, list[str]]) -> np.ndarray:
+    """P(abnormal) per image from the model's prompt-ensemble classifier (classes 0 and 1)."""
+    with torch.no_grad():
+        classes = class_embeddings(model, prompts).cpu()
+        probs = zero_shot_probs(torch.as_tensor(image_emb), classes, model.logit_scale.detach().cpu())
+    return probs[:, 1].numpy()

@@ -55,6 +55,18 @@ class LumbarCLIP(nn.Module):
         self.visual_head = create_head(config.head, self.visual.num_features, config.embed_dim)
         self.text_head = create_head(config.head, self.text.config.hidden_size, config.embed_dim)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.init_logit_scale)))
+        self._pooled_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def text_frozen(self) -> bool:
+        return self.config.text_unfrozen_layers == 0
+
+    def train(self, mode: bool = True) -> LumbarCLIP:
+        """A frozen text tower stays in eval mode (no dropout), so its outputs can be cached."""
+        super().train(mode)
+        if self.text_frozen:
+            self.text.eval()
+        return self
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -79,11 +91,23 @@ class LumbarCLIP(nn.Module):
         )
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Strings -> [B, embed_dim] unit vectors; tokenised here so callers pass plain text."""
+    def _pool_text(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenize(texts)
         out = self.text(**tokens, output_hidden_states=True)
-        pooled = pool_tokens(out.hidden_states, tokens["attention_mask"], self.config.text_pooling)
+        return pool_tokens(out.hidden_states, tokens["attention_mask"], self.config.text_pooling)
+
+    def _pool_text_cached(self, texts: list[str]) -> torch.Tensor:
+        """A frozen tower gives each sentence one fixed vector: compute it once per sentence."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._pooled_cache]
+        if missing:
+            with torch.no_grad():
+                self._pooled_cache.update(zip(missing, self._pool_text(missing).float()))
+        return torch.stack([self._pooled_cache[t] for t in texts]).to(self.device)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Strings -> [B, embed_dim] unit vectors; tokenised here so callers pass plain text."""
+        texts = list(texts)
+        pooled = self._pool_text_cached(texts) if self.text_frozen else self._pool_text(texts)
         return F.normalize(self.text_head(pooled), dim=-1)
 
     def forward(self, images: torch.Tensor, texts: list[str]) -> dict[str, torch.Tensor]:

@@ -112,6 +112,16 @@ SECTIONS: dict[str, type] = {
 }
 
 
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """YAML reads `1e-3` as a string: cast strings and ints to the field's declared number type."""
+    declared = str(next(f.type for f in dataclasses.fields(cls) if f.name == name))
+    if isinstance(value, str) and declared in ("int", "float", "float | None"):
+        return (int if declared == "int" else float)(value)
+    if isinstance(value, int) and not isinstance(value, bool) and declared.startswith("float"):
+        return float(value)
+    return value
+
+
 def _build_section(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise InputError(f"config key {where} must be a section")
@@ -119,7 +129,7 @@ def _build_section(cls: type, data: Any, where: str) -> Any:
     if unknown:
         raise InputError(f"unknown config key(s) {', '.join(sorted(f'{where}.{k}' for k in unknown))}")
     try:
-        return cls(**data)
+        return cls(**{k: _coerce(cls, k, v) for k, v in data.items()})
     except (TypeError, ValueError) as err:
         raise InputError(f"invalid config section {where}: {err}") from None
 

@@ -1,0 +1,131 @@
+"""`lumbarclip data`: inspect images, check manifests, build a manifest for the Mendeley dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lumbarclip.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data",
+        help="inspect images, check a manifest, adapt the Mendeley lumbar MRI dataset",
+        description="Data tools. `inspect` reads images (DICOM .dcm/.ima, PNG, JPEG, TIFF, "
+        "NIfTI) the way training does; `check` validates a manifest; `mendeley` builds a "
+        "manifest from the public Lumbar Spine MRI Dataset and its radiologists' notes.",
+    )
+    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    ins = dsub.add_parser(
+        "inspect",
+        help="read images and print what was found, one JSON object a line",
+        description="Read each FILE as training would and print one JSON object a line: path, "
+        "format, shape, bit depth, pixel spacing when known, the frame/slice taken, the raw "
+        "intensity range and the range after normalisation. No DICOM header value that "
+        "identifies anyone is printed. Unreadable files get a one-line reason on stderr; the "
+        "exit code is 0 when every file loaded, 2 otherwise.",
+    )
+    ins.add_argument("files", nargs="+", metavar="FILE")
+    ins.add_argument(
+        "--frame",
+        type=int,
+        default=None,
+        help="frame of a multi-frame DICOM or axial slice of a NIfTI volume, from 0 "
+        "(inferior first for NIfTI); default: the middle one",
+    )
+    ins.set_defaults(func=run_inspect)
+
+    chk = dsub.add_parser(
+        "check",
+        help="validate a manifest and summarise it",
+        description="Validate every row of MANIFEST and print a summary: images, patients and "
+        "labels per split, missing images, skipped rows with line numbers and reasons. A "
+        "patient in two splits is an error (exit 2), as is a manifest without valid rows.",
+    )
+    chk.add_argument("manifest", metavar="MANIFEST")
+    chk.add_argument("--load", action="store_true", help="also decode every image (slower)")
+    chk.add_argument("--strict", action="store_true", help="exit 2 when any row was skipped")
+    chk.add_argument("--json", action="store_true", help="print the summary as JSON")
+    chk.set_defaults(func=run_check)
+
+    men = dsub.add_parser(
+        "mendeley",
+        help="manifest for the public Lumbar Spine MRI Dataset (515 patients)",
+        description="Build a standard manifest from the Mendeley Lumbar Spine MRI Dataset: "
+        "--images holds the axial PNG slices (T1_0002_D3.png) or the raw per-patient DICOM "
+        "folders (0002/.../*.ima), --notes the radiologists' notes (.xlsx with 'Patient ID' "
+        "and \"Clinician's Notes\", or .csv patient_id,note[,lbp,split]). Labels come from "
+        "the report parser unless --label-column names a 0/1 column. Splits come from "
+        "--split-file, else a split column of the notes, else a seeded stratified 70/15/15 "
+        "split. Patients without notes, images or a split are skipped and listed. The "
+        "manifest points at your image files (no copies); with --pseudonymise patient IDs "
+        "are replaced by salted hashes everywhere except in those file paths.",
+    )
+    men.add_argument("--images", required=True, help="dataset image folder (PNG or DICOM)")
+    men.add_argument("--notes", required=True, help="notes file (.xlsx or .csv)")
+    men.add_argument("--out", required=True, help="manifest CSV to write")
+    men.add_argument("--split-file", help="CSV/xlsx patient_id,split (e.g. the authors' split)")
+    men.add_argument("--seed", type=int, default=0, help="seed of the stratified split (default 0)")
+    men.add_argument("--label-column", help="notes column with 0/1 labels (e.g. lbp)")
+    men.add_argument(
+        "--pseudonymise",
+        action="store_true",
+        help="replace patient IDs by salted hashes (salt from --salt or LUMBARCLIP_SALT)",
+    )
+    men.add_argument("--salt", help="secret salt for --pseudonymise; the same salt, the same IDs")
+    men.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    men.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    men.set_defaults(func=run_mendeley)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from lumbarclip.data.imageio import read_image
+
+    failed = 0
+    for name in args.files:
+        try:
+            image = read_image(name, frame=args.frame)
+        except InputError as err:
+            failed += 1
+            print(f"lumbarclip data inspect: {err}", file=sys.stderr)
+            continue
+        print(json.dumps({"path": name, **image.metadata()}), flush=True)
+    return 2 if failed else 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from lumbarclip.data.manifest import check_manifest, read_manifest
+
+    report = check_manifest(read_manifest(args.manifest), load_images=args.load, progress=args.load)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
+    for error in report.errors:
+        print(f"lumbarclip data check: error: {error}", file=sys.stderr)
+    if args.strict and report.skipped:
+        message = f"{len(report.skipped)} skipped row(s) with --strict"
+        print(f"lumbarclip data check: error: {message}", file=sys.stderr)
+        return 2
+    return 0 if report.ok else 2
+
+
+def run_mendeley(args: argparse.Namespace) -> int:
+    from lumbarclip.data.mendeley import build_mendeley_manifest
+    from lumbarclip.data.privacy import resolve_salt
+
+    if args.salt is not None and not args.pseudonymise:
+        raise InputError("--salt is only used with --pseudonymise")
+    report = build_mendeley_manifest(
+        args.images,
+        args.notes,
+        args.out,
+        split_file=args.split_file,
+        seed=args.seed,
+        label_column=args.label_column,
+        salt=resolve_salt(args.salt) if args.pseudonymise else None,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(report.to_text())
+    return 0 if report.manifest.ok else 2

@@ -1,0 +1,335 @@
+"""The synthetic cohort: patients with realistic findings, six phantom images each, one note each.
+
+Findings are sampled like a degenerative lumbar spine clinic: about 85% of patients abnormal,
+degeneration rarely confined to one disc (L4-L5 and L5-S1 most often), and a few abnormal
+patients whose imaged discs look normal (a finding at L1-L3, or one such as
+spondylolisthesis that an axial disc slice does not show) - so, as in the real data, the
+patient's label is not visible in every one of its images.
+
+Outputs in the cohort folder: `images/T1_0002_D3.png` (sequence, patient, disc D3/D4/D5 as in
+the public dataset), `manifest.csv` (the manifest contract; `findings` holds the PATIENT's
+`Findings.to_dict()` on every row - the image's own level is `findings["levels"][level]`, absent
+when that disc is normal), and `findings.jsonl` (one patient a line: patient_id, split, label,
+findings, report). Same arguments, same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from lumbarclip.data.manifest import write_manifest
+from lumbarclip.errors import InputError
+from lumbarclip.findings import IMAGED_LEVELS, INCIDENTAL, LEVELS, SEQUENCES, Findings, LevelFindings
+from lumbarclip.synth.phantom import Anatomy, Nuisance, pixel_spacing_mm, render_slice
+
+FORMATS: tuple[str, ...] = ("png", "dicom")
+#: Disc codes of the public dataset's file names.
+DISC_CODES: dict[str, str] = {"L3-L4": "D3", "L4-L5": "D4", "L5-S1": "D5"}
+#: Tissue scale 0..1 maps to 12-bit values; 1.575 and above saturate at 4095.
+STORED_PER_UNIT = 2600.0
+_IMAGE_NAME = re.compile(r"^T[12]_\d{4,}_D[345]\.(png|dcm)$")
+
+#: Where degeneration sits among the imaged discs (L4-L5 and L5-S1 most often).
+_LEVEL_WEIGHTS = np.array([0.2, 0.45, 0.35])
+#: Abnormal patients whose imaged discs all look normal.
+HIDDEN_RATE = 0.07
+_HIDDEN_OTHER = ("spondylolisthesis", "schmorl_nodes", "marrow_edema", "fracture")
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    """Everything that determines a cohort's bytes."""
+
+    n_patients: int = 300
+    seed: int = 0
+    size: int = 128
+    fmt: str = "png"
+    abnormal_rate: float = 0.85
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+
+    def __post_init__(self) -> None:
+        if self.n_patients < 1:
+            raise InputError(f"number of patients must be at least 1; got {self.n_patients}")
+        if not 16 <= self.size <= 1024:
+            raise InputError(f"image size must be 16..1024 pixels; got {self.size}")
+        if self.fmt not in FORMATS:
+            raise InputError(f"format must be one of {', '.join(FORMATS)}; got {self.fmt!r}")
+        if not 0.0 <= self.abnormal_rate <= 1.0:
+            raise InputError(f"abnormal rate must be within 0..1; got {self.abnormal_rate}")
+        if len(self.split) != 3 or min(self.split) < 0 or not np.isclose(sum(self.split), 1.0):
+            raise InputError(f"split must be three non-negative fractions summing to 1; got {self.split}")
+
+
+# --- findings ---------------------------------------------------------------------------------
+
+
+def _pick(rng: np.random.Generator, options: dict[str, float]) -> str:
+    names = list(options)
+    p = np.array([options[n] for n in names], dtype=float)
+    return names[int(rng.choice(len(names), p=p / p.sum()))]
+
+
+def sample_level(level: str, rng: np.random.Generator, primary: bool) -> LevelFindings:
+    """One degenerated disc; the patient's `primary` level carries the worse herniation."""
+    if primary:
+        disc = _pick(rng, {"bulge": 0.5, "protrusion": 0.37, "extrusion": 0.13})
+        severity = _pick(rng, {"mild": 0.35, "moderate": 0.45, "severe": 0.2})
+    else:
+        disc = _pick(rng, {"bulge": 0.75, "protrusion": 0.15, "extrusion": 0.02, "normal": 0.08})
+        severity = _pick(rng, {"mild": 0.6, "moderate": 0.35, "severe": 0.05})
+    if disc == "normal":  # degenerate joints or a dry disc without a herniation
+        return LevelFindings(
+            level,
+            facet_hypertrophy=bool(rng.random() < 0.5),
+            ligamentum_hypertrophy=bool(rng.random() < 0.4),
+            desiccation=True,
+            annular_tear=bool(rng.random() < 0.2),
+        )
+    if disc == "bulge":
+        location = "diffuse"
+        side = _pick(rng, {"none": 0.75, "left": 0.125, "right": 0.125})
+    else:
+        location = _pick(rng, {"central": 0.3, "paracentral": 0.45, "foraminal": 0.25})
+        if location == "central":
+            side = _pick(rng, {"none": 0.6, "left": 0.2, "right": 0.2})
+        else:
+            side = _pick(rng, {"left": 0.45, "right": 0.45, "both": 0.1})
+    rank = ("mild", "moderate", "severe").index(severity)
+    thecal = "none" if location == "foraminal" and rng.random() < 0.6 else (
+        _pick(rng, ({"none": 0.25, "abutted": 0.4, "compressed": 0.35}, {"abutted": 0.2, "compressed": 0.8}, {"compressed": 1.0})[rank])
+    )
+    lateral = side if side in ("left", "right", "both") else "both"
+    root = "none"
+    if location in ("paracentral", "foraminal") and rng.random() < 0.6:
+        root = lateral
+    elif disc == "bulge" and rank >= 1 and rng.random() < 0.35:
+        root = lateral
+    canal = "none"
+    if thecal == "compressed" and rng.random() < 0.25 + 0.25 * rank:
+        canal = ("mild", "mild", "moderate", "severe")[rank + int(rng.integers(0, 2))]
+    foramen = "none"
+    if location == "foraminal" and rng.random() < 0.85:
+        foramen = lateral
+    elif disc == "bulge" and rng.random() < 0.15 + 0.15 * rank:
+        foramen = lateral
+    lower = level != "L3-L4"
+    return LevelFindings(
+        level,
+        disc=disc,
+        location=location,
+        side=side,
+        severity=severity,
+        thecal_sac=thecal,
+        root_compression=root,
+        canal_narrowing=canal,
+        foraminal_narrowing=foramen,
+        facet_hypertrophy=bool(rng.random() < (0.3 if lower else 0.15)),
+        ligamentum_hypertrophy=bool(rng.random() < (0.2 + 0.15 * (canal != "none"))),
+        desiccation=bool(rng.random() < 0.5),
+        annular_tear=bool(rng.random() < 0.12),
+    )
+
+
+def sample_findings(rng: np.random.Generator, abnormal: bool) -> Findings:
+    """A patient's findings; `abnormal` decides the label, the rest is drawn like a clinic."""
+    incidental = sorted(name for name, p in zip(INCIDENTAL, (0.35, 0.03, 0.02, 0.02)) if rng.random() < p)
+    if not abnormal:
+        return Findings(incidental=incidental)
+    if rng.random() < HIDDEN_RATE:
+        if rng.random() < 0.5:
+            upper = str(rng.choice(LEVELS[:2]))
+            return Findings(levels={upper: sample_level(upper, rng, primary=True)}, incidental=incidental)
+        return Findings(other=[str(rng.choice(_HIDDEN_OTHER))], incidental=incidental)
+    n = int(rng.choice([1, 2, 3], p=[0.04, 0.18, 0.78]))
+    chosen = [IMAGED_LEVELS[i] for i in rng.choice(3, size=n, replace=False, p=_LEVEL_WEIGHTS)]
+    levels = {lvl: sample_level(lvl, rng, primary=i == 0) for i, lvl in enumerate(chosen)}
+    if rng.random() < 0.1:
+        levels["L2-L3"] = sample_level("L2-L3", rng, primary=False)
+    other = [str(rng.choice(_HIDDEN_OTHER[:2]))] if rng.random() < 0.06 else []
+    return Findings(levels=levels, other=other, incidental=incidental)
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def image_name(sequence: str, patient_id: str, level: str, fmt: str) -> str:
+    """`T1_0002_D3.png`: the public dataset's naming."""
+    return f"{sequence}_{patient_id}_{DISC_CODES[level]}.{'dcm' if fmt == 'dicom' else 'png'}"
+
+
+def quantise(image: np.ndarray) -> np.ndarray:
+    """Tissue-scale float image to 12-bit values in uint16, like a scanner's stored pixels."""
+    return np.clip(np.rint(image * STORED_PER_UNIT), 0, 4095).astype(np.uint16)
+
+
+def assign_splits(labels: list[int], fractions: tuple[float, float, float], seed: int) -> list[str]:
+    """Patient-disjoint split stratified by label; deterministic for a seed."""
+    rng = np.random.default_rng([seed, 1])
+    splits = [""] * len(labels)
+    cuts = np.cumsum(fractions)[:2]
+    for label in (0, 1):
+        members = [i for i, lab in enumerate(labels) if lab == label]
+        order = rng.permutation(members)
+        bounds = np.rint(cuts * len(order)).astype(int)
+        for name, part in zip(("train", "valid", "test"), np.split(order, bounds)):
+            for i in part:
+                splits[int(i)] = name
+    return splits
+
+
+@dataclass(frozen=True)
+class PatientSpec:
+    """What to render for one patient and what to write about them."""
+
+    patient_id: str
+    split: str
+    label: int
+    findings: Findings  # drives the images
+    report: str
+
+
+def prepare_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
+    """Refuse a non-empty folder unless asked; then remove only what a cohort writes."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(f"{out}: folder is not empty; choose another or pass --overwrite")
+        for name in ("manifest.csv", "findings.jsonl"):
+            (out / name).unlink(missing_ok=True)
+        images = out / "images"
+        if images.is_dir():
+            for path in images.iterdir():
+                if path.is_file() and _IMAGE_NAME.match(path.name):
+                    path.unlink()
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_cohort(
+    out_dir: str | Path,
+    patients: Iterable[PatientSpec],
+    size: int,
+    fmt: str,
+    seed: int,
+    overwrite: bool = False,
+    progress: bool = True,
+    total: int | None = None,
+) -> Path:
+    """Render six images per patient and write images, `manifest.csv` and `findings.jsonl`."""
+    out = prepare_out_dir(out_dir, overwrite)
+    save = _save_dicom if fmt == "dicom" else _save_png
+    rows: list[dict[str, object]] = []
+    with (out / "findings.jsonl").open("w", encoding="utf-8") as jsonl:
+        for spec in tqdm(patients, total=total, desc="patients", unit="patient", disable=not progress):
+            ss = np.random.SeedSequence([seed, *spec.patient_id.encode()])
+            anatomy_rng, *image_rngs = (np.random.default_rng(s) for s in ss.spawn(1 + 2 * len(IMAGED_LEVELS)))
+            anatomy = Anatomy.sample(anatomy_rng)
+            findings_json = spec.findings.to_json()
+            for (level, sequence), rng in zip(
+                ((lvl, seq) for lvl in IMAGED_LEVELS for seq in SEQUENCES), image_rngs
+            ):
+                nuisance = Nuisance.sample(rng)
+                pixels = quantise(render_slice(spec.findings.level(level), sequence, size, rng, anatomy, nuisance))
+                name = image_name(sequence, spec.patient_id, level, fmt)
+                save(out / "images" / name, pixels, spec, sequence, level, pixel_spacing_mm(anatomy, nuisance, size))
+                rows.append(
+                    {
+                        "image_path": f"images/{name}",
+                        "patient_id": spec.patient_id,
+                        "split": spec.split,
+                        "label": spec.label,
+                        "report": spec.report,
+                        "sequence": sequence,
+                        "level": level,
+                        "findings": findings_json,
+                    }
+                )
+            record = {
+                "patient_id": spec.patient_id,
+                "split": spec.split,
+                "label": spec.label,
+                "findings": spec.findings.to_dict(),
+                "report": spec.report,
+            }
+            jsonl.write(json.dumps(record, sort_keys=True) + "\n")
+    return write_manifest(out / "manifest.csv", rows, overwrite=True)
+
+
+def make_cohort(
+    out_dir: str | Path,
+    config: CohortConfig = CohortConfig(),
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Sample, render and write a synthetic cohort; returns the manifest path."""
+    from lumbarclip.reports import write_report
+
+    n = config.n_patients
+    n_abnormal = int(round(config.abnormal_rate * n))
+    labels = [0] * n
+    for i in np.random.default_rng([config.seed, 0]).permutation(n)[:n_abnormal]:
+        labels[int(i)] = 1
+    splits = assign_splits(labels, config.split, config.seed)
+    width = max(4, len(str(n)))
+
+    def patients() -> Iterable[PatientSpec]:
+        for i, (label, split) in enumerate(zip(labels, splits), start=1):
+            pid = f"{i:0{width}d}"
+            findings = sample_findings(np.random.default_rng([config.seed, 2, i]), abnormal=bool(label))
+            report = write_report(findings, random.Random(f"{config.seed}-{pid}"))
+            yield PatientSpec(pid, split, label, findings, report)
+
+    return write_cohort(out_dir, patients(), config.size, config.fmt, config.seed, overwrite, progress, total=n)
+
+
+def _save_png(path: Path, pixels: np.ndarray, *_: object) -> None:
+    Image.fromarray(pixels).save(path, format="PNG")
+
+
+def _save_dicom(path: Path, pixels: np.ndarray, spec: PatientSpec, sequence: str, level: str, spacing: float) -> None:
+    """A minimal valid MR image: synthetic identifiers only, 12 bits stored in 16."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    key = f"lumbarclip-synth/{spec.patient_id}"
+    series_key = f"{key}/{sequence}"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[series_key, level])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[key])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[series_key])
+    ds.Modality = "MR"
+    ds.PatientName = f"SYNTHETIC^{spec.patient_id}"
+    ds.PatientID = spec.patient_id
+    ds.SeriesDescription = f"{sequence} axial {level} (synthetic phantom)"
+    ds.ScanningSequence = "SE"
+    ds.RepetitionTime, ds.EchoTime = (550.0, 10.0) if sequence == "T1" else (4000.0, 100.0)
+    ds.SeriesNumber = SEQUENCES.index(sequence) + 1
+    ds.InstanceNumber = IMAGED_LEVELS.index(level) + 1
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [round(spacing, 4), round(spacing, 4)]
+    ds.SliceThickness = 4.0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+

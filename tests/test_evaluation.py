@@ -1,0 +1,139 @@
+"""`evaluate_run` and `lumbarclip evaluate` on a tiny synthetic cohort and a tiny (untrained)
+model: every contract key, values in range, CIs around the estimates, leaks refused."""
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from lumbarclip.cli import main
+from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run
+from lumbarclip.evaluation.metrics import METRIC_KEYS
+from lumbarclip.evaluation.supervised import SupervisedConfig, classifier_proba, train_classifier
+from lumbarclip.models import ModelConfig, create_model, create_vision_tower
+from lumbarclip.synth.cohort import CohortConfig, make_cohort
+
+CONTRACT_BLOCK = set(METRIC_KEYS)
+RETRIEVAL_KEYS = {f"{d}_r@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
+UNIT_INTERVAL = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "precision_macro",
+                 "recall_macro", "auroc", "auprc", "ece", "brier")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    manifest = make_cohort(root / "cohort", CohortConfig(n_patients=24, size=32, abnormal_rate=0.5), progress=False)
+    model = create_model(ModelConfig(vision="test_resnet", image_size=32, embed_dim=16, text_unfrozen_layers=0))
+    model.save_pretrained(root / "run" / "model")
+    return root, manifest
+
+
+@pytest.fixture(scope="module")
+def evaluated(cohort):
+    root, manifest = cohort
+    options = EvalOptions(finetune=False, from_scratch=False, fractions=(0.1, 1.0), bootstrap=100, progress=False)
+    return evaluate_run(root / "run", manifest, options=options), root / "run" / "eval-test"
+
+
+def check_block(block):
+    assert CONTRACT_BLOCK <= set(block)
+    for key in UNIT_INTERVAL:
+        assert block[key] is None or 0.0 <= block[key] <= 1.0, key
+    cm = block["confusion_matrix"]
+    assert len(cm) == 2 and all(len(r) == 2 for r in cm) and sum(map(sum, cm)) == block["n"]
+
+
+def test_metrics_json_has_every_contract_key(evaluated):
+    metrics, out = evaluated
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == metrics
+    for block in (metrics, metrics["zero_shot"], *metrics["baselines"].values()):
+        check_block(block["image"])
+        check_block(block["patient"])
+    assert metrics["image"]["n"] == 6 * metrics["patient"]["n"]
+    assert set(metrics["baselines"]) == {"majority", "raw_pixels"}
+    assert RETRIEVAL_KEYS <= set(metrics["retrieval"])
+    assert all(0 <= metrics["retrieval"][k] <= 1 for k in RETRIEVAL_KEYS)
+    assert set(metrics["label_efficiency"]) == {"linear_probe"}
+    for curve in metrics["label_efficiency"].values():
+        assert curve["0.1"]["patients"] < curve["1.0"]["patients"]
+        check_block(curve["0.1"]["image"])
+    assert metrics["integrity"]["patient_overlap"] == {"train/valid": 0, "train/test": 0, "valid/test": 0}
+
+
+def test_confidence_intervals_contain_the_estimates(evaluated):
+    metrics, _ = evaluated
+    ci95 = metrics["ci95"]
+    assert {f"{lv}.{m}" for lv in ("image", "patient") for m in ("accuracy", "balanced_accuracy", "auroc")} <= set(ci95)
+    assert any(k.startswith("zero_shot.") for k in ci95)
+    for key, interval in ci95.items():
+        *prefix, level, metric = key.split(".")
+        value = (metrics[prefix[0]] if prefix else metrics)[level][metric]
+        if interval is None or value is None:
+            continue
+        assert interval[0] <= value + 1e-9 and value - 1e-9 <= interval[1], key
+
+
+def test_report_is_written_with_integrity_first(evaluated):
+    _, out = evaluated
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert re.findall(r"<h2>([^<]+)</h2>", page)[0] == "Integrity checks"
+    assert page.count("src='data:image/png;base64,") >= 10
+
+
+def test_cli_refuses_to_overwrite(cohort, evaluated, capsys):
+    root, manifest = cohort
+    before = (root / "run" / "eval-test" / "metrics.json").read_bytes()
+    assert main(["evaluate", "--run", str(root / "run"), "--data", str(manifest)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lumbarclip evaluate: error:") and "already exists" in err and "\n" not in err
+    assert (root / "run" / "eval-test" / "metrics.json").read_bytes() == before
+
+
+def test_cli_refuses_a_leaky_split(cohort, capsys):
+    root, manifest = cohort
+    rows = list(csv.DictReader(manifest.open()))
+    test_patient = next(r for r in rows if r["split"] == "test")
+    train_patient = next(r["patient_id"] for r in rows if r["split"] == "train" and r["label"] == test_patient["label"])
+    for r in rows:  # the test patient's images are relabelled as a training patient's
+        if r["patient_id"] == test_patient["patient_id"]:
+            r["patient_id"] = train_patient
+    leaky = manifest.parent / "leaky.csv"
+    with leaky.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = root / "leaky-eval"
+    assert main(["evaluate", "--run", str(root / "run"), "--data", str(leaky), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "patient-disjoint" in err and train_patient in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_supervised_classifier_learns_and_keeps_the_best_epoch():
+    generator = torch.Generator().manual_seed(0)
+    labels = np.r_[np.zeros(24), np.ones(40)].astype(int)
+    images = torch.randn(64, 1, 32, 32, generator=generator)
+    images[labels == 1, :, 8:24, 8:24] += 1.5  # a bright square marks the abnormal class
+    module = train_classifier(
+        create_vision_tower("test_resnet"), (images[:48], labels[:48]), (images[48:], labels[48:]),
+        SupervisedConfig(epochs=3, batch_size=16), progress=False,
+    )
+    assert roc_auc_score(labels, classifier_proba(module, images)) > 0.9
+    assert not module.training
+
+
+@pytest.mark.slow
+def test_evaluate_with_supervised_modes(cohort, tmp_path):
+    root, manifest = cohort
+    options = EvalOptions(supervised=SupervisedConfig(epochs=1, batch_size=16), fractions=(0.1, 1.0), bootstrap=50, progress=False)
+    metrics = evaluate_run(root / "run", manifest, out_dir=tmp_path, options=options)
+    for block in (metrics["finetune"], metrics["baselines"]["from_scratch"]):
+        check_block(block["image"])
+        check_block(block["patient"])
+    assert set(metrics["label_efficiency"]) == {"linear_probe", "from_scratch"}
+    assert metrics["label_efficiency"]["from_scratch"]["1.0"]["image"] == metrics["baselines"]["from_scratch"]["image"]
