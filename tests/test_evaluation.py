@@ -128,12 +128,24 @@ def test_supervised_classifier_learns_and_keeps_the_best_epoch():
 
 
 @pytest.mark.slow
-def test_evaluate_with_supervised_modes(cohort, tmp_path):
+def test_train_then_evaluate_end_to_end(cohort, capsys):
+    from lumbarclip.training import load_config, train
+
     root, manifest = cohort
-    options = EvalOptions(supervised=SupervisedConfig(epochs=1, batch_size=16), fractions=(0.1, 1.0), bootstrap=50, progress=False)
-    metrics = evaluate_run(root / "run", manifest, out_dir=tmp_path, options=options)
-    for block in (metrics["finetune"], metrics["baselines"]["from_scratch"]):
+    config = load_config("cpu-demo", ["model.vision=test_resnet", "model.image_size=32", "model.embed_dim=16",
+                                      "trainer.max_epochs=1", "data.batch_size=16"])
+    run = train(config, manifest, root / "trained", progress=False)
+    assert main(["evaluate", "--run", str(run), "--data", str(manifest), "--epochs", "1", "--bootstrap", "100", "--no-progress"]) == 0
+    assert "linear_probe" in capsys.readouterr().out
+    metrics = json.loads((run / "eval-test" / "metrics.json").read_text())
+    for block in (metrics, metrics["zero_shot"], metrics["finetune"], *metrics["baselines"].values()):
         check_block(block["image"])
         check_block(block["patient"])
+    assert set(metrics["baselines"]) == {"majority", "raw_pixels", "from_scratch"}
     assert set(metrics["label_efficiency"]) == {"linear_probe", "from_scratch"}
     assert metrics["label_efficiency"]["from_scratch"]["1.0"]["image"] == metrics["baselines"]["from_scratch"]["image"]
+    for key, interval in metrics["ci95"].items():
+        *prefix, level, metric = key.split(".")
+        value = (metrics[prefix[0]] if prefix else metrics)[level][metric]
+        assert interval is None or value is None or interval[0] - 1e-9 <= value <= interval[1] + 1e-9, key
+    assert (run / "eval-test" / "report.html").stat().st_size > 10_000

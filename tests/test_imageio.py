@@ -93,7 +93,8 @@ def test_rescale_slope_intercept_gives_modality_units(tmp_path):
 def test_monochrome1_is_inverted(tmp_path):
     pixels = gradient()
     mono2 = read_image(write_dicom(tmp_path / "m2.dcm", pixels)).pixels
-    mono1 = read_image(write_dicom(tmp_path / "m1.dcm", pixels, PhotometricInterpretation="MONOCHROME1")).pixels
+    inverted = write_dicom(tmp_path / "m1.dcm", pixels, PhotometricInterpretation="MONOCHROME1")
+    mono1 = read_image(inverted).pixels
     np.testing.assert_allclose(mono1, 1.0 - mono2, atol=1e-6)
 
 
@@ -145,7 +146,7 @@ def test_png_16_bit_keeps_more_than_256_levels(tmp_path):
 def test_colour_and_palette_png_become_gray(tmp_path, mode):
     gray = Image.fromarray((gradient() * 3).astype(np.uint8))
     gray.save(tmp_path / "gray.png")
-    gray.convert(mode).save(tmp_path / f"c.png")
+    gray.convert(mode).save(tmp_path / "c.png")
     expected = read_image(tmp_path / "gray.png").pixels
     np.testing.assert_allclose(read_image(tmp_path / "c.png").pixels, expected, atol=1e-5)
 
@@ -240,4 +241,5 @@ def test_inspect_prints_json_lines_and_reasons(tmp_path, monkeypatch, capsys):
     assert run_cli(monkeypatch, "data", "inspect", good[1], str(tmp_path / "empty.dcm")) == 2
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 1
-    assert captured.err.splitlines() == [f"lumbarclip data inspect: {tmp_path / 'empty.dcm'}: empty file (0 bytes)"]
+    reason = f"lumbarclip data inspect: {tmp_path / 'empty.dcm'}: empty file (0 bytes)"
+    assert captured.err.splitlines() == [reason]

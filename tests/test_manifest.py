@@ -78,7 +78,8 @@ def test_line_numbers_survive_bom_blank_lines_and_multiline_reports(tmp_path):
 
 def test_column_names_are_case_insensitive_and_extra_columns_ignored(tmp_path):
     make_images(tmp_path, "a.png")
-    write_text(tmp_path / "m.csv", "Image_Path,Patient_ID,Split,Label,Report,Site", "a.png,1,test,0,Normal.,X")
+    header = "Image_Path,Patient_ID,Split,Label,Report,Site"
+    write_text(tmp_path / "m.csv", header, "a.png,1,test,0,Normal.,X")
     assert read_manifest(tmp_path / "m.csv").records[0].split == "test"
 
 
@@ -104,8 +105,9 @@ def test_check_counts_per_split(tmp_path):
     path = _cohort(tmp_path, "gone.png,5,test,0,Normal.,,,")
     report = check_manifest(read_manifest(path))
     assert report.ok and (report.n_images, report.n_patients) == (8, 4)
-    assert report.splits["train"] == {"images": 4, "patients": 2, "patients_normal": 1, "patients_abnormal": 1}
-    assert report.splits["test"] == {"images": 2, "patients": 1, "patients_normal": 0, "patients_abnormal": 1}
+    counts = ("images", "patients", "patients_normal", "patients_abnormal")
+    assert report.splits["train"] == dict(zip(counts, (4, 2, 1, 1)))
+    assert report.splits["test"] == dict(zip(counts, (2, 1, 0, 1)))
     assert report.missing_images == [(10, "gone.png")]
     assert report.skipped == [(10, "image not found: gone.png")]
 

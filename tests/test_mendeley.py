@@ -91,9 +91,8 @@ def test_png_slices_with_xlsx_notes_label_column_and_split_file(tmp_path):
     assert {p: (r.label, r.split) for p, r in by_patient.items()} == {
         "0002": (1, "train"), "0003": (0, "valid"), "0004": (1, "test"), "0005": (0, "train"),
     }  # fmt: skip
-    d5 = next(r for r in manifest.records if r.patient_id == "0004" and r.sequence == "T2" and r.level == "L5-S1")
-    assert d5.image_path.name == "T2_0004_D5.png"
-    np.testing.assert_array_equal(load_image(d5.image_path), load_image(tmp_path / "images/T2/T2_0004_D5.png"))
+    d5 = [r for r in manifest.records if (r.patient_id, r.sequence, r.level) == ("0004", "T2", "L5-S1")]
+    assert [r.image_path for r in d5] == [(tmp_path / "images/T2/T2_0004_D5.png").resolve()]
     assert report.skipped_patients == {"0006": "no images", "0007": "no note"}
     assert report.ignored_files == {"PNG name not like T1_0002_D3.png": 1}
     assert report.sources == {"png": 4} and report.manifest.ok
@@ -135,11 +134,12 @@ def test_seeded_split_through_the_cli_with_csv_notes(tmp_path, monkeypatch, caps
 
 def test_split_column_of_the_notes_is_used(tmp_path):
     png_slices(tmp_path, "0002", "0010")
-    notes = write_csv(tmp_path / "notes.csv", ["patient_id", "split", "lbp", "note"],
-                      [("0002", "train", 0, "No herniation."), ("0010", "valid", 1, "Bulge at L4-5.")])  # fmt: skip
+    rows = [("0002", "train", 0, "No herniation."), ("0010", "valid", 1, "Bulge at L4-5.")]
+    notes = write_csv(tmp_path / "notes.csv", ["patient_id", "split", "lbp", "note"], rows)
     report = build_mendeley_manifest(tmp_path / "images", notes, tmp_path / "m.csv", label_column="lbp")
     assert report.split_source == "notes"
-    assert {r["patient_id"]: r["split"] for r in manifest_rows(tmp_path / "m.csv")} == {"0002": "train", "0010": "valid"}
+    splits = {r["patient_id"]: r["split"] for r in manifest_rows(tmp_path / "m.csv")}
+    assert splits == {"0002": "train", "0010": "valid"}
 
 
 def axial_series(folder: Path, desc: str, tr: float, te: float, zs: list[float],
@@ -174,10 +174,11 @@ def test_raw_dicom_folders(tmp_path, monkeypatch, capsys):
     axial_series(study / "AX_T2", "t2_tse_tra_384", 4000, 100, [3.0 * k for k in range(10)],
                  tilts=[-10] * 2 + [0] * 5 + [10] * 3)  # fmt: skip
     # parallel slabs with gaps, a fourth one above L3-L4; T2 found from TR/TE alone
-    axial_series(root / "0004" / "AX FSE", "AX FSE", 4500, 110, [30.0 * s + d for s in range(4) for d in (0, 4, 8)])
+    slabs = [30.0 * s + d for s in range(4) for d in (0, 4, 8)]
+    axial_series(root / "0004" / "AX FSE", "AX FSE", 4500, 110, slabs)
     axial_series(root / "0005" / "SAG", "t1_tse_sag", 500, 10, [0, 4, 8], axial=False)
-    notes = write_csv(tmp_path / "notes.csv", ["patient_id", "note", "lbp", "split"],
-                      [(3, "Bulge at L4/L5.", 1, "train"), (4, "Normal.", 0, "test"), (5, "Normal.", 0, "valid")])  # fmt: skip
+    rows = [(3, "Bulge at L4/L5.", 1, "train"), (4, "Normal.", 0, "test"), (5, "Normal.", 0, "valid")]
+    notes = write_csv(tmp_path / "notes.csv", ["patient_id", "note", "lbp", "split"], rows)
     out = tmp_path / "m.csv"
     assert run_cli(monkeypatch, "data", "mendeley", "--images", str(root), "--notes", str(notes),
                    "--out", str(out), "--label-column", "lbp", "--no-progress") == 0  # fmt: skip
@@ -203,8 +204,8 @@ def test_scan_prefers_png_slices_over_dicom_of_the_same_patient(tmp_path):
 
 def test_pseudonymised_ids_are_stable_per_salt_and_hide_the_ids(tmp_path, monkeypatch, capsys):
     png_slices(tmp_path, "0002", "0003", "0004", "0005")
-    notes = write_csv(tmp_path / "notes.csv", ["patient_id", "note", "lbp", "split"],
-                      [(p, "Normal.", 0, "train") for p in ("0002", "0003", "0004", "0005", "0006")])  # fmt: skip
+    rows = [(p, "Normal.", 0, "train") for p in ("0002", "0003", "0004", "0005", "0006")]
+    notes = write_csv(tmp_path / "notes.csv", ["patient_id", "note", "lbp", "split"], rows)
     base = ["data", "mendeley", "--images", str(tmp_path / "images"), "--notes", str(notes),
             "--label-column", "lbp", "--no-progress", "--pseudonymise"]  # fmt: skip
 
@@ -255,7 +256,7 @@ def test_labels_from_the_report_parser(tmp_path):
     png_slices(tmp_path, "0002", "0003")
     notes = write_csv(tmp_path / "notes.csv", ["patient_id", "split", "note"], [
         ("0002", "train", "No evidence of disc herniation. No significant thecal sac compression noted."),
-        ("0003", "test", "Diffuse disc bulge at L4/L5 level compressing the thecal sac and both nerve roots."),
+        ("0003", "test", "Diffuse disc bulge at L4/L5 level compressing the thecal sac."),
     ])  # fmt: skip
     build_mendeley_manifest(tmp_path / "images", notes, tmp_path / "m.csv")
     rows = {r["patient_id"]: r for r in manifest_rows(tmp_path / "m.csv")}

@@ -108,6 +108,12 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
     assert ci["acc"][1] - ci["acc"][0] > 0.02  # an interval, not a point
 
 
+def test_bootstrap_interval_takes_in_a_biased_estimate():
+    # the share of distinct groups drawn is 1.0 on the full sample and ~0.63 on a resample
+    ci = bootstrap_ci(lambda idx: {"distinct": len(set(idx.tolist())) / 50}, 50, n_resamples=100)
+    assert ci["distinct"][1] == 1.0 and ci["distinct"][0] < 0.7
+
+
 def test_bootstrap_resamples_whole_patients():
     # six images a patient, all right or all wrong: resampling patients makes the image-level
     # accuracy equal the patient-level one in every resample, so the intervals coincide

@@ -14,6 +14,7 @@ from lumbarclip.errors import InputError
 
 #: Command modules under `lumbarclip.cli`, in the order `--help` lists them.
 COMMANDS: tuple[str, ...] = (
+    "demo",
     "data",
     "train",
     "evaluate",

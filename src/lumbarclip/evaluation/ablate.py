@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from lumbarclip.data.manifest import read_manifest
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run
+from lumbarclip.evaluation.integrity import check_patient_overlap
 
 #: (column, path into metrics.json, ci95 key or None)
 COLUMNS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
@@ -83,6 +85,7 @@ def run_ablation(
         eval_options or EvalOptions(),
         finetune=False, from_scratch=False, label_efficiency=False, report=False, progress=progress,
     )
+    check_patient_overlap(read_manifest(manifest))  # a leaky manifest fails before any training
     cells = grid.cells()
     configs = [  # every config is built (and validated) before the first training starts
         load_config(grid.preset, [*grid.overrides, f"model.vision={c['vision']}", f"model.head={c['head']}",

@@ -11,12 +11,13 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from lumbarclip.data.manifest import ImageRecord, read_manifest
 from lumbarclip.errors import InputError
@@ -27,6 +28,7 @@ from lumbarclip.evaluation.probe import fit_probe, subsample_patients
 from lumbarclip.evaluation.report import ReportInputs, write_report
 from lumbarclip.evaluation.retrieval import retrieval_metrics
 from lumbarclip.evaluation.supervised import SupervisedConfig, classifier_proba, train_classifier
+from lumbarclip.models import LumbarCLIP
 from lumbarclip.evaluation.zeroshot import default_prompts, zero_shot_abnormal_proba
 
 MAIN = "linear_probe"
@@ -60,7 +62,7 @@ class SplitData:
 
     records: list[ImageRecord]
     embeddings: np.ndarray
-    images: torch.Tensor | None = None
+    images: torch.Tensor | None = None  # preprocessed pixels, for the pixel and supervised classifiers
 
     @property
     def labels(self) -> np.ndarray:
@@ -72,6 +74,70 @@ class SplitData:
 
     def predictions(self, prob: np.ndarray) -> Predictions:
         return Predictions(self.labels, prob, self.patients)
+
+
+@dataclass
+class Downstream:
+    """The classifiers fitted on train (optionally a patient subset of it), selected and
+    thresholded on valid, and scored on the evaluated split `test`."""
+
+    model: LumbarCLIP
+    train: SplitData
+    valid: SplitData
+    test: SplitData
+    opts: EvalOptions
+
+    def _tuned(self, predict: Callable[[object], np.ndarray], features: Callable[[SplitData], object]) -> Predictions:
+        """Test predictions whose thresholds were chosen on valid."""
+        valid = self.valid.predictions(predict(features(self.valid)))
+        return self.test.predictions(predict(features(self.test))).tuned_on(valid)
+
+    def probe(self, features: Callable[[SplitData], np.ndarray], mask: np.ndarray | None = None) -> tuple[Predictions, float]:
+        """Linear probe on `features` of each split; returns (predictions, chosen C)."""
+        keep = np.ones(len(self.train.records), bool) if mask is None else mask
+        fitted = fit_probe(features(self.train)[keep], self.train.labels[keep], features(self.valid), self.valid.labels, seed=self.opts.seed)
+        return self._tuned(fitted.predict_proba, features), fitted.C
+
+    def supervised(self, tower: torch.nn.Module, config: SupervisedConfig, mask: np.ndarray | None = None) -> Predictions:
+        """Train tower + head on the (subset of the) train images."""
+        keep = np.ones(len(self.train.records), bool) if mask is None else mask
+        module = train_classifier(
+            tower,
+            (self.train.images[keep], self.train.labels[keep]),
+            (self.valid.images, self.valid.labels),
+            config,
+            self.opts.seed,
+            self.opts.progress,
+        )
+        return self._tuned(lambda images: classifier_proba(module, images, self.opts.batch_size), lambda s: s.images)
+
+    def from_scratch(self, mask: np.ndarray | None = None) -> Predictions:
+        """The same architecture as the model's vision tower, randomly initialised."""
+        from lumbarclip.models import create_vision_tower
+
+        cfg = self.model.config
+        return self.supervised(create_vision_tower(cfg.vision, pretrained=False, **cfg.vision_kwargs), self.opts.supervised, mask)
+
+    def finetune(self) -> Predictions:
+        """The pre-trained vision tower, trained end to end at a smaller learning rate."""
+        config = replace(self.opts.supervised, tower_lr=self.opts.finetune_tower_lr)
+        return self.supervised(copy.deepcopy(self.model.visual), config)
+
+    def label_efficiency(self, full: dict[str, Predictions]) -> dict[str, dict[str, object]]:
+        """Scores at each fraction of TRAINING PATIENTS (class-stratified, seeded) for the
+        classifiers in `full` (their whole-train predictions, reused at 100%)."""
+        fitters: dict[str, Callable[[np.ndarray], Predictions]] = {
+            MAIN: lambda mask: self.probe(lambda s: s.embeddings, mask)[0],
+            "from_scratch": self.from_scratch,
+        }
+        out: dict[str, dict[str, object]] = {}
+        for name, whole in full.items():
+            out[name] = {}
+            for fraction in self.opts.fractions:
+                mask = subsample_patients(self.train.patients, self.train.labels, fraction, self.opts.seed)
+                pred = whole if mask.all() else fitters[name](mask)
+                out[name][str(fraction)] = {"patients": len(set(self.train.patients[mask])), **pred.metrics()}
+        return out
 
 
 def resolve_model_dir(run_dir: str | Path) -> tuple[Path, Path]:
@@ -104,74 +170,47 @@ def evaluate_run(
         raise InputError(f"{out / existing[0]}: already exists; choose another --out or pass --overwrite")
     manifest = read_manifest(manifest_path)
     prompts = opts.prompts or default_prompts()
-    inputs = _classifier_inputs(opts)
-    integrity = integrity_checks(manifest, split, inputs, prompts, _pretrain_patients(run_root))
+    integrity = integrity_checks(manifest, split, _classifier_inputs(opts), prompts, _pretrain_patients(run_root))
     for name in ("train", "valid", split):
         if not manifest.split(name):
             raise InputError(f"{manifest.path}: the {name} split is empty; evaluation needs train, valid and {split}")
+    if opts.supervised.precision is None:
+        opts = replace(opts, supervised=replace(opts.supervised, precision=_run_precision(run_root)))
 
     from lumbarclip.inference import embed_images, embed_texts
-    from lumbarclip.models import LumbarCLIP
 
     timer = _Timer()
     model = LumbarCLIP.from_pretrained(model_dir)
-    timer.lap("load_model")
-    data = {
-        name: SplitData(manifest.split(name), embed_images(model, [r.image_path for r in manifest.split(name)], opts.batch_size, opts.progress))
-        for name in ("train", "valid", split)
-    }
-    train, valid, test = data["train"], data["valid"], data[split]
-    timer.lap("embed")
+    splits = {}
+    for name in ("train", "valid", split):
+        records = manifest.split(name)
+        splits[name] = SplitData(records, embed_images(model, [r.image_path for r in records], opts.batch_size, opts.progress))
+    run = Downstream(model, splits["train"], splits["valid"], splits[split], opts)
+    test = run.test
+    timer.lap("load_and_embed")
 
     preds: dict[str, Predictions] = {}
-    probe = fit_probe(train.embeddings, train.labels, valid.embeddings, valid.labels, seed=opts.seed)
-    preds[MAIN] = _tuned(test, valid, probe.predict_proba)
+    preds[MAIN], probe_c = run.probe(lambda s: s.embeddings)
     preds["zero_shot"] = test.predictions(zero_shot_abnormal_proba(model, test.embeddings, prompts))
-    texts = sorted({(r.patient_id, r.report) for r in test.records})
+    texts = sorted({(r.patient_id, r.report) for r in test.records})  # each patient's report(s), once
     text_emb = embed_texts(model, [t for _, t in texts], opts.batch_size)
     retrieval = retrieval_metrics(test.embeddings, test.patients, text_emb, np.array([p for p, _ in texts]))
     timer.lap("probe_zero_shot_retrieval")
 
-    for part in (train, valid, test):
+    for part in splits.values():
         part.images = load_image_tensors([r.image_path for r in part.records], model.config.image_size, opts.progress)
-    baselines: dict[str, Predictions] = {"majority": test.predictions(majority_proba(train.labels, len(test.records)))}
-    pixels = {name: raw_pixel_features(part.images) for name, part in data.items()}
-    pixel_probe = fit_probe(pixels["train"], train.labels, pixels["valid"], valid.labels, seed=opts.seed)
-    baselines["raw_pixels"] = _tuned(test, valid, pixel_probe.predict_proba, pixels[split], pixels["valid"])
+    baselines = {"majority": test.predictions(majority_proba(run.train.labels, len(test.records)))}
+    baselines["raw_pixels"], pixels_c = run.probe(lambda s: raw_pixel_features(s.images))
     timer.lap("simple_baselines")
-
-    def supervised(tower: torch.nn.Module, config: SupervisedConfig, mask: np.ndarray | None = None) -> Predictions:
-        keep = np.ones(len(train.records), bool) if mask is None else mask
-        module = train_classifier(
-            tower, (train.images[keep], train.labels[keep]), (valid.images, valid.labels), config, opts.seed, opts.progress
-        )
-        return _tuned(test, valid, lambda imgs: classifier_proba(module, imgs, opts.batch_size), test.images, valid.images)
-
-    def scratch_tower() -> torch.nn.Module:
-        from lumbarclip.models import create_vision_tower
-
-        return create_vision_tower(model.config.vision, pretrained=False, **model.config.vision_kwargs)
-
     if opts.from_scratch:
-        baselines["from_scratch"] = supervised(scratch_tower(), opts.supervised)
+        baselines["from_scratch"] = run.from_scratch()
         timer.lap("from_scratch")
     if opts.finetune:
-        finetune_config = replace(opts.supervised, tower_lr=opts.finetune_tower_lr)
-        preds["finetune"] = supervised(copy.deepcopy(model.visual), finetune_config)
+        preds["finetune"] = run.finetune()
         timer.lap("finetune")
-
     efficiency: dict[str, dict[str, object]] = {}
     if opts.label_efficiency:
-        fitters: dict[str, Callable[[np.ndarray], Predictions]] = {
-            MAIN: lambda mask: _tuned(
-                test, valid, fit_probe(train.embeddings[mask], train.labels[mask], valid.embeddings, valid.labels, seed=opts.seed).predict_proba
-            )
-        }
-        full = {MAIN: preds[MAIN]}
-        if opts.from_scratch:
-            fitters["from_scratch"] = lambda mask: supervised(scratch_tower(), opts.supervised, mask)
-            full["from_scratch"] = baselines["from_scratch"]
-        efficiency = _label_efficiency(fitters, full, train, opts.fractions, opts.seed)
+        efficiency = run.label_efficiency({MAIN: preds[MAIN], **{k: v for k, v in baselines.items() if k == "from_scratch"}})
         timer.lap("label_efficiency")
 
     ci95 = preds[MAIN].bootstrap(opts.bootstrap, opts.seed)
@@ -187,36 +226,33 @@ def evaluate_run(
         "baselines": {name: p.metrics() for name, p in baselines.items()},
         "label_efficiency": efficiency,
         "integrity": integrity,
-    }
-    if "finetune" in preds:
-        metrics["finetune"] = preds["finetune"].metrics()
-    metrics["meta"] = {
-        "split": split,
-        "manifest": str(manifest.path),
-        "model": str(model_dir),
-        "vision": model.config.vision,
-        "probe_C": probe.C,
-        "raw_pixels_C": pixel_probe.C,
-        "patient_rule": PATIENT_RULE,
-        "zero_shot_rule": "argmax over class prompt ensembles (threshold 0.5, nothing tuned)",
-        "threshold_rule": "maximise balanced accuracy on the valid split, per level",
-        "bootstrap_resamples": opts.bootstrap,
-        "seed": opts.seed,
-        "supervised": asdict(opts.supervised),
-        "seconds": timer.laps,
+        **({"finetune": preds["finetune"].metrics()} if "finetune" in preds else {}),
+        "meta": {
+            "split": split,
+            "manifest": str(manifest.path),
+            "model": str(model_dir),
+            "vision": model.config.vision,
+            "probe_C": probe_c,
+            "raw_pixels_C": pixels_c,
+            "patient_rule": PATIENT_RULE,
+            "zero_shot_rule": "argmax over class prompt ensembles (threshold 0.5, nothing tuned)",
+            "threshold_rule": "maximise balanced accuracy on the valid split, per level",
+            "bootstrap_resamples": opts.bootstrap,
+            "seed": opts.seed,
+            "supervised": asdict(opts.supervised),
+            "seconds": timer.laps,
+        },
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     if opts.report:
-        report_preds = {**preds, **{k: v for k, v in baselines.items() if k != "majority"}}
         write_report(
             ReportInputs(
                 metrics=metrics,
-                predictions=report_preds,
+                predictions={**preds, **{k: v for k, v in baselines.items() if k != "majority"}},
                 records=test.records,
                 image_emb=test.embeddings,
                 text_emb=text_emb,
-                text_labels=np.array([_patient_label(test, p) for p, _ in texts]),
+                text_labels=np.array([int(test.labels[test.patients == p].max()) for p, _ in texts]),
                 class_emb=_class_embeddings(model, prompts),
                 title=f"LumbarCLIP evaluation: {run_root.name} on {split}",
                 meta={"model": model_dir, "manifest": manifest.path, "split": split, "patient rule": PATIENT_RULE},
@@ -225,7 +261,7 @@ def evaluate_run(
             out / "report.html",
         )
         timer.lap("report")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     return metrics
 
 
@@ -273,38 +309,6 @@ class _Timer:
         self._last = now
 
 
-def _tuned(
-    test: SplitData,
-    valid: SplitData,
-    predict: Callable[[np.ndarray], np.ndarray],
-    x_test: object | None = None,
-    x_valid: object | None = None,
-) -> Predictions:
-    """Predictions on the evaluated split with thresholds chosen on valid (features default
-    to each split's image embeddings)."""
-    valid_pred = valid.predictions(predict(valid.embeddings if x_valid is None else x_valid))
-    return test.predictions(predict(test.embeddings if x_test is None else x_test)).tuned_on(valid_pred)
-
-
-def _label_efficiency(
-    fitters: dict[str, Callable[[np.ndarray], Predictions]],
-    full: dict[str, Predictions],
-    train: SplitData,
-    fractions: Sequence[float],
-    seed: int,
-) -> dict[str, dict[str, object]]:
-    """Scores per classifier at each fraction of TRAINING PATIENTS (class-stratified, seeded);
-    100% reuses the classifier already fitted on the whole split."""
-    out: dict[str, dict[str, object]] = {}
-    for name, fit in fitters.items():
-        out[name] = {}
-        for fraction in fractions:
-            mask = subsample_patients(train.patients, train.labels, fraction, seed)
-            pred = full[name] if mask.all() else fit(mask)
-            out[name][str(fraction)] = {"patients": int(len(np.unique(train.patients[mask]))), **pred.metrics()}
-    return out
-
-
 def _classifier_inputs(opts: EvalOptions) -> dict[str, list[str]]:
     """What each classifier reads at test time (the integrity check warns on any text)."""
     inputs = {MAIN: ["image"], "zero_shot": ["image", "class prompts"], "majority": [], "raw_pixels": ["image"]}
@@ -328,12 +332,16 @@ def _pretrain_patients(run_root: Path) -> set[str] | None:
     return {r.patient_id for r in records if r.split == "train"}
 
 
-def _patient_label(split: SplitData, patient_id: str) -> int:
-    return int(split.labels[split.patients == patient_id].max())
+def _run_precision(run_root: Path) -> str:
+    """The run's training precision (RUN/config.yaml), so supervised baselines train alike."""
+    config = run_root / "config.yaml"
+    if config.is_file():
+        return str((yaml.safe_load(config.read_text()) or {}).get("trainer", {}).get("precision", "32-true"))
+    return "32-true"
 
 
-def _class_embeddings(model: object, prompts: dict[int, list[str]]) -> np.ndarray:
+def _class_embeddings(model: LumbarCLIP, prompts: dict[int, list[str]]) -> np.ndarray:
     from lumbarclip.inference import class_embeddings
 
     with torch.no_grad():
-        return class_embeddings(model, prompts).cpu().numpy()  # type: ignore[arg-type]
+        return class_embeddings(model, prompts).cpu().numpy()

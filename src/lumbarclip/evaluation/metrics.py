@@ -117,6 +117,9 @@ def bootstrap_ci(
     `statistic(indices)` scores a resample given as group indices drawn with replacement
     (patients, so that a patient's correlated images stay together). A metric that is `None` in
     a resample (one class drawn) is left out of that resample; `None` when no resample had it.
+    An interval is widened to take in the full-sample estimate when resampling bias puts that
+    outside (ECE is biased upwards on resamples, visibly so with few patients): conservative,
+    and never an interval that excludes the number it is printed next to.
     """
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {}
@@ -125,8 +128,14 @@ def bootstrap_ci(
             draws.setdefault(key, [])
             if value is not None:
                 draws[key].append(value)
+    estimate = statistic(np.arange(n_groups))
     tail = (1 - level) / 2 * 100
-    return {
-        key: [float(np.percentile(vals, tail)), float(np.percentile(vals, 100 - tail))] if vals else None
-        for key, vals in draws.items()
-    }
+    out: dict[str, list[float] | None] = {}
+    for key, values in draws.items():
+        if not values:
+            out[key] = None
+            continue
+        lo, hi = float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+        point = estimate.get(key)
+        out[key] = [lo, hi] if point is None else [min(lo, float(point)), max(hi, float(point))]
+    return out

@@ -80,7 +80,10 @@ def render_report(inputs: ReportInputs) -> str:
         _section("Headline", _scores_table(_headline_rows(metrics), metrics.get("ci95", {}))),
         _section("ROC and precision-recall curves", _img(_curves_figure(inputs.predictions))),
         _section(f"Confusion matrices ({_label(main)})", _img(_confusion_figure(metrics))),
-        _section("Calibration (reliability diagram, image level)", _img(_reliability_figure(inputs.predictions))),
+        _section(
+            "Calibration (reliability diagram, image level)",
+            _img(_reliability_figure({k: p for k, p in inputs.predictions.items() if k in _blocks(metrics)})),
+        ),
         _section("Embedding map (test images and reports)", _embedding_html(inputs)),
         _section("Baselines", _scores_table(_baseline_rows(metrics), {})),
         _section("Label efficiency", _label_efficiency_html(metrics.get("label_efficiency", {}))),
@@ -292,7 +295,10 @@ def _label_efficiency_html(efficiency: Mapping[str, Mapping[str, Mapping[str, ob
             fractions = sorted(by_fraction, key=float)
             values = [by_fraction[f]["patient"][metric] for f in fractions]  # type: ignore[index]
             ax.plot([float(f) * 100 for f in fractions], [np.nan if v is None else v for v in values], marker="o", label=_label(name))
-        ax.set(xscale="log", xlabel="% of training patients", ylabel=f"patient {_label(metric)}", ylim=(0, 1.02))
+        ticks = sorted({float(f) * 100 for by_fraction in efficiency.values() for f in by_fraction})
+        ax.set(xscale="log", xlabel="training patients", ylabel=f"patient {_label(metric)}", ylim=(0, 1.02))
+        ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
+        ax.minorticks_off()
         ax.legend(fontsize=8)
     for name, by_fraction in efficiency.items():
         for f in sorted(by_fraction, key=float):

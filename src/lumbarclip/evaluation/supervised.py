@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 
 import lightning as L
@@ -28,7 +29,7 @@ class SupervisedConfig:
     head_lr: float = 1e-3
     tower_lr: float = 1e-3  # fine-tuning passes a smaller one for the pre-trained tower
     weight_decay: float = 1e-4
-    precision: str = "32-true"
+    precision: str | None = None  # None: the precision the run was trained with
 
 
 class TowerClassifier(L.LightningModule):
@@ -90,7 +91,7 @@ def train_classifier(
             max_epochs=config.epochs,
             accelerator="auto",
             devices=1,
-            precision=config.precision,
+            precision=config.precision or "32-true",
             logger=False,
             callbacks=[best],
             enable_progress_bar=progress,
@@ -98,7 +99,9 @@ def train_classifier(
             default_root_dir=tmp,
             num_sanity_val_steps=0,
         )
-        trainer.fit(module, *loaders)
+        with warnings.catch_warnings():  # Lightning's own deprecation and tiny-loader notices
+            warnings.filterwarnings("ignore", message=".*(treespec|num_workers|eval mode).*")
+            trainer.fit(module, *loaders)
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     return module.eval()

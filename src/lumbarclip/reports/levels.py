@@ -25,7 +25,7 @@ LEVEL_RE = re.compile(
 )
 #: Words that join the levels of a list: "L4/L5 & L5/S1", "L3-L4, L4-L5 and L5-S1", "L3/L4/&L4/L5",
 #: "L3/L4 & at L4/L5".
-LIST_JOINER_RE = re.compile(r"^[\s,&/()]*(?:(?:and|amnd|&)[\s,&/()]*)?(?:at\s+(?:the\s+)?)?$", re.IGNORECASE)
+LIST_JOINER_RE = re.compile(r"^[\s,&/()]*(?:(?:and|&)[\s,&/()]*)?(?:at\s+(?:the\s+)?)?$", re.IGNORECASE)
 
 _ORDER = ["c", "t", "l", "s"]  # cervical, thoracic (dorsal), lumbar, sacral
 
@@ -71,7 +71,9 @@ def find_levels(text: str) -> list[LevelMention]:
             if lower[0] == upper[0] and lower[1] != upper[1] + 1:
                 continue  # "L35" is not a level anyone writes; leave it alone
         if lower <= upper:
-            continue  # "T1-T1", "L5-L4": not a disc level (e.g. a date or a measurement)
+            continue  # "L5-L4": not a disc level
+        if upper[0] == _ORDER.index("t") and upper[1] < 10:
+            continue  # "T1/T2" names the two MRI weightings; upper thoracic discs are not in these notes
         mentions.append(LevelMention(m.start(), m.end(), _levels_between(upper, lower)))
     return mentions
 

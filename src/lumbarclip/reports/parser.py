@@ -2,24 +2,28 @@
 
 Pipeline: sentences tagged by examination (`sentences`) -> typo repair (`lexicon`) -> level
 spellings (`levels`) -> concept mentions found by the rules below, dropped when they start in a
-negated or uncertain scope (`negation`) -> mentions attached to the levels of their clause ->
-one `LevelFindings` per level, plus whole-study findings.
+negated or uncertain scope (`negation`) -> mentions attached to levels -> one `LevelFindings`
+per level, plus whole-study findings.
 
 Where a finding sits (the level rules):
-- a clause's own level(s) ("Diffuse disc bulges noted at L4/L5 & L5/S1 levels", "L4-L5: ...",
-  ranges such as "(L4-S1)" mean every disc in between);
-- "multilevel ... " with no level named -> the three imaged discs L3-L4, L4-L5, L5-S1 (where
-  degeneration sits and what the images show); with levels named ("noticeably at L4-L5"), those;
-- "at lower levels", "lower lumbar discs" -> L4-L5 and L5-S1;
-- a fragment that only continues the previous sentence ("Compressing the thecal sac ...") ->
-  the previous sentence's levels;
-- any other disc finding with no level -> L4-L5, the most often affected disc, so that the study
-  is still abnormal and the finding still drawn where it is most likely.
-Levels outside the lumbar spine (C5/C6, D11/D12, D12/L1) and sentences of other examinations
-(cervical, hip, knee) are not read as lumbar findings: the images are lumbar axial slices.
+- the level(s) its clause names ("Diffuse disc bulges noted at L4/L5 & L5/S1 levels",
+  "L4-L5: ..."); a range ("(L4-S1)") means every disc in between;
+- "multilevel ..." with no level named -> the three imaged discs L3-L4, L4-L5, L5-S1 (where
+  degeneration sits and what the images show); "multilevel bulges, noticeably at L4-L5,
+  compressing ..." -> bulges at those three, the compression at L4-L5;
+- "at lower levels", "lower lumbar discs" -> L4-L5 and L5-S1; "the S1 nerve root" -> L5-S1;
+- a fragment that continues the previous sentence ("Mildly compressing the thecal sac",
+  "... at the same level") -> the previous sentence's levels;
+- any other disc finding with no level -> L4-L5, the disc most often affected, so that the study
+  is still abnormal and the finding is drawn where it most likely is.
+Levels outside the lumbar spine (C5/C6, D11/D12, T12-L1) and sentences under another
+examination's header (cervical, dorsal, hip, knee) are not lumbar findings: the images are
+lumbar axial slices. In the labels no note turns on this: every note with such a finding also
+has a lumbar one or none of its own (a dorsal-spine-only note is labelled 0).
 
-The label conventions, learnt from the authors' `lbp` column of the real notes ("1 = any finding")
-rather than from any single note, are the comments on `_RULES` and `_OTHER_RULES` below.
+What makes a study abnormal follows the vocabulary (`Findings.abnormal`); the comments on
+`_RULES` and `_OTHER_RULES` give how the authors' `lbp` labels of the 437 real notes
+("1 = any finding") bear on each rule - counts of note types, not individual notes.
 """
 
 from __future__ import annotations
@@ -51,72 +55,99 @@ def _r(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
+def _words(*alternatives: str) -> re.Pattern[str]:
+    """Any of the alternatives, each starting at a word boundary."""
+    return _r("|".join(rf"\b(?:{alternative})" for alternative in alternatives))
+
+
 # -- per-level concepts: (kind of mention, value, pattern) ------------------------------------------
-# Convention: ANY disc bulge, protrusion or extrusion makes a study abnormal, whatever its size and
-# even with "no significant thecal sac or nerve root compression": in the labels, notes such as
-# "mild disc bulge at one level, no significant compression, adequate canal" are labelled 1 about
-# five times as often as 0. Desiccation alone also counts ("dehydrated disc ... no herniation" -> 1).
+# Labels: ANY disc bulge, protrusion or extrusion makes a study abnormal, whatever its size and even
+# with "no significant thecal sac or nerve root compression": of the notes whose only findings are
+# bulges that compress nothing, 33 are labelled 1 and 5 are labelled 0. Desiccation alone also
+# counts ("dehydrated disc ... no evidence of disc herniation" -> 1).
 _RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
-    ("disc", "bulge", _r(r"\bbulg(?:e|es|ing)\b")),
-    # "herniation" is the generic word; a herniated disc that is not called an extrusion is, in
-    # these notes, a protrusion.
-    ("disc", "protrusion", _r(r"\bprotru(?:sion|sions|ding)\b|\bherniat(?:ion|ions|ed)\b")),
+    ("disc", "bulge", _words(r"bulg(?:e|es|ing)\b")),
+    # "herniation" is the generic word; a herniated disc not called an extrusion is a protrusion.
+    ("disc", "protrusion", _words(r"protru(?:sion|sions|ding)\b", r"herniat(?:ion|ions|ed)\b")),
     # A migrated or sequestrated fragment is by definition an extrusion.
-    ("disc", "extrusion", _r(r"\bextru(?:sion|sions|ded)\b|\bsequest(?:rated|ration|ered)\b|\bmigrat(?:ion|ing|ed)\b")),
-    ("location", "diffuse", _r(r"\bdiffuse(?:ly)?\b|\bbroad\s*-?\s*based?\b|\bwide\s*-?\s*based?\b|\bcircumferential\b|\bannular\s+disc\s+bulge")),
-    ("location", "central", _r(r"\b(?:posterior\s*-?\s*|postero)?central\b|\bmedian\b")),
-    ("location", "paracentral", _r(r"\bpara\s*-?\s*central\b|\bparamedian\b|\bposterolateral\b")),
-    ("location", "foraminal", _r(r"\b(?:extra|intra)?foraminal\b(?!\s+(?:narrowing|stenosis|encroachment))")),
-    ("side", "left", _r(r"\b(?:lt|left)\b")),
-    ("side", "right", _r(r"\b(?:rt|right)\b")),
-    ("side", "both", _r(r"\b(?:both|bilateral(?:ly)?)\b")),
-    ("severity", "mild", _r(r"\b(?:mild|mildly|small|slight|slightly|minimal)\b")),
-    ("severity", "moderate", _r(r"\bmoderate(?:ly)?\b")),
-    ("severity", "severe", _r(r"\b(?:severe|severely|significant|significantly|large|largely|marked|markedly)\b")),
-    # What the disc does: verbs, then the structure they act on.
-    ("verb", "compress", _r(r"\b(?:compress\w*|indent\w*|impinge\w*|impinging|displac\w*|effac\w*|obliterat\w*|filling|encroach\w*|deform\w*)\b")),
-    ("verb", "abut", _r(r"\b(?:abut\w*|touch\w*|contact\w*)\b")),
-    ("verb", "narrow", _r(r"\b(?:narrow\w*|stenosis|stenotic)\b")),
-    ("object", "thecal", _r(r"\b(?:thecal|theca|dural\s+sac|(?:spinal\s+)?cord)\b")),
-    ("object", "root", _r(r"\b(?:nerves?\s+roots?|roots?)\b|\bexit(?:ing)?\s+nerves?\b(?!\s+(?:canal|root))")),
-    ("object", "foramen", _r(r"\b(?:(?:exit(?:ing)?|neural|nerve)\s+)+canals?\b|\bforam(?:en|ina)\b|\bforaminal(?=\s+(?:narrowing|stenosis|encroachment))")),
-    ("object", "canal", _r(r"\bspinal\s+canal\b|\b(?:spinal|canal)(?=\s+stenosis)|\blateral\s+recess\s+stenosis")),
-    ("facet_hypertrophy", "", _r(r"\bfacets?(?:\s+joints?)?(?:\s+\w+){0,3}\s+hypertroph\w*|\bhypertroph\w*\s+(?:of\s+)?(?:the\s+)?facet")),
-    ("ligamentum_hypertrophy", "", _r(r"\bligament(?:um)?(?:\s+flav(?:um|a))?\s+(?:thickening|hypertroph\w*)|\bhypertroph\w*\s+(?:of\s+)?(?:the\s+)?ligament")),
+    ("disc", "extrusion", _words(
+        r"extru(?:sion|sions|ded)\b", r"sequest(?:rated|ration|ered)\b", r"migrat(?:ion|ing|ed)\b")),
+    ("location", "diffuse", _words(
+        r"diffuse(?:ly)?\b", r"(?:broad|wide)\s*-?\s*based?\b", r"circumferential\b", r"annular\s+disc\s+bulge")),
+    ("location", "central", _words(r"(?:posterior\s*-?\s*|postero)?central\b", r"median\b")),
+    ("location", "paracentral", _words(r"para\s*-?\s*central\b", r"paramedian\b", r"posterolateral\b")),
+    ("location", "foraminal", _words(r"(?:extra|intra)?foraminal\b(?!\s+(?:narrowing|stenosis|encroachment))")),
+    ("side", "left", _words(r"(?:lt|left)\b")),
+    ("side", "right", _words(r"(?:rt|right)\b")),
+    ("side", "both", _words(r"(?:both|bilateral(?:ly)?)\b")),
+    ("severity", "mild", _words(r"(?:mild|mildly|small|slight|slightly|minimal)\b")),
+    ("severity", "moderate", _words(r"moderate(?:ly)?\b")),
+    ("severity", "severe", _words(r"(?:severe|significant|large|marked)(?:ly)?\b")),
+    # What the disc does: verbs, then the structures they act on.
+    ("verb", "compress", _words(
+        r"(?:compress|indent|impinge|displac|effac|obliterat|encroach|deform)\w*", r"impinging\b", r"filling\b")),
+    ("verb", "abut", _words(r"(?:abut|touch|contact)\w*")),
+    ("verb", "narrow", _words(r"narrow\w*", r"stenosis\b", r"stenotic\b")),
+    ("object", "thecal", _words(r"(?:thecal|theca|dural\s+sac|(?:spinal\s+)?cord)\b")),
+    ("object", "root", _words(r"(?:nerves?\s+roots?|roots?)\b", r"exit(?:ing)?\s+nerves?\b(?!\s+(?:canal|root))")),
+    ("object", "foramen", _words(
+        r"(?:(?:exit(?:ing)?|neural|nerve)\s+)+canals?\b", r"foram(?:en|ina)\b",
+        r"foraminal(?=\s+(?:narrowing|stenosis|encroachment))")),
+    ("object", "canal", _words(
+        r"spinal\s+canal\b", r"(?:spinal|canal)(?=\s+stenosis)", r"lateral\s+recess\s+stenosis")),
+    ("facet_hypertrophy", "", _words(
+        r"facets?(?:\s+joints?)?(?:\s+\w+){0,3}\s+hypertroph\w*", r"hypertroph\w*\s+(?:of\s+)?(?:the\s+)?facet")),
+    ("ligamentum_hypertrophy", "", _words(
+        r"ligament(?:um)?(?:\s+flav(?:um|a))?\s+(?:thickening|hypertroph\w*)",
+        r"hypertroph\w*\s+(?:of\s+)?(?:the\s+)?ligament")),
     # "desiccated", "dehydrated" and their usual misspellings ("dissicating", "dissecated").
-    ("desiccation", "", _r(r"\bdesiccat\w*|\bdehydrat\w*|\bd[ie]s+[ie]?c+a?[tr](?:ed|ing|ion|ive)\b")),
-    ("annular_tear", "", _r(r"\b(?:annular|annulus|posterocentral|paracentral|posterolateral|radial)\s+(?:\w+\s+)?(?:tears?|fissures?)\b")),
+    ("desiccation", "", _words(r"desiccat\w*", r"dehydrat\w*", r"d[ie]s+[ie]?c+a?[tr](?:ed|ing|ion|ive)\b")),
+    ("annular_tear", "", _words(
+        r"(?:annular|annulus|posterocentral|paracentral|posterolateral|radial)\s+(?:\w+\s+)?(?:tears?|fissures?)\b")),
 )
-# -- whole-study findings ---------------------------------------------------------------------------
-# Convention: spondylolisthesis, fractures (old ones too: "Old L1 compression fracture ... no disc
-# herniation" -> 1), previous surgery, scoliosis, Schmorl's nodes and marrow oedema each make a
-# study abnormal. Vertebral haemangiomas, renal and pelvic cysts do not ("L2 haemangioma. No
-# evidence of disc herniation ..." -> 0).
+# -- whole-study findings (ABNORMAL_OTHER or INCIDENTAL, as the vocabulary files them) ------------------
+# Labels: spondylolisthesis, fractures (old ones too: "old compression fracture, no disc herniation"
+# -> 1), previous surgery, scoliosis, Schmorl's nodes and marrow oedema come with label 1.
+# Vertebral haemangiomas, Tarlov and pelvic cysts alone come with 0 (Tarlov cysts are not recorded:
+# the vocabulary has no entry for them). Muscle spasm is split: of the notes whose only finding is
+# "feature(s) of muscle spasm", 20 are labelled 1 and 8 are labelled 0 - the label column is not
+# consistent there. The vocabulary files muscle spasm as incidental (it does not make a study
+# abnormal); moving "muscle_spasm" to ABNORMAL_OTHER in `findings` would follow the majority of
+# those labels instead (bench/parser.py gives the agreement either way).
 _OTHER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("spondylolisthesis", _r(r"\b(?:spondylo|antero|retro)?listhesis\b")),
-    ("fracture", _r(r"\bfractures?\b|\bfractured\b|\b(?:anterior\s+)?wedging\b|\bloss\s+of\s+(?:\w+\s+){0,3}height\b|\bcollapse\b")),
-    ("postoperative", _r(r"\b(?:previous|recent)\s+(?:surgery|operations?)\b|\bpostoperative\b|\boperated\b"
-                         r"|\b(?:transpedicular|transpedicle)\s+(?:fixation|screws)|\bfixation\s+screws|\blaminectomy\b"
-                         r"|\bgranulation\b|\bfibrosis\b")),
-    ("scoliosis", _r(r"\bscoliosis\b|\bscoliotic\b")),
-    ("schmorl_nodes", _r(r"\bschmorls?\b|\blimbus\s+vertebra")),
-    ("marrow_edema", _r(r"\bmarrow\s+edema\b|\bbon[ey]\s+bruise\b|\bmodic\s+type\s*(?:i|1)(?![iv\d])")),
-    ("muscle_spasm", _r(r"\b(?:muscle\s+|m\.\s*)spasm\b|\bstraightening\s+of\s+the\s+lumbar\b")),
-    ("hemangioma", _r(r"\bhemangiomas?\b")),
-    ("renal_cyst", _r(r"\b(?:renal|kidney|cortical)\s+cysts?\b")),
-    ("pelvic_cyst", _r(r"\bpelvic\s+(?:\w+\s+)?cysts?\b|\b(?:ovarian|adnexal)\s+cysts?\b")),
+    ("spondylolisthesis", _words(r"(?:spondylo|antero|retro)?listhesis\b")),
+    ("fracture", _words(
+        r"fractur(?:e|es|ed)\b", r"(?:anterior\s+)?wedging\b", r"loss\s+of\s+(?:\w+\s+){0,3}height\b", r"collapse\b")),
+    ("postoperative", _words(
+        r"(?:previous|recent)\s+(?:surgery|operations?)\b", r"postoperative\b", r"operated\b", r"laminectomy\b",
+        r"(?:transpedicular|transpedicle)\s+(?:fixation|screws)", r"fixation\s+screws",
+        r"granulation\b", r"fibrosis\b")),
+    ("scoliosis", _words(r"scolio(?:sis|tic)\b")),
+    ("schmorl_nodes", _words(r"schmorls?\b", r"limbus\s+vertebra")),
+    ("marrow_edema", _words(r"marrow\s+edema\b", r"bon[ey]\s+bruise\b", r"modic\s+type\s*(?:i|1)(?![iv\d])")),
+    ("muscle_spasm", _words(r"muscle\s+spasm\b", r"straightening\s+of\s+the\s+lumbar\b")),
+    ("hemangioma", _words(r"hemangiomas?\b")),
+    ("renal_cyst", _words(r"(?:renal|kidney|cortical)\s+cysts?\b")),
+    ("pelvic_cyst", _words(r"pelvic\s+(?:\w+\s+)?cysts?\b", r"(?:ovarian|adnexal)\s+cysts?\b")),
 )
-_MULTILEVEL_RE = _r(r"\bmultilevel\b|\bmultiple\s+levels\b|\bseveral\s+levels\b|\belsewhere\b|\bother\s+levels\b")
-_LOWER_RE = _r(r"\blower\s+(?:lumbar\s+)?(?:levels?|discs?|disc\s+spaces?|lumbar|level)\b")
-_S1_ROOT_RE = _r(r"\bs1\s+(?:nerve\s+)?roots?\b")  # the root that the L5-S1 disc compresses
+_MULTILEVEL_RE = _words(r"multilevel\b", r"(?:multiple|several|other)\s+levels\b", r"elsewhere\b")
+_LOWER_RE = _words(r"lower\s+(?:lumbar\s+)?(?:levels?|discs?|disc\s+spaces?|lumbar)\b")
+_S1_ROOT_RE = _r(r"\bs1\s+(?:nerve\s+)?roots?\b")  # the root an L5-S1 disc compresses
 _SAME_LEVEL_RE = _r(r"\b(?:same|this|these)\s+levels?\b")
-_CONTINUATION_RE = _r(r"^(?:\w+ly\s+)?(?:with|and|associated|compress\w*|abut\w*|encroach\w*|indent\w*|narrow\w*)\b")
+_CONTINUATION_RE = _r(r"^(?:\w+ly\s+)?(?:(?:with|and|associated)\b|compress|abut|encroach|indent|narrow)")
 #: "thecal sac compression", "the Lt exit canal also appeared compressed": the verb after its object.
 _POST_VERB_RE = _r(
     r"^(?:\s+(?!and\b|or\b)\w+){0,2}?\s+(?:appears?\s+|appeared\s+|is\s+)?"
     r"(compression|compressed|narrowing|narrowed|narrow|stenosis|encroachment|indentation)\b"
 )
 
+_ADJECTIVES = ("location", "side", "severity")
+_LEVEL_FLAGS = ("facet_hypertrophy", "ligamentum_hypertrophy", "desiccation", "annular_tear")
+_LOCATIVE_RE = _r(r"\b(?:at|of)\b")
+#: "noticeably at L4-L5", "largest at L4-L5": the worst of several levels, not the only one.
+_EMPHASIS_RE = _r(
+    r"\b(?:no[tcr]\w*bl[ey]|mainly|mostly|largest|especially|particularly|predominantly)\s+(?:\w+\s+){0,2}$"
+)
 _KIND_RANK = {kind: i for i, kind in enumerate(DISC_KINDS)}
 _SEVERITY_RANK = {sev: i for i, sev in enumerate(SEVERITIES)}
 _LOCATION_RANK = {"diffuse": 0, "central": 1, "paracentral": 2, "foraminal": 3}
@@ -155,7 +186,9 @@ def _mentions(text: str) -> list[_Mention]:
         for kind, value, pattern in _RULES
         for m in pattern.finditer(text)
     ]
-    found += [_Mention("other", name, m.start(), m.end()) for name, pattern in _OTHER_RULES for m in pattern.finditer(text)]
+    found += [
+        _Mention("other", name, m.start(), m.end()) for name, pattern in _OTHER_RULES for m in pattern.finditer(text)
+    ]
     tears = [(m.start, m.end) for m in found if m.kind == "annular_tear"]
     kept = [
         m for m in found
@@ -163,13 +196,6 @@ def _mentions(text: str) -> list[_Mention]:
         and not (m.kind == "location" and inside(m.start, tears))  # "posterolateral annular tear"
     ]
     return sorted(kept, key=lambda m: (m.start, m.end))
-
-
-_ADJECTIVES = ("location", "side", "severity")
-_LEVEL_FLAGS = ("facet_hypertrophy", "ligamentum_hypertrophy", "desiccation", "annular_tear")
-_LOCATIVE_RE = _r(r"\b(?:at|of)\b")
-#: "noticeably at L4-L5", "largest at L4-L5": the worst of several levels, not the only one.
-_EMPHASIS_RE = _r(r"\b(?:no[tcr]\w*bl[ey]|mainly|mostly|largest|especially|particularly|predominantly)\s+(?:\w+\s+){0,2}$")
 
 
 def _clauses(text: str, mentions: list[_Mention], context: tuple[str, ...]) -> list[_Clause]:
@@ -206,7 +232,8 @@ def _clauses(text: str, mentions: list[_Mention], context: tuple[str, ...]) -> l
         before = max((i for i, (_, hi) in enumerate(spans) if hi <= d.start), default=None)
         if after is not None:
             gap = text[d.end : spans[after][0]]
-            if len(gap) <= 60 and _LOCATIVE_RE.search(gap) and not any(d.end < o.start < spans[after][0] for o in discs):
+            crossed = any(d.end < o.start < spans[after][0] for o in discs)
+            if len(gap) <= 60 and _LOCATIVE_RE.search(gap) and not crossed:
                 return after
         return before if before is not None else nearest(d)
 
@@ -249,7 +276,11 @@ def _effects(mentions: list[_Mention], text: str) -> list[tuple[str, str, str]]:
             post = _POST_VERB_RE.match(text[m.end :])
             if verb is None and not post:
                 continue
-            lo = verb.end if verb is not None else m.start
+            # Side words between the verb and the object, or right before an object that carries
+            # its own verb ("Rt foraminal narrowing").
+            lo = verb.end if verb is not None else next(
+                (s.start for s in mentions if s.kind == "side" and m.start - 2 <= s.end <= m.start), m.start
+            )
             if post:  # the object's own verb is the nearer one: "abutting ... and spinal canal stenosis"
                 action = "narrow" if post.group(1).startswith(("narrow", "sten")) else "compress"
             else:
@@ -315,9 +346,11 @@ def _grades(ms: list[_Mention]) -> tuple[list[str], list[str]]:
     for i, m in enumerate(ms):
         if m.kind != "severity":
             continue
-        ahead = [o for o in ms[i + 1 :] if o.kind in ("disc", "verb", "object")]
-        target = next((o for o in ahead if o.kind != "verb"), None) if ahead and ahead[0].kind == "verb" else (ahead[0] if ahead else None)
-        (canal if target is not None and target.value == "canal" else disc).append(m.value)
+        # The first disc or object after the word, looking through one verb.
+        target = next((o for o in ms[i + 1 :] if o.kind in ("disc", "object")), None)
+        between = [o for o in ms[i + 1 :] if target is not None and o.start < target.start and o.kind == "verb"]
+        graded = target is not None and target.value == "canal" and len(between) <= 1
+        (canal if graded else disc).append(m.value)
     return disc, canal
 
 

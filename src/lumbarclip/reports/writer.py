@@ -60,8 +60,16 @@ ROOT_PHRASES: dict[str, tuple[str, ...]] = {
     "side": ("compressing the {side} exit nerve root", "compressing the {side} {root} nerve root"),
 }
 FORAMEN_PHRASES: dict[str, tuple[str, ...]] = {
-    "both": ("encroaching exit neural canals", "encroaching upon both exit neural canals", "narrowing both neural foramina"),
-    "side": ("encroaching the {side} exit neural canal", "narrowing the {side} neural foramen", "encroaching upon {side} exit canal"),
+    "both": (
+        "encroaching exit neural canals",
+        "encroaching upon both exit neural canals",
+        "narrowing both neural foramina",
+    ),
+    "side": (
+        "encroaching the {side} exit neural canal",
+        "narrowing the {side} neural foramen",
+        "encroaching upon {side} exit canal",
+    ),
 }
 CANAL_PHRASES: dict[str, tuple[str, ...]] = {
     "mild": ("mildly narrowing the spinal canal",),
@@ -83,14 +91,24 @@ DEGENERATION = "degenerative changes"
 
 #: Findings outside the per-disc model; {upper}/{lower}/{vertebra}/{level}/{side}/{n} are filled in.
 OTHER_PHRASES: dict[str, tuple[str, ...]] = {
-    "spondylolisthesis": ("Grade I spondylolisthesis of {upper} over {lower}", "Mild spondylolisthesis of {upper} over {lower} noted"),
+    "spondylolisthesis": (
+        "Grade I spondylolisthesis of {upper} over {lower}",
+        "Mild spondylolisthesis of {upper} over {lower} noted",
+    ),
     "fracture": ("Old {vertebra} compression fracture noted", "Anterior wedging fracture of {vertebra} vertebral body"),
-    "postoperative": ("Evidence of previous surgery noted at {level} level", "Previous surgery noted with transpedicular fixation"),
+    "postoperative": (
+        "Evidence of previous surgery noted at {level} level",
+        "Previous surgery noted with transpedicular fixation",
+    ),
     "stenosis": ("Secondary spinal canal stenosis noted", "Narrowed spinal canal noted"),
     "scoliosis": ("Scoliosis of the lumbar spine convex to the {side} side", "Mild lumbar scoliosis noted"),
     "schmorl_nodes": ("Multiple Schmorl's nodes noted", "Schmorl's node noted at the endplate of {vertebra}"),
-    "marrow_edema": ("Bone marrow edema noted involving {vertebra} vertebral body", "Bone marrow edema of {vertebra} noted"),
-    "muscle_spasm": ("Feature of muscle spasm", "Features of muscle spasm noted", "Straightening of the lumbar lordosis, mostly due to muscle spasm"),
+    "marrow_edema": ("Bone marrow edema noted involving {vertebra} vertebral body", "Marrow edema of {vertebra} noted"),
+    "muscle_spasm": (
+        "Feature of muscle spasm",
+        "Features of muscle spasm noted",
+        "Straightening of the lumbar lordosis, mostly due to muscle spasm",
+    ),
     "hemangioma": ("{vertebra} hemangioma", "Small vertebral body hemangioma of {vertebra} noted"),
     "pelvic_cyst": ("NB: about {n} cm pelvic cyst noted, correlate with US",),
     "renal_cyst": ("NB: small {side} renal cyst noted",),
@@ -220,7 +238,7 @@ def _disc_sentences(findings: Findings, style: str, rng: random.Random) -> list[
     order = list(groups.items())
     if rng.random() < 0.3:
         order.reverse()  # some radiologists start from L5-S1
-    for key, names in order:
+    for _, names in order:
         lf = replace(findings.levels[names[0]], desiccation=False)
         out.append(_level_sentence(lf, names, style, layout, rng))
     return out
@@ -233,8 +251,7 @@ def write_report(findings: Findings, rng: random.Random) -> str:
     opening = [name for name in extra if name in OPENING_FINDINGS]
     closing = [name for name in extra if name not in OPENING_FINDINGS]
     sentences = [_fill(rng.choice(OTHER_PHRASES[name]), findings, rng) for name in opening]
-    disc = _disc_sentences(findings, style, rng)
-    sentences += disc
+    sentences += _disc_sentences(findings, style, rng)
     levels = [lf for lf in findings.levels.values() if lf.abnormal]
     if not any(lf.disc != "normal" for lf in levels) and (not findings.abnormal or rng.random() < 0.7):
         sentences.append(rng.choice(NEGATED_DISC))
@@ -250,14 +267,16 @@ def write_report(findings: Findings, rng: random.Random) -> str:
     return f"{header} {body}" if header else body
 
 
-#: Typical abnormal levels; their disc sentences are the abnormal prompts.
-_ABNORMAL_PROTOTYPES: tuple[Findings, ...] = (
-    Findings({"L4-L5": LevelFindings("L4-L5", "bulge", "diffuse", thecal_sac="compressed")}),
-    Findings({"L5-S1": LevelFindings("L5-S1", "protrusion", "paracentral", "left", "mild", "compressed", "left")}),
-    Findings({lv: LevelFindings(lv, "bulge", "diffuse", severity="mild", thecal_sac="abutted") for lv in ("L4-L5", "L5-S1")}),
-    Findings({"L4-L5": LevelFindings("L4-L5", "protrusion", "central", thecal_sac="compressed", foraminal_narrowing="both")}),
-    Findings({"L3-L4": LevelFindings("L3-L4", "bulge", "diffuse", thecal_sac="compressed", canal_narrowing="moderate",
-                                     facet_hypertrophy=True, ligamentum_hypertrophy=True)}),
+#: Typical abnormal studies; their disc sentences are the abnormal prompts.
+_ABNORMAL_PROTOTYPES: tuple[Findings, ...] = tuple(
+    Findings({lf.level: lf for lf in group})
+    for group in (
+        [LevelFindings("L4-L5", "bulge", "diffuse", thecal_sac="compressed")],
+        [LevelFindings("L5-S1", "protrusion", "paracentral", "left", "mild", "compressed", "left")],
+        [LevelFindings(lv, "bulge", "diffuse", severity="mild", thecal_sac="abutted") for lv in ("L4-L5", "L5-S1")],
+        [LevelFindings("L4-L5", "protrusion", "central", thecal_sac="compressed", foraminal_narrowing="both")],
+        [LevelFindings("L3-L4", "bulge", thecal_sac="compressed", canal_narrowing="moderate", facet_hypertrophy=True)],
+    )
 )
 
 
