@@ -12,7 +12,8 @@ from lumbarclip.evaluation.ablate import AblationGrid, _row_metrics, markdown_ta
 def _metrics(bacc, lo, hi):
     block = {"balanced_accuracy": bacc, "auroc": 0.9}
     return {
-        "image": block, "patient": block,
+        "image": block,
+        "patient": block,
         "zero_shot": {"image": block, "patient": block},
         "retrieval": {"i2t_r@1": 0.2, "i2t_r@5": 0.6, "t2i_r@1": 0.3, "t2i_r@5": 0.7},
         "ci95": {"patient.balanced_accuracy": [lo, hi]},
@@ -31,7 +32,9 @@ def test_markdown_aggregates_seeds_with_std_and_mean_ci():
         {"vision": "r", "head": "linear", "loss": "soft", "seed": s, **_row_metrics(_metrics(b, lo, hi))}
         for s, (b, lo, hi) in enumerate([(0.6, 0.5, 0.7), (0.8, 0.7, 0.9)])
     ]
-    rows.append({"vision": "r", "head": "mlp", "loss": "soft", "seed": 0, **_row_metrics(_metrics(0.5, 0.4, 0.6))})
+    rows.append(
+        {"vision": "r", "head": "mlp", "loss": "soft", "seed": 0, **_row_metrics(_metrics(0.5, 0.4, 0.6))}
+    )
     assert rows[0]["probe_patient_bacc_lo"] == 0.5 and rows[0]["probe_image_bacc_lo"] is None
     table = markdown_table(rows).splitlines()
     assert len(table) == 2 + 2  # header, rule, one line per (vision, head, loss)
@@ -39,7 +42,9 @@ def test_markdown_aggregates_seeds_with_std_and_mean_ci():
     header = table[0].split(" | ")
     cell = linear[header.index("probe_patient_bacc")]
     assert cell == "0.700 ± 0.141 [0.60, 0.80]"  # std of (0.6, 0.8) with ddof=1; CI bounds averaged
-    assert table[3].split(" | ")[header.index("probe_patient_bacc")] == "0.500 [0.40, 0.60]"  # one seed: no std
+    assert (
+        table[3].split(" | ")[header.index("probe_patient_bacc")] == "0.500 [0.40, 0.60]"
+    )  # one seed: no std
 
 
 @pytest.mark.parametrize(
@@ -54,7 +59,12 @@ def test_markdown_aggregates_seeds_with_std_and_mean_ci():
 def test_bad_input_is_refused_before_training(tmp_path, capsys, args, message):
     manifest = tmp_path / "m.csv"
     manifest.write_text("image_path,patient_id,split,label,report\n")
-    assert main(["ablate", "--data", str(manifest), "--out", str(tmp_path / "out"), "--vision", "resnet18", *args]) == 2
+    assert (
+        main(
+            ["ablate", "--data", str(manifest), "--out", str(tmp_path / "out"), "--vision", "resnet18", *args]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("lumbarclip ablate: error:") and message in err and "\n" not in err
     assert not (tmp_path / "out").exists()
@@ -62,7 +72,10 @@ def test_bad_input_is_refused_before_training(tmp_path, capsys, args, message):
 
 def test_existing_table_is_not_overwritten(tmp_path, capsys):
     (tmp_path / "ablation.csv").write_text("kept\n")
-    assert main(["ablate", "--data", str(tmp_path / "m.csv"), "--out", str(tmp_path), "--vision", "resnet18"]) == 2
+    assert (
+        main(["ablate", "--data", str(tmp_path / "m.csv"), "--out", str(tmp_path), "--vision", "resnet18"])
+        == 2
+    )
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "ablation.csv").read_text() == "kept\n"
 
@@ -71,12 +84,32 @@ def test_existing_table_is_not_overwritten(tmp_path, capsys):
 def test_tiny_grid_end_to_end_and_resume(tmp_path, capsys):
     from lumbarclip.synth.cohort import CohortConfig, make_cohort
 
-    manifest = make_cohort(tmp_path / "cohort", CohortConfig(n_patients=24, size=32, abnormal_rate=0.5), progress=False)
+    manifest = make_cohort(
+        tmp_path / "cohort", CohortConfig(n_patients=24, size=32, abnormal_rate=0.5), progress=False
+    )
     args = [
-        "ablate", "--data", str(manifest), "--out", str(tmp_path / "abl"), "--vision", "test_resnet",
-        "--head", "linear,mlp", "--seeds", "0", "--bootstrap", "50", "--no-progress",
-        "--set", "model.image_size=32", "--set", "model.embed_dim=16", "--set", "trainer.max_epochs=1",
-        "--set", "data.batch_size=16",
+        "ablate",
+        "--data",
+        str(manifest),
+        "--out",
+        str(tmp_path / "abl"),
+        "--vision",
+        "test_resnet",
+        "--head",
+        "linear,mlp",
+        "--seeds",
+        "0",
+        "--bootstrap",
+        "50",
+        "--no-progress",
+        "--set",
+        "model.image_size=32",
+        "--set",
+        "model.embed_dim=16",
+        "--set",
+        "trainer.max_epochs=1",
+        "--set",
+        "data.batch_size=16",
     ]
     assert main(args) == 0
     rows = list(csv.DictReader((tmp_path / "abl" / "ablation.csv").open()))

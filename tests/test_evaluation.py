@@ -19,15 +19,29 @@ from lumbarclip.synth.cohort import CohortConfig, make_cohort
 
 CONTRACT_BLOCK = set(METRIC_KEYS)
 RETRIEVAL_KEYS = {f"{d}_r@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
-UNIT_INTERVAL = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "precision_macro",
-                 "recall_macro", "auroc", "auprc", "ece", "brier")
+UNIT_INTERVAL = (
+    "accuracy",
+    "balanced_accuracy",
+    "f1_macro",
+    "f1_weighted",
+    "precision_macro",
+    "recall_macro",
+    "auroc",
+    "auprc",
+    "ece",
+    "brier",
+)
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    manifest = make_cohort(root / "cohort", CohortConfig(n_patients=24, size=32, abnormal_rate=0.5), progress=False)
-    model = create_model(ModelConfig(vision="test_resnet", image_size=32, embed_dim=16, text_unfrozen_layers=0))
+    manifest = make_cohort(
+        root / "cohort", CohortConfig(n_patients=24, size=32, abnormal_rate=0.5), progress=False
+    )
+    model = create_model(
+        ModelConfig(vision="test_resnet", image_size=32, embed_dim=16, text_unfrozen_layers=0)
+    )
     model.save_pretrained(root / "run" / "model")
     return root, manifest
 
@@ -35,7 +49,9 @@ def cohort(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(cohort):
     root, manifest = cohort
-    options = EvalOptions(finetune=False, from_scratch=False, fractions=(0.1, 1.0), bootstrap=100, progress=False)
+    options = EvalOptions(
+        finetune=False, from_scratch=False, fractions=(0.1, 1.0), bootstrap=100, progress=False
+    )
     return evaluate_run(root / "run", manifest, options=options), root / "run" / "eval-test"
 
 
@@ -68,7 +84,9 @@ def test_metrics_json_has_every_contract_key(evaluated):
 def test_confidence_intervals_contain_the_estimates(evaluated):
     metrics, _ = evaluated
     ci95 = metrics["ci95"]
-    assert {f"{lv}.{m}" for lv in ("image", "patient") for m in ("accuracy", "balanced_accuracy", "auroc")} <= set(ci95)
+    assert {
+        f"{lv}.{m}" for lv in ("image", "patient") for m in ("accuracy", "balanced_accuracy", "auroc")
+    } <= set(ci95)
     assert any(k.startswith("zero_shot.") for k in ci95)
     for key, interval in ci95.items():
         *prefix, level, metric = key.split(".")
@@ -98,7 +116,9 @@ def test_cli_refuses_a_leaky_split(cohort, capsys):
     root, manifest = cohort
     rows = list(csv.DictReader(manifest.open()))
     test_patient = next(r for r in rows if r["split"] == "test")
-    train_patient = next(r["patient_id"] for r in rows if r["split"] == "train" and r["label"] == test_patient["label"])
+    train_patient = next(
+        r["patient_id"] for r in rows if r["split"] == "train" and r["label"] == test_patient["label"]
+    )
     for r in rows:  # the test patient's images are relabelled as a training patient's
         if r["patient_id"] == test_patient["patient_id"]:
             r["patient_id"] = train_patient
@@ -120,8 +140,11 @@ def test_supervised_classifier_learns_and_keeps_the_best_epoch():
     images = torch.randn(64, 1, 32, 32, generator=generator)
     images[labels == 1, :, 8:24, 8:24] += 1.5  # a bright square marks the abnormal class
     module = train_classifier(
-        create_vision_tower("test_resnet"), (images[:48], labels[:48]), (images[48:], labels[48:]),
-        SupervisedConfig(epochs=3, batch_size=16), progress=False,
+        create_vision_tower("test_resnet"),
+        (images[:48], labels[:48]),
+        (images[48:], labels[48:]),
+        SupervisedConfig(epochs=3, batch_size=16),
+        progress=False,
     )
     assert roc_auc_score(labels, classifier_proba(module, images)) > 0.9
     assert not module.training
@@ -132,10 +155,34 @@ def test_train_then_evaluate_end_to_end(cohort, capsys):
     from lumbarclip.training import load_config, train
 
     root, manifest = cohort
-    config = load_config("cpu-demo", ["model.vision=test_resnet", "model.image_size=32", "model.embed_dim=16",
-                                      "trainer.max_epochs=1", "data.batch_size=16"])
+    config = load_config(
+        "cpu-demo",
+        [
+            "model.vision=test_resnet",
+            "model.image_size=32",
+            "model.embed_dim=16",
+            "trainer.max_epochs=1",
+            "data.batch_size=16",
+        ],
+    )
     run = train(config, manifest, root / "trained", progress=False)
-    assert main(["evaluate", "--run", str(run), "--data", str(manifest), "--epochs", "1", "--bootstrap", "100", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(run),
+                "--data",
+                str(manifest),
+                "--epochs",
+                "1",
+                "--bootstrap",
+                "100",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "linear_probe" in capsys.readouterr().out
     metrics = json.loads((run / "eval-test" / "metrics.json").read_text())
     for block in (metrics, metrics["zero_shot"], metrics["finetune"], *metrics["baselines"].values()):
@@ -143,7 +190,10 @@ def test_train_then_evaluate_end_to_end(cohort, capsys):
         check_block(block["patient"])
     assert set(metrics["baselines"]) == {"majority", "raw_pixels", "from_scratch"}
     assert set(metrics["label_efficiency"]) == {"linear_probe", "from_scratch"}
-    assert metrics["label_efficiency"]["from_scratch"]["1.0"]["image"] == metrics["baselines"]["from_scratch"]["image"]
+    assert (
+        metrics["label_efficiency"]["from_scratch"]["1.0"]["image"]
+        == metrics["baselines"]["from_scratch"]["image"]
+    )
     for key, interval in metrics["ci95"].items():
         *prefix, level, metric = key.split(".")
         value = (metrics[prefix[0]] if prefix else metrics)[level][metric]

@@ -19,7 +19,7 @@ from sklearn.metrics import (
 
 from lumbarclip.data.manifest import ImageRecord, Manifest
 from lumbarclip.errors import InputError
-from lumbarclip.evaluation.integrity import check_patient_overlap, integrity_checks
+from lumbarclip.evaluation.integrity import check_patient_overlap, integrity_checks, outcome_warnings
 from lumbarclip.evaluation.metrics import (
     METRIC_KEYS,
     bootstrap_ci,
@@ -86,7 +86,9 @@ def test_threshold_is_chosen_between_the_classes():
 
 
 def test_patient_aggregation_is_the_mean_probability():
-    ids, labels, prob = aggregate_patients(np.array(["b", "a", "b", "a", "b"]), np.array([1, 0, 1, 0, 1]), np.array([0.9, 0.1, 0.6, 0.3, 0.3]))
+    ids, labels, prob = aggregate_patients(
+        np.array(["b", "a", "b", "a", "b"]), np.array([1, 0, 1, 0, 1]), np.array([0.9, 0.1, 0.6, 0.3, 0.3])
+    )
     assert ids.tolist() == ["a", "b"]
     assert labels.tolist() == [0, 1]
     assert prob == pytest.approx([0.2, 0.6])
@@ -146,7 +148,9 @@ def test_retrieval_recalls_and_chance():
     assert r["chance_t2i_r@1"] == pytest.approx(2 / 6)
     assert r["chance_t2i_r@2"] == pytest.approx(1 - (4 / 6) * (3 / 5))
     # swap two reports: image -> report now misses for patients a and b at K=1, hits at K=2
-    swapped = retrieval_metrics(images, np.repeat(["a", "b", "c"], 2), basis, np.array(["b", "a", "c"]), ks=(1, 2))
+    swapped = retrieval_metrics(
+        images, np.repeat(["a", "b", "c"], 2), basis, np.array(["b", "a", "c"]), ks=(1, 2)
+    )
     assert swapped["i2t_r@1"] == pytest.approx(1 / 3)
     assert swapped["i2t_r@2"] > swapped["i2t_r@1"]
 
@@ -175,7 +179,9 @@ def test_subsample_patients_is_stratified_seeded_and_whole():
 
 
 def _manifest(rows):
-    records = [ImageRecord(Path(f"{p}-{i}.png"), p, s, l, f"report of {p}") for i, (p, s, l) in enumerate(rows)]
+    records = [
+        ImageRecord(Path(f"{p}-{i}.png"), p, s, y, f"report of {p}") for i, (p, s, y) in enumerate(rows)
+    ]
     return Manifest(Path("m.csv"), records)
 
 
@@ -195,9 +201,12 @@ def test_pretraining_overlap_is_fatal():
 
 
 def test_integrity_warnings():
-    manifest = _manifest([("p1", "train", 1), ("p2", "train", 0), ("p3", "valid", 1), ("p4", "valid", 0), ("p5", "test", 1)])
+    manifest = _manifest(
+        [("p1", "train", 1), ("p2", "train", 0), ("p3", "valid", 1), ("p4", "valid", 0), ("p5", "test", 1)]
+    )
     out = integrity_checks(
-        manifest, "test",
+        manifest,
+        "test",
         {"probe": ["image"], "fusion": ["image", "report"]},
         prompts={0: ["normal spine"], 1: ["report of p5"]},
     )
@@ -220,3 +229,22 @@ def test_load_prompts(tmp_path):
         bad.write_text(text)
         with pytest.raises(InputError):
             load_prompts(bad)
+
+
+def test_outcome_warnings_flag_majority_chance_and_pixel_parity():
+    pids = np.repeat([f"p{i}" for i in range(8)], 2)
+    y = np.repeat([0, 0, 0, 1, 1, 1, 1, 1], 2)
+    good = Predictions(y, np.where(y == 1, 0.8, 0.2), pids)
+    metrics = {
+        **good.metrics(),
+        "zero_shot": Predictions(y, np.full(len(y), 0.9), pids).metrics(),  # calls everything abnormal
+        "baselines": {"raw_pixels": Predictions(y, np.where(y == 1, 0.7, 0.3), pids).metrics()},
+        "ci95": {"patient.balanced_accuracy": [0.9, 1.0], "zero_shot.patient.balanced_accuracy": [0.5, 0.5]},
+    }
+    warnings = " | ".join(outcome_warnings(metrics, "linear_probe"))
+    assert "zero_shot calls every image abnormal" in warnings
+    assert "zero_shot patient balanced accuracy 95% CI [0.50, 0.50]" in warnings
+    assert "raw-pixel baseline matches or beats linear_probe" in warnings
+    assert "linear_probe calls" not in warnings and "linear_probe patient balanced" not in warnings
+    metrics["baselines"] = {"raw_pixels": Predictions(y, np.where(y == 1, 0.4, 0.6), pids).metrics()}
+    assert "raw-pixel" not in " ".join(outcome_warnings(metrics, "linear_probe"))

@@ -30,7 +30,7 @@ def report_path(tmp_path_factory) -> Path:
     labels = np.repeat((np.arange(n_patients) % 4 != 0).astype(int), per)
     pids = np.repeat([f"P{i}" for i in range(n_patients)], per)
     records = []
-    for i, (pid, label) in enumerate(zip(pids, labels)):
+    for i, (pid, label) in enumerate(zip(pids, labels, strict=True)):
         path = tmp / f"img{i}.png"
         Image.fromarray((rng.random((24, 24)) * 65535).astype(np.uint16)).save(path)
         records.append(ImageRecord(path, pid, "test", int(label), f"note {pid}", "T2", "L4-L5"))
@@ -51,7 +51,11 @@ def report_path(tmp_path_factory) -> Path:
         "label_efficiency": {
             "linear_probe": {f: {"patients": k, **probe.metrics()} for f, k in (("0.1", 2), ("1.0", 8))}
         },
-        "integrity": integrity_checks(Manifest(tmp / "m.csv", records + train), "test", {"linear_probe": ["image"], "fusion": ["report"]}),
+        "integrity": integrity_checks(
+            Manifest(tmp / "m.csv", records + train),
+            "test",
+            {"linear_probe": ["image"], "fusion": ["report"]},
+        ),
     }
     return write_report(
         ReportInputs(
@@ -91,10 +95,20 @@ def test_integrity_comes_first_and_warns(report_path):
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_report_renders_in_headless_chromium(report_path, tmp_path):
     cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-        "--dump-dom", report_path.as_uri(),
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--dump-dom",
+        report_path.as_uri(),
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -15,6 +15,8 @@ from lumbarclip.errors import InputError
 #: Command modules under `lumbarclip.cli`, in the order `--help` lists them.
 COMMANDS: tuple[str, ...] = (
     "demo",
+    "synth",
+    "twin",
     "data",
     "train",
     "evaluate",
@@ -53,6 +55,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -38,11 +38,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", type=_names, default=["soft"], help="losses: soft, hard (default: soft)")
     p.add_argument("--seeds", type=_seeds, default=[0, 1], help="seeds (default: 0,1)")
     p.add_argument("--preset", default="cpu-demo", help="training preset or YAML file (default: cpu-demo)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every run, e.g. --set trainer.max_epochs=3")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run, e.g. --set trainer.max_epochs=3",
+    )
     p.add_argument("--prompts", help="YAML/JSON zero-shot prompts {normal: [...], abnormal: [...]}")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per run (default: 1000)")
-    p.add_argument("--overwrite", action="store_true", help="replace ablation.csv and runs trained with another config")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace ablation.csv and runs trained with another config"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -60,8 +68,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"unknown --head/--loss value(s): {', '.join(unknown)}")
     visions = args.vision or [load_config(args.preset, args.overrides).model.vision]
     grid = AblationGrid(visions, args.head, args.loss, args.seeds, args.preset, args.overrides)
-    options = EvalOptions(prompts=load_prompts(args.prompts) if args.prompts else None, bootstrap=args.bootstrap)
-    result = run_ablation(args.data, args.out, grid, options, progress=not args.no_progress, overwrite=args.overwrite)
+    options = EvalOptions(
+        prompts=load_prompts(args.prompts) if args.prompts else None, bootstrap=args.bootstrap
+    )
+    result = run_ablation(
+        args.data, args.out, grid, options, progress=not args.no_progress, overwrite=args.overwrite
+    )
     print(result.markdown)
     print(f"ablation: {result.csv_path}\ntable:    {result.markdown_path}")
     return 0

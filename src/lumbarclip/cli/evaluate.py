@@ -20,16 +20,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--run", required=True, help="run folder (holding model/) or a model folder")
     p.add_argument("--data", required=True, help="manifest CSV with train, valid and the evaluated split")
-    p.add_argument("--split", default="test", choices=("test", "valid"), help="split to score (default: test)")
+    p.add_argument(
+        "--split", default="test", choices=("test", "valid"), help="split to score (default: test)"
+    )
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT)")
     p.add_argument("--prompts", help="YAML/JSON file {normal: [...], abnormal: [...]} for zero-shot")
     p.add_argument("--no-finetune", action="store_true", help="skip fine-tuning the pre-trained tower")
     p.add_argument("--no-scratch", action="store_true", help="skip the supervised from-scratch baseline")
-    p.add_argument("--no-label-efficiency", action="store_true", help="skip the 1/10/100%% label-efficiency runs")
-    p.add_argument("--epochs", type=int, default=3, help="epochs of fine-tuning and from-scratch training (default: 3)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples over patients (default: 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of bootstrap, subsampling and training (default: 0)")
-    p.add_argument("--map", default="pca", choices=("pca", "tsne"), help="2-D embedding map method (default: pca)")
+    p.add_argument(
+        "--no-label-efficiency", action="store_true", help="skip the 1/10/100%% label-efficiency runs"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=3, help="epochs of fine-tuning and from-scratch training (default: 3)"
+    )
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples over patients (default: 1000)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of bootstrap, subsampling and training (default: 0)"
+    )
+    p.add_argument(
+        "--map", default="pca", choices=("pca", "tsne"), help="2-D embedding map method (default: pca)"
+    )
     p.add_argument("--no-report", action="store_true", help="write metrics.json only")
     p.add_argument("--overwrite", action="store_true", help="replace metrics.json/report.html in --out")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

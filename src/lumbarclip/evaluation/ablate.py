@@ -1,9 +1,10 @@
 """`run_ablation`: the paper's ablation as a grid of vision towers x heads x losses x seeds.
 
 Every cell trains with the training API on the same manifest, is evaluated on the test split
-(linear probe, zero-shot, retrieval with patient-bootstrap CIs; no supervised baselines, they
-do not depend on the grid), and becomes a row of ablation.csv. ablation.md aggregates the
-seeds: mean ± sample std, and [lo, hi] = the per-run 95% CI bounds averaged over seeds.
+(linear probe, zero-shot, retrieval with patient-bootstrap CIs; no baselines or label
+efficiency: they do not depend on the grid, run `evaluate` on one cell for them), and becomes
+a row of ablation.csv. ablation.md aggregates the seeds: mean ± sample std, and [lo, hi] = the
+per-run 95% CI bounds averaged over seeds.
 
 A cell already trained with the same config (train_summary.json, config.yaml) is not trained
 again, and its newer eval-test/metrics.json is reused, so an interrupted grid resumes where it
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from tqdm.auto import tqdm
 
 from lumbarclip.data.manifest import read_manifest
 from lumbarclip.errors import InputError
@@ -56,7 +58,10 @@ class AblationGrid:
     overrides: Sequence[str] = ()
 
     def cells(self) -> list[dict[str, object]]:
-        return [dict(zip(GRID_KEYS, c, strict=True)) for c in itertools.product(self.visions, self.heads, self.losses, self.seeds)]
+        return [
+            dict(zip(GRID_KEYS, c, strict=True))
+            for c in itertools.product(self.visions, self.heads, self.losses, self.seeds)
+        ]
 
 
 @dataclass
@@ -83,31 +88,55 @@ def run_ablation(
         raise InputError(f"{out / 'ablation.csv'}: already exists; choose another --out or pass --overwrite")
     options = replace(
         eval_options or EvalOptions(),
-        finetune=False, from_scratch=False, label_efficiency=False, report=False, progress=progress,
+        raw_pixels=False,
+        finetune=False,
+        from_scratch=False,
+        label_efficiency=False,
+        report=False,
+        progress=progress,
     )
     check_patient_overlap(read_manifest(manifest))  # a leaky manifest fails before any training
     cells = grid.cells()
     configs = [  # every config is built (and validated) before the first training starts
-        load_config(grid.preset, [*grid.overrides, f"model.vision={c['vision']}", f"model.head={c['head']}",
-                                  f"loss.kind={c['loss']}", f"seed={c['seed']}"])
+        load_config(
+            grid.preset,
+            [
+                *grid.overrides,
+                f"model.vision={c['vision']}",
+                f"model.head={c['head']}",
+                f"loss.kind={c['loss']}",
+                f"seed={c['seed']}",
+            ],
+        )
         for c in cells
     ]
     rows = []
-    for i, (cell, config) in enumerate(zip(cells, configs, strict=True), start=1):
+    bar = tqdm(list(zip(cells, configs, strict=True)), desc="ablation", unit="run", disable=not progress)
+    for cell, config in bar:
         run = out / "runs" / "-".join(str(cell[k]) for k in GRID_KEYS)
-        print(f"[{i}/{len(cells)}] {run.name}", flush=True)
+        bar.set_postfix_str(run.name)
         trained = (run / "train_summary.json").is_file()
         if trained and not _same_config(run, config) and not overwrite:
-            raise InputError(f"{run}: was trained with another config; choose another --out or pass --overwrite")
+            raise InputError(
+                f"{run}: was trained with another config; choose another --out or pass --overwrite"
+            )
         if not trained or not _same_config(run, config):
             train(config, manifest, run, progress=progress, overwrite=True)
         metrics_path = run / "eval-test" / "metrics.json"
-        if metrics_path.is_file() and metrics_path.stat().st_mtime >= (run / "train_summary.json").stat().st_mtime:
+        if (
+            metrics_path.is_file()
+            and metrics_path.stat().st_mtime >= (run / "train_summary.json").stat().st_mtime
+        ):
             metrics = json.loads(metrics_path.read_text())
         else:
-            metrics = evaluate_run(run, manifest, "test", options=replace(options, seed=int(cell["seed"])), overwrite=True)
+            metrics = evaluate_run(
+                run, manifest, "test", options=replace(options, seed=int(cell["seed"])), overwrite=True
+            )
         summary = json.loads((run / "train_summary.json").read_text())
-        timing = {"train_seconds": summary.get("seconds"), "eval_seconds": round(sum(metrics["meta"]["seconds"].values()), 1)}
+        timing = {
+            "train_seconds": summary.get("seconds"),
+            "eval_seconds": round(sum(metrics["meta"]["seconds"].values()), 1),
+        }
         rows.append({**cell, "run": str(run), **_row_metrics(metrics), **timing})
     csv_path = _write_csv(out / "ablation.csv", rows)
     markdown = markdown_table(rows)
@@ -118,7 +147,9 @@ def run_ablation(
 
 def _same_config(run: Path, config: object) -> bool:
     saved = run / "config.yaml"
-    return saved.is_file() and yaml.safe_load(saved.read_text()) == yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))  # type: ignore[attr-defined]
+    return saved.is_file() and yaml.safe_load(saved.read_text()) == yaml.safe_load(
+        yaml.safe_dump(config.to_dict(), sort_keys=False)
+    )  # type: ignore[attr-defined]
 
 
 def _lookup(metrics: dict[str, object], path: tuple[str, ...]) -> object:

@@ -20,7 +20,9 @@ RAW_PIXEL_SIZE = 32
 def load_image_tensors(paths: Sequence[Path], image_size: int, progress: bool = True) -> torch.Tensor:
     """[N, 1, S, S] images preprocessed exactly as the model sees them at evaluation."""
     transform = eval_transform(image_size)
-    images = [transform(load_image(p)) for p in tqdm(paths, desc="load images", disable=not progress, leave=False)]
+    images = [
+        transform(load_image(p)) for p in tqdm(paths, desc="load images", disable=not progress, leave=False)
+    ]
     return torch.stack(images) if images else torch.zeros(0, 1, image_size, image_size)
 
 

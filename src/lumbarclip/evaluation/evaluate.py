@@ -22,17 +22,19 @@ import yaml
 from lumbarclip.data.manifest import ImageRecord, read_manifest
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.baselines import load_image_tensors, majority_proba, raw_pixel_features
-from lumbarclip.evaluation.integrity import integrity_checks
+from lumbarclip.evaluation.integrity import integrity_checks, outcome_warnings
 from lumbarclip.evaluation.predictions import LEVELS, Predictions
 from lumbarclip.evaluation.probe import fit_probe, subsample_patients
 from lumbarclip.evaluation.report import ReportInputs, write_report
 from lumbarclip.evaluation.retrieval import retrieval_metrics
 from lumbarclip.evaluation.supervised import SupervisedConfig, classifier_proba, train_classifier
-from lumbarclip.models import LumbarCLIP
 from lumbarclip.evaluation.zeroshot import default_prompts, zero_shot_abnormal_proba
+from lumbarclip.models import LumbarCLIP
 
 MAIN = "linear_probe"
-PATIENT_RULE = "patient P(abnormal) = mean of its images' P(abnormal); patient label = max of its image labels"
+PATIENT_RULE = (
+    "patient P(abnormal) = mean of its images' P(abnormal); patient label = max of its image labels"
+)
 OUTPUTS: tuple[str, ...] = ("metrics.json", "report.html")
 
 
@@ -42,6 +44,7 @@ class EvalOptions:
     curve) train networks and dominate the run time; the rest takes seconds."""
 
     prompts: dict[int, list[str]] | None = None  # None: the packaged prompt ensemble
+    raw_pixels: bool = True
     finetune: bool = True
     from_scratch: bool = True
     label_efficiency: bool = True
@@ -87,18 +90,30 @@ class Downstream:
     test: SplitData
     opts: EvalOptions
 
-    def _tuned(self, predict: Callable[[object], np.ndarray], features: Callable[[SplitData], object]) -> Predictions:
+    def _tuned(
+        self, predict: Callable[[object], np.ndarray], features: Callable[[SplitData], object]
+    ) -> Predictions:
         """Test predictions whose thresholds were chosen on valid."""
         valid = self.valid.predictions(predict(features(self.valid)))
         return self.test.predictions(predict(features(self.test))).tuned_on(valid)
 
-    def probe(self, features: Callable[[SplitData], np.ndarray], mask: np.ndarray | None = None) -> tuple[Predictions, float]:
+    def probe(
+        self, features: Callable[[SplitData], np.ndarray], mask: np.ndarray | None = None
+    ) -> tuple[Predictions, float]:
         """Linear probe on `features` of each split; returns (predictions, chosen C)."""
         keep = np.ones(len(self.train.records), bool) if mask is None else mask
-        fitted = fit_probe(features(self.train)[keep], self.train.labels[keep], features(self.valid), self.valid.labels, seed=self.opts.seed)
+        fitted = fit_probe(
+            features(self.train)[keep],
+            self.train.labels[keep],
+            features(self.valid),
+            self.valid.labels,
+            seed=self.opts.seed,
+        )
         return self._tuned(fitted.predict_proba, features), fitted.C
 
-    def supervised(self, tower: torch.nn.Module, config: SupervisedConfig, mask: np.ndarray | None = None) -> Predictions:
+    def supervised(
+        self, tower: torch.nn.Module, config: SupervisedConfig, mask: np.ndarray | None = None
+    ) -> Predictions:
         """Train tower + head on the (subset of the) train images."""
         keep = np.ones(len(self.train.records), bool) if mask is None else mask
         module = train_classifier(
@@ -109,14 +124,18 @@ class Downstream:
             self.opts.seed,
             self.opts.progress,
         )
-        return self._tuned(lambda images: classifier_proba(module, images, self.opts.batch_size), lambda s: s.images)
+        return self._tuned(
+            lambda images: classifier_proba(module, images, self.opts.batch_size), lambda s: s.images
+        )
 
     def from_scratch(self, mask: np.ndarray | None = None) -> Predictions:
         """The same architecture as the model's vision tower, randomly initialised."""
         from lumbarclip.models import create_vision_tower
 
         cfg = self.model.config
-        return self.supervised(create_vision_tower(cfg.vision, pretrained=False, **cfg.vision_kwargs), self.opts.supervised, mask)
+        return self.supervised(
+            create_vision_tower(cfg.vision, pretrained=False, **cfg.vision_kwargs), self.opts.supervised, mask
+        )
 
     def finetune(self) -> Predictions:
         """The pre-trained vision tower, trained end to end at a smaller learning rate."""
@@ -170,10 +189,14 @@ def evaluate_run(
         raise InputError(f"{out / existing[0]}: already exists; choose another --out or pass --overwrite")
     manifest = read_manifest(manifest_path)
     prompts = opts.prompts or default_prompts()
-    integrity = integrity_checks(manifest, split, _classifier_inputs(opts), prompts, _pretrain_patients(run_root))
+    integrity = integrity_checks(
+        manifest, split, _classifier_inputs(opts), prompts, _pretrain_patients(run_root)
+    )
     for name in ("train", "valid", split):
         if not manifest.split(name):
-            raise InputError(f"{manifest.path}: the {name} split is empty; evaluation needs train, valid and {split}")
+            raise InputError(
+                f"{manifest.path}: the {name} split is empty; evaluation needs train, valid and {split}"
+            )
     if opts.supervised.precision is None:
         opts = replace(opts, supervised=replace(opts.supervised, precision=_run_precision(run_root)))
 
@@ -184,7 +207,9 @@ def evaluate_run(
     splits = {}
     for name in ("train", "valid", split):
         records = manifest.split(name)
-        splits[name] = SplitData(records, embed_images(model, [r.image_path for r in records], opts.batch_size, opts.progress))
+        splits[name] = SplitData(
+            records, embed_images(model, [r.image_path for r in records], opts.batch_size, opts.progress)
+        )
     run = Downstream(model, splits["train"], splits["valid"], splits[split], opts)
     test = run.test
     timer.lap("load_and_embed")
@@ -197,10 +222,15 @@ def evaluate_run(
     retrieval = retrieval_metrics(test.embeddings, test.patients, text_emb, np.array([p for p, _ in texts]))
     timer.lap("probe_zero_shot_retrieval")
 
-    for part in splits.values():
-        part.images = load_image_tensors([r.image_path for r in part.records], model.config.image_size, opts.progress)
+    if opts.raw_pixels or opts.from_scratch or opts.finetune:
+        for part in splits.values():
+            part.images = load_image_tensors(
+                [r.image_path for r in part.records], model.config.image_size, opts.progress
+            )
     baselines = {"majority": test.predictions(majority_proba(run.train.labels, len(test.records)))}
-    baselines["raw_pixels"], pixels_c = run.probe(lambda s: raw_pixel_features(s.images))
+    pixels_c = None
+    if opts.raw_pixels:
+        baselines["raw_pixels"], pixels_c = run.probe(lambda s: raw_pixel_features(s.images))
     timer.lap("simple_baselines")
     if opts.from_scratch:
         baselines["from_scratch"] = run.from_scratch()
@@ -210,7 +240,9 @@ def evaluate_run(
         timer.lap("finetune")
     efficiency: dict[str, dict[str, object]] = {}
     if opts.label_efficiency:
-        efficiency = run.label_efficiency({MAIN: preds[MAIN], **{k: v for k, v in baselines.items() if k == "from_scratch"}})
+        efficiency = run.label_efficiency(
+            {MAIN: preds[MAIN], **{k: v for k, v in baselines.items() if k == "from_scratch"}}
+        )
         timer.lap("label_efficiency")
 
     ci95 = preds[MAIN].bootstrap(opts.bootstrap, opts.seed)
@@ -243,6 +275,7 @@ def evaluate_run(
             "seconds": timer.laps,
         },
     }
+    integrity["warnings"] += outcome_warnings(metrics, MAIN)
     out.mkdir(parents=True, exist_ok=True)
     if opts.report:
         write_report(
@@ -255,7 +288,12 @@ def evaluate_run(
                 text_labels=np.array([int(test.labels[test.patients == p].max()) for p, _ in texts]),
                 class_emb=_class_embeddings(model, prompts),
                 title=f"LumbarCLIP evaluation: {run_root.name} on {split}",
-                meta={"model": model_dir, "manifest": manifest.path, "split": split, "patient rule": PATIENT_RULE},
+                meta={
+                    "model": model_dir,
+                    "manifest": manifest.path,
+                    "split": split,
+                    "patient rule": PATIENT_RULE,
+                },
                 embedding_map=opts.embedding_map,
             ),
             out / "report.html",
@@ -311,7 +349,9 @@ class _Timer:
 
 def _classifier_inputs(opts: EvalOptions) -> dict[str, list[str]]:
     """What each classifier reads at test time (the integrity check warns on any text)."""
-    inputs = {MAIN: ["image"], "zero_shot": ["image", "class prompts"], "majority": [], "raw_pixels": ["image"]}
+    inputs = {MAIN: ["image"], "zero_shot": ["image", "class prompts"], "majority": []}
+    if opts.raw_pixels:
+        inputs["raw_pixels"] = ["image"]
     if opts.from_scratch:
         inputs["from_scratch"] = ["image"]
     if opts.finetune:

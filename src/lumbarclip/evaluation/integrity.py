@@ -27,7 +27,10 @@ def check_patient_overlap(manifest: Manifest) -> dict[str, int]:
         shared = sorted(pid for pid, splits in overlap.items() if a in splits and b in splits)
         if shared:
             named = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
-            raise InputError(f"{manifest.path}: patient(s) {named} appear in both {a} and {b}; splits must be patient-disjoint")
+            raise InputError(
+                f"{manifest.path}: patient(s) {named} appear in both {a} and {b}; "
+                "splits must be patient-disjoint"
+            )
     return {f"{a}/{b}": 0 for a, b in combinations(SPLITS, 2)}
 
 
@@ -36,7 +39,8 @@ def check_pretraining_overlap(pretrain_patients: set[str], manifest: Manifest, s
     shared = sorted(pretrain_patients & {r.patient_id for r in manifest.split(split)})
     if shared:
         raise InputError(
-            f"{manifest.path}: {len(shared)} {split} patient(s) (e.g. {shared[0]}) were in the model's training data"
+            f"{manifest.path}: {len(shared)} {split} patient(s) (e.g. {shared[0]}) "
+            "were in the model's training data"
         )
 
 
@@ -56,7 +60,10 @@ def integrity_checks(
     for name, inputs in classifier_inputs.items():
         text = sorted(set(inputs) - IMAGE_ONLY_INPUTS)
         if text:
-            warnings.append(f"classifier {name} reads {', '.join(text)} at test time: it does not measure image-only diagnosis")
+            warnings.append(
+                f"classifier {name} reads {', '.join(text)} at test time: "
+                "it does not measure image-only diagnosis"
+            )
     for name, counts in report.splits.items():
         if counts["patients"] == 0:
             warnings.append(f"split {name} is empty")
@@ -67,7 +74,9 @@ def integrity_checks(
     if copied:
         warnings.append(f"{len(copied)} zero-shot prompt(s) are verbatim {split} reports, e.g. {copied[0]!r}")
     if split == "valid":
-        warnings.append("scoring on the valid split, where thresholds and C were chosen: scores are optimistic")
+        warnings.append(
+            "scoring on the valid split, where thresholds and C were chosen: scores are optimistic"
+        )
     if report.skipped:
         warnings.append(f"{len(report.skipped)} manifest row(s) were skipped (see `lumbarclip data check`)")
     return {
@@ -78,3 +87,29 @@ def integrity_checks(
         "classifier_inputs": {k: sorted(v) for k, v in classifier_inputs.items()},
         "warnings": warnings,
     }
+
+
+def outcome_warnings(metrics: Mapping[str, object], main: str) -> list[str]:
+    """Warnings read off the scores: a classifier that calls every image one class (its
+    accuracy is the majority rate, the paper's zero-shot failure), a headline balanced accuracy
+    whose 95% CI reaches chance, and a raw-pixel baseline that matches the model."""
+    blocks = {main: metrics, **{k: metrics[k] for k in ("zero_shot", "finetune") if k in metrics}}
+    blocks.update(metrics.get("baselines", {}))  # type: ignore[arg-type]
+    warnings = []
+    for name, block in blocks.items():
+        called = [sum(col) for col in zip(*block["image"]["confusion_matrix"], strict=True)]
+        if name != "majority" and min(called) == 0 and sum(called) > 0:
+            which = "abnormal" if called[1] else "normal"
+            warnings.append(f"{name} calls every image {which}: its accuracy is the majority rate")
+    ci95 = metrics.get("ci95", {})
+    for prefix, name in (("", main), ("zero_shot.", "zero_shot")):
+        interval = ci95.get(f"{prefix}patient.balanced_accuracy")  # type: ignore[union-attr]
+        if interval and interval[0] <= 0.5:
+            warnings.append(
+                f"{name} patient balanced accuracy 95% CI [{interval[0]:.2f}, {interval[1]:.2f}] "
+                "reaches 0.5: not distinguishable from chance on this split"
+            )
+    pixels = blocks.get("raw_pixels")
+    if pixels and (pixels["patient"]["balanced_accuracy"] or 0) >= (metrics["patient"]["balanced_accuracy"] or 0):
+        warnings.append(f"raw-pixel baseline matches or beats {main} per patient: the embeddings add nothing here")
+    return warnings

@@ -69,10 +69,15 @@ class Predictions:
         out = {}
         for lv in LEVELS:
             pred = self.level(lv)
-            out[lv] = {**classification_metrics(pred.y_true, pred.prob, self.thresholds[lv]), "threshold": self.thresholds[lv]}
+            out[lv] = {
+                **classification_metrics(pred.y_true, pred.prob, self.thresholds[lv]),
+                "threshold": self.thresholds[lv],
+            }
         return out
 
-    def bootstrap(self, n_resamples: int = 1000, seed: int = 0, prefix: str = "") -> dict[str, list[float] | None]:
+    def bootstrap(
+        self, n_resamples: int = 1000, seed: int = 0, prefix: str = ""
+    ) -> dict[str, list[float] | None]:
         """95% intervals keyed "PREFIXimage.accuracy" ..., resampling patients with replacement
         (a drawn patient brings all its images to the image-level resample)."""
         patients = self.by_patient()

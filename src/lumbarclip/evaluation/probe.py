@@ -59,7 +59,9 @@ def fit_probe(
     return max(scored, key=lambda item: item[0])[1]
 
 
-def subsample_patients(patient_ids: np.ndarray, labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+def subsample_patients(
+    patient_ids: np.ndarray, labels: np.ndarray, fraction: float, seed: int = 0
+) -> np.ndarray:
     """Boolean mask over images keeping a seeded, class-stratified `fraction` of the PATIENTS
     (all images of a kept patient), at least one patient of each class present."""
     patient_ids = np.asarray(patient_ids).astype(str)

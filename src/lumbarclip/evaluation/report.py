@@ -29,7 +29,15 @@ from lumbarclip.evaluation.metrics import reliability_bins
 from lumbarclip.evaluation.predictions import LEVELS, Predictions
 
 CLASS_NAMES = ("normal", "abnormal")
-HEADLINE_METRICS: tuple[str, ...] = ("balanced_accuracy", "auroc", "auprc", "f1_macro", "accuracy", "ece", "brier")
+HEADLINE_METRICS: tuple[str, ...] = (
+    "balanced_accuracy",
+    "auroc",
+    "auprc",
+    "f1_macro",
+    "accuracy",
+    "ece",
+    "brier",
+)
 GALLERY_SIZE = 24
 
 CSS = """
@@ -77,7 +85,12 @@ def render_report(inputs: ReportInputs) -> str:
     main = next(iter(inputs.predictions))
     sections = [
         _section("Integrity checks", _integrity_html(metrics.get("integrity", {}))),
-        _section("Headline", _scores_table(_headline_rows(metrics), metrics.get("ci95", {}))),
+        _section(
+            "Headline",
+            _scores_table(
+                _level_rows(_blocks(metrics)), metrics.get("ci95", {}), str(metrics.get("classifier"))
+            ),
+        ),
         _section("ROC and precision-recall curves", _img(_curves_figure(inputs.predictions))),
         _section(f"Confusion matrices ({_label(main)})", _img(_confusion_figure(metrics))),
         _section(
@@ -85,10 +98,13 @@ def render_report(inputs: ReportInputs) -> str:
             _img(_reliability_figure({k: p for k, p in inputs.predictions.items() if k in _blocks(metrics)})),
         ),
         _section("Embedding map (test images and reports)", _embedding_html(inputs)),
-        _section("Baselines", _scores_table(_baseline_rows(metrics), {})),
+        _section("Baselines", _scores_table(_level_rows(metrics.get("baselines", {})), {})),
         _section("Label efficiency", _label_efficiency_html(metrics.get("label_efficiency", {}))),
         _section("Retrieval", _retrieval_html(metrics.get("retrieval", {}))),
-        _section(f"Gallery: {_label(main)}, worst errors first", _gallery_html(inputs.predictions[main], inputs.records)),
+        _section(
+            f"Gallery: {_label(main)}, worst errors first",
+            _gallery_html(inputs.predictions[main], inputs.records),
+        ),
     ]
     meta = "".join(f"<div>{html.escape(str(k))}: {html.escape(str(v))}</div>" for k, v in inputs.meta.items())
     return (
@@ -156,11 +172,16 @@ def _integrity_html(integrity: Mapping[str, object]) -> str:
     balance = integrity.get("class_balance", {})
     if balance:
         cols = ["images", "patients", "patients_normal", "patients_abnormal"]
-        rows = [[s, *[b[c] for c in cols], b["patients_abnormal"] / b["patients"] if b["patients"] else None] for s, b in balance.items()]
+        rows = [
+            [s, *[b[c] for c in cols], b["patients_abnormal"] / b["patients"] if b["patients"] else None]
+            for s, b in balance.items()
+        ]
         parts.append(_table(["split", "images", "patients", "normal", "abnormal", "abnormal fraction"], rows))
     inputs = integrity.get("classifier_inputs", {})
     if inputs:
-        parts.append(_table(["classifier", "test-time inputs"], [[_label(k), ", ".join(v)] for k, v in inputs.items()]))
+        parts.append(
+            _table(["classifier", "test-time inputs"], [[_label(k), ", ".join(v)] for k, v in inputs.items()])
+        )
     return "".join(parts)
 
 
@@ -175,30 +196,38 @@ def _blocks(metrics: Mapping[str, object]) -> dict[str, Mapping[str, Mapping[str
     return out
 
 
-def _headline_rows(metrics: Mapping[str, object]) -> list[tuple[str, str, Mapping[str, object]]]:
-    return [(name, lv, block[lv]) for name, block in _blocks(metrics).items() for lv in LEVELS if lv in block]
+def _level_rows(
+    blocks: Mapping[str, Mapping[str, Mapping[str, object]]],
+) -> list[tuple[str, str, Mapping[str, object]]]:
+    """(classifier, level, metrics) for every classifier's image and patient blocks."""
+    return [(name, lv, block[lv]) for name, block in blocks.items() for lv in LEVELS if lv in block]
 
 
-def _baseline_rows(metrics: Mapping[str, object]) -> list[tuple[str, str, Mapping[str, object]]]:
-    baselines = metrics.get("baselines", {})
-    return [(name, lv, block[lv]) for name, block in baselines.items() for lv in LEVELS if lv in block]
-
-
-def _scores_table(rows: list[tuple[str, str, Mapping[str, object]]], ci95: Mapping[str, object]) -> str:
-    """One row per classifier and level; a headline metric shows its 95% CI when there is one."""
+def _scores_table(
+    rows: list[tuple[str, str, Mapping[str, object]]], ci95: Mapping[str, object], main: str | None = None
+) -> str:
+    """One row per classifier and level, each metric with its 95% CI when there is one (`ci95`
+    keys: "image.auroc" for the `main` classifier, "zero_shot.image.auroc" for the others)."""
     if not rows:
         return "<p class='meta'>None computed.</p>"
-    main = rows[0][0]
     body = []
     for name, lv, block in rows:
         cells = []
         for m in HEADLINE_METRICS:
-            key = f"{lv}.{m}" if name == main else f"{name}.{lv}.{m}"
-            ci = ci95.get(key)
-            cells.append(_fmt(block.get(m)) + (f" <span class='meta'>[{ci[0]:.3f}, {ci[1]:.3f}]</span>" if ci else ""))
-        body.append(f"<tr><td>{html.escape(_label(name))}</td><td>{lv}</td><td>{block.get('n')}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ["classifier", "level", "n", *[_label(m) for m in HEADLINE_METRICS]])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table><p class='meta'>[95% CI, bootstrap over patients]</p>"
+            ci = ci95.get(f"{lv}.{m}" if name == main else f"{name}.{lv}.{m}")
+            cells.append(
+                _fmt(block.get(m)) + (f" <span class='meta'>[{ci[0]:.3f}, {ci[1]:.3f}]</span>" if ci else "")
+            )
+        body.append(
+            f"<tr><td>{html.escape(_label(name))}</td><td>{lv}</td><td>{block.get('n')}</td>"
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + "</tr>"
+        )
+    head = "".join(
+        f"<th>{h}</th>" for h in ["classifier", "level", "n", *[_label(m) for m in HEADLINE_METRICS]]
+    )
+    note = "<p class='meta'>[95% CI, bootstrap over patients]</p>" if ci95 else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
 
 
 def _curves_figure(predictions: Mapping[str, Predictions]) -> Figure | None:
@@ -235,8 +264,15 @@ def _confusion_figure(metrics: Mapping[str, object]) -> Figure | None:
         ax.imshow(cm, cmap="Blues")
         for (i, j), v in np.ndenumerate(cm):
             ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
-        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
-               xlabel="predicted", ylabel="true", title=f"{lv} (n={cm.sum()})")
+        ax.set(
+            xticks=[0, 1],
+            yticks=[0, 1],
+            xticklabels=CLASS_NAMES,
+            yticklabels=CLASS_NAMES,
+            xlabel="predicted",
+            ylabel="true",
+            title=f"{lv} (n={cm.sum()})",
+        )
     fig.tight_layout()
     return fig
 
@@ -265,7 +301,9 @@ def _embedding_html(inputs: ReportInputs) -> str:
         groups.append(("class prompt", inputs.class_emb, np.arange(len(inputs.class_emb)), "*"))
     stacked = np.concatenate([g[1] for g in groups])
     if inputs.embedding_map == "tsne":
-        xy = TSNE(2, init="pca", perplexity=min(30.0, (len(stacked) - 1) / 3), random_state=0).fit_transform(stacked)
+        xy = TSNE(2, init="pca", perplexity=min(30.0, (len(stacked) - 1) / 3), random_state=0).fit_transform(
+            stacked
+        )
     else:
         xy = PCA(2, random_state=0).fit_transform(stacked)
     fig = Figure(figsize=(6.5, 5.5))
@@ -277,9 +315,15 @@ def _embedding_html(inputs: ReportInputs) -> str:
         for cls, colour in ((0, "tab:blue"), (1, "tab:red")):
             sel = np.asarray(labels) == cls
             if sel.any():
-                ax.scatter(*part[sel].T, marker=marker, c=colour, s=160 if marker == "*" else 18,
-                           alpha=1.0 if marker == "*" else 0.6, edgecolors="k" if marker == "*" else "none",
-                           label=f"{kind}: {CLASS_NAMES[cls]}")
+                ax.scatter(
+                    *part[sel].T,
+                    marker=marker,
+                    c=colour,
+                    s=160 if marker == "*" else 18,
+                    alpha=1.0 if marker == "*" else 0.6,
+                    edgecolors="k" if marker == "*" else "none",
+                    label=f"{kind}: {CLASS_NAMES[cls]}",
+                )
     ax.set(title=f"{inputs.embedding_map.upper()} of unit embeddings", xticks=[], yticks=[])
     ax.legend(fontsize=8, markerscale=0.8)
     return _img(fig, "embedding map")
@@ -294,7 +338,12 @@ def _label_efficiency_html(efficiency: Mapping[str, Mapping[str, Mapping[str, ob
         for name, by_fraction in efficiency.items():
             fractions = sorted(by_fraction, key=float)
             values = [by_fraction[f]["patient"][metric] for f in fractions]  # type: ignore[index]
-            ax.plot([float(f) * 100 for f in fractions], [np.nan if v is None else v for v in values], marker="o", label=_label(name))
+            ax.plot(
+                [float(f) * 100 for f in fractions],
+                [np.nan if v is None else v for v in values],
+                marker="o",
+                label=_label(name),
+            )
         ticks = sorted({float(f) * 100 for by_fraction in efficiency.values() for f in by_fraction})
         ax.set(xscale="log", xlabel="training patients", ylabel=f"patient {_label(metric)}", ylim=(0, 1.02))
         ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
@@ -303,10 +352,20 @@ def _label_efficiency_html(efficiency: Mapping[str, Mapping[str, Mapping[str, ob
     for name, by_fraction in efficiency.items():
         for f in sorted(by_fraction, key=float):
             r = by_fraction[f]
-            rows.append([_label(name), f"{float(f):.0%}", r.get("patients"), r["image"]["balanced_accuracy"],
-                         r["patient"]["balanced_accuracy"], r["patient"]["auroc"]])
+            rows.append(
+                [
+                    _label(name),
+                    f"{float(f):.0%}",
+                    r.get("patients"),
+                    r["image"]["balanced_accuracy"],
+                    r["patient"]["balanced_accuracy"],
+                    r["patient"]["auroc"],
+                ]
+            )
     fig.tight_layout()
-    table = _table(["classifier", "train patients", "n", "image bal. acc.", "patient bal. acc.", "patient AUROC"], rows)
+    table = _table(
+        ["classifier", "train patients", "n", "image bal. acc.", "patient bal. acc.", "patient AUROC"], rows
+    )
     return _img(fig, "label efficiency") + table
 
 
@@ -316,8 +375,13 @@ def _retrieval_html(retrieval: Mapping[str, object]) -> str:
     rows = []
     for direction, text in (("i2t", "image -> report"), ("t2i", "report -> image")):
         ks = sorted(int(k.split("@")[1]) for k in retrieval if k.startswith(f"{direction}_r@"))
-        rows += [[text, k, retrieval[f"{direction}_r@{k}"], retrieval.get(f"chance_{direction}_r@{k}")] for k in ks]
-    note = f"<p class='meta'>{retrieval.get('n_images')} images, {retrieval.get('n_texts')} reports; a hit is an item of the query's patient.</p>"
+        rows += [
+            [text, k, retrieval[f"{direction}_r@{k}"], retrieval.get(f"chance_{direction}_r@{k}")] for k in ks
+        ]
+    note = (
+        f"<p class='meta'>{retrieval.get('n_images')} images, {retrieval.get('n_texts')} reports; "
+        "a hit is an item of the query's patient.</p>"
+    )
     return _table(["direction", "K", "Recall@K", "chance"], rows) + note
 
 
@@ -343,7 +407,8 @@ def _gallery_html(pred: Predictions, records: Sequence[ImageRecord], size: int =
         where = " ".join(x for x in (rec.level, rec.sequence) if x)
         cells.append(
             f"<figure><img alt='{html.escape(rec.patient_id)}' src='{_thumbnail_uri(rec.image_path)}'>"
-            f"<figcaption>{html.escape(rec.patient_id)} {html.escape(where)}<br>true {CLASS_NAMES[pred.y_true[i]]}, "
+            f"<figcaption>{html.escape(rec.patient_id)} {html.escape(where)}<br>"
+            f"true {CLASS_NAMES[pred.y_true[i]]}, "
             f"P(abn) {pred.prob[i]:.2f} <span class='{verdict}'>{verdict}</span></figcaption></figure>"
         )
     return f"<div class='gallery'>{''.join(cells)}</div>"

@@ -13,7 +13,9 @@ import numpy as np
 KS: tuple[int, ...] = (1, 5, 10)
 
 
-def recall_at_k(similarity: np.ndarray, query_ids: np.ndarray, item_ids: np.ndarray, ks: tuple[int, ...]) -> dict[int, float]:
+def recall_at_k(
+    similarity: np.ndarray, query_ids: np.ndarray, item_ids: np.ndarray, ks: tuple[int, ...]
+) -> dict[int, float]:
     """Fraction of queries (rows) with an item of their own id among the k most similar columns."""
     order = np.argsort(-similarity, axis=1, kind="stable")
     hits = np.asarray(item_ids)[order] == np.asarray(query_ids)[:, None]
@@ -29,7 +31,10 @@ def retrieval_metrics(
 ) -> dict[str, float | int]:
     """`i2t_r@K` and `t2i_r@K` for unit-norm embeddings (cosine = dot product), plus the
     counts and chance rates (a random ranking's recall) for each direction."""
-    image_patients, text_patients = np.asarray(image_patients).astype(str), np.asarray(text_patients).astype(str)
+    image_patients, text_patients = (
+        np.asarray(image_patients).astype(str),
+        np.asarray(text_patients).astype(str),
+    )
     sim = np.asarray(image_emb, dtype=np.float64) @ np.asarray(text_emb, dtype=np.float64).T
     i2t = recall_at_k(sim, image_patients, text_patients, ks)
     t2i = recall_at_k(sim.T, text_patients, image_patients, ks)

@@ -82,7 +82,9 @@ def train_classifier(
     pos_weight = float((y_train == 0).sum() / max((y_train == 1).sum(), 1))
     module = TowerClassifier(tower, config, pos_weight)
     loaders = [
-        DataLoader(TensorDataset(images, torch.as_tensor(labels)), batch_size=config.batch_size, shuffle=shuffle)
+        DataLoader(
+            TensorDataset(images, torch.as_tensor(labels)), batch_size=config.batch_size, shuffle=shuffle
+        )
         for (images, labels), shuffle in ((train, True), (valid, False))
     ]
     with tempfile.TemporaryDirectory(prefix="lumbarclip-sup-") as tmp:
@@ -112,5 +114,8 @@ def classifier_proba(module: TowerClassifier, images: torch.Tensor, batch_size: 
     """P(abnormal) for each image, in evaluation mode on the module's device."""
     module = module.eval()
     device = next(module.parameters()).device
-    probs = [torch.sigmoid(module(images[i : i + batch_size].to(device)).float()).cpu() for i in range(0, len(images), batch_size)]
+    probs = [
+        torch.sigmoid(module(images[i : i + batch_size].to(device)).float()).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(probs).numpy() if probs else np.zeros(0)

@@ -38,7 +38,11 @@ def load_prompts(path: str | Path) -> dict[int, list[str]]:
         if cls is None:
             raise InputError(f"{path}: unknown class {key!r}; use normal/abnormal or 0/1")
         items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not items or not all(isinstance(p, str) and p.strip() for p in items):
+        if (
+            not isinstance(items, list)
+            or not items
+            or not all(isinstance(p, str) and p.strip() for p in items)
+        ):
             raise InputError(f"{path}: class {key!r} needs a non-empty list of sentences")
         prompts[cls] = [p.strip() for p in items]
     if set(prompts) != {0, 1}:
@@ -53,7 +57,9 @@ def default_prompts() -> dict[int, list[str]]:
     return class_prompts()
 
 
-def zero_shot_abnormal_proba(model: LumbarCLIP, image_emb: np.ndarray, prompts: dict[int, list[str]]) -> np.ndarray:
+def zero_shot_abnormal_proba(
+    model: LumbarCLIP, image_emb: np.ndarray, prompts: dict[int, list[str]]
+) -> np.ndarray:
     """P(abnormal) per image from the model's prompt-ensemble classifier (classes 0 and 1)."""
     with torch.no_grad():
         classes = class_embeddings(model, prompts).cpu()

@@ -41,7 +41,7 @@ _IMAGE_NAME = re.compile(r"^T[12]_\d{4,}_D[345]\.(png|dcm)$")
 #: Where degeneration sits among the imaged discs (L4-L5 and L5-S1 most often).
 _LEVEL_WEIGHTS = np.array([0.2, 0.45, 0.35])
 #: Abnormal patients whose imaged discs all look normal.
-HIDDEN_RATE = 0.07
+HIDDEN_RATE = 0.06
 _HIDDEN_OTHER = ("spondylolisthesis", "schmorl_nodes", "marrow_edema", "fracture")
 
 
@@ -149,7 +149,7 @@ def sample_findings(rng: np.random.Generator, abnormal: bool) -> Findings:
             upper = str(rng.choice(LEVELS[:2]))
             return Findings(levels={upper: sample_level(upper, rng, primary=True)}, incidental=incidental)
         return Findings(other=[str(rng.choice(_HIDDEN_OTHER))], incidental=incidental)
-    n = int(rng.choice([1, 2, 3], p=[0.04, 0.18, 0.78]))
+    n = int(rng.choice([1, 2, 3], p=[0.03, 0.14, 0.83]))
     chosen = [IMAGED_LEVELS[i] for i in rng.choice(3, size=n, replace=False, p=_LEVEL_WEIGHTS)]
     levels = {lvl: sample_level(lvl, rng, primary=i == 0) for i, lvl in enumerate(chosen)}
     if rng.random() < 0.1:
@@ -195,6 +195,7 @@ class PatientSpec:
     label: int
     findings: Findings  # drives the images
     report: str
+    parsed: Findings | None = None  # a twin's findings as read from its real note
 
 
 def prepare_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
@@ -262,6 +263,8 @@ def write_cohort(
                 "findings": spec.findings.to_dict(),
                 "report": spec.report,
             }
+            if spec.parsed is not None:
+                record["parsed"] = spec.parsed.to_dict()
             jsonl.write(json.dumps(record, sort_keys=True) + "\n")
     return write_manifest(out / "manifest.csv", rows, overwrite=True)
 
@@ -333,3 +336,83 @@ def _save_dicom(path: Path, pixels: np.ndarray, spec: PatientSpec, sequence: str
     ds.PixelData = pixels.astype("<u2").tobytes()
     ds.save_as(path, enforce_file_format=True)
 
+
+
+# --- the real-notes twin ----------------------------------------------------------------------
+
+#: Chance that a disc a note does not mention is mildly degenerate in an abnormal (lbp=1)
+#: spine: radiologists report the worst discs, not the dry, slightly bulging ones next to them.
+UNMENTIONED_DEGENERATION = 0.75
+
+
+def mild_degeneration(level: str, rng: np.random.Generator) -> LevelFindings:
+    """The unreported background of a degenerating spine: a mild bulge, often a dry disc."""
+    return LevelFindings(
+        level,
+        disc="bulge",
+        severity="mild",
+        thecal_sac=_pick(rng, {"abutted": 0.5, "compressed": 0.5}),
+        desiccation=bool(rng.random() < 0.6),
+    )
+
+
+def twin_findings(parsed: Findings, label: int, rng: np.random.Generator) -> Findings:
+    """What a twin patient's images show: the label decides, the note says where and what.
+
+    lbp=0: every disc normal whatever the parser read. lbp=1: the parsed findings, and each
+    imaged disc the note does not mention mildly degenerate with `UNMENTIONED_DEGENERATION`
+    chance - or, when the note names no imaged disc, L4-L5 and L5-S1 always (L3-L4 by chance).
+    """
+    if not label:
+        return Findings(incidental=list(parsed.incidental))
+    levels = dict(parsed.levels)
+    quiet = [lv for lv in IMAGED_LEVELS if not parsed.level(lv).abnormal]
+    none_imaged = len(quiet) == len(IMAGED_LEVELS)
+    for lv in quiet:
+        chance = (0.5 if lv == "L3-L4" else 1.0) if none_imaged else UNMENTIONED_DEGENERATION
+        if rng.random() < chance:
+            levels[lv] = mild_degeneration(lv, rng)
+    return Findings(levels=dict(sorted(levels.items())), other=list(parsed.other), incidental=list(parsed.incidental))
+
+
+@dataclass(frozen=True)
+class TwinSummary:
+    """Where the twin went and what did not make it."""
+
+    manifest: Path
+    patients: int
+    skipped: dict[str, str]  # patient or "line N" -> reason
+    disagreements: list[str]  # patients whose parsed note disagrees with their lbp label
+
+
+def make_twin(
+    notes_path: str | Path,
+    out_dir: str | Path,
+    seed: int = 0,
+    size: int = 128,
+    fmt: str = "png",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TwinSummary:
+    """A cohort rendered from real notes (columns patient_id, split, lbp, note): each patient's
+    six images drawn from the parser's findings, with the given label and split, and the real
+    note as the report. A patient's rows are joined; bad rows and patients are skipped."""
+    from lumbarclip.data.mendeley import read_notes
+    from lumbarclip.reports import parse_report
+
+    CohortConfig(n_patients=1, seed=seed, size=size, fmt=fmt)  # validates the shared options
+    table = read_notes(notes_path, label_column="lbp")
+    if not table.has_split:
+        raise InputError(f"{notes_path}: no split column; the twin keeps the notes' train/valid/test split")
+    skipped = {f"line {line}": why for line, why in table.bad_rows} | dict(table.problems)
+    if not table.notes:
+        raise InputError(f"{notes_path}: no usable patient rows")
+    specs, disagreements = [], []
+    for pid, note in sorted(table.notes.items()):
+        parsed = parse_report(note.text)
+        if parsed.abnormal != bool(note.label):
+            disagreements.append(pid)
+        findings = twin_findings(parsed, note.label, np.random.default_rng([seed, 3, *pid.encode()]))
+        specs.append(PatientSpec(pid, note.split, note.label, findings, note.text, parsed))
+    manifest = write_cohort(out_dir, specs, size, fmt, seed, overwrite, progress, total=len(specs))
+    return TwinSummary(manifest, len(specs), skipped, disagreements)

@@ -3,11 +3,13 @@
 Geometry is in millimetres in the patient's frame: origin at the disc centre, x towards the
 patient's left (image right, the radiological convention), y posterior (image down). Every
 structure is a signed-distance field (negative inside) painted in anatomical order with a
-one-pixel edge ramp, which anti-aliases edges without supersampling. Pathology changes shapes
-(disc margin, thecal sac, foramina, facets, ligamenta flava) and two local T2 signals (nucleus
-hydration, annular tear), never the global intensity or position: those come from the
-nuisance model, sampled per image and deliberately larger than any pathological change, so
-that a linear model on raw pixels cannot find the findings while a CNN can.
+one-pixel edge ramp, which anti-aliases edges without supersampling.
+
+Pathology changes shapes - the disc margin, the thecal sac, foramina, facets, ligamenta flava -
+and two local T2 signals (nucleus hydration, annular tear), never the global intensity or the
+position of anything: those come from the nuisance model, sampled per image and larger than
+any pathological change, so that a linear model on raw pixels cannot find the findings while
+a CNN, which sees shapes wherever they are, can.
 """
 
 from __future__ import annotations
@@ -27,23 +29,27 @@ TISSUES: dict[str, tuple[float, float]] = {
     "csf": (0.13, 0.95),
     "annulus": (0.34, 0.19),
     "nucleus": (0.38, 0.80),
-    "herniation": (0.36, 0.44),
+    "herniation": (0.36, 0.44),  # displaced nuclear material: brighter than annulus on T2
     "cortex": (0.06, 0.05),
     "marrow": (0.68, 0.46),
     "ligament": (0.27, 0.16),
     "root": (0.33, 0.25),
     "joint": (0.22, 0.70),
-    "artery": (0.05, 0.05),
-    "vein": (0.22, 0.32),
+    "artery": (0.05, 0.05),  # flow void
+    "vein": (0.22, 0.32),  # slow flow
     "bowel": (0.42, 0.50),
-    "tear": (0.36, 0.92),
+    "tear": (0.36, 0.92),  # high-intensity zone
 }
-#: Image rows show the patient from anterior (top) to posterior; the view is centred this far
-#: behind the disc centre so that the canal sits near the middle of the image.
+#: The view is centred this far behind the disc centre, which puts the canal mid-image.
 VIEW_CENTRE_Y_MM = 22.0
-_SEVERITY_MM = {"none": 2.2, "mild": 2.2, "moderate": 3.6, "severe": 5.2}
-_SAC_SHRINK = {"none": 1.0, "mild": 0.86, "moderate": 0.74, "severe": 0.62}
-_INDENT_MM = {"none": -9.0, "abutted": 0.4, "compressed": 2.2}
+#: How far beyond its healthy margin a herniated disc reaches, by severity (mm).
+_SEVERITY_MM = {"none": 3.0, "mild": 3.0, "moderate": 4.2, "severe": 5.6}
+_SEVERITY_RANK = {"none": 0, "mild": 0, "moderate": 1, "severe": 2}
+#: Thecal sac area kept by canal stenosis of each severity.
+_SAC_AREA = {"none": 1.0, "mild": 0.86, "moderate": 0.74, "severe": 0.62}
+#: How deep the disc indents the sac (mm) for each thecal sac finding.
+_INDENT_MM = {"abutted": 0.4, "compressed": 2.2}
+_GAP_MM = 1.5  # epidural space between a healthy disc and the sac
 
 
 @dataclass(frozen=True)
@@ -60,15 +66,15 @@ class Anatomy:
     sac_half_width: float = 9.0
     sac_half_depth: float = 7.0
     muscle: float = 1.0  # bulk of paraspinal muscles and psoas
-    fatty_infiltration: float = 0.1  # fraction of muscle texture replaced by fat
-    hydration: float = 1.0  # T2 signal of a healthy nucleus relative to a young adult's
+    fatty_infiltration: float = 0.1  # how much of the muscle texture is fat
+    hydration: float = 1.0  # T2 contrast of a healthy nucleus relative to a young adult's
     view_offset: tuple[float, float] = (0.0, 0.0)  # patient positioning in the coil
     cauda_equina: tuple[tuple[float, float], ...] = ()  # roots in unit-sac coordinates
     contrast: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(TISSUES))
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Anatomy:
-        """A plausible adult: body habitus, canal and disc size vary independently of findings."""
+        """A plausible adult: habitus, canal and disc size vary independently of findings."""
         u = rng.uniform
         size = u(0.92, 1.08)
         n_roots = int(rng.integers(9, 14))
@@ -76,8 +82,7 @@ class Anatomy:
         radii = u(0.45, 0.8, n_roots)
         roots = tuple((float(np.cos(a) * r), float(np.sin(a) * r)) for a, r in zip(angles, radii))
         contrast = {
-            name: (t1 * float(u(0.92, 1.08)), t2 * float(u(0.92, 1.08)))
-            for name, (t1, t2) in TISSUES.items()
+            name: (t1 * float(u(0.92, 1.08)), t2 * float(u(0.92, 1.08))) for name, (t1, t2) in TISSUES.items()
         }
         return cls(
             fov_mm=float(u(160.0, 190.0)),
@@ -91,7 +96,7 @@ class Anatomy:
             sac_half_depth=float(u(6.0, 7.8)),
             muscle=float(u(0.85, 1.15)),
             fatty_infiltration=float(u(0.0, 0.3)),
-            hydration=float(u(0.88, 1.05)),
+            hydration=float(u(0.75, 1.05)),
             view_offset=(float(u(-4.0, 4.0)), float(u(-4.0, 4.0))),
             cauda_equina=roots,
             contrast=contrast,
@@ -100,24 +105,25 @@ class Anatomy:
 
 @dataclass(frozen=True)
 class Nuisance:
-    """Acquisition variation of one image; `Nuisance()` is a clean, centred image."""
+    """Acquisition of one image; `Nuisance()` is a clean, centred, noise-free image."""
 
     rotation_deg: float = 0.0
     shift_mm: tuple[float, float] = (0.0, 0.0)
     scale: float = 1.0
     gain: float = 1.0
-    bias: tuple[float, float, float] = (0.0, 0.0, 0.0)  # log-bias: posterior, lateral, radial
-    noise: float = 0.0  # Rician sigma relative to the 0..1 tissue scale
+    bias: tuple[float, float, float] = (0.0, 0.0, 0.0)  # log coil bias: posterior, lateral, radial
+    noise: float = 0.0  # Rician sigma on the 0..1 tissue scale
     blur_px: float = 0.0
-    ghost: float = 0.0  # amplitude of phase errors between k-space lines (motion)
+    ghost: float = 0.0  # phase error between k-space lines (breathing motion), radians
     ghost_axis: int = 0  # phase-encoding axis: 0 rows (AP), 1 columns (LR)
+    tilt: float = 0.0  # slice obliquity: endplate marrow over the disc's front (+) or back (-)
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Nuisance:
         u = rng.uniform
         return cls(
-            rotation_deg=float(np.clip(rng.normal(0.0, 3.0), -8.0, 8.0)),
-            shift_mm=(float(u(-9.0, 9.0)), float(u(-9.0, 9.0))),
+            rotation_deg=float(np.clip(rng.normal(0.0, 4.0), -10.0, 10.0)),
+            shift_mm=(float(u(-14.0, 14.0)), float(u(-14.0, 14.0))),
             scale=float(u(0.94, 1.06)),
             gain=float(u(0.8, 1.2)),
             bias=(float(u(0.1, 0.6)), float(rng.normal(0.0, 0.15)), float(rng.normal(0.0, 0.25))),
@@ -125,14 +131,15 @@ class Nuisance:
             blur_px=float(u(0.3, 0.9)),
             ghost=float(u(0.0, 0.25)),
             ghost_axis=int(rng.integers(0, 2)),
+            tilt=float(np.clip(rng.normal(0.0, 0.35), -0.8, 0.8)),
         )
 
 
-# --- signed distances (mm, negative inside) -------------------------------------------------
+# --- signed distances (mm, negative inside) ---------------------------------------------------
 
 
 def _ellipse(x, y, cx, cy, a, b, angle=0.0):
-    """Ellipse distance to first order ((f-1)/|grad f|): exact on the edge, where it matters."""
+    """Ellipse distance to first order, (f - 1) / |grad f|: exact on the edge, where it matters."""
     dx, dy = x - cx, y - cy
     if angle:
         c, s = math.cos(angle), math.sin(angle)
@@ -151,10 +158,9 @@ def _segment(x, y, p0, p1, r):
 
 
 def _circles(x, y, centres, radius):
-    """Union of equal circles, evaluated in one broadcast."""
+    """Union of equal circles in one broadcast."""
     c = np.asarray(centres, dtype=np.float32)
-    d = np.hypot(x[..., None] - c[:, 0], y[..., None] - c[:, 1])
-    return d.min(axis=-1) - radius
+    return np.hypot(x[..., None] - c[:, 0], y[..., None] - c[:, 1]).min(axis=-1) - radius
 
 
 def _band(sd, thickness):
@@ -162,14 +168,19 @@ def _band(sd, thickness):
     return np.abs(sd) - thickness / 2.0
 
 
-# --- level geometry ---------------------------------------------------------------------------
+def _side_signs(side: str) -> tuple[int, ...]:
+    """x signs of a side: patient left is +x (image right) in the radiological convention."""
+    return {"left": (1,), "right": (-1,), "both": (1, -1)}.get(side, ())
+
+
+# --- per-level layout -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Level:
-    """Per-level proportions: lower discs are wider and flatter, facets turn coronal."""
+    """Proportions at one disc: lower discs are wider and flatter, facets turn coronal."""
 
-    index: int  # 0 for L3-L4; negative above, 2 for L5-S1
+    index: int  # 0 for L3-L4, 2 for L5-S1, negative above
     disc_w: float
     disc_d: float
     concavity: float  # depth of the healthy disc's posterior concavity
@@ -177,28 +188,87 @@ class _Level:
     sac_d: float
     facet_angle: float  # joint line from the sagittal plane, radians
     psoas: tuple[float, float]
+    muscle: float
+    skin_y: float  # posterior skin in the midline
 
     @classmethod
     def of(cls, anatomy: Anatomy, level: str) -> _Level:
         k = LEVELS.index(level) - 2
+        disc_d = anatomy.disc_half_depth * (1.0 - 0.04 * k)
+        concavity = (2.8, 2.2, 0.8)[min(max(k, 0), 2)]
+        sac_d = anatomy.sac_half_depth * (1.0 - 0.06 * max(k, 0))
+        back_of_sac = disc_d - concavity + _GAP_MM + 2 * sac_d
         return cls(
             index=k,
             disc_w=anatomy.disc_half_width * (1.0 + 0.05 * k),
-            disc_d=anatomy.disc_half_depth * (1.0 - 0.04 * k),
-            concavity=(2.8, 2.2, 0.8)[min(max(k, 0), 2)],
+            disc_d=disc_d,
+            concavity=concavity,
             sac_w=anatomy.sac_half_width * (1.0 - 0.05 * max(k, 0)),
-            sac_d=anatomy.sac_half_depth * (1.0 - 0.06 * max(k, 0)),
+            sac_d=sac_d,
             facet_angle=math.radians(30.0 + 12.0 * k),
             psoas=(anatomy.muscle * (10.0 + 2.0 * k), anatomy.muscle * (13.0 + 2.0 * k)),
+            muscle=anatomy.muscle,
+            skin_y=back_of_sac + 46.0 * anatomy.muscle + anatomy.fat_posterior,
         )
 
+    @property
+    def sac_front(self) -> float:
+        """Front of a healthy thecal sac: just behind the disc's posterior concavity."""
+        return self.disc_d - self.concavity + _GAP_MM
 
-_GAP_MM = 1.5  # epidural space between a healthy disc and the sac
+    @property
+    def canal_y(self) -> float:
+        """Centre of the bony canal (it does not move when the sac is compressed)."""
+        return self.sac_front + self.sac_d
 
 
-def _side_signs(side: str) -> tuple[int, ...]:
-    """Patient left is +x (image right) in the radiological convention."""
-    return {"left": (1,), "right": (-1,), "both": (1, -1)}.get(side, ())
+def landmarks(anatomy: Anatomy, level: str) -> dict[str, tuple[float, float]]:
+    """Points (mm, patient frame) inside named healthy structures, for checks and crops."""
+    g = _Level.of(anatomy, level)
+    return {
+        "disc_centre": (0.0, 0.0),
+        "nucleus": (0.0, -1.0),
+        "annulus_posterior": (0.0, g.sac_front - _GAP_MM - 1.5),
+        "sac_centre": (0.0, g.canal_y),
+        "fat_posterior": (0.0, g.skin_y - anatomy.fat_posterior / 2),
+        "erector_spinae_left": (32.0 * g.muscle, g.canal_y + 24.0 * g.muscle),
+    }
+
+
+def pixel_spacing_mm(anatomy: Anatomy, nuisance: Nuisance, size: int) -> float:
+    """Physical size of one pixel of an image rendered with this anatomy and acquisition."""
+    return anatomy.fov_mm / size / nuisance.scale
+
+
+def _view(anatomy: Anatomy, nuisance: Nuisance) -> tuple[float, float, float]:
+    """(rotation in radians, x and y of the image centre in the patient frame)."""
+    return (
+        math.radians(nuisance.rotation_deg),
+        anatomy.view_offset[0] + nuisance.shift_mm[0],
+        VIEW_CENTRE_Y_MM + anatomy.view_offset[1] + nuisance.shift_mm[1],
+    )
+
+
+def pixel_of(point: tuple[float, float], anatomy: Anatomy, nuisance: Nuisance, size: int) -> tuple[float, float]:
+    """(row, column) where a patient-frame point lands in the rendered image."""
+    px = pixel_spacing_mm(anatomy, nuisance, size)
+    a, cx, cy = _view(anatomy, nuisance)
+    dx, dy = point[0] - cx, point[1] - cy
+    u = math.cos(a) * dx - math.sin(a) * dy
+    v = math.sin(a) * dx + math.cos(a) * dy
+    return v / px + size / 2 - 0.5, u / px + size / 2 - 0.5
+
+
+# --- the disc and its herniations -------------------------------------------------------------
+
+
+def _herniation_angles(location: str, side: str) -> list[float]:
+    """Polar angles of focal herniations: the posterior midline is pi/2, patient left smaller."""
+    signs = _side_signs(side)
+    if location in ("central", "diffuse"):
+        return [math.pi / 2 - (0.2 * signs[0] if len(signs) == 1 else 0.0)]
+    offset = {"paracentral": 0.42, "foraminal": 0.95}[location]
+    return [math.pi / 2 - s * offset for s in (signs or (1, -1))]
 
 
 class _Disc:
@@ -206,37 +276,34 @@ class _Disc:
 
     def __init__(self, geo: _Level, lf: LevelFindings) -> None:
         self.geo = geo
-        self.bumps: list[tuple[float, float, float]] = []  # (angle, height, width) in radians/mm
+        self.bumps: list[tuple[float, float, float]] = []  # (angle, height mm, width rad)
         self.bulge = 0.0
         self.bulge_side = 0
-        self.fragment: tuple[float, float, float] | None = None  # extrusion tip: x, y, radius
+        self.fragment: tuple[float, float, float] | None = None  # extruded tip: x, y, radius
         if lf.disc == "bulge":
             self.bulge = _SEVERITY_MM[lf.severity]
             signs = _side_signs(lf.side)
             self.bulge_side = signs[0] if len(signs) == 1 else 0
         elif lf.disc in ("protrusion", "extrusion"):
-            extra = 3.0 if lf.disc == "extrusion" else 0.0
-            height = _SEVERITY_MM[lf.severity] + 1.5 + extra
-            width = math.radians(10.0 if lf.disc == "extrusion" else 15.0)
-            for angle in _herniation_angles(lf.location, lf.side):
-                w = width * (2.0 if lf.location == "diffuse" else 1.0)
-                self.bumps.append((angle, height, w))
-            if lf.disc == "extrusion":
+            extruded = lf.disc == "extrusion"
+            height = _SEVERITY_MM[lf.severity] + 1.5 + (3.0 if extruded else 0.0)
+            width = math.radians(10.0 if extruded else 15.0) * (2.0 if lf.location == "diffuse" else 1.0)
+            self.bumps = [(a, height, width) for a in _herniation_angles(lf.location, lf.side)]
+            if extruded:
                 angle = self.bumps[0][0]
                 r = self.radius(np.array([angle]))[0] + 0.5
-                self.fragment = (r * math.cos(angle), r * math.sin(angle), 3.0 + 0.6 * extra)
+                self.fragment = (r * math.cos(angle), r * math.sin(angle), 4.8)
 
     def base(self, theta: np.ndarray) -> np.ndarray:
-        """Healthy margin: a rounded rectangle-like oval with a shallow posterior concavity."""
+        """Healthy margin: a squarish oval with a shallow posterior concavity."""
         g = self.geo
         c, s = np.abs(np.cos(theta)), np.abs(np.sin(theta))
         r = ((c / g.disc_w) ** 2.6 + (s / g.disc_d) ** 2.6) ** (-1.0 / 2.6)
-        back = np.exp(-(((theta - math.pi / 2) / 0.38) ** 2))
-        return r - g.concavity * back
+        return r - g.concavity * np.exp(-(((theta - math.pi / 2) / 0.38) ** 2))
 
     def radius(self, theta: np.ndarray) -> np.ndarray:
         r = self.base(theta)
-        if self.bulge:
+        if self.bulge:  # fills the concavity, then extends all round, most behind
             back = np.exp(-(((theta - math.pi / 2) / 0.38) ** 2))
             post = np.exp(-(((theta - math.pi / 2) / 1.0) ** 2))
             lean = 1.0 + 0.6 * self.bulge_side * np.cos(theta)
@@ -246,19 +313,25 @@ class _Disc:
         return r
 
     def reach(self, angle: float) -> float:
-        """How far behind the healthy margin the disc reaches at one angle (mm)."""
+        """How far beyond the healthy margin the disc reaches at one angle (mm)."""
         a = np.array([angle])
         return float(self.radius(a)[0] - self.base(a)[0])
 
     def push(self, angle: float, needed: float, width: float) -> None:
-        """Add a broad herniation so the disc reaches `needed` mm beyond its healthy margin."""
+        """Herniate further so the disc reaches `needed` mm beyond its healthy margin there."""
         missing = needed - self.reach(angle)
         if missing > 0:
             self.bumps.append((angle, missing, width))
 
+    def push_to(self, point: tuple[float, float], width: float) -> None:
+        """Herniate until the margin reaches a point (a nerve root it compresses)."""
+        angle = math.atan2(point[1], point[0])
+        healthy = float(self.base(np.array([angle]))[0])
+        self.push(angle, math.hypot(*point) - healthy, width)
+
     def sd(self, x, y):
-        rho = np.hypot(x, y)
-        theta = np.arctan2(y, x)
+        """Signed distance to the diseased margin, and to the healthy one."""
+        rho, theta = np.hypot(x, y), np.arctan2(y, x)
         d = rho - self.radius(theta)
         if self.fragment:
             fx, fy, fr = self.fragment
@@ -266,45 +339,33 @@ class _Disc:
         return d, rho - self.base(theta)
 
 
-def _herniation_angles(location: str, side: str) -> list[float]:
-    """Polar angles of focal herniations: posterior midline is pi/2, patient left is smaller."""
-    offset = {"central": 0.0, "diffuse": 0.0, "paracentral": 0.42, "foraminal": 0.95}[location]
-    signs = _side_signs(side)
-    if location in ("central", "diffuse"):
-        lean = 0.2 * signs[0] if len(signs) == 1 else 0.0
-        return [math.pi / 2 - lean]
-    return [math.pi / 2 - s * offset for s in (signs or (1, -1))]
-
-
 # --- the renderer -----------------------------------------------------------------------------
 
 
 class _Canvas:
-    """Pixel grid mapped into the patient frame; `paint` composites one structure."""
+    """Pixel grid mapped into the patient frame; `paint` composites one structure over it."""
 
     def __init__(self, size: int, anatomy: Anatomy, nuisance: Nuisance) -> None:
         self.px = pixel_spacing_mm(anatomy, nuisance, size)
         c = (np.arange(size, dtype=np.float32) + 0.5 - size / 2) * np.float32(self.px)
         u, v = np.meshgrid(c, c)
-        a = math.radians(nuisance.rotation_deg)
-        cx = anatomy.view_offset[0] + nuisance.shift_mm[0]
-        cy = VIEW_CENTRE_Y_MM + anatomy.view_offset[1] + nuisance.shift_mm[1]
+        a, cx, cy = _view(anatomy, nuisance)
         self.x = (math.cos(a) * u + math.sin(a) * v + cx).astype(np.float32)
         self.y = (-math.sin(a) * u + math.cos(a) * v + cy).astype(np.float32)
         self.img = np.zeros((size, size), dtype=np.float32)
 
-    def cover(self, sd):
-        return np.clip(0.5 - sd / self.px, 0.0, 1.0)
+    def cover(self, sd, edge_mm: float | None = None):
+        """Fraction of each pixel inside; the edge ramp is one pixel unless told wider."""
+        return np.clip(0.5 - sd / (edge_mm or self.px), 0.0, 1.0)
 
-    def paint(self, sd, value) -> None:
-        m = self.cover(sd)
-        self.img += m * (value - self.img)
+    def paint(self, sd, value, edge_mm: float | None = None) -> None:
+        self.img += self.cover(sd, edge_mm) * (value - self.img)
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma_px: float) -> np.ndarray:
     """Unit-variance smooth random field for tissue texture."""
-    field_ = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), sigma_px)
-    return field_ / (field_.std() + 1e-6)
+    noise = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), sigma_px)
+    return noise / (noise.std() + 1e-6)
 
 
 def render_slice(
@@ -315,10 +376,11 @@ def render_slice(
     anatomy: Anatomy | None = None,
     nuisance: Nuisance | None = None,
 ) -> np.ndarray:
-    """One axial slice through the disc at `level.level`, float32, tissue scale about 0..1.
+    """One axial slice through the disc at `level.level`: float32, tissue scale about 0..1.
 
-    `anatomy` defaults to a random patient and `nuisance` to a random acquisition, both drawn
-    from `rng` (nuisance first, so one seed gives one acquisition whatever the findings).
+    `nuisance` and `anatomy` default to a random acquisition and patient drawn from `rng`
+    (in that order); the findings never change how `rng` is used, so one seed renders the
+    same acquisition, texture and noise for a healthy and a diseased disc.
     """
     if sequence not in SEQUENCES:
         raise ValueError(f"sequence must be one of {', '.join(SEQUENCES)}; got {sequence!r}")
@@ -326,56 +388,61 @@ def render_slice(
         raise ValueError(f"size must be at least 16 pixels; got {size}")
     nuisance = Nuisance.sample(rng) if nuisance is None else nuisance
     anatomy = Anatomy.sample(rng) if anatomy is None else anatomy
-    seq = SEQUENCES.index(sequence)
-    tone = {name: values[seq] for name, values in anatomy.contrast.items()}
+    column = SEQUENCES.index(sequence)
+    tone = {name: values[column] for name, values in anatomy.contrast.items()}
     canvas = _Canvas(size, anatomy, nuisance)
-    texture = _smooth_noise(rng, size, max(0.6, 1.2 / canvas.px))
+    fine = _smooth_noise(rng, size, max(0.6, 1.2 / canvas.px))
     coarse = _smooth_noise(rng, size, max(1.5, 6.0 / canvas.px))
     geo = _Level.of(anatomy, level.level)
-    _draw_body(canvas, tone, anatomy, geo, texture, coarse)
-    _draw_spine(canvas, tone, anatomy, geo, level)
+    _draw_body(canvas, tone, anatomy, geo, fine, coarse)
+    _draw_vessels(canvas, tone, geo)
+    _draw_canal(canvas, tone, anatomy, geo, level, nuisance.tilt)
     return _acquire(canvas.img, nuisance, rng)
 
 
-def _draw_body(canvas, tone, anatomy: Anatomy, geo: _Level, texture, coarse) -> None:
-    """Skin, fat, abdomen, vessels and muscles around the spine."""
+def _draw_bone(canvas: _Canvas, tone, sd, cortex_mm: float = 1.2) -> None:
+    """Cortical rim (dark on both sequences) around fatty marrow."""
+    canvas.paint(sd, tone["cortex"])
+    canvas.paint(sd + cortex_mm, tone["marrow"])
+
+
+def _draw_body(canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, fine, coarse) -> None:
+    """Subcutaneous fat; abdominal wall, bowel and retroperitoneal fat in front; the paraspinal
+    muscles behind in two lobes beside the spinous process; psoas beside the disc."""
     x, y, paint = canvas.x, canvas.y, canvas.paint
-    m = anatomy.muscle
-    sac_y = geo.disc_d - geo.concavity + _GAP_MM + geo.sac_d
-    skin_y = sac_y + geo.sac_d + 46.0 * m + anatomy.fat_posterior
-    body_cy = skin_y - anatomy.body_half_depth
+    m, cy = geo.muscle, geo.canal_y
     bw, bd = anatomy.body_half_width, anatomy.body_half_depth
+    body_cy = geo.skin_y - bd
     paint(_ellipse(x, y, 0.0, body_cy, bw, bd), tone["fat"])
     inner = _ellipse(x, y, 0.0, body_cy, bw - anatomy.fat_lateral, bd - anatomy.fat_posterior)
-    paint(inner, tone["fat"] * 0.92)
-    bowel = tone["bowel"] * (1.0 + 0.25 * coarse + 0.12 * texture)
-    cavity = _ellipse(x, y, 0.0, -geo.disc_d - 58.0, bw - anatomy.fat_lateral - 12.0, 46.0)
-    paint(np.maximum(inner + 5.0, cavity), bowel)
-    muscle = tone["muscle"] * (1.0 + 0.05 * texture)
-    fatty = np.clip(anatomy.fatty_infiltration * 2.0 * (texture - 1.2), 0.0, 1.0)
+    paint(inner, tone["fat"] * 0.92)  # retroperitoneal fat
+    muscle = tone["muscle"] * (1.0 + 0.05 * fine)
+    fatty = np.clip(anatomy.fatty_infiltration * 2.0 * (fine - 1.2), 0.0, 1.0)
     marbled = muscle + (tone["fat"] - muscle) * fatty
-    # posterior compartment: multifidus medially, erector spinae laterally, a thin septum between
-    back = np.maximum(_ellipse(x, y, 0.0, sac_y + 22.0 * m, 64.0 * m, 38.0 * m), sac_y - 9.0 - y)
-    paint(np.maximum(inner, back), marbled)
-    septum_mix = muscle + 0.45 * (tone["fat"] - muscle)
+    wall = 11.0 * m
+    paint(np.maximum(np.maximum(inner, -inner - wall), y - cy - 5.0), marbled)  # abdominal wall
+    pw, pd = geo.psoas
+    peritoneum = _ellipse(x, y, 0.0, -geo.disc_d - 40.0, 0.65 * bw, 40.0 + geo.disc_d + cy)
+    retroperitoneum = _ellipse(x, y, 0.0, -8.0, geo.disc_w + 1.6 * pw, geo.disc_d + 14.0)
+    viscera = np.maximum(np.maximum(inner + wall + 2.0, peritoneum), -retroperitoneum)
+    paint(viscera, tone["bowel"] * (1.0 + 0.25 * coarse + 0.12 * fine))
+    lobes = np.minimum(*(_ellipse(x, y, s * 24.0 * m, cy + 20.0 * m, 36.0 * m, 34.0 * m) for s in (1, -1)))
+    paint(np.maximum(lobes, inner), marbled)
+    septum = muscle + 0.45 * (tone["fat"] - muscle)
     for s in (1, -1):
-        multifidus = _ellipse(x, y, s * 13.0 * m, sac_y + 26.0 * m, 12.0 * m, 22.0 * m, -s * 0.12)
-        septum = np.maximum(_band(multifidus, 0.8), np.maximum(s * (s * 13.0 * m - x), y - sac_y - 36.0 * m))
-        paint(septum, septum_mix)
-        if geo.index <= 0:
-            ql = _ellipse(x, y, s * (geo.disc_w + 34.0), sac_y - 4.0, 14.0 * m, 7.0 * m, -s * 0.35)
-            paint(ql, marbled)
-        if geo.index >= 2:  # iliac wings inside iliacus and gluteal muscle
-            wing = (s * (geo.disc_w + 52.0), sac_y + 6.0)
-            paint(_ellipse(x, y, *wing, 22.0 * m, 40.0, -s * 0.55), marbled)
-            _draw_bone(canvas, tone, _ellipse(x, y, *wing, 5.5, 30.0, -s * 0.55))
-        pw, pd = geo.psoas
-        psoas = _ellipse(x, y, s * (geo.disc_w + pw * 0.8), -2.0 - geo.index * 2.0, pw, pd, s * 0.3)
-        paint(psoas, muscle)
-    _draw_vessels(canvas, tone, geo)
+        multifidus = _ellipse(x, y, s * 13.0 * m, cy + 26.0 * m, 12.0 * m, 22.0 * m, -s * 0.12)
+        lateral_deep_half = np.maximum(s * (s * 13.0 * m - x), y - cy - 36.0 * m)
+        paint(np.maximum(_band(multifidus, 0.8), lateral_deep_half), septum)
+        if geo.index <= 1:  # quadratus lumborum, between psoas, erector spinae and the wall
+            paint(_ellipse(x, y, s * (geo.disc_w + 36.0), cy - 6.0, 16.0 * m, 8.0 * m, -s * 0.3), marbled)
+        if geo.index >= 2:  # iliac wings between iliacus and gluteal muscle
+            wing = (s * (geo.disc_w + 50.0), cy + 4.0)
+            paint(_ellipse(x, y, *wing, 17.0 * m, 40.0, -s * 0.55), marbled)
+            _draw_bone(canvas, tone, _ellipse(x, y, *wing, 4.5, 28.0, -s * 0.55), 1.3)
+        paint(_ellipse(x, y, s * (geo.disc_w + pw * 0.8), -2.0 - geo.index * 2.0, pw, pd, s * 0.3), muscle)
 
 
-def _draw_vessels(canvas, tone, geo: _Level) -> None:
+def _draw_vessels(canvas: _Canvas, tone, geo: _Level) -> None:
     """Aorta and IVC above the bifurcation, common iliac vessels below it."""
     x, y, paint = canvas.x, canvas.y, canvas.paint
     front = -geo.disc_d
@@ -392,92 +459,80 @@ def _draw_vessels(canvas, tone, geo: _Level) -> None:
             paint(_ellipse(x, y, s * 23.0, front - 10.0, 5.0, 5.0), tone["artery"])
 
 
-def _draw_bone(canvas: _Canvas, tone, sd, cortex_mm: float = 1.3) -> None:
-    """Cortical rim (dark on both sequences) around fatty marrow."""
-    canvas.paint(sd, tone["cortex"])
-    canvas.paint(sd + cortex_mm, tone["marrow"])
-
-
-def _draw_spine(canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, lf: LevelFindings) -> None:
-    """Canal, posterior elements and the disc, with this level's findings."""
+def _draw_canal(canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, lf: LevelFindings, tilt: float) -> None:
+    """Canal contents, posterior elements and the disc, with this level's findings."""
     x, y, paint = canvas.x, canvas.y, canvas.paint
     disc = _Disc(geo, lf)
-    # the sac: its front stays behind the healthy disc; stenosis shrinks it from behind
-    shrink = _SAC_SHRINK[lf.canal_narrowing]
-    sac_front = geo.disc_d - geo.concavity + _GAP_MM
-    sac_w, sac_d = geo.sac_w * math.sqrt(shrink), geo.sac_d * shrink
-    sac_y = sac_front + sac_d
-    canal_y = sac_front + geo.sac_d  # bony canal does not move with the sac
-    indent = _INDENT_MM[lf.thecal_sac] + (0.8 * SEVERITY_RANK[lf.severity] if lf.thecal_sac == "compressed" else 0.0)
-    disc.push(math.pi / 2 - 0.15 * disc.bulge_side, geo.concavity + _GAP_MM + indent, 0.5)
-    recess = {s: (s * (geo.sac_w + 1.0), sac_front + 2.2) for s in (1, -1)}
-    for s in _side_signs(lf.root_compression):
-        rx, ry = recess[s]
-        disc.push(math.atan2(ry, rx), math.hypot(rx, ry) - disc.base(np.array([math.atan2(ry, rx)]))[0] - 0.5, 0.3)
+    # the findings' effects on the sac and roots decide how far the disc must reach
+    if lf.thecal_sac in _INDENT_MM:
+        indent = _INDENT_MM[lf.thecal_sac] + (0.8 * _SEVERITY_RANK[lf.severity] if lf.thecal_sac == "compressed" else 0.0)
+        disc.push(math.pi / 2 - 0.15 * disc.bulge_side, geo.concavity + _GAP_MM + indent, 0.5)
+    recess = {s: (s * (geo.sac_w + 1.0), geo.sac_front + 2.2) for s in (1, -1)}
+    compressed_roots = _side_signs(lf.root_compression)
+    for s in compressed_roots:
+        disc.push_to((recess[s][0], recess[s][1] - 0.5), 0.3)
+    narrow_foramina = _side_signs(lf.foraminal_narrowing)
     foramen_angle = {s: math.pi / 2 - s * 1.0 for s in (1, -1)}
-    for s in _side_signs(lf.foraminal_narrowing):
+    for s in narrow_foramina:
         disc.push(foramen_angle[s], 3.0, 0.25)
-    # epidural fat, lateral recesses and foramina
-    paint(_ellipse(x, y, 0.0, canal_y + 0.5, geo.sac_w + 3.6, geo.sac_d + 3.0), tone["fat"])
+    # epidural fat, lateral recesses, and the foramina with their exiting roots
+    paint(_ellipse(x, y, 0.0, geo.canal_y + 0.5, geo.sac_w + 3.6, geo.sac_d + 3.0), tone["fat"])
     for s in (1, -1):
-        rx, ry = recess[s]
-        paint(_ellipse(x, y, rx, ry, 4.0, 3.2), tone["fat"])
-        narrow = s in _side_signs(lf.foraminal_narrowing)
+        paint(_ellipse(x, y, *recess[s], 4.0, 3.2), tone["fat"])
         a = foramen_angle[s]
         r = disc.base(np.array([a]))[0] + 4.2
-        fx, fy = r * math.cos(a), r * math.sin(a)
-        paint(_ellipse(x, y, fx, fy, 5.5 * (0.6 if narrow else 1.0), 3.8 * (0.5 if narrow else 1.0), a), tone["fat"])
-        paint(_ellipse(x, y, fx, fy, 2.3, 1.6 * (0.6 if narrow else 1.0), a), tone["root"])
-    # thecal sac with the cauda equina lying dependent (posterior)
+        centre = (r * math.cos(a), r * math.sin(a))
+        k = 0.55 if s in narrow_foramina else 1.0
+        paint(_ellipse(x, y, *centre, 5.5 * k, 3.8 * k, a), tone["fat"])
+        paint(_ellipse(x, y, *centre, 2.3, 1.6 * k, a), tone["root"])
+    # thecal sac: stenosis shrinks it from behind; the cauda equina lies dependent (posterior)
+    keep = _SAC_AREA[lf.canal_narrowing]
+    sac_w, sac_d = geo.sac_w * math.sqrt(keep), geo.sac_d * keep
+    sac_y = geo.sac_front + sac_d
     paint(_ellipse(x, y, 0.0, sac_y, sac_w, sac_d), tone["csf"])
-    roots = [(cx * sac_w, sac_y + cy * sac_d) for cx, cy in anatomy.cauda_equina]
-    if roots:
-        paint(_circles(x, y, roots, 0.9), tone["root"])
-    for s in (1, -1):
+    if anatomy.cauda_equina:
+        paint(_circles(x, y, [(cx * sac_w, sac_y + cy * sac_d) for cx, cy in anatomy.cauda_equina], 0.9), tone["root"])
+    for s in (1, -1):  # traversing roots in the lateral recesses; a compressed one is flattened aside
         rx, ry = recess[s]
-        squashed = s in _side_signs(lf.root_compression)
-        ry += 1.2 if squashed else 0.0
-        paint(_ellipse(x, y, rx + s * (0.8 if squashed else 0.0), ry, 1.7, 0.9 if squashed else 1.6), tone["root"])
-    _draw_posterior_elements(canvas, tone, geo, lf, canal_y)
+        if s in compressed_roots:
+            paint(_ellipse(x, y, rx + s * 0.8, ry + 1.2, 1.7, 0.9), tone["root"])
+        else:
+            paint(_ellipse(x, y, rx, ry, 1.7, 1.6), tone["root"])
+    _draw_posterior_elements(canvas, tone, geo, lf)
     # the disc last: a herniation covers what it displaces
-    d, d_base = disc.sd(x, y)
+    d, d_healthy = disc.sd(x, y)
     paint(d, tone["annulus"])
     if lf.disc in ("protrusion", "extrusion"):
-        paint(np.maximum(d + 1.2, -d_base - 1.0), tone["herniation"])
-    hydration = anatomy.hydration * (0.4 if lf.desiccation else 1.0)
+        paint(np.maximum(d + 1.2, -d_healthy - 1.0), tone["herniation"])
+    hydration = anatomy.hydration * (0.5 if lf.desiccation else 1.0)
     nucleus = tone["annulus"] + (tone["nucleus"] - tone["annulus"]) * hydration
-    blurred_edge = canvas.px / 2.5  # the nucleus fades into the annulus over ~2.5 mm
-    paint(_ellipse(x, y, 0.0, -1.0, geo.disc_w * 0.66, geo.disc_d * 0.6) * blurred_edge, nucleus)
+    paint(_ellipse(x, y, 0.0, -1.0, geo.disc_w * 0.66, geo.disc_d * 0.6), nucleus, edge_mm=2.5)
+    if tilt:  # an oblique slice catches an endplate: partial volume of vertebral marrow
+        weight = np.clip(abs(tilt) * (0.3 - math.copysign(1.0, tilt) * y / geo.disc_d), 0.0, 0.9)
+        canvas.img += canvas.cover(d_healthy) * weight * (tone["marrow"] - canvas.img)
     if lf.annular_tear:
         angle = disc.bumps[0][0] if disc.bumps else math.pi / 2 - 0.2
         r = disc.radius(np.array([angle]))[0] - 1.8
-        tx, ty = r * math.cos(angle), r * math.sin(angle)
-        paint(_ellipse(x, y, tx, ty, 3.0, 0.9, angle + math.pi / 2), tone["tear"])
+        paint(_ellipse(x, y, r * math.cos(angle), r * math.sin(angle), 3.0, 0.9, angle + math.pi / 2), tone["tear"])
 
 
-SEVERITY_RANK = {"none": 0, "mild": 0, "moderate": 1, "severe": 2}
-
-
-def _draw_posterior_elements(canvas: _Canvas, tone, geo: _Level, lf: LevelFindings, canal_y: float) -> None:
+def _draw_posterior_elements(canvas: _Canvas, tone, geo: _Level, lf: LevelFindings) -> None:
     """Ligamenta flava, facet joints, laminae and spinous process around the canal."""
     x, y, paint = canvas.x, canvas.y, canvas.paint
-    w, d = geo.sac_w, geo.sac_d
-    lf_thick = 2.6 + (3.0 if lf.ligamentum_hypertrophy else 0.0) + 0.8 * SEVERITY_RANK[lf.canal_narrowing]
-    outer = 4.6
-    mid_a, mid_d = w + outer - lf_thick / 2, d + outer - lf_thick / 2
-    flavum = np.maximum(_band(_ellipse(x, y, 0.0, canal_y, mid_a, mid_d), lf_thick), canal_y - 1.0 - y)
-    paint(flavum, tone["ligament"])
-    lamina = _ellipse(x, y, 0.0, canal_y, w + outer + 2.6, d + outer + 2.4)
-    bone = np.maximum(_band(lamina, 4.4), canal_y + 1.0 - y)
-    bone = np.minimum(bone, _segment(x, y, (0.0, canal_y + d + 7.0), (0.0, canal_y + d + 27.0), 3.4))
+    w, d, cy = geo.sac_w, geo.sac_d, geo.canal_y
+    thick = 2.6 + (3.0 if lf.ligamentum_hypertrophy else 0.0) + 0.8 * _SEVERITY_RANK[lf.canal_narrowing]
+    outer = 4.6  # hypertrophy thickens the ligament inwards, into the canal
+    flavum = _band(_ellipse(x, y, 0.0, cy, w + outer - thick / 2, d + outer - thick / 2), thick)
+    paint(np.maximum(flavum, cy - 1.0 - y), tone["ligament"])
+    bone = np.maximum(_band(_ellipse(x, y, 0.0, cy, w + outer + 2.6, d + outer + 2.4), 4.4), cy + 1.0 - y)
+    bone = np.minimum(bone, _segment(x, y, (0.0, cy + d + 7.0), (0.0, cy + d + 27.0), 3.4))
     big = 1.35 if lf.facet_hypertrophy else 1.0
     phi = geo.facet_angle
     joints = []
     for s in (1, -1):
-        jx, jy = s * (w + 10.0), canal_y + 1.0
-        along = (s * math.sin(phi), math.cos(phi))  # joint line, anteromedial to posterolateral
+        jx, jy = s * (w + 10.0), cy + 1.0
+        angle = math.atan2(math.cos(phi), s * math.sin(phi))  # joint line runs anteromedial to posterolateral
         normal = (s * math.cos(phi), -math.sin(phi))  # towards the superior articular process
-        angle = math.atan2(along[1], along[0])
         for sign in (1, -1):  # superior (anterolateral) and inferior (posteromedial) processes
             off = sign * 3.6 * big
             process = _ellipse(x, y, jx + off * normal[0], jy + off * normal[1], 6.8 * big, 4.0 * big, angle)
@@ -487,29 +542,20 @@ def _draw_posterior_elements(canvas: _Canvas, tone, geo: _Level, lf: LevelFindin
     paint(np.minimum(*joints), tone["joint"])
 
 
-def pixel_spacing_mm(anatomy: Anatomy, nuisance: Nuisance, size: int) -> float:
-    """Physical size of one pixel of an image rendered with this anatomy and acquisition."""
-    return anatomy.fov_mm / size / nuisance.scale
-
-
 def _acquire(img: np.ndarray, nz: Nuisance, rng: np.random.Generator) -> np.ndarray:
     """Scanner effects on the ideal image: coil bias and gain, blur, motion ghosts, Rician noise."""
     size = img.shape[0]
     t = np.linspace(-1.0, 1.0, size, dtype=np.float32)
     u, v = np.meshgrid(t, t)
-    bias = np.exp(nz.bias[0] * v + nz.bias[1] * u + nz.bias[2] * (u * u + v * v))
-    img = img * (nz.gain * bias).astype(np.float32)
+    img = img * (nz.gain * np.exp(nz.bias[0] * v + nz.bias[1] * u + nz.bias[2] * (u * u + v * v))).astype(np.float32)
     if nz.blur_px > 0:
         img = ndimage.gaussian_filter(img, nz.blur_px)
-    if nz.ghost > 0:
-        # periodic phase errors between phase-encoding lines (breathing) replicate the body
+    if nz.ghost > 0:  # periodic phase errors between phase-encoding lines replicate the body
         lines = np.arange(size)
         phase = nz.ghost * np.sin(2 * np.pi * lines * rng.uniform(0.04, 0.2) + rng.uniform(0, 2 * np.pi))
-        shape = (size, 1) if nz.ghost_axis == 0 else (1, size)
-        k = np.fft.fft2(img) * np.exp(1j * phase).reshape(shape)
+        k = np.fft.fft2(img) * np.exp(1j * phase).reshape((size, 1) if nz.ghost_axis == 0 else (1, size))
         img = np.abs(np.fft.ifft2(k)).astype(np.float32)
     if nz.noise > 0:
         real = img + rng.normal(0.0, nz.noise, img.shape).astype(np.float32)
-        imag = rng.normal(0.0, nz.noise, img.shape).astype(np.float32)
-        img = np.hypot(real, imag)
+        img = np.hypot(real, rng.normal(0.0, nz.noise, img.shape).astype(np.float32))
     return img.astype(np.float32)

@@ -1,0 +1,51 @@
+"""Benchmark of the README's main job: wall time, peak memory and the headline figures of
+`lumbarclip demo`, checked against the walking-skeleton targets.
+
+    .venv/bin/python bench/demo.py --out /tmp/demo-bench [--patients 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TARGETS = {  # (metrics.json path, comparison, bound)
+    "linear probe, image balanced accuracy": (("image", "balanced_accuracy"), ">=", 0.85),
+    "linear probe, patient balanced accuracy": (("patient", "balanced_accuracy"), ">=", 0.90),
+    "zero-shot, image balanced accuracy": (("zero_shot", "image", "balanced_accuracy"), ">=", 0.80),
+    "raw-pixel baseline, image balanced accuracy": (("baselines", "raw_pixels", "image", "balanced_accuracy"), "<=", 0.65),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="a new folder for the demo's outputs")
+    parser.add_argument("--patients", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    command = [sys.executable, "-m", "lumbarclip.cli", "demo", "--out", args.out,
+               "--patients", str(args.patients), "--seed", str(args.seed)]
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    wall = time.perf_counter() - started
+    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
+    metrics = json.loads((Path(args.out) / "run" / "eval-test" / "metrics.json").read_text())
+    print(f"\nwall time  {wall / 60:.1f} min (target <= 10)\npeak RSS   {peak_gib:.2f} GiB (target < 4)")
+    ok = wall <= 600 and peak_gib < 4
+    for name, (path, op, bound) in TARGETS.items():
+        value = metrics
+        for key in path:
+            value = value[key]
+        passed = value >= bound if op == ">=" else value <= bound
+        ok &= passed
+        print(f"{name:45s} {value:.3f} ({op} {bound}) {'ok' if passed else 'MISSED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

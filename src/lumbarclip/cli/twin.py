@@ -1,0 +1,46 @@
+"""`lumbarclip twin`: a phantom cohort rendered from the findings in real radiology notes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lumbarclip.synth.cohort import FORMATS, CohortConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    defaults = CohortConfig()
+    p = sub.add_parser(
+        "twin",
+        help="render a synthetic twin of a real notes file",
+        description="For each patient of a notes CSV (columns patient_id, split, lbp, note; a "
+        "patient's rows are joined), parse the note into findings and render the six phantom "
+        "images from them: lbp=0 patients get healthy discs, lbp=1 patients the parsed findings "
+        "plus mild degeneration at some discs the note does not mention. The label, split and "
+        "note are kept. Writes DIR/images/, DIR/manifest.csv and DIR/findings.jsonl (with the "
+        "parsed and the rendered findings).",
+    )
+    p.add_argument("--notes", required=True, help="notes CSV with columns patient_id, split, lbp, note")
+    p.add_argument("--out", required=True, help="folder to create (must be empty unless --overwrite)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})")
+    p.add_argument("--size", type=int, default=defaults.size, help=f"image side in pixels (default {defaults.size})")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, default=defaults.fmt, help="16-bit PNG (default) or DICOM MR files")
+    p.add_argument("--overwrite", action="store_true", help="replace a cohort already in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lumbarclip.synth.cohort import make_twin
+
+    summary = make_twin(
+        args.notes, args.out, seed=args.seed, size=args.size, fmt=args.fmt, overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    for where, why in sorted(summary.skipped.items()):
+        print(f"skipped {where}: {why}", file=sys.stderr)
+    print(f"patients: {summary.patients} rendered, {len(summary.skipped)} skipped")
+    if summary.disagreements:
+        print(f"notes whose parsed findings disagree with lbp (label kept): {', '.join(summary.disagreements)}")
+    print(f"manifest: {summary.manifest}")
+    return 0

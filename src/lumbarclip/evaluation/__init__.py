@@ -1,0 +1,28 @@
+"""Evaluation: metrics with patient-bootstrap CIs, linear probe, zero-shot, baselines,
+supervised fine-tune / from-scratch, retrieval, integrity checks, report.html and the
+ablation grid (imported on use, so `metrics` alone does not load torch)."""
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "EvalOptions": "evaluate",
+    "evaluate_run": "evaluate",
+    "format_summary": "evaluate",
+    "AblationGrid": "ablate",
+    "run_ablation": "ablate",
+    "classification_metrics": "metrics",
+    "bootstrap_ci": "metrics",
+    "Predictions": "predictions",
+    "retrieval_metrics": "retrieval",
+    "integrity_checks": "integrity",
+    "ReportInputs": "report",
+    "write_report": "report",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
