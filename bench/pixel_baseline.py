@@ -27,7 +27,10 @@ C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 def features(records: list[ImageRecord], px: int) -> np.ndarray:
     """Each image normalised like every loader does, then box-downsampled to px x px."""
-    rows = [np.asarray(Image.fromarray(load_image(r.image_path)).resize((px, px), Image.BOX)).ravel() for r in records]
+    rows = [
+        np.asarray(Image.fromarray(load_image(r.image_path)).resize((px, px), Image.BOX)).ravel()
+        for r in records
+    ]
     return np.stack(rows).astype(np.float32)
 
 
@@ -43,9 +46,15 @@ def per_patient(records: list[ImageRecord], proba: np.ndarray) -> tuple[np.ndarr
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="manifest.csv of a cohort with train/valid/test splits")
-    parser.add_argument("--px", type=int, default=32, help="side of the downsampled image (default 32)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", required=True, help="manifest.csv of a cohort with train/valid/test splits"
+    )
+    parser.add_argument(
+        "--px", type=int, default=32, help="side of the downsampled image (default 32)"
+    )
     args = parser.parse_args()
     manifest = read_manifest(args.data)
     parts = {name: manifest.split(name) for name in ("train", "valid", "test")}
@@ -55,7 +64,9 @@ def main() -> None:
     x = {name: scaler.transform(v) for name, v in x.items()}
     best = None
     for c in C_GRID:
-        model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(x["train"], y["train"])
+        model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(
+            x["train"], y["train"]
+        )
         score = balanced_accuracy_score(y["valid"], model.predict(x["valid"]))
         print(f"C={c:g}: valid balanced accuracy per image {score:.3f}")
         if best is None or score > best[0]:
@@ -66,7 +77,8 @@ def main() -> None:
     labels, patient_proba = per_patient(parts["test"], proba)
     patient_ba = balanced_accuracy_score(labels, patient_proba >= 0.5)
     print(f"chosen C={c:g}; test: {len(proba)} images, {len(labels)} patients")
-    print(f"raw-pixel logistic regression balanced accuracy: image {image_ba:.3f}, patient {patient_ba:.3f}")
+    print(f"raw-pixel logistic regression balanced accuracy: image {image_ba:.3f}, ", end="")
+    print(f"patient {patient_ba:.3f}")
 
 
 if __name__ == "__main__":

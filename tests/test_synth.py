@@ -16,24 +16,39 @@ from lumbarclip.cli import main
 from lumbarclip.data.manifest import read_manifest
 from lumbarclip.errors import InputError
 from lumbarclip.findings import IMAGED_LEVELS, LevelFindings
-from lumbarclip.synth import Anatomy, CohortConfig, Nuisance, make_cohort, render_slice, sample_findings
+from lumbarclip.synth import (
+    Anatomy,
+    CohortConfig,
+    Nuisance,
+    make_cohort,
+    render_slice,
+    sample_findings,
+)
 from lumbarclip.synth.phantom import landmarks, pixel_of
 
 SIZE = 128
 CLEAN = Nuisance()
+ADULT = Anatomy()
 
 
-def clean(level: LevelFindings, sequence: str, anatomy: Anatomy = Anatomy(), size: int = SIZE) -> np.ndarray:
+def clean(
+    level: LevelFindings, sequence: str, anatomy: Anatomy = ADULT, size: int = SIZE
+) -> np.ndarray:
     return render_slice(level, sequence, size, np.random.default_rng(0), anatomy, CLEAN)
 
 
-def value_at(image: np.ndarray, name: str, level: str = "L4-L5", anatomy: Anatomy = Anatomy()) -> float:
+def value_at(
+    image: np.ndarray, name: str, level: str = "L4-L5", anatomy: Anatomy = ADULT
+) -> float:
     """Mean of the 3x3 pixels around a named landmark of a clean image."""
-    row, col = (int(round(v)) for v in pixel_of(landmarks(anatomy, level)[name], anatomy, CLEAN, image.shape[0]))
+    row, col = (
+        int(round(v))
+        for v in pixel_of(landmarks(anatomy, level)[name], anatomy, CLEAN, image.shape[0])
+    )
     return float(image[row - 1 : row + 2, col - 1 : col + 2].mean())
 
 
-def canal_box(size: int = SIZE, anatomy: Anatomy = Anatomy()) -> tuple[slice, slice]:
+def canal_box(size: int = SIZE, anatomy: Anatomy = ADULT) -> tuple[slice, slice]:
     """Rows and columns around the canal and the back of the disc in a clean image."""
     row, col = pixel_of(landmarks(anatomy, "L4-L5")["sac_centre"], anatomy, CLEAN, size)
     half = int(round(16.0 / (anatomy.fov_mm / size)))
@@ -44,7 +59,9 @@ def canal_box(size: int = SIZE, anatomy: Anatomy = Anatomy()) -> tuple[slice, sl
 
 
 def test_render_is_deterministic_and_varies_with_the_seed():
-    lf = LevelFindings("L4-L5", disc="protrusion", location="paracentral", side="left", severity="moderate")
+    lf = LevelFindings(
+        "L4-L5", disc="protrusion", location="paracentral", side="left", severity="moderate"
+    )
     a = render_slice(lf, "T2", 64, np.random.default_rng(7))
     b = render_slice(lf, "T2", 64, np.random.default_rng(7))
     c = render_slice(lf, "T2", 64, np.random.default_rng(8))
@@ -71,7 +88,9 @@ def test_lower_discs_are_wider_and_anatomy_is_per_patient():
     widths = []
     for level in IMAGED_LEVELS:  # width of the bright T2 nucleus through the disc centre
         image = clean(LevelFindings(level), "T2", one)
-        row, col = (int(round(v)) for v in pixel_of(landmarks(one, level)["nucleus"], one, CLEAN, SIZE))
+        row, col = (
+            int(round(v)) for v in pixel_of(landmarks(one, level)["nucleus"], one, CLEAN, SIZE)
+        )
         bright = image[row] > 0.5
         left = col - np.argmin(bright[col::-1])
         widths.append(int(np.argmin(bright[col:]) + col - left))
@@ -83,7 +102,9 @@ def test_protrusion_side_changes_that_side_of_the_canal(side, image_half):
     """Radiological convention: the patient's left is the image's right."""
     rows, cols = canal_box()
     normal = clean(LevelFindings("L4-L5"), "T2")[rows, cols]
-    lf = LevelFindings("L4-L5", disc="protrusion", location="paracentral", side=side, severity="moderate")
+    lf = LevelFindings(
+        "L4-L5", disc="protrusion", location="paracentral", side=side, severity="moderate"
+    )
     diff = np.abs(clean(lf, "T2")[rows, cols] - normal)
     mid = diff.shape[1] // 2
     halves = (diff[:, :mid].sum(), diff[:, mid + 1 :].sum())
@@ -98,9 +119,17 @@ def test_sac_compression_and_stenosis_shrink_the_csf():
         return int((clean(lf, "T2")[rows, cols] > 0.88).sum())
 
     normal = csf_pixels(LevelFindings("L4-L5"))
-    bulge = csf_pixels(LevelFindings("L4-L5", disc="bulge", severity="moderate", thecal_sac="compressed"))
+    bulge = csf_pixels(
+        LevelFindings("L4-L5", disc="bulge", severity="moderate", thecal_sac="compressed")
+    )
     stenosis = csf_pixels(
-        LevelFindings("L4-L5", disc="bulge", severity="severe", thecal_sac="compressed", canal_narrowing="severe")
+        LevelFindings(
+            "L4-L5",
+            disc="bulge",
+            severity="severe",
+            thecal_sac="compressed",
+            canal_narrowing="severe",
+        )
     )
     assert normal > bulge > stenosis
     assert stenosis < 0.6 * normal
@@ -109,7 +138,9 @@ def test_sac_compression_and_stenosis_shrink_the_csf():
 def test_desiccation_darkens_the_t2_nucleus_only():
     dry = LevelFindings("L4-L5", desiccation=True)
     for sequence, min_drop in (("T2", 0.15), ("T1", -1.0)):
-        drop = value_at(clean(LevelFindings("L4-L5"), sequence), "nucleus") - value_at(clean(dry, sequence), "nucleus")
+        drop = value_at(clean(LevelFindings("L4-L5"), sequence), "nucleus") - value_at(
+            clean(dry, sequence), "nucleus"
+        )
         assert drop > min_drop
         if sequence == "T1":
             assert abs(drop) < 0.05
@@ -119,7 +150,9 @@ def test_annular_tear_is_a_bright_t2_spot_in_the_posterior_annulus():
     tear = LevelFindings("L4-L5", annular_tear=True)
     rows, cols = canal_box()
     for sequence, should_change in (("T2", True), ("T1", False)):
-        diff = clean(tear, sequence)[rows, cols] - clean(LevelFindings("L4-L5"), sequence)[rows, cols]
+        diff = (
+            clean(tear, sequence)[rows, cols] - clean(LevelFindings("L4-L5"), sequence)[rows, cols]
+        )
         assert (diff.max() > 0.2) == should_change
         assert diff.min() > -0.05
 
@@ -127,7 +160,9 @@ def test_annular_tear_is_a_bright_t2_spot_in_the_posterior_annulus():
 def test_ligament_and_facet_hypertrophy_change_the_back_of_the_canal():
     rows, cols = canal_box()
     normal = clean(LevelFindings("L4-L5"), "T1")[rows, cols]
-    thick = clean(LevelFindings("L4-L5", ligamentum_hypertrophy=True, facet_hypertrophy=True), "T1")[rows, cols]
+    thick = clean(
+        LevelFindings("L4-L5", ligamentum_hypertrophy=True, facet_hypertrophy=True), "T1"
+    )[rows, cols]
     diff = np.abs(thick - normal)
     centre = diff.shape[0] // 2
     assert diff[centre:].sum() > 2 * diff[: centre - 4].sum()  # behind the sac centre, not in front
@@ -145,7 +180,9 @@ def test_sampled_findings_look_like_a_degenerative_spine_clinic():
     hidden = sum(n == 0 for n in imaged) / len(imaged)
     assert 0.03 < hidden < 0.1  # some abnormal patients look normal on the imaged discs
     assert sum(n >= 2 for n in imaged) / len(imaged) > 0.75  # degeneration is rarely one disc
-    assert 0.84 < sum(imaged) / (3 * len(imaged)) < 0.92  # share of abnormal-patient images with a finding
+    assert (
+        0.84 < sum(imaged) / (3 * len(imaged)) < 0.92
+    )  # share of abnormal-patient images with a finding
     per_level = Counter(lv for f in abnormal for lv in IMAGED_LEVELS if f.level(lv).abnormal)
     assert per_level["L4-L5"] > per_level["L3-L4"] and per_level["L5-S1"] > per_level["L3-L4"]
     assert any("muscle_spasm" in f.incidental for f in normal)
@@ -179,7 +216,11 @@ def test_cohort_layout_manifest_and_findings(tmp_path):
     by_id = {x["patient_id"]: x for x in lines}
     for r in manifest.records:
         patient = by_id[r.patient_id]
-        assert (r.label, r.split, r.report) == (patient["label"], patient["split"], patient["report"])
+        assert (r.label, r.split, r.report) == (
+            patient["label"],
+            patient["split"],
+            patient["report"],
+        )
         assert json.loads(r.findings) == patient["findings"]
         assert bool(patient["findings"]["abnormal"]) == bool(r.label)
         assert r.sequence in ("T1", "T2") and r.level in IMAGED_LEVELS
@@ -187,7 +228,9 @@ def test_cohort_layout_manifest_and_findings(tmp_path):
 
 
 def test_splits_are_patient_disjoint_and_stratified(tmp_path):
-    manifest = read_manifest(make_cohort(tmp_path / "c", CohortConfig(n_patients=40, seed=1, size=16), progress=False))
+    manifest = read_manifest(
+        make_cohort(tmp_path / "c", CohortConfig(n_patients=40, seed=1, size=16), progress=False)
+    )
     split_of: dict[str, set[str]] = {}
     for r in manifest.records:
         split_of.setdefault(r.patient_id, set()).add(r.split)
@@ -202,7 +245,9 @@ def test_same_seed_same_bytes(tmp_path):
     config = CohortConfig(n_patients=3, seed=5, size=32)
     a = make_cohort(tmp_path / "a", config, progress=False).parent
     b = make_cohort(tmp_path / "b", config, progress=False).parent
-    c = make_cohort(tmp_path / "c", CohortConfig(n_patients=3, seed=6, size=32), progress=False).parent
+    c = make_cohort(
+        tmp_path / "c", CohortConfig(n_patients=3, seed=6, size=32), progress=False
+    ).parent
     assert tree_digest(a) == tree_digest(b) != tree_digest(c)
 
 
@@ -220,7 +265,11 @@ def test_existing_folder_is_refused_unless_overwrite(tmp_path):
 
 
 def test_dicom_files_are_valid_mr_images(tmp_path):
-    manifest = read_manifest(make_cohort(tmp_path / "d", CohortConfig(n_patients=2, size=32, fmt="dicom"), progress=False))
+    manifest = read_manifest(
+        make_cohort(
+            tmp_path / "d", CohortConfig(n_patients=2, size=32, fmt="dicom"), progress=False
+        )
+    )
     assert len(manifest.records) == 12
     ds = pydicom.dcmread(manifest.records[0].image_path)
     assert ds.Modality == "MR" and ds.BitsStored == 12 and ds.BitsAllocated == 16
@@ -253,14 +302,14 @@ def test_cli_synth_writes_a_cohort_and_rejects_bad_input(tmp_path, capsys):
 
 # --- twin of real notes -----------------------------------------------------------------------
 
-NOTES = '''patient_id,split,lbp,note
+NOTES = """patient_id,split,lbp,note
 101,train,0,"No evidence of disc herniation. No significant thecal sac or nerve root compression."
-102,train,1,"Large left paracentral disc extrusion at L5-S1 level, compressing the thecal sac and the left S1 root."
+102,train,1,"Large left paracentral disc extrusion at L5-S1, compressing the left S1 root."
 102,train,1,Desiccated L4-L5 disc.
 103,valid,1,Grade I anterolisthesis of L4 over L5.
 104,test,1,"Mild diffuse disc bulge at L3/L4, abutting the thecal sac."
 abc,train,1,Broad based disc bulge at L4-5.
-'''
+"""
 
 
 def test_twin_renders_the_parsed_findings_with_the_given_labels(tmp_path):
@@ -271,10 +320,15 @@ def test_twin_renders_the_parsed_findings_with_the_given_labels(tmp_path):
     summary = make_twin(notes, tmp_path / "twin", seed=0, size=32, progress=False)
     assert summary.patients == 4 and list(summary.skipped) == ["line 7"]
     manifest = read_manifest(summary.manifest)
-    assert Counter(r.patient_id for r in manifest.records) == {p: 6 for p in ("0101", "0102", "0103", "0104")}
+    assert Counter(r.patient_id for r in manifest.records) == {
+        p: 6 for p in ("0101", "0102", "0103", "0104")
+    }
     first = {r.patient_id: r for r in manifest.records}
     assert {p: (r.split, r.label) for p, r in first.items()} == {
-        "0101": ("train", 0), "0102": ("train", 1), "0103": ("valid", 1), "0104": ("test", 1)
+        "0101": ("train", 0),
+        "0102": ("train", 1),
+        "0103": ("valid", 1),
+        "0104": ("test", 1),
     }
     assert "Desiccated L4-L5 disc." in first["0102"].report and "extrusion" in first["0102"].report
     rendered = {p: json.loads(r.findings) for p, r in first.items()}
@@ -284,14 +338,31 @@ def test_twin_renders_the_parsed_findings_with_the_given_labels(tmp_path):
     assert rendered["0102"]["levels"]["L4-L5"]["desiccation"]
     assert {"L4-L5", "L5-S1"} <= set(rendered["0103"]["levels"])  # nothing imaged in the note
     assert rendered["0104"]["levels"]["L3-L4"]["disc"] == "bulge"
-    lines = {x["patient_id"]: x for x in map(json.loads, (tmp_path / "twin" / "findings.jsonl").read_text().splitlines())}
+    lines = {
+        x["patient_id"]: x
+        for x in map(json.loads, (tmp_path / "twin" / "findings.jsonl").read_text().splitlines())
+    }
     assert lines["0103"]["parsed"]["levels"] == {} and lines["0103"]["findings"]["levels"]
 
 
 def test_cli_twin_exit_codes(tmp_path):
     notes = tmp_path / "notes.csv"
     notes.write_text(NOTES)
-    assert main(["twin", "--notes", str(notes), "--out", str(tmp_path / "t"), "--size", "16", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "twin",
+                "--notes",
+                str(notes),
+                "--out",
+                str(tmp_path / "t"),
+                "--size",
+                "16",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert main(["twin", "--notes", str(tmp_path / "none.csv"), "--out", str(tmp_path / "u")]) == 2
     no_split = tmp_path / "nosplit.csv"
     no_split.write_text("patient_id,lbp,note\n1,0,No disc herniation.\n")

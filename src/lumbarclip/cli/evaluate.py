@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lumbarclip.errors import InputError
+
+if TYPE_CHECKING:
+    from lumbarclip.evaluation.evaluate import EvalOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def options_from_args(args: argparse.Namespace) -> object:
-    """`EvalOptions` from parsed arguments (shared with `lumbarclip ablate`)."""
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    """`EvalOptions` from parsed arguments (imports stay lazy so `--help` is instant)."""
     from lumbarclip.evaluation.evaluate import EvalOptions
     from lumbarclip.evaluation.supervised import SupervisedConfig
     from lumbarclip.evaluation.zeroshot import load_prompts
@@ -71,12 +76,12 @@ def options_from_args(args: argparse.Namespace) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumbarclip.evaluation.evaluate import evaluate_run, format_summary, resolve_model_dir
+    from lumbarclip.evaluation.evaluate import evaluate_run, format_summary
 
     metrics = evaluate_run(args.run, args.data, args.split, args.out, options_from_args(args), args.overwrite)
-    out = args.out or resolve_model_dir(args.run)[1] / f"eval-{args.split}"
+    out = Path(metrics["meta"]["out"])
     print(format_summary(metrics))
-    print(f"metrics: {out}/metrics.json")
+    print(f"metrics: {out / 'metrics.json'}")
     if not args.no_report:
-        print(f"report:  {out}/report.html")
+        print(f"report:  {out / 'report.html'}")
     return 0

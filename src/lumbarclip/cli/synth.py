@@ -17,11 +17,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "radiology note, a label and a patient-disjoint stratified train/valid/test split. Writes "
         "DIR/images/, DIR/manifest.csv and DIR/findings.jsonl; the same seed gives the same bytes.",
     )
-    p.add_argument("--out", required=True, help="folder to create (must be empty unless --overwrite)")
-    p.add_argument("--patients", type=int, default=defaults.n_patients, help=f"number of patients (default {defaults.n_patients})")
-    p.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})")
-    p.add_argument("--size", type=int, default=defaults.size, help=f"image side in pixels (default {defaults.size})")
-    p.add_argument("--format", dest="fmt", choices=FORMATS, default=defaults.fmt, help="16-bit PNG (default) or DICOM MR files")
+    p.add_argument(
+        "--out", required=True, help="folder to create (must be empty unless --overwrite)"
+    )
+    p.add_argument(
+        "--patients",
+        type=int,
+        default=defaults.n_patients,
+        help=f"number of patients (default {defaults.n_patients})",
+    )
+    p.add_argument(
+        "--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=defaults.size,
+        help=f"image side in pixels (default {defaults.size})",
+    )
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        choices=FORMATS,
+        default=defaults.fmt,
+        help="16-bit PNG (default) or DICOM MR files",
+    )
     p.add_argument(
         "--abnormal-rate",
         type=float,
@@ -37,8 +57,14 @@ def run(args: argparse.Namespace) -> int:
     from lumbarclip.synth.cohort import make_cohort
 
     config = CohortConfig(
-        n_patients=args.patients, seed=args.seed, size=args.size, fmt=args.fmt, abnormal_rate=args.abnormal_rate
+        n_patients=args.patients,
+        seed=args.seed,
+        size=args.size,
+        fmt=args.fmt,
+        abnormal_rate=args.abnormal_rate,
     )
-    manifest = make_cohort(args.out, config, overwrite=args.overwrite, progress=not args.no_progress)
+    manifest = make_cohort(
+        args.out, config, overwrite=args.overwrite, progress=not args.no_progress
+    )
     print(f"manifest: {manifest}")
     return 0

@@ -20,11 +20,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "note are kept. Writes DIR/images/, DIR/manifest.csv and DIR/findings.jsonl (with the "
         "parsed and the rendered findings).",
     )
-    p.add_argument("--notes", required=True, help="notes CSV with columns patient_id, split, lbp, note")
-    p.add_argument("--out", required=True, help="folder to create (must be empty unless --overwrite)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})")
-    p.add_argument("--size", type=int, default=defaults.size, help=f"image side in pixels (default {defaults.size})")
-    p.add_argument("--format", dest="fmt", choices=FORMATS, default=defaults.fmt, help="16-bit PNG (default) or DICOM MR files")
+    p.add_argument(
+        "--notes", required=True, help="notes CSV with columns patient_id, split, lbp, note"
+    )
+    p.add_argument(
+        "--out", required=True, help="folder to create (must be empty unless --overwrite)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=defaults.size,
+        help=f"image side in pixels (default {defaults.size})",
+    )
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        choices=FORMATS,
+        default=defaults.fmt,
+        help="16-bit PNG (default) or DICOM MR files",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a cohort already in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -34,13 +51,19 @@ def run(args: argparse.Namespace) -> int:
     from lumbarclip.synth.cohort import make_twin
 
     summary = make_twin(
-        args.notes, args.out, seed=args.seed, size=args.size, fmt=args.fmt, overwrite=args.overwrite,
+        args.notes,
+        args.out,
+        seed=args.seed,
+        size=args.size,
+        fmt=args.fmt,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
     )
     for where, why in sorted(summary.skipped.items()):
         print(f"skipped {where}: {why}", file=sys.stderr)
     print(f"patients: {summary.patients} rendered, {len(summary.skipped)} skipped")
     if summary.disagreements:
-        print(f"notes whose parsed findings disagree with lbp (label kept): {', '.join(summary.disagreements)}")
+        names = ", ".join(summary.disagreements)
+        print(f"notes whose parsed findings disagree with lbp (label kept): {names}")
     print(f"manifest: {summary.manifest}")
     return 0

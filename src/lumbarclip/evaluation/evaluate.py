@@ -261,6 +261,7 @@ def evaluate_run(
         **({"finetune": preds["finetune"].metrics()} if "finetune" in preds else {}),
         "meta": {
             "split": split,
+            "out": str(out),
             "manifest": str(manifest.path),
             "model": str(model_dir),
             "vision": model.config.vision,

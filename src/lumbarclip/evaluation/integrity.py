@@ -110,6 +110,10 @@ def outcome_warnings(metrics: Mapping[str, object], main: str) -> list[str]:
                 "reaches 0.5: not distinguishable from chance on this split"
             )
     pixels = blocks.get("raw_pixels")
-    if pixels and (pixels["patient"]["balanced_accuracy"] or 0) >= (metrics["patient"]["balanced_accuracy"] or 0):
-        warnings.append(f"raw-pixel baseline matches or beats {main} per patient: the embeddings add nothing here")
+    if pixels and (pixels["patient"]["balanced_accuracy"] or 0) >= (
+        metrics["patient"]["balanced_accuracy"] or 0
+    ):
+        warnings.append(
+            f"raw-pixel baseline matches or beats {main} per patient: the embeddings add nothing here"
+        )
     return warnings

@@ -83,6 +83,7 @@ def render_report(inputs: ReportInputs) -> str:
     """The whole HTML document as a string."""
     metrics = inputs.metrics
     main = next(iter(inputs.predictions))
+    main_threshold = inputs.predictions[main].thresholds["image"]
     sections = [
         _section("Integrity checks", _integrity_html(metrics.get("integrity", {}))),
         _section(
@@ -102,7 +103,7 @@ def render_report(inputs: ReportInputs) -> str:
         _section("Label efficiency", _label_efficiency_html(metrics.get("label_efficiency", {}))),
         _section("Retrieval", _retrieval_html(metrics.get("retrieval", {}))),
         _section(
-            f"Gallery: {_label(main)}, worst errors first",
+            f"Gallery: {_label(main)} (abnormal when P >= {main_threshold:.2f}), worst errors first",
             _gallery_html(inputs.predictions[main], inputs.records),
         ),
     ]

@@ -7,9 +7,7 @@ The epoch kept is the one with the lowest validation loss; the test split is nev
 
 from __future__ import annotations
 
-import logging
 import tempfile
-import warnings
 from dataclasses import dataclass
 
 import lightning as L
@@ -18,6 +16,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from lumbarclip.training.trainer import quiet_lightning
 
 
 @dataclass
@@ -77,7 +77,6 @@ def train_classifier(
 ) -> TowerClassifier:
     """Train tower + head on (images, labels); returns the best-validation-loss weights."""
     L.seed_everything(seed, verbose=False)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     y_train = np.asarray(train[1])
     pos_weight = float((y_train == 0).sum() / max((y_train == 1).sum(), 1))
     module = TowerClassifier(tower, config, pos_weight)
@@ -101,8 +100,7 @@ def train_classifier(
             default_root_dir=tmp,
             num_sanity_val_steps=0,
         )
-        with warnings.catch_warnings():  # Lightning's own deprecation and tiny-loader notices
-            warnings.filterwarnings("ignore", message=".*(treespec|num_workers|eval mode).*")
+        with quiet_lightning():
             trainer.fit(module, *loaders)
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)

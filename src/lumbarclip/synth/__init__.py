@@ -1,7 +1,14 @@
 """Synthetic axial lumbar MRI: a phantom renderer driven by `Findings`, synthetic cohorts and
 twins of real notes."""
 
-from lumbarclip.synth.cohort import CohortConfig, make_cohort, make_twin, sample_findings, twin_findings, write_cohort
+from lumbarclip.synth.cohort import (
+    CohortConfig,
+    make_cohort,
+    make_twin,
+    sample_findings,
+    twin_findings,
+    write_cohort,
+)
 from lumbarclip.synth.phantom import Anatomy, Nuisance, render_slice
 
 __all__ = [

@@ -28,7 +28,14 @@ from tqdm.auto import tqdm
 
 from lumbarclip.data.manifest import write_manifest
 from lumbarclip.errors import InputError
-from lumbarclip.findings import IMAGED_LEVELS, INCIDENTAL, LEVELS, SEQUENCES, Findings, LevelFindings
+from lumbarclip.findings import (
+    IMAGED_LEVELS,
+    INCIDENTAL,
+    LEVELS,
+    SEQUENCES,
+    Findings,
+    LevelFindings,
+)
 from lumbarclip.synth.phantom import Anatomy, Nuisance, pixel_spacing_mm, render_slice
 
 FORMATS: tuple[str, ...] = ("png", "dicom")
@@ -66,10 +73,20 @@ class CohortConfig:
         if not 0.0 <= self.abnormal_rate <= 1.0:
             raise InputError(f"abnormal rate must be within 0..1; got {self.abnormal_rate}")
         if len(self.split) != 3 or min(self.split) < 0 or not np.isclose(sum(self.split), 1.0):
-            raise InputError(f"split must be three non-negative fractions summing to 1; got {self.split}")
+            raise InputError(
+                f"split must be three non-negative fractions summing to 1; got {self.split}"
+            )
 
 
 # --- findings ---------------------------------------------------------------------------------
+
+
+#: How a herniation of each severity (mild, moderate, severe) meets the thecal sac.
+_THECAL_SAC_BY_SEVERITY = (
+    {"none": 0.25, "abutted": 0.4, "compressed": 0.35},
+    {"abutted": 0.2, "compressed": 0.8},
+    {"compressed": 1.0},
+)
 
 
 def _pick(rng: np.random.Generator, options: dict[str, float]) -> str:
@@ -104,9 +121,10 @@ def sample_level(level: str, rng: np.random.Generator, primary: bool) -> LevelFi
         else:
             side = _pick(rng, {"left": 0.45, "right": 0.45, "both": 0.1})
     rank = ("mild", "moderate", "severe").index(severity)
-    thecal = "none" if location == "foraminal" and rng.random() < 0.6 else (
-        _pick(rng, ({"none": 0.25, "abutted": 0.4, "compressed": 0.35}, {"abutted": 0.2, "compressed": 0.8}, {"compressed": 1.0})[rank])
-    )
+    if location == "foraminal" and rng.random() < 0.6:
+        thecal = "none"  # a foraminal herniation often spares the sac
+    else:
+        thecal = _pick(rng, _THECAL_SAC_BY_SEVERITY[rank])
     lateral = side if side in ("left", "right", "both") else "both"
     root = "none"
     if location in ("paracentral", "foraminal") and rng.random() < 0.6:
@@ -141,13 +159,17 @@ def sample_level(level: str, rng: np.random.Generator, primary: bool) -> LevelFi
 
 def sample_findings(rng: np.random.Generator, abnormal: bool) -> Findings:
     """A patient's findings; `abnormal` decides the label, the rest is drawn like a clinic."""
-    incidental = sorted(name for name, p in zip(INCIDENTAL, (0.35, 0.03, 0.02, 0.02)) if rng.random() < p)
+    incidental = sorted(
+        name for name, p in zip(INCIDENTAL, (0.35, 0.03, 0.02, 0.02)) if rng.random() < p
+    )
     if not abnormal:
         return Findings(incidental=incidental)
     if rng.random() < HIDDEN_RATE:
         if rng.random() < 0.5:
             upper = str(rng.choice(LEVELS[:2]))
-            return Findings(levels={upper: sample_level(upper, rng, primary=True)}, incidental=incidental)
+            return Findings(
+                levels={upper: sample_level(upper, rng, primary=True)}, incidental=incidental
+            )
         return Findings(other=[str(rng.choice(_HIDDEN_OTHER))], incidental=incidental)
     n = int(rng.choice([1, 2, 3], p=[0.03, 0.14, 0.83]))
     chosen = [IMAGED_LEVELS[i] for i in rng.choice(3, size=n, replace=False, p=_LEVEL_WEIGHTS)]
@@ -232,18 +254,31 @@ def write_cohort(
     save = _save_dicom if fmt == "dicom" else _save_png
     rows: list[dict[str, object]] = []
     with (out / "findings.jsonl").open("w", encoding="utf-8") as jsonl:
-        for spec in tqdm(patients, total=total, desc="patients", unit="patient", disable=not progress):
+        for spec in tqdm(
+            patients, total=total, desc="patients", unit="patient", disable=not progress
+        ):
             ss = np.random.SeedSequence([seed, *spec.patient_id.encode()])
-            anatomy_rng, *image_rngs = (np.random.default_rng(s) for s in ss.spawn(1 + 2 * len(IMAGED_LEVELS)))
+            anatomy_rng, *image_rngs = (
+                np.random.default_rng(s) for s in ss.spawn(1 + 2 * len(IMAGED_LEVELS))
+            )
             anatomy = Anatomy.sample(anatomy_rng)
             findings_json = spec.findings.to_json()
             for (level, sequence), rng in zip(
                 ((lvl, seq) for lvl in IMAGED_LEVELS for seq in SEQUENCES), image_rngs
             ):
                 nuisance = Nuisance.sample(rng)
-                pixels = quantise(render_slice(spec.findings.level(level), sequence, size, rng, anatomy, nuisance))
+                pixels = quantise(
+                    render_slice(spec.findings.level(level), sequence, size, rng, anatomy, nuisance)
+                )
                 name = image_name(sequence, spec.patient_id, level, fmt)
-                save(out / "images" / name, pixels, spec, sequence, level, pixel_spacing_mm(anatomy, nuisance, size))
+                save(
+                    out / "images" / name,
+                    pixels,
+                    spec,
+                    sequence,
+                    level,
+                    pixel_spacing_mm(anatomy, nuisance, size),
+                )
                 rows.append(
                     {
                         "image_path": f"images/{name}",
@@ -289,18 +324,24 @@ def make_cohort(
     def patients() -> Iterable[PatientSpec]:
         for i, (label, split) in enumerate(zip(labels, splits), start=1):
             pid = f"{i:0{width}d}"
-            findings = sample_findings(np.random.default_rng([config.seed, 2, i]), abnormal=bool(label))
+            findings = sample_findings(
+                np.random.default_rng([config.seed, 2, i]), abnormal=bool(label)
+            )
             report = write_report(findings, random.Random(f"{config.seed}-{pid}"))
             yield PatientSpec(pid, split, label, findings, report)
 
-    return write_cohort(out_dir, patients(), config.size, config.fmt, config.seed, overwrite, progress, total=n)
+    return write_cohort(
+        out_dir, patients(), config.size, config.fmt, config.seed, overwrite, progress, total=n
+    )
 
 
 def _save_png(path: Path, pixels: np.ndarray, *_: object) -> None:
     Image.fromarray(pixels).save(path, format="PNG")
 
 
-def _save_dicom(path: Path, pixels: np.ndarray, spec: PatientSpec, sequence: str, level: str, spacing: float) -> None:
+def _save_dicom(
+    path: Path, pixels: np.ndarray, spec: PatientSpec, sequence: str, level: str, spacing: float
+) -> None:
     """A minimal valid MR image: synthetic identifiers only, 12 bits stored in 16."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
@@ -337,7 +378,6 @@ def _save_dicom(path: Path, pixels: np.ndarray, spec: PatientSpec, sequence: str
     ds.save_as(path, enforce_file_format=True)
 
 
-
 # --- the real-notes twin ----------------------------------------------------------------------
 
 #: Chance that a disc a note does not mention is mildly degenerate in an abnormal (lbp=1)
@@ -372,7 +412,11 @@ def twin_findings(parsed: Findings, label: int, rng: np.random.Generator) -> Fin
         chance = (0.5 if lv == "L3-L4" else 1.0) if none_imaged else UNMENTIONED_DEGENERATION
         if rng.random() < chance:
             levels[lv] = mild_degeneration(lv, rng)
-    return Findings(levels=dict(sorted(levels.items())), other=list(parsed.other), incidental=list(parsed.incidental))
+    return Findings(
+        levels=dict(sorted(levels.items())),
+        other=list(parsed.other),
+        incidental=list(parsed.incidental),
+    )
 
 
 @dataclass(frozen=True)
@@ -403,7 +447,9 @@ def make_twin(
     CohortConfig(n_patients=1, seed=seed, size=size, fmt=fmt)  # validates the shared options
     table = read_notes(notes_path, label_column="lbp")
     if not table.has_split:
-        raise InputError(f"{notes_path}: no split column; the twin keeps the notes' train/valid/test split")
+        raise InputError(
+            f"{notes_path}: no split column; the twin keeps the notes' train/valid/test split"
+        )
     skipped = {f"line {line}": why for line, why in table.bad_rows} | dict(table.problems)
     if not table.notes:
         raise InputError(f"{notes_path}: no usable patient rows")
@@ -412,7 +458,9 @@ def make_twin(
         parsed = parse_report(note.text)
         if parsed.abnormal != bool(note.label):
             disagreements.append(pid)
-        findings = twin_findings(parsed, note.label, np.random.default_rng([seed, 3, *pid.encode()]))
+        findings = twin_findings(
+            parsed, note.label, np.random.default_rng([seed, 3, *pid.encode()])
+        )
         specs.append(PatientSpec(pid, note.split, note.label, findings, note.text, parsed))
     manifest = write_cohort(out_dir, specs, size, fmt, seed, overwrite, progress, total=len(specs))
     return TwinSummary(manifest, len(specs), skipped, disagreements)

@@ -82,7 +82,8 @@ class Anatomy:
         radii = u(0.45, 0.8, n_roots)
         roots = tuple((float(np.cos(a) * r), float(np.sin(a) * r)) for a, r in zip(angles, radii))
         contrast = {
-            name: (t1 * float(u(0.92, 1.08)), t2 * float(u(0.92, 1.08))) for name, (t1, t2) in TISSUES.items()
+            name: (t1 * float(u(0.92, 1.08)), t2 * float(u(0.92, 1.08)))
+            for name, (t1, t2) in TISSUES.items()
         }
         return cls(
             fov_mm=float(u(160.0, 190.0)),
@@ -116,7 +117,7 @@ class Nuisance:
     blur_px: float = 0.0
     ghost: float = 0.0  # phase error between k-space lines (breathing motion), radians
     ghost_axis: int = 0  # phase-encoding axis: 0 rows (AP), 1 columns (LR)
-    tilt: float = 0.0  # slice obliquity: endplate marrow over the disc's front (+) or back (-)
+    tilt: float = 0.0  # slice obliquity: endplate marrow showing over the front of the disc
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Nuisance:
@@ -131,7 +132,7 @@ class Nuisance:
             blur_px=float(u(0.3, 0.9)),
             ghost=float(u(0.0, 0.25)),
             ghost_axis=int(rng.integers(0, 2)),
-            tilt=float(np.clip(rng.normal(0.0, 0.35), -0.8, 0.8)),
+            tilt=float(min(abs(rng.normal(0.0, 0.35)), 0.8)),
         )
 
 
@@ -249,7 +250,9 @@ def _view(anatomy: Anatomy, nuisance: Nuisance) -> tuple[float, float, float]:
     )
 
 
-def pixel_of(point: tuple[float, float], anatomy: Anatomy, nuisance: Nuisance, size: int) -> tuple[float, float]:
+def pixel_of(
+    point: tuple[float, float], anatomy: Anatomy, nuisance: Nuisance, size: int
+) -> tuple[float, float]:
     """(row, column) where a patient-frame point lands in the rendered image."""
     px = pixel_spacing_mm(anatomy, nuisance, size)
     a, cx, cy = _view(anatomy, nuisance)
@@ -287,7 +290,9 @@ class _Disc:
         elif lf.disc in ("protrusion", "extrusion"):
             extruded = lf.disc == "extrusion"
             height = _SEVERITY_MM[lf.severity] + 1.5 + (3.0 if extruded else 0.0)
-            width = math.radians(10.0 if extruded else 15.0) * (2.0 if lf.location == "diffuse" else 1.0)
+            width = math.radians(10.0 if extruded else 15.0) * (
+                2.0 if lf.location == "diffuse" else 1.0
+            )
             self.bumps = [(a, height, width) for a in _herniation_angles(lf.location, lf.side)]
             if extruded:
                 angle = self.bumps[0][0]
@@ -426,7 +431,9 @@ def _draw_body(canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, fine, coars
     retroperitoneum = _ellipse(x, y, 0.0, -8.0, geo.disc_w + 1.6 * pw, geo.disc_d + 14.0)
     viscera = np.maximum(np.maximum(inner + wall + 2.0, peritoneum), -retroperitoneum)
     paint(viscera, tone["bowel"] * (1.0 + 0.25 * coarse + 0.12 * fine))
-    lobes = np.minimum(*(_ellipse(x, y, s * 24.0 * m, cy + 20.0 * m, 36.0 * m, 34.0 * m) for s in (1, -1)))
+    lobes = np.minimum(
+        *(_ellipse(x, y, s * 24.0 * m, cy + 20.0 * m, 36.0 * m, 34.0 * m) for s in (1, -1))
+    )
     paint(np.maximum(lobes, inner), marbled)
     septum = muscle + 0.45 * (tone["fat"] - muscle)
     for s in (1, -1):
@@ -434,12 +441,18 @@ def _draw_body(canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, fine, coars
         lateral_deep_half = np.maximum(s * (s * 13.0 * m - x), y - cy - 36.0 * m)
         paint(np.maximum(_band(multifidus, 0.8), lateral_deep_half), septum)
         if geo.index <= 1:  # quadratus lumborum, between psoas, erector spinae and the wall
-            paint(_ellipse(x, y, s * (geo.disc_w + 36.0), cy - 6.0, 16.0 * m, 8.0 * m, -s * 0.3), marbled)
+            paint(
+                _ellipse(x, y, s * (geo.disc_w + 36.0), cy - 6.0, 16.0 * m, 8.0 * m, -s * 0.3),
+                marbled,
+            )
         if geo.index >= 2:  # iliac wings between iliacus and gluteal muscle
             wing = (s * (geo.disc_w + 50.0), cy + 4.0)
             paint(_ellipse(x, y, *wing, 17.0 * m, 40.0, -s * 0.55), marbled)
             _draw_bone(canvas, tone, _ellipse(x, y, *wing, 4.5, 28.0, -s * 0.55), 1.3)
-        paint(_ellipse(x, y, s * (geo.disc_w + pw * 0.8), -2.0 - geo.index * 2.0, pw, pd, s * 0.3), muscle)
+        paint(
+            _ellipse(x, y, s * (geo.disc_w + pw * 0.8), -2.0 - geo.index * 2.0, pw, pd, s * 0.3),
+            muscle,
+        )
 
 
 def _draw_vessels(canvas: _Canvas, tone, geo: _Level) -> None:
@@ -459,13 +472,17 @@ def _draw_vessels(canvas: _Canvas, tone, geo: _Level) -> None:
             paint(_ellipse(x, y, s * 23.0, front - 10.0, 5.0, 5.0), tone["artery"])
 
 
-def _draw_canal(canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, lf: LevelFindings, tilt: float) -> None:
+def _draw_canal(
+    canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, lf: LevelFindings, tilt: float
+) -> None:
     """Canal contents, posterior elements and the disc, with this level's findings."""
     x, y, paint = canvas.x, canvas.y, canvas.paint
     disc = _Disc(geo, lf)
     # the findings' effects on the sac and roots decide how far the disc must reach
     if lf.thecal_sac in _INDENT_MM:
-        indent = _INDENT_MM[lf.thecal_sac] + (0.8 * _SEVERITY_RANK[lf.severity] if lf.thecal_sac == "compressed" else 0.0)
+        indent = _INDENT_MM[lf.thecal_sac] + (
+            0.8 * _SEVERITY_RANK[lf.severity] if lf.thecal_sac == "compressed" else 0.0
+        )
         disc.push(math.pi / 2 - 0.15 * disc.bulge_side, geo.concavity + _GAP_MM + indent, 0.5)
     recess = {s: (s * (geo.sac_w + 1.0), geo.sac_front + 2.2) for s in (1, -1)}
     compressed_roots = _side_signs(lf.root_compression)
@@ -491,8 +508,16 @@ def _draw_canal(canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, lf: LevelF
     sac_y = geo.sac_front + sac_d
     paint(_ellipse(x, y, 0.0, sac_y, sac_w, sac_d), tone["csf"])
     if anatomy.cauda_equina:
-        paint(_circles(x, y, [(cx * sac_w, sac_y + cy * sac_d) for cx, cy in anatomy.cauda_equina], 0.9), tone["root"])
-    for s in (1, -1):  # traversing roots in the lateral recesses; a compressed one is flattened aside
+        paint(
+            _circles(
+                x, y, [(cx * sac_w, sac_y + cy * sac_d) for cx, cy in anatomy.cauda_equina], 0.9
+            ),
+            tone["root"],
+        )
+    for s in (
+        1,
+        -1,
+    ):  # traversing roots in the lateral recesses; a compressed one is flattened aside
         rx, ry = recess[s]
         if s in compressed_roots:
             paint(_ellipse(x, y, rx + s * 0.8, ry + 1.2, 1.7, 0.9), tone["root"])
@@ -508,36 +533,49 @@ def _draw_canal(canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, lf: LevelF
     nucleus = tone["annulus"] + (tone["nucleus"] - tone["annulus"]) * hydration
     paint(_ellipse(x, y, 0.0, -1.0, geo.disc_w * 0.66, geo.disc_d * 0.6), nucleus, edge_mm=2.5)
     if tilt:  # an oblique slice catches an endplate: partial volume of vertebral marrow
-        weight = np.clip(abs(tilt) * (0.3 - math.copysign(1.0, tilt) * y / geo.disc_d), 0.0, 0.9)
+        weight = np.clip(tilt * (0.3 - y / geo.disc_d), 0.0, 0.9)
         canvas.img += canvas.cover(d_healthy) * weight * (tone["marrow"] - canvas.img)
     if lf.annular_tear:
         angle = disc.bumps[0][0] if disc.bumps else math.pi / 2 - 0.2
         r = disc.radius(np.array([angle]))[0] - 1.8
-        paint(_ellipse(x, y, r * math.cos(angle), r * math.sin(angle), 3.0, 0.9, angle + math.pi / 2), tone["tear"])
+        paint(
+            _ellipse(x, y, r * math.cos(angle), r * math.sin(angle), 3.0, 0.9, angle + math.pi / 2),
+            tone["tear"],
+        )
 
 
 def _draw_posterior_elements(canvas: _Canvas, tone, geo: _Level, lf: LevelFindings) -> None:
     """Ligamenta flava, facet joints, laminae and spinous process around the canal."""
     x, y, paint = canvas.x, canvas.y, canvas.paint
     w, d, cy = geo.sac_w, geo.sac_d, geo.canal_y
-    thick = 2.6 + (3.0 if lf.ligamentum_hypertrophy else 0.0) + 0.8 * _SEVERITY_RANK[lf.canal_narrowing]
+    thick = (
+        2.6 + (3.0 if lf.ligamentum_hypertrophy else 0.0) + 0.8 * _SEVERITY_RANK[lf.canal_narrowing]
+    )
     outer = 4.6  # hypertrophy thickens the ligament inwards, into the canal
     flavum = _band(_ellipse(x, y, 0.0, cy, w + outer - thick / 2, d + outer - thick / 2), thick)
     paint(np.maximum(flavum, cy - 1.0 - y), tone["ligament"])
-    bone = np.maximum(_band(_ellipse(x, y, 0.0, cy, w + outer + 2.6, d + outer + 2.4), 4.4), cy + 1.0 - y)
+    bone = np.maximum(
+        _band(_ellipse(x, y, 0.0, cy, w + outer + 2.6, d + outer + 2.4), 4.4), cy + 1.0 - y
+    )
     bone = np.minimum(bone, _segment(x, y, (0.0, cy + d + 7.0), (0.0, cy + d + 27.0), 3.4))
     big = 1.35 if lf.facet_hypertrophy else 1.0
     phi = geo.facet_angle
     joints = []
     for s in (1, -1):
         jx, jy = s * (w + 10.0), cy + 1.0
-        angle = math.atan2(math.cos(phi), s * math.sin(phi))  # joint line runs anteromedial to posterolateral
+        angle = math.atan2(
+            math.cos(phi), s * math.sin(phi)
+        )  # joint line runs anteromedial to posterolateral
         normal = (s * math.cos(phi), -math.sin(phi))  # towards the superior articular process
         for sign in (1, -1):  # superior (anterolateral) and inferior (posteromedial) processes
             off = sign * 3.6 * big
-            process = _ellipse(x, y, jx + off * normal[0], jy + off * normal[1], 6.8 * big, 4.0 * big, angle)
+            process = _ellipse(
+                x, y, jx + off * normal[0], jy + off * normal[1], 6.8 * big, 4.0 * big, angle
+            )
             bone = np.minimum(bone, process)
-        joints.append(_ellipse(x, y, jx, jy, 6.0 * big, 0.5 if lf.facet_hypertrophy else 0.8, angle))
+        joints.append(
+            _ellipse(x, y, jx, jy, 6.0 * big, 0.5 if lf.facet_hypertrophy else 0.8, angle)
+        )
     _draw_bone(canvas, tone, bone, 1.1)
     paint(np.minimum(*joints), tone["joint"])
 
@@ -547,13 +585,19 @@ def _acquire(img: np.ndarray, nz: Nuisance, rng: np.random.Generator) -> np.ndar
     size = img.shape[0]
     t = np.linspace(-1.0, 1.0, size, dtype=np.float32)
     u, v = np.meshgrid(t, t)
-    img = img * (nz.gain * np.exp(nz.bias[0] * v + nz.bias[1] * u + nz.bias[2] * (u * u + v * v))).astype(np.float32)
+    img = img * (
+        nz.gain * np.exp(nz.bias[0] * v + nz.bias[1] * u + nz.bias[2] * (u * u + v * v))
+    ).astype(np.float32)
     if nz.blur_px > 0:
         img = ndimage.gaussian_filter(img, nz.blur_px)
     if nz.ghost > 0:  # periodic phase errors between phase-encoding lines replicate the body
         lines = np.arange(size)
-        phase = nz.ghost * np.sin(2 * np.pi * lines * rng.uniform(0.04, 0.2) + rng.uniform(0, 2 * np.pi))
-        k = np.fft.fft2(img) * np.exp(1j * phase).reshape((size, 1) if nz.ghost_axis == 0 else (1, size))
+        phase = nz.ghost * np.sin(
+            2 * np.pi * lines * rng.uniform(0.04, 0.2) + rng.uniform(0, 2 * np.pi)
+        )
+        k = np.fft.fft2(img) * np.exp(1j * phase).reshape(
+            (size, 1) if nz.ghost_axis == 0 else (1, size)
+        )
         img = np.abs(np.fft.ifft2(k)).astype(np.float32)
     if nz.noise > 0:
         real = img + rng.normal(0.0, nz.noise, img.shape).astype(np.float32)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -19,7 +22,16 @@ from lumbarclip.reports import class_prompts
 from lumbarclip.training.config import TrainConfig, save_config
 from lumbarclip.training.module import CLIPModule
 
-log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Hide Lightning's INFO banners and its notices about frozen (eval-mode) modules, tiny
+    loaders and deprecations: they are expected here and bury the progress bar."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(treespec|num_workers|eval mode|logging interval).*")
+        yield
 
 
 class ExportBest(Callback):
@@ -81,10 +93,12 @@ def train(
         deterministic=False,
     )
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data)
+    with quiet_lightning():
+        trainer.fit(module, datamodule=data)
     if export.best is None:
         model.save_pretrained(run / "model")
     summary = {
+        "manifest": str(data.manifest.path.resolve()),
         "best_epoch": export.best_epoch,
         "monitor": tc.monitor,
         "best_value": export.best,
