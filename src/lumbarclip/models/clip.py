@@ -47,8 +47,7 @@ class LumbarCLIP(nn.Module):
         self.visual = create_vision_tower(
             config.vision,
             pretrained=config.vision_pretrained if vision_pretrained else False,
-            img_size=config.image_size,
-            **config.vision_kwargs,
+            **{"img_size": config.image_size, **config.vision_kwargs},
         )
         self.text = text_encoder
         self.tokenizer = tokenizer

@@ -74,26 +74,26 @@ def train(
     module = CLIPModule(model, config, class_prompts())
     export = ExportBest(run / "model", config.trainer.monitor)
     tc = config.trainer
-    trainer = L.Trainer(
-        default_root_dir=run,
-        max_epochs=tc.max_epochs,
-        precision=tc.precision,
-        accelerator=tc.accelerator,
-        devices=tc.devices,
-        strategy=tc.strategy,
-        accumulate_grad_batches=tc.accumulate_grad_batches,
-        gradient_clip_val=config.optim.grad_clip or None,
-        log_every_n_steps=tc.log_every_n_steps,
-        logger=CSVLogger(run, name="logs", version=""),
-        callbacks=[export, LearningRateMonitor(logging_interval="epoch")],
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        deterministic=False,
-    )
-    started = time.perf_counter()
     with quiet_lightning():
+        trainer = L.Trainer(
+            default_root_dir=run,
+            max_epochs=tc.max_epochs,
+            precision=tc.precision,
+            accelerator=tc.accelerator,
+            devices=tc.devices,
+            strategy=tc.strategy,
+            accumulate_grad_batches=tc.accumulate_grad_batches,
+            gradient_clip_val=config.optim.grad_clip or None,
+            log_every_n_steps=tc.log_every_n_steps,
+            logger=CSVLogger(run, name="logs", version=""),
+            callbacks=[export, LearningRateMonitor(logging_interval="epoch")],
+            enable_checkpointing=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            deterministic=False,
+        )
+        started = time.perf_counter()
         trainer.fit(module, datamodule=data)
     if export.best is None:
         model.save_pretrained(run / "model")
