@@ -37,9 +37,7 @@ def clean(
     return render_slice(level, sequence, size, np.random.default_rng(0), anatomy, CLEAN)
 
 
-def value_at(
-    image: np.ndarray, name: str, level: str = "L4-L5", anatomy: Anatomy = ADULT
-) -> float:
+def value_at(image: np.ndarray, name: str, level: str = "L4-L5", anatomy: Anatomy = ADULT) -> float:
     """Mean of the 3x3 pixels around a named landmark of a clean image."""
     row, col = (
         int(round(v))
@@ -166,6 +164,33 @@ def test_ligament_and_facet_hypertrophy_change_the_back_of_the_canal():
     diff = np.abs(thick - normal)
     centre = diff.shape[0] // 2
     assert diff[centre:].sum() > 2 * diff[: centre - 4].sum()  # behind the sac centre, not in front
+
+
+def test_pathology_is_local_and_leaves_global_intensity_alone():
+    """The subtlety contract: findings change shapes near the spine, nothing global."""
+    rows, cols = np.mgrid[0:SIZE, 0:SIZE]
+    row, col = pixel_of(landmarks(ADULT, "L4-L5")["sac_centre"], ADULT, CLEAN, SIZE)
+    near = np.hypot(rows - row, cols - col) * ADULT.fov_mm / SIZE < 40.0
+    severe = LevelFindings(
+        "L4-L5",
+        disc="extrusion",
+        location="paracentral",
+        side="right",
+        severity="severe",
+        thecal_sac="compressed",
+        root_compression="right",
+        canal_narrowing="severe",
+        foraminal_narrowing="both",
+        facet_hypertrophy=True,
+        ligamentum_hypertrophy=True,
+        desiccation=True,
+        annular_tear=True,
+    )
+    for sequence in ("T1", "T2"):
+        diff = clean(severe, sequence) - clean(LevelFindings("L4-L5"), sequence)
+        assert np.abs(diff).sum() > 20.0
+        assert np.abs(diff[~near]).sum() < 0.01 * np.abs(diff).sum()
+        assert abs(diff.mean()) < 0.01
 
 
 # --- findings sampling ------------------------------------------------------------------------

@@ -11,6 +11,9 @@ the public dataset), `manifest.csv` (the manifest contract; `findings` holds the
 `Findings.to_dict()` on every row - the image's own level is `findings["levels"][level]`, absent
 when that disc is normal), and `findings.jsonl` (one patient a line: patient_id, split, label,
 findings, report). Same arguments, same bytes.
+
+A twin (`make_twin`) renders the same layout from real notes: labels, splits and reports from
+the notes file, images from the findings the report parser reads in each note.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from lumbarclip.findings import (
     Findings,
     LevelFindings,
 )
+from lumbarclip.reports import parse_report, write_report
 from lumbarclip.synth.phantom import Anatomy, Nuisance, pixel_spacing_mm, render_slice
 
 FORMATS: tuple[str, ...] = ("png", "dicom")
@@ -271,14 +275,8 @@ def write_cohort(
                     render_slice(spec.findings.level(level), sequence, size, rng, anatomy, nuisance)
                 )
                 name = image_name(sequence, spec.patient_id, level, fmt)
-                save(
-                    out / "images" / name,
-                    pixels,
-                    spec,
-                    sequence,
-                    level,
-                    pixel_spacing_mm(anatomy, nuisance, size),
-                )
+                spacing = pixel_spacing_mm(anatomy, nuisance, size)
+                save(out / "images" / name, pixels, spec, sequence, level, spacing, seed)
                 rows.append(
                     {
                         "image_path": f"images/{name}",
@@ -311,8 +309,6 @@ def make_cohort(
     progress: bool = True,
 ) -> Path:
     """Sample, render and write a synthetic cohort; returns the manifest path."""
-    from lumbarclip.reports import write_report
-
     n = config.n_patients
     n_abnormal = int(round(config.abnormal_rate * n))
     labels = [0] * n
@@ -340,42 +336,42 @@ def _save_png(path: Path, pixels: np.ndarray, *_: object) -> None:
 
 
 def _save_dicom(
-    path: Path, pixels: np.ndarray, spec: PatientSpec, sequence: str, level: str, spacing: float
+    path: Path,
+    pixels: np.ndarray,
+    spec: PatientSpec,
+    sequence: str,
+    level: str,
+    spacing: float,
+    seed: int,
 ) -> None:
-    """A minimal valid MR image: synthetic identifiers only, 12 bits stored in 16."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    """An MR image with synthetic identifiers only, 12 bits stored in 16; UIDs from the names."""
+    from pydicom.uid import generate_uid
 
-    key = f"lumbarclip-synth/{spec.patient_id}"
-    series_key = f"{key}/{sequence}"
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[series_key, level])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[key])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[series_key])
-    ds.Modality = "MR"
-    ds.PatientName = f"SYNTHETIC^{spec.patient_id}"
-    ds.PatientID = spec.patient_id
-    ds.SeriesDescription = f"{sequence} axial {level} (synthetic phantom)"
-    ds.ScanningSequence = "SE"
-    ds.RepetitionTime, ds.EchoTime = (550.0, 10.0) if sequence == "T1" else (4000.0, 100.0)
-    ds.SeriesNumber = SEQUENCES.index(sequence) + 1
-    ds.InstanceNumber = IMAGED_LEVELS.index(level) + 1
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.PixelSpacing = [round(spacing, 4), round(spacing, 4)]
-    ds.SliceThickness = 4.0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    from lumbarclip.data.imageio import write_dicom
+
+    study = f"lumbarclip-synth/{seed}/{spec.patient_id}"
+    series = f"{study}/{sequence}"
+    write_dicom(
+        path,
+        pixels,
+        spacing_mm=(round(spacing, 4), round(spacing, 4)),
+        overwrite=True,
+        BitsStored=12,
+        HighBit=11,
+        StudyInstanceUID=generate_uid(entropy_srcs=[study]),
+        SeriesInstanceUID=generate_uid(entropy_srcs=[series]),
+        SOPInstanceUID=generate_uid(entropy_srcs=[series, level]),
+        PatientName=f"SYNTHETIC^{spec.patient_id}",
+        PatientID=spec.patient_id,
+        SeriesDescription=f"{sequence} axial {level} (synthetic phantom)",
+        ScanningSequence="SE",
+        RepetitionTime=550.0 if sequence == "T1" else 4000.0,
+        EchoTime=10.0 if sequence == "T1" else 100.0,
+        SeriesNumber=SEQUENCES.index(sequence) + 1,
+        InstanceNumber=IMAGED_LEVELS.index(level) + 1,
+        ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+        SliceThickness=4.0,
+    )
 
 
 # --- the real-notes twin ----------------------------------------------------------------------
@@ -439,10 +435,10 @@ def make_twin(
     progress: bool = True,
 ) -> TwinSummary:
     """A cohort rendered from real notes (columns patient_id, split, lbp, note): each patient's
-    six images drawn from the parser's findings, with the given label and split, and the real
-    note as the report. A patient's rows are joined; bad rows and patients are skipped."""
-    from lumbarclip.data.mendeley import read_notes
-    from lumbarclip.reports import parse_report
+    six images drawn from `twin_findings`, with the given label and split and the real note as
+    the report. A patient's rows are joined; bad rows and patients are skipped and listed.
+    The manifest's `findings` are the rendered ones; findings.jsonl adds the `parsed` ones."""
+    from lumbarclip.data.mendeley import read_notes  # pulls in scikit-learn: only twins need it
 
     CohortConfig(n_patients=1, seed=seed, size=size, fmt=fmt)  # validates the shared options
     table = read_notes(notes_path, label_column="lbp")

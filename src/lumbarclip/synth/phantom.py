@@ -274,6 +274,13 @@ def _herniation_angles(location: str, side: str) -> list[float]:
     return [math.pi / 2 - s * offset for s in (signs or (1, -1))]
 
 
+def _healthy_margin(g: _Level, theta: np.ndarray) -> np.ndarray:
+    """Radius of a healthy disc: a squarish oval with a shallow posterior concavity."""
+    c, s = np.abs(np.cos(theta)), np.abs(np.sin(theta))
+    r = ((c / g.disc_w) ** 2.6 + (s / g.disc_d) ** 2.6) ** (-1.0 / 2.6)
+    return r - g.concavity * np.exp(-(((theta - math.pi / 2) / 0.38) ** 2))
+
+
 class _Disc:
     """Disc margin in polar form r(theta) about the disc centre, with the herniations on it."""
 
@@ -300,11 +307,7 @@ class _Disc:
                 self.fragment = (r * math.cos(angle), r * math.sin(angle), 4.8)
 
     def base(self, theta: np.ndarray) -> np.ndarray:
-        """Healthy margin: a squarish oval with a shallow posterior concavity."""
-        g = self.geo
-        c, s = np.abs(np.cos(theta)), np.abs(np.sin(theta))
-        r = ((c / g.disc_w) ** 2.6 + (s / g.disc_d) ** 2.6) ** (-1.0 / 2.6)
-        return r - g.concavity * np.exp(-(((theta - math.pi / 2) / 0.38) ** 2))
+        return _healthy_margin(self.geo, theta)
 
     def radius(self, theta: np.ndarray) -> np.ndarray:
         r = self.base(theta)
@@ -401,7 +404,9 @@ def render_slice(
     geo = _Level.of(anatomy, level.level)
     _draw_body(canvas, tone, anatomy, geo, fine, coarse)
     _draw_vessels(canvas, tone, geo)
-    _draw_canal(canvas, tone, anatomy, geo, level, nuisance.tilt)
+    _draw_canal(canvas, tone, anatomy, geo, level)
+    _draw_posterior_elements(canvas, tone, geo, level)
+    _draw_disc(canvas, tone, anatomy, geo, level, nuisance.tilt)
     return _acquire(canvas.img, nuisance, rng)
 
 
@@ -438,8 +443,8 @@ def _draw_body(canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, fine, coars
     septum = muscle + 0.45 * (tone["fat"] - muscle)
     for s in (1, -1):
         multifidus = _ellipse(x, y, s * 13.0 * m, cy + 26.0 * m, 12.0 * m, 22.0 * m, -s * 0.12)
-        lateral_deep_half = np.maximum(s * (s * 13.0 * m - x), y - cy - 36.0 * m)
-        paint(np.maximum(_band(multifidus, 0.8), lateral_deep_half), septum)
+        medial_or_behind = np.maximum(s * (s * 13.0 * m - x), y - cy - 36.0 * m)  # no septum there
+        paint(np.maximum(_band(multifidus, 0.8), medial_or_behind), septum)
         if geo.index <= 1:  # quadratus lumborum, between psoas, erector spinae and the wall
             paint(
                 _ellipse(x, y, s * (geo.disc_w + 36.0), cy - 6.0, 16.0 * m, 8.0 * m, -s * 0.3),
@@ -472,59 +477,68 @@ def _draw_vessels(canvas: _Canvas, tone, geo: _Level) -> None:
             paint(_ellipse(x, y, s * 23.0, front - 10.0, 5.0, 5.0), tone["artery"])
 
 
-def _draw_canal(
-    canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, lf: LevelFindings, tilt: float
-) -> None:
-    """Canal contents, posterior elements and the disc, with this level's findings."""
-    x, y, paint = canvas.x, canvas.y, canvas.paint
+def _recess(geo: _Level, side: int) -> tuple[float, float]:
+    """Where the traversing root lies in the lateral recess on one side (+1 patient left)."""
+    return side * (geo.sac_w + 1.0), geo.sac_front + 2.2
+
+
+def _foramen_angle(side: int) -> float:
+    """Polar angle, about the disc centre, of the neural foramen on one side."""
+    return math.pi / 2 - side * 1.0
+
+
+def _diseased_disc(geo: _Level, lf: LevelFindings) -> _Disc:
+    """The disc with its herniation, pushed as far as the findings' effects need it to reach."""
     disc = _Disc(geo, lf)
-    # the findings' effects on the sac and roots decide how far the disc must reach
     if lf.thecal_sac in _INDENT_MM:
-        indent = _INDENT_MM[lf.thecal_sac] + (
-            0.8 * _SEVERITY_RANK[lf.severity] if lf.thecal_sac == "compressed" else 0.0
-        )
+        indent = _INDENT_MM[lf.thecal_sac]
+        if lf.thecal_sac == "compressed":
+            indent += 0.8 * _SEVERITY_RANK[lf.severity]
         disc.push(math.pi / 2 - 0.15 * disc.bulge_side, geo.concavity + _GAP_MM + indent, 0.5)
-    recess = {s: (s * (geo.sac_w + 1.0), geo.sac_front + 2.2) for s in (1, -1)}
-    compressed_roots = _side_signs(lf.root_compression)
-    for s in compressed_roots:
-        disc.push_to((recess[s][0], recess[s][1] - 0.5), 0.3)
-    narrow_foramina = _side_signs(lf.foraminal_narrowing)
-    foramen_angle = {s: math.pi / 2 - s * 1.0 for s in (1, -1)}
-    for s in narrow_foramina:
-        disc.push(foramen_angle[s], 3.0, 0.25)
-    # epidural fat, lateral recesses, and the foramina with their exiting roots
+    for s in _side_signs(lf.root_compression):
+        rx, ry = _recess(geo, s)
+        disc.push_to((rx, ry - 0.5), 0.3)
+    for s in _side_signs(lf.foraminal_narrowing):
+        disc.push(_foramen_angle(s), 3.0, 0.25)
+    return disc
+
+
+def _draw_canal(canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, lf: LevelFindings) -> None:
+    """Epidural fat, foramina with their exiting roots, the thecal sac and traversing roots."""
+    x, y, paint = canvas.x, canvas.y, canvas.paint
     paint(_ellipse(x, y, 0.0, geo.canal_y + 0.5, geo.sac_w + 3.6, geo.sac_d + 3.0), tone["fat"])
+    narrow_foramina = _side_signs(lf.foraminal_narrowing)
     for s in (1, -1):
-        paint(_ellipse(x, y, *recess[s], 4.0, 3.2), tone["fat"])
-        a = foramen_angle[s]
-        r = disc.base(np.array([a]))[0] + 4.2
+        paint(_ellipse(x, y, *_recess(geo, s), 4.0, 3.2), tone["fat"])
+        a = _foramen_angle(s)
+        r = _healthy_margin(geo, np.array([a]))[0] + 4.2
         centre = (r * math.cos(a), r * math.sin(a))
         k = 0.55 if s in narrow_foramina else 1.0
         paint(_ellipse(x, y, *centre, 5.5 * k, 3.8 * k, a), tone["fat"])
         paint(_ellipse(x, y, *centre, 2.3, 1.6 * k, a), tone["root"])
-    # thecal sac: stenosis shrinks it from behind; the cauda equina lies dependent (posterior)
+    # stenosis shrinks the sac from behind; the cauda equina lies dependent (posterior)
     keep = _SAC_AREA[lf.canal_narrowing]
     sac_w, sac_d = geo.sac_w * math.sqrt(keep), geo.sac_d * keep
     sac_y = geo.sac_front + sac_d
     paint(_ellipse(x, y, 0.0, sac_y, sac_w, sac_d), tone["csf"])
     if anatomy.cauda_equina:
-        paint(
-            _circles(
-                x, y, [(cx * sac_w, sac_y + cy * sac_d) for cx, cy in anatomy.cauda_equina], 0.9
-            ),
-            tone["root"],
-        )
-    for s in (
-        1,
-        -1,
-    ):  # traversing roots in the lateral recesses; a compressed one is flattened aside
-        rx, ry = recess[s]
-        if s in compressed_roots:
+        roots = [(cx * sac_w, sac_y + cy * sac_d) for cx, cy in anatomy.cauda_equina]
+        paint(_circles(x, y, roots, 0.9), tone["root"])
+    compressed = _side_signs(lf.root_compression)
+    for s in (1, -1):  # traversing roots; a compressed one is pushed back and flattened
+        rx, ry = _recess(geo, s)
+        if s in compressed:
             paint(_ellipse(x, y, rx + s * 0.8, ry + 1.2, 1.7, 0.9), tone["root"])
         else:
             paint(_ellipse(x, y, rx, ry, 1.7, 1.6), tone["root"])
-    _draw_posterior_elements(canvas, tone, geo, lf)
-    # the disc last: a herniation covers what it displaces
+
+
+def _draw_disc(
+    canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, lf: LevelFindings, tilt: float
+) -> None:
+    """Annulus, herniated material, nucleus and annular tear, painted over what they displace."""
+    x, y, paint = canvas.x, canvas.y, canvas.paint
+    disc = _diseased_disc(geo, lf)
     d, d_healthy = disc.sd(x, y)
     paint(d, tone["annulus"])
     if lf.disc in ("protrusion", "extrusion"):
@@ -535,11 +549,11 @@ def _draw_canal(
     if tilt:  # an oblique slice catches an endplate: partial volume of vertebral marrow
         weight = np.clip(tilt * (0.3 - y / geo.disc_d), 0.0, 0.9)
         canvas.img += canvas.cover(d_healthy) * weight * (tone["marrow"] - canvas.img)
-    if lf.annular_tear:
-        angle = disc.bumps[0][0] if disc.bumps else math.pi / 2 - 0.2
-        r = disc.radius(np.array([angle]))[0] - 1.8
+    if lf.annular_tear:  # high-intensity zone in the back of the annulus, at the herniation
+        a = disc.bumps[0][0] if disc.bumps else math.pi / 2 - 0.2
+        r = disc.radius(np.array([a]))[0] - 1.8
         paint(
-            _ellipse(x, y, r * math.cos(angle), r * math.sin(angle), 3.0, 0.9, angle + math.pi / 2),
+            _ellipse(x, y, r * math.cos(a), r * math.sin(a), 3.0, 0.9, a + math.pi / 2),
             tone["tear"],
         )
 
