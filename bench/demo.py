@@ -25,7 +25,7 @@ TARGETS = {  # (metrics.json path, comparison, bound)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="a new folder for the demo's outputs")
-    parser.add_argument("--patients", type=int, default=300)
+    parser.add_argument("--patients", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     command = [sys.executable, "-m", "lumbarclip.cli", "demo", "--out", args.out,

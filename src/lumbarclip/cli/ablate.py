@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lumbarclip.cli.args import add_overrides
 from lumbarclip.errors import InputError
 
 
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train one model per combination of --vision, --head, --loss and --seeds (on a "
         "preset plus --set overrides), evaluate each on the test split (linear probe, zero-shot, "
         "retrieval, patient-bootstrap CIs) and write DIR/ablation.csv (one row per run) and "
-        "DIR/ablation.md (mean ± std over seeds [mean 95%% CI]). Runs live in DIR/runs/; finished "
+        "DIR/ablation.md (mean ± std over seeds [mean 95% CI]). Runs live in DIR/runs/; finished "
         "ones are reused, so an interrupted grid resumes.",
     )
     p.add_argument("--data", required=True, help="manifest CSV with train, valid and test splits")
@@ -38,14 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", type=_names, default=["soft"], help="losses: soft, hard (default: soft)")
     p.add_argument("--seeds", type=_seeds, default=[0, 1], help="seeds (default: 0,1)")
     p.add_argument("--preset", default="cpu-demo", help="training preset or YAML file (default: cpu-demo)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override for every run, e.g. --set trainer.max_epochs=3",
-    )
+    add_overrides(p, " for every run")
     p.add_argument("--prompts", help="YAML/JSON zero-shot prompts {normal: [...], abnormal: [...]}")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per run (default: 1000)")
     p.add_argument(

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(OUT/run/eval-test/metrics.json and report.html). Takes minutes on 2 CPU cores.",
     )
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
-    p.add_argument("--patients", type=int, default=300, help="synthetic patients (default: 300)")
+    p.add_argument("--patients", type=int, default=500, help="synthetic patients (default: 500)")
     p.add_argument("--seed", type=int, default=0, help="seed for the cohort and training (default: 0)")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument("--full-eval", action="store_true", help="also fine-tune and train from scratch (slower)")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from lumbarclip.synth.cohort import FORMATS, CohortConfig
+from lumbarclip.cli.args import add_render_options
+from lumbarclip.synth.cohort import CohortConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,9 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "radiology note, a label and a patient-disjoint stratified train/valid/test split. Writes "
         "DIR/images/, DIR/manifest.csv and DIR/findings.jsonl; the same seed gives the same bytes.",
     )
-    p.add_argument(
-        "--out", required=True, help="folder to create (must be empty unless --overwrite)"
-    )
+    add_render_options(p)
     p.add_argument(
         "--patients",
         type=int,
@@ -27,29 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"number of patients (default {defaults.n_patients})",
     )
     p.add_argument(
-        "--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})"
-    )
-    p.add_argument(
-        "--size",
-        type=int,
-        default=defaults.size,
-        help=f"image side in pixels (default {defaults.size})",
-    )
-    p.add_argument(
-        "--format",
-        dest="fmt",
-        choices=FORMATS,
-        default=defaults.fmt,
-        help="16-bit PNG (default) or DICOM MR files",
-    )
-    p.add_argument(
         "--abnormal-rate",
         type=float,
         default=defaults.abnormal_rate,
         help=f"fraction of abnormal patients (default {defaults.abnormal_rate})",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a cohort already in --out")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lumbarclip.cli.args import add_overrides
 from lumbarclip.training.config import load_config, preset_names
 
 
@@ -23,14 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="cpu-demo",
         help=f"a preset ({', '.join(preset_names())}) or a YAML file (default: cpu-demo)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set model.head=mlp --set trainer.max_epochs=5",
-    )
+    add_overrides(p)
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lumbarclip.synth.cohort import FORMATS, CohortConfig
+from lumbarclip.cli.args import add_render_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    defaults = CohortConfig()
     p = sub.add_parser(
         "twin",
         help="render a synthetic twin of a real notes file",
@@ -23,27 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--notes", required=True, help="notes CSV with columns patient_id, split, lbp, note"
     )
-    p.add_argument(
-        "--out", required=True, help="folder to create (must be empty unless --overwrite)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})"
-    )
-    p.add_argument(
-        "--size",
-        type=int,
-        default=defaults.size,
-        help=f"image side in pixels (default {defaults.size})",
-    )
-    p.add_argument(
-        "--format",
-        dest="fmt",
-        choices=FORMATS,
-        default=defaults.fmt,
-        help="16-bit PNG (default) or DICOM MR files",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace a cohort already in --out")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_render_options(p)
     p.set_defaults(func=run)
 
 

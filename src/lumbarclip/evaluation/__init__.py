@@ -2,8 +2,7 @@
 supervised fine-tune / from-scratch, retrieval, integrity checks, report.html and the
 ablation grid (imported on use, so `metrics` alone does not load torch)."""
 
-from importlib import import_module
-from typing import Any
+from lumbarclip._lazy import lazy_exports
 
 _EXPORTS = {
     "EvalOptions": "evaluate",
@@ -21,8 +20,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,7 +1,6 @@
 """Training: config dataclasses and presets, the LightningModule, and `train()` (imported on use)."""
 
-from importlib import import_module
-from typing import Any
+from lumbarclip._lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "config",
@@ -12,8 +11,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
