@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 OUT ?= demo-out
 
-.PHONY: demo test test-all bench venv clean
+.PHONY: demo test test-fast venv clean
 
 venv: $(STAMP)
 
@@ -24,8 +24,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest
 
-test-all: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -m ''
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -m 'not slow'
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
