@@ -50,7 +50,7 @@ class TrainerConfig:
     devices: Any = "auto"
     strategy: str = "auto"  # ddp for several GPUs
     accumulate_grad_batches: int = 1
-    monitor: str = "val/zero_shot_balanced_accuracy"
+    monitor: str = "val/zero_shot_balanced_accuracy"  # "" keeps the last epoch (no selection on valid)
     log_every_n_steps: int = 10
 
 

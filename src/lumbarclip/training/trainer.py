@@ -86,7 +86,7 @@ def train(
             gradient_clip_val=config.optim.grad_clip or None,
             log_every_n_steps=tc.log_every_n_steps,
             logger=CSVLogger(run, name="logs", version=""),
-            callbacks=[export, LearningRateMonitor(logging_interval="epoch")],
+            callbacks=[LearningRateMonitor(logging_interval="epoch")] + ([export] if tc.monitor else []),
             enable_checkpointing=False,
             enable_progress_bar=progress,
             enable_model_summary=False,
@@ -95,7 +95,7 @@ def train(
         )
         started = time.perf_counter()
         trainer.fit(module, datamodule=data)
-    if export.best is None:
+    if export.best is None:  # no monitor (trainer.monitor="") or it was never logged: last epoch
         model.save_pretrained(run / "model")
     summary = {
         "manifest": str(data.manifest.path.resolve()),
