@@ -134,7 +134,7 @@ class Downstream:
 
         cfg = self.model.config
         return self.supervised(
-            create_vision_tower(cfg.vision, pretrained=False, **cfg.vision_kwargs), self.opts.supervised, mask
+            create_vision_tower(cfg.vision, **{"img_size": cfg.image_size, **cfg.vision_kwargs}), self.opts.supervised, mask
         )
 
     def finetune(self) -> Predictions:
