@@ -25,10 +25,12 @@ def gather_features(
     local slice keeps its gradient, as in open_clip; with it, gradients flow to every rank."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensors
+    from torch.distributed.nn.functional import all_gather as all_gather_with_grad
+
     out = []
     for t in tensors:
         if gather_with_grad:
-            parts = list(torch.distributed.nn.functional.all_gather(t))
+            parts = list(all_gather_with_grad(t))
         else:
             parts = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
             dist.all_gather(parts, t)
