@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Evaluate a trained model on one split of a manifest: integrity checks (a patient "
         "in two splits is refused), linear probe on frozen image embeddings (C and threshold chosen "
         "on valid), zero-shot with prompt ensembles, image<->report retrieval, baselines (majority, "
-        "raw pixels, supervised from scratch), fine-tuning, label efficiency at 1/10/100%% of "
-        "training patients, patient-bootstrap 95%% CIs. Writes OUT/metrics.json and OUT/report.html "
+        "raw pixels, supervised from scratch), fine-tuning, label efficiency at 1/10/100% of "
+        "training patients, patient-bootstrap 95% CIs. Writes OUT/metrics.json and OUT/report.html "
         "(OUT defaults to RUN/eval-SPLIT) and prints a summary table.",
     )
     p.add_argument("--run", required=True, help="run folder (holding model/) or a model folder")
