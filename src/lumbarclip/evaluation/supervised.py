@@ -88,19 +88,19 @@ def train_classifier(
     ]
     with tempfile.TemporaryDirectory(prefix="lumbarclip-sup-") as tmp:
         best = ModelCheckpoint(dirpath=tmp, monitor="val_loss", save_top_k=1, save_weights_only=True)
-        trainer = L.Trainer(
-            max_epochs=config.epochs,
-            accelerator="auto",
-            devices=1,
-            precision=config.precision or "32-true",
-            logger=False,
-            callbacks=[best],
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            default_root_dir=tmp,
-            num_sanity_val_steps=0,
-        )
         with quiet_lightning():
+            trainer = L.Trainer(
+                max_epochs=config.epochs,
+                accelerator="auto",
+                devices=1,
+                precision=config.precision or "32-true",
+                logger=False,
+                callbacks=[best],
+                enable_progress_bar=progress,
+                enable_model_summary=False,
+                default_root_dir=tmp,
+                num_sanity_val_steps=0,
+            )
             trainer.fit(module, *loaders)
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
