@@ -1,7 +1,7 @@
 """Benchmark of the README's main job: wall time, peak memory and the headline figures of
 `lumbarclip demo`, checked against the walking-skeleton targets.
 
-    .venv/bin/python bench/demo.py --out /tmp/demo-bench [--patients 300]
+    .venv/bin/python bench/demo.py --out NEW_FOLDER [--patients 500] [--seed 0]
 """
 
 from __future__ import annotations
