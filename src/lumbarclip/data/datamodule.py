@@ -36,7 +36,6 @@ class PairDataModule(L.LightningDataModule):
             sample_sentence=cfg.sample_sentence and train,
             label_source=self.config.loss.labels,
             cache_images=cfg.cache_images,
-            seed=self.config.seed,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,7 +48,6 @@ class ImageTextDataset(Dataset):
         sample_sentence: bool = True,
         label_source: str = "binary",
         cache_images: bool = True,
-        seed: int = 0,
     ) -> None:
         self.records = records
         self.transform = transform
@@ -59,7 +57,6 @@ class ImageTextDataset(Dataset):
         ]
         self.label_vecs = torch.tensor([label_vector(r, label_source) for r in records])
         self.cache: dict[int, np.ndarray] | None = {} if cache_images else None
-        self.rng = random.Random(seed)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -74,7 +71,9 @@ class ImageTextDataset(Dataset):
     def __getitem__(self, index: int) -> PairSample:
         record = self.records[index]
         pool = self.sentences[index]
-        text = self.rng.choice(pool) if self.sample_sentence else record.report
+        # torch's generator, which Lightning seeds per data-loader worker (a Python Random
+        # copied into each worker would repeat the same choices in every worker)
+        text = pool[int(torch.randint(len(pool), ()))] if self.sample_sentence else record.report
         return PairSample(self.transform(self.pixels(index)), text, record.label, self.label_vecs[index], index)
 
 

@@ -23,20 +23,21 @@ class CLIPModule(L.LightningModule):
         self.loss = ClipLoss(config.loss.kind, config.loss.form, config.loss.gather_with_grad)
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def _step(self, batch: dict) -> torch.Tensor:
+    def _step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(batch["images"], batch["texts"])
-        return self.loss(out["image_features"], out["text_features"], out["logit_scale"], batch["label_vecs"])
+        loss = self.loss(out["image_features"], out["text_features"], out["logit_scale"], batch["label_vecs"])
+        return loss, out
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch)
+        loss, _ = self._step(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["texts"]))
         self.log("train/logit_scale", self.model.logit_scale.detach(), batch_size=len(batch["texts"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss = self._step(batch)
+        loss, out = self._step(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["texts"]))
-        self._val.append((self.model.encode_image(batch["images"]).float(), batch["labels"]))
+        self._val.append((out["image_features"].float(), batch["labels"]))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
