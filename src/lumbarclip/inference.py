@@ -14,18 +14,29 @@ from lumbarclip.data.transforms import eval_transform
 from lumbarclip.models import LumbarCLIP
 
 
+def load_images(paths: Sequence[str | Path], image_size: int, progress: bool = True) -> torch.Tensor:
+    """[N, 1, S, S] images read and preprocessed exactly as the model sees them at evaluation."""
+    transform = eval_transform(image_size)
+    images = [transform(load_image(p)) for p in tqdm(paths, desc="load images", disable=not progress, leave=False)]
+    return torch.stack(images) if images else torch.zeros(0, 1, image_size, image_size)
+
+
 @torch.no_grad()
+def encode_images(model: LumbarCLIP, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """[N, D] unit image embeddings of preprocessed images (see `load_images`)."""
+    model.eval()
+    out = [
+        model.encode_image(images[i : i + batch_size].to(model.device)).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out).numpy() if out else np.zeros((0, model.config.embed_dim), np.float32)
+
+
 def embed_images(
     model: LumbarCLIP, paths: Sequence[str | Path], batch_size: int = 64, progress: bool = True
 ) -> np.ndarray:
-    """[N, D] unit image embeddings, read and preprocessed exactly as in evaluation."""
-    model.eval()
-    transform = eval_transform(model.config.image_size)
-    out = []
-    for start in tqdm(range(0, len(paths), batch_size), desc="embed images", disable=not progress, leave=False):
-        batch = torch.stack([transform(load_image(p)) for p in paths[start : start + batch_size]])
-        out.append(model.encode_image(batch.to(model.device)).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, model.config.embed_dim), np.float32)
+    """[N, D] unit image embeddings of image files."""
+    return encode_images(model, load_images(paths, model.config.image_size, progress), batch_size)
 
 
 @torch.no_grad()

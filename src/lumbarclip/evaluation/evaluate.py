@@ -21,7 +21,7 @@ import yaml
 
 from lumbarclip.data.manifest import ImageRecord, read_manifest
 from lumbarclip.errors import InputError
-from lumbarclip.evaluation.baselines import load_image_tensors, majority_proba, raw_pixel_features
+from lumbarclip.evaluation.baselines import majority_proba, raw_pixel_features
 from lumbarclip.evaluation.integrity import integrity_checks, outcome_warnings
 from lumbarclip.evaluation.predictions import LEVELS, Predictions
 from lumbarclip.evaluation.probe import fit_probe, subsample_patients
@@ -200,33 +200,29 @@ def evaluate_run(
     if opts.supervised.precision is None:
         opts = replace(opts, supervised=replace(opts.supervised, precision=_run_precision(run_root)))
 
-    from lumbarclip.inference import embed_images, embed_texts
+    from lumbarclip.inference import class_embeddings, embed_texts, encode_images, load_images
 
     timer = _Timer()
     model = LumbarCLIP.from_pretrained(model_dir)
     splits = {}
     for name in ("train", "valid", split):
         records = manifest.split(name)
-        splits[name] = SplitData(
-            records, embed_images(model, [r.image_path for r in records], opts.batch_size, opts.progress)
-        )
+        images = load_images([r.image_path for r in records], model.config.image_size, opts.progress)
+        splits[name] = SplitData(records, encode_images(model, images, opts.batch_size), images)
     run = Downstream(model, splits["train"], splits["valid"], splits[split], opts)
     test = run.test
     timer.lap("load_and_embed")
 
     preds: dict[str, Predictions] = {}
     preds[MAIN], probe_c = run.probe(lambda s: s.embeddings)
-    preds["zero_shot"] = test.predictions(zero_shot_abnormal_proba(model, test.embeddings, prompts))
+    with torch.no_grad():
+        classes = class_embeddings(model, prompts).cpu()
+    preds["zero_shot"] = test.predictions(zero_shot_abnormal_proba(model, test.embeddings, classes))
     texts = sorted({(r.patient_id, r.report) for r in test.records})  # each patient's report(s), once
     text_emb = embed_texts(model, [t for _, t in texts], opts.batch_size)
     retrieval = retrieval_metrics(test.embeddings, test.patients, text_emb, np.array([p for p, _ in texts]))
     timer.lap("probe_zero_shot_retrieval")
 
-    if opts.raw_pixels or opts.from_scratch or opts.finetune:
-        for part in splits.values():
-            part.images = load_image_tensors(
-                [r.image_path for r in part.records], model.config.image_size, opts.progress
-            )
     baselines = {"majority": test.predictions(majority_proba(run.train.labels, len(test.records)))}
     pixels_c = None
     if opts.raw_pixels:
@@ -287,7 +283,7 @@ def evaluate_run(
                 image_emb=test.embeddings,
                 text_emb=text_emb,
                 text_labels=np.array([int(test.labels[test.patients == p].max()) for p, _ in texts]),
-                class_emb=_class_embeddings(model, prompts),
+                class_emb=classes.numpy(),
                 title=f"LumbarCLIP evaluation: {run_root.name} on {split}",
                 meta={
                     "model": model_dir,
@@ -379,10 +375,3 @@ def _run_precision(run_root: Path) -> str:
     if config.is_file():
         return str((yaml.safe_load(config.read_text()) or {}).get("trainer", {}).get("precision", "32-true"))
     return "32-true"
-
-
-def _class_embeddings(model: LumbarCLIP, prompts: dict[int, list[str]]) -> np.ndarray:
-    from lumbarclip.inference import class_embeddings
-
-    with torch.no_grad():
-        return class_embeddings(model, prompts).cpu().numpy()

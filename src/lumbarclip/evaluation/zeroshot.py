@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from lumbarclip.errors import InputError
-from lumbarclip.inference import class_embeddings, zero_shot_probs
+from lumbarclip.inference import zero_shot_probs
 from lumbarclip.models import LumbarCLIP
 
 CLASS_NAMES: dict[str, int] = {"normal": 0, "abnormal": 1, "0": 0, "1": 1}
@@ -57,11 +57,8 @@ def default_prompts() -> dict[int, list[str]]:
     return class_prompts()
 
 
-def zero_shot_abnormal_proba(
-    model: LumbarCLIP, image_emb: np.ndarray, prompts: dict[int, list[str]]
-) -> np.ndarray:
-    """P(abnormal) per image from the model's prompt-ensemble classifier (classes 0 and 1)."""
+def zero_shot_abnormal_proba(model: LumbarCLIP, image_emb: np.ndarray, classes: torch.Tensor) -> np.ndarray:
+    """P(abnormal) per image given the prompt-ensemble class embeddings (`class_embeddings`)."""
     with torch.no_grad():
-        classes = class_embeddings(model, prompts).cpu()
         probs = zero_shot_probs(torch.as_tensor(image_emb), classes, model.logit_scale.detach().cpu())
     return probs[:, 1].numpy()
