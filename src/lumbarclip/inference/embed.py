@@ -1,4 +1,4 @@
-"""Using a trained model: embeddings of images and texts, and the zero-shot classifier."""
+"""Embeddings of images and texts by a trained model, and the zero-shot classifier."""
 
 from __future__ import annotations
 

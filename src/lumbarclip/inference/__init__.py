@@ -1,0 +1,16 @@
+"""Using a trained model: embeddings, the zero-shot classifier, and (in submodules) diagnosis
+of new scans. Names are imported on first use (PEP 562), so light importers stay light."""
+
+from lumbarclip._lazy import lazy_exports
+
+_EXPORTS = {
+    "load_images": "embed",
+    "encode_images": "embed",
+    "embed_images": "embed",
+    "embed_texts": "embed",
+    "class_embeddings": "embed",
+    "zero_shot_probs": "embed",
+}
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)
