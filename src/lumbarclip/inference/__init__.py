@@ -10,6 +10,10 @@ _EXPORTS = {
     "embed_texts": "embed",
     "class_embeddings": "embed",
     "zero_shot_probs": "embed",
+    "ImageScorer": "scorer",
+    "OperatingPoint": "operating_point",
+    "PreprocessSpec": "operating_point",
+    "load_operating_point": "operating_point",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,0 +1,193 @@
+"""The operating point a model folder diagnoses with: linear classifier over the unit image
+embedding, calibration map and thresholds (all chosen on the valid split), zero-shot class
+embeddings and the preprocessing spec; plus the model card.
+
+Files beside `config.json`: `operating_point.json` (scalars, calibration, thresholds, provenance)
+with its arrays in `operating_point.safetensors`, `preprocess.json` and `card.json`. They are
+written by `lumbarclip evaluate` (or `lumbarclip calibrate`); a model folder without them still
+loads with `LumbarCLIP.from_pretrained`, only diagnosis needs them.
+
+Calibration is Platt scaling of the classifier's logit: p = sigmoid(a * logit + b), fitted on
+valid by unpenalised logistic regression. The probe is trained with balanced class weights, so
+its raw probabilities are shifted towards 0.5 against the 85% abnormal prior; the intercept
+`b` corrects that, which temperature scaling (b = 0) cannot.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from lumbarclip.errors import InputError
+
+OPERATING_POINT_FILE = "operating_point.json"
+OPERATING_POINT_ARRAYS = "operating_point.safetensors"
+PREPROCESS_FILE = "preprocess.json"
+CARD_FILE = "card.json"
+#: The command that writes the operating point, named in every "missing" message.
+WRITER_COMMAND = "lumbarclip evaluate --run MODEL --data MANIFEST (or lumbarclip calibrate --model MODEL --data MANIFEST)"
+CLASS_NAMES: tuple[str, str] = ("normal", "abnormal")
+
+
+@dataclass
+class PreprocessSpec:
+    """How an image file becomes the model's input (see `lumbarclip.data.transforms`)."""
+
+    image_size: int
+    mean: float
+    std: float
+    channels: int = 1
+    value_range: tuple[float, float] = (0.0, 1.0)
+    intensity: str = "percentile 0.5-99.5 window to [0, 1] (lumbarclip.data.imageio.normalise)"
+    padding: str = "zero-pad the short side to a centred square"
+    resize: str = "bilinear, antialiased"
+    stack: str = "a volume or multi-frame file gives its middle slice"
+
+    @classmethod
+    def of_model(cls, image_size: int) -> PreprocessSpec:
+        """The spec of the package's evaluation transform at `image_size`."""
+        from lumbarclip.data.transforms import MEAN, STD
+
+        return cls(image_size=image_size, mean=MEAN, std=STD)
+
+    def save(self, model_dir: Path) -> Path:
+        path = Path(model_dir) / PREPROCESS_FILE
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, model_dir: Path) -> PreprocessSpec:
+        data = _read_json(Path(model_dir) / PREPROCESS_FILE)
+        data["value_range"] = tuple(data.get("value_range", (0.0, 1.0)))
+        return cls(**data)
+
+
+@dataclass
+class OperatingPoint:
+    """logit = embedding @ weights + bias; p_abnormal = sigmoid(a * logit + b); abnormal when
+    p_abnormal >= thresholds["image"] (one image) or thresholds["patient"] (a study's mean)."""
+
+    weights: np.ndarray  # [D]
+    bias: float
+    calibration: dict[str, float]  # {"a": ..., "b": ...}
+    thresholds: dict[str, float]  # {"image": ..., "patient": ...} on the calibrated probability
+    class_embeddings: np.ndarray  # [2, D] zero-shot normal / abnormal, unit rows
+    preprocess: PreprocessSpec
+    classifier: str = "linear_probe"
+    meta: dict[str, object] = field(default_factory=dict)  # provenance: manifest, C, fitted on
+
+    def __post_init__(self) -> None:
+        self.weights = np.asarray(self.weights, dtype=np.float32).reshape(-1)
+        self.class_embeddings = np.asarray(self.class_embeddings, dtype=np.float32)
+
+    @property
+    def abnormal_embedding(self) -> np.ndarray:
+        """[D] the abnormal class embedding (the saliency target)."""
+        return self.class_embeddings[CLASS_NAMES.index("abnormal")]
+
+    def logit(self, embeddings: np.ndarray) -> np.ndarray:
+        """[N] uncalibrated logits of [N, D] unit embeddings (what `ImageScorer` computes)."""
+        return np.asarray(embeddings, dtype=np.float64) @ self.weights.astype(np.float64) + self.bias
+
+    def calibrate(self, logit: np.ndarray) -> np.ndarray:
+        """[N] calibrated P(abnormal) of uncalibrated logits; the one function both runtimes use."""
+        z = self.calibration["a"] * np.asarray(logit, dtype=np.float64) + self.calibration["b"]
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def label(self, prob: np.ndarray | float, level: str = "image") -> np.ndarray:
+        """1 (abnormal) where the calibrated probability reaches the level's threshold."""
+        return (np.asarray(prob) >= self.thresholds[level]).astype(int)
+
+    def save(self, model_dir: str | Path) -> Path:
+        """Write operating_point.json + .safetensors and preprocess.json into `model_dir`."""
+        model_dir = Path(model_dir)
+        save_file(
+            {
+                "weights": self.weights,
+                "bias": np.array([self.bias], dtype=np.float32),
+                "class_embeddings": self.class_embeddings,
+            },
+            str(model_dir / OPERATING_POINT_ARRAYS),
+        )
+        doc = {
+            "classifier": self.classifier,
+            "bias": float(self.bias),
+            "calibration": {"method": "platt", **{k: float(v) for k, v in self.calibration.items()}},
+            "thresholds": {k: float(v) for k, v in self.thresholds.items()},
+            "classes": list(CLASS_NAMES),
+            "rule": "logit = unit image embedding . weights + bias; p_abnormal = sigmoid(a*logit + b); "
+            "abnormal when p_abnormal >= threshold (image: one image; patient: mean over a study's images)",
+            "arrays": OPERATING_POINT_ARRAYS,
+            "meta": self.meta,
+        }
+        (model_dir / OPERATING_POINT_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+        self.preprocess.save(model_dir)
+        return model_dir / OPERATING_POINT_FILE
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> OperatingPoint:
+        model_dir = Path(model_dir)
+        doc = _read_json(model_dir / OPERATING_POINT_FILE)
+        arrays_path = model_dir / OPERATING_POINT_ARRAYS
+        if not arrays_path.is_file():
+            raise InputError(f"{arrays_path}: missing; write it with {WRITER_COMMAND}")
+        arrays = load_file(str(arrays_path))
+        calibration = {k: float(v) for k, v in doc["calibration"].items() if k in ("a", "b")}
+        return cls(
+            weights=arrays["weights"],
+            bias=float(arrays["bias"][0]),
+            calibration=calibration,
+            thresholds={k: float(v) for k, v in doc["thresholds"].items()},
+            class_embeddings=arrays["class_embeddings"],
+            preprocess=PreprocessSpec.load(model_dir),
+            classifier=doc.get("classifier", "linear_probe"),
+            meta=doc.get("meta", {}),
+        )
+
+
+def load_operating_point(model_dir: str | Path) -> OperatingPoint:
+    """The folder's operating point; InputError naming the missing file and its writer command."""
+    return OperatingPoint.load(model_dir)
+
+
+def probe_weights(pipeline: object) -> tuple[np.ndarray, float]:
+    """(weights [D], bias) of a StandardScaler + LogisticRegression pipeline folded into one
+    linear map over the raw features, so the logit is features @ w + b with no scaler."""
+    scaler, logreg = pipeline[0], pipeline[-1]  # type: ignore[index]
+    coef = logreg.coef_.reshape(-1) / scaler.scale_
+    bias = float(logreg.intercept_[0] - np.dot(coef, scaler.mean_))
+    return coef.astype(np.float32), bias
+
+
+def fit_platt(logit: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
+    """Platt scaling: unpenalised 1-D logistic regression of the labels on the logit."""
+    from sklearn.linear_model import LogisticRegression
+
+    y_true = np.asarray(y_true, dtype=int)
+    if len(np.unique(y_true)) < 2:
+        raise InputError("calibration needs normal and abnormal cases in the valid split")
+    lr = LogisticRegression(penalty=None, max_iter=1000).fit(np.asarray(logit, dtype=float).reshape(-1, 1), y_true)
+    return {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
+
+
+def write_card(model_dir: str | Path, card: dict[str, object]) -> Path:
+    path = Path(model_dir) / CARD_FILE
+    path.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def read_card(model_dir: str | Path) -> dict[str, object]:
+    return _read_json(Path(model_dir) / CARD_FILE)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"{path}: missing; write it with {WRITER_COMMAND}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None
