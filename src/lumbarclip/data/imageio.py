@@ -11,7 +11,8 @@ superior, and the slice is returned as DICOM axial images are shown: anterior at
 the patient's right on the image's left.
 
 Refused with `InputError` before any pixel is decoded: empty or missing files, headers that
-declare more than `MAX_SIDE` pixels a side (or a NIfTI volume over `MAX_VOXELS`), DICOM
+declare more than `MAX_SIDE` pixels a side (or a NIfTI volume over `MAX_VOXELS`), PNGs whose
+chunk CRCs do not match (Pillow checks only the header chunks', not the image data's), DICOM
 files without pixel data, 1-bit images (masks, not scans), float or unknown PIL modes;
 after decoding: truncated pixel data and NaN or infinite pixels. A constant image is
 allowed: its pixels are all zero and `LoadedImage.constant` says so.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -304,7 +306,37 @@ def _read_nifti(path: Path, frame: int | None) -> tuple[np.ndarray, dict[str, An
     return pixels, {**info, "frame": index, "n_frames": n_slices}
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_png_chunks(path: Path) -> None:
+    """Refuse a PNG whose chunk structure or any chunk CRC is wrong.
+
+    Pillow checks the CRCs of the header chunks only, not of the image data (IDAT): a PNG
+    with a flipped data byte would otherwise decode to silently wrong pixels.
+    """
+    data = path.read_bytes()
+    pos = len(PNG_SIGNATURE)
+    while pos < len(data):
+        if pos + 12 > len(data):
+            raise InputError(f"{path}: corrupt PNG (truncated chunk at byte {pos})")
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            raise InputError(f"{path}: corrupt PNG (chunk at byte {pos} runs past the end of the file)")
+        kind = data[pos + 4 : pos + 8]
+        if zlib.crc32(data[pos + 4 : end]) != int.from_bytes(data[end : end + 4], "big"):
+            raise InputError(f"{path}: corrupt PNG (CRC mismatch in {kind.decode('latin-1')!r} chunk at byte {pos})")
+        if kind == b"IEND":
+            return
+        pos = end + 4
+    raise InputError(f"{path}: corrupt PNG (no IEND chunk; truncated)")
+
+
 def _read_pil(path: Path, frame: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+    with path.open("rb") as fh:
+        if fh.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE:
+            check_png_chunks(path)
     try:
         with Image.open(path) as im:
             cols, rows = im.size
