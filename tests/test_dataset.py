@@ -7,7 +7,7 @@ from lumbarclip.data.dataset import ImageTextDataset, collate_pairs, label_vecto
 from lumbarclip.data.manifest import read_manifest
 from lumbarclip.data.transforms import eval_transform, train_transform
 from lumbarclip.errors import InputError
-from lumbarclip.findings import LABEL_NAMES, Findings
+from lumbarclip.findings import FINDINGS_VECTOR_NAMES, LABEL_NAMES, Findings, findings_vector
 from lumbarclip.reports import split_sentences
 from lumbarclip.synth.cohort import CohortConfig, make_cohort
 
@@ -31,10 +31,13 @@ def test_sampled_texts_are_sentences_of_the_patients_report(records):
 def test_label_vectors_binary_and_findings(records):
     record = records[0]
     assert label_vector(record, "binary") == [1.0 - record.label, float(record.label)]
+    kinds = label_vector(record, "kinds")
+    assert len(kinds) == len(LABEL_NAMES)
+    assert kinds == Findings.from_dict(json.loads(record.findings)).label_vector()
+    assert (kinds[0] == 1.0) == (record.label == 0)
     multi = label_vector(record, "findings")
-    assert len(multi) == len(LABEL_NAMES)
-    assert multi == Findings.from_dict(json.loads(record.findings)).label_vector()
-    assert (multi[0] == 1.0) == (record.label == 0)
+    assert multi == findings_vector(Findings.from_dict(json.loads(record.findings)))
+    assert (multi[-1] == 1.0) == (record.label == 0)
     with pytest.raises(InputError, match="findings column"):
         label_vector(type(record)(record.image_path, "p", "train", 1, "r"), "findings")
 
@@ -43,7 +46,7 @@ def test_collate_and_cache(records):
     ds = ImageTextDataset(records[:4], train_transform(32), split_sentences=split_sentences, label_source="findings")
     batch = collate_pairs([ds[i] for i in range(4)])
     assert batch["images"].shape == (4, 1, 32, 32) and len(batch["texts"]) == 4
-    assert batch["label_vecs"].shape == (4, len(LABEL_NAMES))
+    assert batch["label_vecs"].shape == (4, len(FINDINGS_VECTOR_NAMES))
     assert torch.equal(batch["labels"], torch.tensor([r.label for r in records[:4]]))
     assert len(ds.cache) == 4  # decoded once, augmented on every access
     assert not torch.equal(ds[0].image, ds[0].image)

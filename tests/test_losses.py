@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lumbarclip.losses import ClipLoss, hard_clip_loss, soft_clip_loss, soft_targets
+from lumbarclip.losses import ClipLoss, hard_clip_loss, label_similarity, soft_clip_loss, soft_targets
 
 
 def _features():
@@ -83,3 +83,46 @@ def test_clip_loss_module_gradients_and_fallback():
     assert ClipLoss("soft")(img, txt, scale, None).item() == pytest.approx(hard_clip_loss(img, txt, scale).item())
     with pytest.raises(ValueError):
         ClipLoss("triplet")
+
+
+def test_label_kernels_match_hand_computation():
+    a = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    b = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    assert label_similarity(a, b, "dot").tolist() == [[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]
+    cos = label_similarity(a, b, "cosine")
+    assert cos[0].tolist() == pytest.approx([1 / 2, 1.0, 0.0])  # 1 / (sqrt2 * sqrt2)
+    # Jaccard: {0,1} vs {0,2} -> 1/3; identical -> 1; empty vs empty -> 1 (two normal studies)
+    jac = label_similarity(a, b, "jaccard")
+    assert jac.flatten().tolist() == pytest.approx([1 / 3, 1.0, 0.0, 0.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="kernel"):
+        label_similarity(a, b, "rbf")
+
+
+def test_identity_mixture_targets():
+    sim = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    t = soft_targets(sim, "normalized", identity_weight=0.5)
+    # row 0: 0.5 * [0.5, 0.5, 0] + 0.5 * [1, 0, 0]
+    assert t.flatten().tolist() == pytest.approx([0.75, 0.25, 0.0, 0.25, 0.75, 0.0, 0.0, 0.0, 1.0])
+    assert torch.allclose(t.sum(1), torch.ones(3))
+    with pytest.raises(ValueError, match="identity_weight"):
+        soft_targets(sim, "normalized", identity_weight=1.5)
+
+
+def test_findings_soft_loss_matches_hand_computation():
+    img = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8]]), dim=-1)
+    txt = F.normalize(torch.tensor([[0.8, 0.6], [0.0, 1.0]]), dim=-1)
+    labels = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])  # Jaccard 1/3 between the two
+    scale, w = 10.0, 0.25
+    logits = scale * (img @ txt.T)
+    sim = [[1.0, 1 / 3], [1 / 3, 1.0]]
+    targets = [[(1 - w) * s / sum(row) + w * (i == j) for j, s in enumerate(row)] for i, row in enumerate(sim)]
+    rows, cols = logits.tolist(), logits.T.tolist()
+    expected = (sum(_ce(rows[i], targets[i]) for i in range(2)) + sum(_ce(cols[i], targets[i]) for i in range(2))) / 4
+    got = soft_clip_loss(img, txt, torch.tensor(scale), labels, labels, "normalized", "jaccard", w)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    module = ClipLoss("soft", "normalized", kernel="jaccard", identity_weight=w)
+    assert module(img, txt, torch.tensor(scale), labels).item() == pytest.approx(expected, rel=1e-5)
+    # identity weight 1 is InfoNCE whatever the labels
+    assert soft_clip_loss(img, txt, torch.tensor(scale), labels, labels, "normalized", "jaccard", 1.0).item() == (
+        pytest.approx(hard_clip_loss(img, txt, torch.tensor(scale)).item(), rel=1e-5)
+    )

@@ -192,6 +192,61 @@ class Findings:
         return cls.from_dict(json.loads(text))
 
 
+#: Kinds of finding reported per disc level: the per-level entries of `LABEL_NAMES`.
+LEVEL_KINDS: tuple[str, ...] = LABEL_NAMES[1:-1]
+#: Per-level slots of the findings vector: each kind, the side(s) affected, the disc severity.
+LEVEL_SLOTS: tuple[str, ...] = LEVEL_KINDS + ("side_left", "side_right", "mild", "moderate", "severe")
+#: Names of `Findings.findings_vector`, in order: (level, slot) for every level, then the
+#: findings outside the disc model, then "normal" (set only when nothing else is).
+FINDINGS_VECTOR_NAMES: tuple[str, ...] = (
+    tuple(f"{level}:{slot}" for level in LEVELS for slot in LEVEL_SLOTS) + ABNORMAL_OTHER + ("normal",)
+)
+
+
+def level_kinds(lf: LevelFindings) -> set[str]:
+    """The `LEVEL_KINDS` present at one level."""
+    return {name for name, on in zip(LABEL_NAMES, lf.label_vector()) if on and name != "normal"}
+
+
+def _level_slots(lf: LevelFindings) -> list[float]:
+    kinds = level_kinds(lf)
+    sides = {lf.side, lf.root_compression, lf.foraminal_narrowing}
+    on = set(kinds)
+    if sides & {"left", "both"}:
+        on.add("side_left")
+    if sides & {"right", "both"}:
+        on.add("side_right")
+    if lf.severity != "none":
+        on.add(lf.severity)
+    return [1.0 if slot in on else 0.0 for slot in LEVEL_SLOTS]
+
+
+def findings_vector(findings: Findings) -> list[float]:
+    """Multi-hot over `FINDINGS_VECTOR_NAMES`: what is found at which level, on which side and
+    how severe, plus the findings outside the disc model. Two patients share a slot only when
+    they share that finding at that level, so a similarity of these vectors separates patients
+    that the binary label (or the union over levels, `label_vector`) lumps together."""
+    vec: list[float] = []
+    for level in LEVELS:
+        vec += _level_slots(findings.level(level))
+    vec += [1.0 if name in findings.other else 0.0 for name in ABNORMAL_OTHER]
+    vec.append(0.0 if any(vec) else 1.0)
+    return vec
+
+
+def finding_set(findings: Findings) -> frozenset[str]:
+    """The study's findings as a set of "level:kind" (and other-finding names), for Jaccard
+    matching of reports; empty for a normal study."""
+    out = {f"{level}:{kind}" for level, lf in findings.levels.items() for kind in level_kinds(lf)}
+    return frozenset(out | set(findings.other))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    """|a & b| / |a | b|; two normal studies (both empty) match fully."""
+    union = a | b
+    return 1.0 if not union else len(a & b) / len(union)
+
+
 def binary_label_vector(label: int) -> list[float]:
     """One-hot vector [normal, abnormal]: the paper's two-class soft-loss targets."""
     if label not in (0, 1):

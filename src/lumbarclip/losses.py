@@ -6,6 +6,12 @@ for the text side). Note that with 0/1 similarities softmax still gives every di
 pair weight 1/e of a same-class pair; the `normalized` form, S / row sums, gives them exactly
 zero and equals InfoNCE when every pair has its own label.
 
+Findings-level labels (`Findings` multi-hot vectors, `lumbarclip.findings.findings_vector`) share
+slots partially, so the similarity `kernel` matters: `dot` (the paper: S = Y_img Y_txtᵀ, which
+favours patients with many findings), `cosine` or `jaccard` (1 for identical findings, in
+[0, 1] otherwise). `identity_weight` w mixes the InfoNCE target in: T = (1 - w) T(S) + w I, so a
+pair's own report stays the most likely one even among patients with the same findings.
+
 Features from other ranks are gathered (open_clip's scheme) so the loss sees the global batch
 under DDP; on one process the gather is a no-op.
 """
@@ -39,13 +45,40 @@ def gather_features(
     return tuple(out)
 
 
-def soft_targets(sim: torch.Tensor, form: str = "softmax") -> torch.Tensor:
-    """Row-wise target distributions from a label-similarity matrix."""
+KERNELS: tuple[str, ...] = ("dot", "cosine", "jaccard")
+FORMS: tuple[str, ...] = ("softmax", "normalized")
+
+
+def label_similarity(image_labels: torch.Tensor, text_labels: torch.Tensor, kernel: str = "dot") -> torch.Tensor:
+    """[N, M] similarity of label vectors: `dot` (the paper), `cosine`, or `jaccard` (for
+    0/1 vectors: shared slots over slots set in either; two all-zero vectors count as 1)."""
+    dot = image_labels @ text_labels.T
+    if kernel == "dot":
+        return dot
+    if kernel == "cosine":
+        norms = image_labels.norm(dim=1, keepdim=True) * text_labels.norm(dim=1, keepdim=True).T
+        return dot / norms.clamp(min=1e-12)
+    if kernel == "jaccard":
+        union = image_labels.sum(1, keepdim=True) + text_labels.sum(1, keepdim=True).T - dot
+        return torch.where(union > 0, dot / union.clamp(min=1e-12), torch.ones_like(dot))
+    raise ValueError(f"unknown label kernel {kernel!r}; use {', '.join(KERNELS)}")
+
+
+def soft_targets(sim: torch.Tensor, form: str = "softmax", identity_weight: float = 0.0) -> torch.Tensor:
+    """Row-wise target distributions from a label-similarity matrix, optionally mixed with the
+    identity (each row's own column), which needs a square matrix."""
     if form == "softmax":
-        return sim.softmax(dim=1)
-    if form == "normalized":
-        return sim / sim.sum(dim=1, keepdim=True).clamp(min=1e-12)
-    raise ValueError(f"unknown soft-target form {form!r}; use softmax or normalized")
+        targets = sim.softmax(dim=1)
+    elif form == "normalized":
+        targets = sim / sim.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    else:
+        raise ValueError(f"unknown soft-target form {form!r}; use {' or '.join(FORMS)}")
+    if not 0.0 <= identity_weight <= 1.0:
+        raise ValueError(f"identity_weight must be in [0, 1]; got {identity_weight}")
+    if identity_weight:
+        eye = torch.eye(sim.shape[0], sim.shape[1], dtype=targets.dtype, device=targets.device)
+        targets = (1.0 - identity_weight) * targets + identity_weight * eye
+    return targets
 
 
 def hard_clip_loss(
@@ -64,23 +97,35 @@ def soft_clip_loss(
     image_labels: torch.Tensor,
     text_labels: torch.Tensor,
     form: str = "softmax",
+    kernel: str = "dot",
+    identity_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Soft-target CLIP loss: ½ [CE(logits, T(S)) + CE(logitsᵀ, T(Sᵀ))] with S = Y_img·Y_txtᵀ."""
+    """Soft-target CLIP loss: ½ [CE(logits, T(S)) + CE(logitsᵀ, T(Sᵀ))] with S = k(Y_img, Y_txt)."""
     logits = logit_scale * image_features @ text_features.T
-    sim = image_labels.to(logits.dtype) @ text_labels.to(logits.dtype).T
-    i2t = F.cross_entropy(logits, soft_targets(sim, form))
-    t2i = F.cross_entropy(logits.T, soft_targets(sim.T, form))
+    sim = label_similarity(image_labels.to(logits.dtype), text_labels.to(logits.dtype), kernel)
+    i2t = F.cross_entropy(logits, soft_targets(sim, form, identity_weight))
+    t2i = F.cross_entropy(logits.T, soft_targets(sim.T, form, identity_weight))
     return (i2t + t2i) / 2
 
 
 class ClipLoss(nn.Module):
     """The training loss: `kind` soft (needs label vectors) or hard, over the gathered batch."""
 
-    def __init__(self, kind: str = "soft", form: str = "softmax", gather_with_grad: bool = False) -> None:
+    def __init__(
+        self,
+        kind: str = "soft",
+        form: str = "softmax",
+        gather_with_grad: bool = False,
+        kernel: str = "dot",
+        identity_weight: float = 0.0,
+    ) -> None:
         super().__init__()
         if kind not in ("soft", "hard"):
             raise ValueError(f"loss.kind must be soft or hard, got {kind!r}")
+        if form not in FORMS or kernel not in KERNELS:
+            raise ValueError(f"loss.form must be one of {FORMS} and loss.kernel one of {KERNELS}")
         self.kind, self.form, self.gather_with_grad = kind, form, gather_with_grad
+        self.kernel, self.identity_weight = kernel, identity_weight
 
     def forward(
         self,
@@ -95,4 +140,4 @@ class ClipLoss(nn.Module):
         img, txt, lab = gather_features(
             image_features, text_features, labels, gather_with_grad=self.gather_with_grad
         )
-        return soft_clip_loss(img, txt, logit_scale, lab, lab, self.form)
+        return soft_clip_loss(img, txt, logit_scale, lab, lab, self.form, self.kernel, self.identity_weight)

@@ -12,19 +12,21 @@ from torch.utils.data import Dataset
 from lumbarclip.data.imageio import load_image
 from lumbarclip.data.manifest import ImageRecord
 from lumbarclip.errors import InputError
-from lumbarclip.findings import Findings, binary_label_vector
+from lumbarclip.findings import Findings, binary_label_vector, findings_vector
 
 
 def label_vector(record: ImageRecord, source: str) -> list[float]:
-    """Soft-loss label vector of a record: `binary` (the paper's two classes, one-hot) or
-    `findings` (multi-hot over `LABEL_NAMES` from the record's findings JSON)."""
+    """Soft-loss label vector of a record: `binary` (the paper's two classes, one-hot),
+    `findings` (multi-hot over `FINDINGS_VECTOR_NAMES`: level x kind, side, severity) or
+    `kinds` (multi-hot over `LABEL_NAMES`, the union over levels), from the findings JSON."""
     if source == "binary":
         return binary_label_vector(record.label)
-    if source != "findings":
-        raise ValueError(f"unknown label source {source!r}; use binary or findings")
+    if source not in ("findings", "kinds"):
+        raise ValueError(f"unknown label source {source!r}; use binary, findings or kinds")
     if not record.findings:
-        raise InputError(f"{record.image_path}: label source 'findings' needs a findings column")
-    return Findings.from_json(record.findings).label_vector()
+        raise InputError(f"{record.image_path}: label source {source!r} needs a findings column")
+    findings = Findings.from_json(record.findings)
+    return findings_vector(findings) if source == "findings" else findings.label_vector()
 
 
 @dataclass

@@ -11,25 +11,18 @@ from typing import Any
 
 import yaml
 
+from lumbarclip.data.config import DataConfig
 from lumbarclip.errors import InputError
 from lumbarclip.models.config import ModelConfig
-
-
-@dataclass
-class DataConfig:
-    batch_size: int = 32
-    num_workers: int = 0
-    augment: bool = True
-    flip: bool = False
-    sample_sentence: bool = True  # one report sentence per image per step, as the paper does
-    cache_images: bool = True
 
 
 @dataclass
 class LossConfig:
     kind: str = "soft"  # soft | hard
     form: str = "softmax"  # softmax (the paper) | normalized
-    labels: str = "binary"  # binary | findings (multi-hot)
+    labels: str = "binary"  # binary | findings (per level x kind, side, severity) | kinds (union over levels)
+    kernel: str = "dot"  # label similarity: dot (the paper) | cosine | jaccard
+    identity_weight: float = 0.0  # weight of the InfoNCE (own pair) target mixed into the soft one
     gather_with_grad: bool = True
 
 

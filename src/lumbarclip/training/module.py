@@ -20,7 +20,13 @@ class CLIPModule(L.LightningModule):
         self.model = model
         self.config = config
         self.prompts = prompts
-        self.loss = ClipLoss(config.loss.kind, config.loss.form, config.loss.gather_with_grad)
+        self.loss = ClipLoss(
+            config.loss.kind,
+            config.loss.form,
+            config.loss.gather_with_grad,
+            config.loss.kernel,
+            config.loss.identity_weight,
+        )
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
