@@ -4,16 +4,9 @@ Images, in either of the two shapes users download (folders may be nested):
   (a) the pre-selected axial PNG slices named `T1_0002_D3.png`: sequence, 4-digit patient,
       disc D3/D4/D5 = L3-L4/L4-L5/L5-S1;
   (b) raw per-patient folders (`0002/...`, the outermost all-digit folder names the patient)
-      of DICOM `.ima`/`.dcm` files. Per patient and sequence the axial series is the one
-      whose slice normal (row x column direction of ImageOrientationPatient) lies mostly
-      along the patient's z axis, with the most slices; T1 or T2 comes from the
-      SeriesDescription, else from the repetition time (TR < 1000 ms: T1; a long TR with a
-      short TE, proton density, is neither). A patient with PNGs uses them, not the DICOMs.
-Without disc localisation the slice for each of the lowest three discs is a heuristic: the
-stack is cut into blocks where the slice orientation changes or the spacing jumps (the usual
-one-slab-per-disc protocols); with three or more blocks the middle slice of each of the three
-most inferior blocks is taken, otherwise the stack is assumed to cover the three discs evenly
-and the middle slice of each third is taken. It does not check that a disc is in the slice.
+      of DICOM `.ima`/`.dcm` files. The axial T1/T2 series and its disc-level slices are
+      chosen by `lumbarclip.inference.study` (the rule `lumbarclip predict` uses on a study;
+      its docstring states it). A patient with PNGs uses them, not the DICOMs.
 The manifest points at the chosen files directly (no image is copied).
 
 Notes: `.xlsx` (columns "Patient ID" and "Clinician's Notes", matched ignoring case, spaces
@@ -35,16 +28,14 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from lumbarclip.data.imageio import open_dicom, quiet_readers
 from lumbarclip.data.manifest import (
     SPLITS,
     ManifestReport,
@@ -55,23 +46,13 @@ from lumbarclip.data.manifest import (
 )
 from lumbarclip.data.privacy import pseudonymise
 from lumbarclip.errors import InputError
-from lumbarclip.findings import IMAGED_LEVELS
+from lumbarclip.inference.study import SliceHeader, choose_slices, classify_sequence, slice_header
 
 #: Disc number in the PNG names -> level.
 DISC_LEVELS: dict[str, str] = {"3": "L3-L4", "4": "L4-L5", "5": "L5-S1"}
 PNG_NAME = re.compile(r"^(T[12])_(\d{1,4})_D([345])$", re.IGNORECASE)
 DICOM_SUFFIXES: tuple[str, ...] = (".ima", ".dcm")
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)
-#: Repetition time below which a spin-echo series counts as T1-weighted.
-T1_MAX_TR_MS = 1000.0
-#: Echo time below which a long-TR series is proton density, not T2-weighted.
-T2_MIN_TE_MS = 40.0
-#: Slices whose normals differ by more than this belong to different slabs.
-SLAB_ANGLE_DEG = 2.0
-#: A gap this many times the typical slice step also starts a new slab.
-SLAB_GAP_FACTOR = 1.5
-#: Fewer slices than this and a series is a localiser, not an axial stack.
-MIN_AXIAL_SLICES = 3
 
 ID_HEADERS: tuple[str, ...] = ("patientid", "patient", "id", "patientno", "patientnumber")
 NOTE_HEADERS: tuple[str, ...] = (
@@ -206,126 +187,27 @@ def _folder_patient(path: Path, root: Path) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class _SliceHeader:
-    path: Path
-    series: str
-    sequence: str | None
-    normal: tuple[float, float, float]
-    z: float  # patient z of the slice centre (LPS: larger is superior)
-
-
-def _slice_header(path: Path) -> _SliceHeader | None:
-    """Geometry and weighting of one DICOM file, or None when it has no usable geometry."""
-    with quiet_readers():
-        ds = open_dicom(path, header_only=True)
-        try:
-            iop = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=float)
-            ipp = np.array([float(v) for v in ds.ImagePositionPatient], dtype=float)
-            rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-            spacing = [float(v) for v in ds.get("PixelSpacing", [0.0, 0.0])]
-        except (AttributeError, TypeError, ValueError):
-            return None
-        if iop.shape != (6,) or ipp.shape != (3,) or len(spacing) != 2:
-            return None
-        sequence = classify_sequence(
-            f"{ds.get('SeriesDescription', '')} {ds.get('ProtocolName', '')}",
-            _float_or_none(ds.get("RepetitionTime")),
-            _float_or_none(ds.get("EchoTime")),
-        )
-        series = str(ds.get("SeriesInstanceUID") or path.parent)
-    normal = np.cross(iop[:3], iop[3:])
-    if not np.isfinite(normal).all() or np.linalg.norm(normal) < 0.5:
-        return None
-    centre = ipp + iop[:3] * spacing[1] * cols / 2 + iop[3:] * spacing[0] * rows / 2
-    unit = tuple(float(v) for v in normal / np.linalg.norm(normal))
-    return _SliceHeader(path, series, sequence, unit, float(centre[2]))
-
-
-def _float_or_none(value: Any) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
-def classify_sequence(description: str, tr_ms: float | None, te_ms: float | None) -> str | None:
-    """'T1', 'T2' or None: from the series name when it says, else from TR (and TE)."""
-    found = set(re.findall(r"(?<![a-z0-9])t([12])(?![0-9])", description.lower()))
-    if len(found) == 1:
-        return f"T{found.pop()}"
-    if tr_ms is None:
-        return None
-    if tr_ms < T1_MAX_TR_MS:
-        return "T1"
-    if te_ms is not None and te_ms < T2_MIN_TE_MS:
-        return None  # long TR, short TE: proton density
-    return "T2"
-
-
-def _is_axial(normal: tuple[float, float, float]) -> bool:
-    return int(np.argmax(np.abs(normal))) == 2
-
-
 def _patient_dicom_slices(
     files: list[Path], ignored: Counter[str], bar: tqdm
 ) -> tuple[list[SliceRef], str]:
-    """The chosen slices of one patient's DICOM files, or [] and the reason."""
-    series: dict[str, list[_SliceHeader]] = defaultdict(list)
+    """The chosen slices of one patient's DICOM files (`lumbarclip.inference.study`'s rule),
+    or [] and the reason."""
+    heads: list[SliceHeader] = []
     for path in files:
         bar.update()
         try:
-            head = _slice_header(path)
+            head = slice_header(path)
         except InputError:
             ignored["unreadable DICOM"] += 1
             continue
         if head is None:
             ignored["DICOM without image geometry"] += 1
             continue
-        series[head.series].append(head)
-    chosen: list[SliceRef] = []
-    for sequence in ("T1", "T2"):
-        stacks = [
-            heads
-            for heads in series.values()
-            if len(heads) >= MIN_AXIAL_SLICES
-            and all(h.sequence == sequence and _is_axial(h.normal) for h in heads)
-        ]
-        if stacks:
-            best = max(stacks, key=len)
-            picked = _disc_slices(best)
-            chosen += [SliceRef(h.path, sequence, level) for level, h in picked.items()]
+        heads.append(head)
+    chosen = [SliceRef(c.path, c.sequence, c.level) for c in choose_slices(heads)[0]]
     if not chosen:
         return [], "no axial T1 or T2 DICOM series found"
     return chosen, ""
-
-
-def _disc_slices(stack: Iterable[_SliceHeader]) -> dict[str, _SliceHeader]:
-    """The slice standing for each of the lowest three discs (see the module docstring)."""
-    ordered = sorted(stack, key=lambda h: h.z)
-    slabs = _slabs(ordered)
-    if len(slabs) >= len(IMAGED_LEVELS):
-        picks = [slab[len(slab) // 2] for slab in slabs[: len(IMAGED_LEVELS)]]
-    else:
-        thirds = len(ordered) / len(IMAGED_LEVELS)
-        picks = [ordered[int((i + 0.5) * thirds)] for i in range(len(IMAGED_LEVELS))]
-    # inferior first: L5-S1, L4-L5, L3-L4
-    return dict(zip(reversed(IMAGED_LEVELS), picks))
-
-
-def _slabs(ordered: list[_SliceHeader]) -> list[list[_SliceHeader]]:
-    """Runs of slices (inferior first) with one orientation and no jump in spacing."""
-    steps = np.diff([h.z for h in ordered])
-    moving = steps[steps > 1e-3]  # repeated positions say nothing about the spacing
-    typical = float(np.median(moving)) if len(moving) else np.inf
-    cos_limit = np.cos(np.radians(SLAB_ANGLE_DEG))
-    slabs = [[ordered[0]]]
-    for prev, head, step in zip(ordered, ordered[1:], steps):
-        turned = abs(float(np.dot(prev.normal, head.normal))) < cos_limit  # sign is convention
-        if turned or step > SLAB_GAP_FACTOR * typical:
-            slabs.append([])
-        slabs[-1].append(head)
-    return slabs
 
 
 # --- notes and splits ---------------------------------------------------------------------

@@ -1,0 +1,194 @@
+"""DICOM study discovery: which files of a study are the axial T1/T2 disc-level slices.
+
+One rule for the Mendeley adapter and for `lumbarclip predict`:
+- files are grouped by series (SeriesInstanceUID, else the folder);
+- a series is axial when its slice normal (row x column direction of ImageOrientationPatient)
+  lies mostly along the patient's z axis, and it needs `MIN_AXIAL_SLICES` slices (fewer is a
+  localiser);
+- T1 or T2 comes from the series description (or protocol name), else from the repetition
+  time (TR < 1000 ms: T1; a long TR with a short TE, proton density, is neither) and the echo
+  time;
+- per sequence the axial series with the most slices is used;
+- without disc localisation the slice for each of the lowest three discs is a heuristic: the
+  stack is cut into slabs where the slice orientation changes or the spacing jumps (the usual
+  one-slab-per-disc protocols); with three or more slabs the middle slice of each of the three
+  most inferior slabs is taken, otherwise the stack is assumed to cover the three discs evenly
+  and the middle slice of each third is taken. It does not check that a disc is in the slice.
+
+Only technical attributes are read; the series UID is used for grouping and never reported.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lumbarclip.data.imageio import open_dicom, quiet_readers
+from lumbarclip.findings import IMAGED_LEVELS
+
+#: Repetition time below which a spin-echo series counts as T1-weighted.
+T1_MAX_TR_MS = 1000.0
+#: Echo time below which a long-TR series is proton density, not T2-weighted.
+T2_MIN_TE_MS = 40.0
+#: Slices whose normals differ by more than this belong to different slabs.
+SLAB_ANGLE_DEG = 2.0
+#: A gap this many times the typical slice step also starts a new slab.
+SLAB_GAP_FACTOR = 1.5
+#: Fewer slices than this and a series is a localiser, not an axial stack.
+MIN_AXIAL_SLICES = 3
+SEQUENCES: tuple[str, str] = ("T1", "T2")
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """Geometry and weighting of one DICOM slice (internal: `series` and `study` are UIDs)."""
+
+    path: Path
+    series: str
+    sequence: str | None
+    normal: tuple[float, float, float]
+    z: float  # patient z of the slice centre (LPS: larger is superior)
+    study: str = ""
+
+
+@dataclass(frozen=True)
+class ChosenSlice:
+    """One slice picked for diagnosis, and why."""
+
+    path: Path
+    sequence: str  # T1 | T2
+    level: str  # L3-L4 | L4-L5 | L5-S1
+    reason: str
+
+
+def slice_header(path: Path) -> SliceHeader | None:
+    """Geometry and weighting of one DICOM file, or None when it has no usable geometry.
+    InputError when the file is not readable DICOM."""
+    with quiet_readers():
+        ds = open_dicom(path, header_only=True)
+        try:
+            iop = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=float)
+            ipp = np.array([float(v) for v in ds.ImagePositionPatient], dtype=float)
+            rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+            spacing = [float(v) for v in ds.get("PixelSpacing", [0.0, 0.0])]
+        except (AttributeError, TypeError, ValueError):
+            return None
+        if iop.shape != (6,) or ipp.shape != (3,) or len(spacing) != 2:
+            return None
+        sequence = classify_sequence(
+            f"{ds.get('SeriesDescription', '')} {ds.get('ProtocolName', '')}",
+            _float_or_none(ds.get("RepetitionTime")),
+            _float_or_none(ds.get("EchoTime")),
+        )
+        series = str(ds.get("SeriesInstanceUID") or path.parent)
+        study = str(ds.get("StudyInstanceUID") or path.parent)
+    normal = np.cross(iop[:3], iop[3:])
+    if not np.isfinite(normal).all() or np.linalg.norm(normal) < 0.5:
+        return None
+    centre = ipp + iop[:3] * spacing[1] * cols / 2 + iop[3:] * spacing[0] * rows / 2
+    unit = tuple(float(v) for v in normal / np.linalg.norm(normal))
+    return SliceHeader(path, series, sequence, unit, float(centre[2]), study)  # type: ignore[arg-type]
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def classify_sequence(description: str, tr_ms: float | None, te_ms: float | None) -> str | None:
+    """'T1', 'T2' or None: from the series name when it says, else from TR (and TE)."""
+    found = set(re.findall(r"(?<![a-z0-9])t([12])(?![0-9])", description.lower()))
+    if len(found) == 1:
+        return f"T{found.pop()}"
+    if tr_ms is None:
+        return None
+    if tr_ms < T1_MAX_TR_MS:
+        return "T1"
+    if te_ms is not None and te_ms < T2_MIN_TE_MS:
+        return None  # long TR, short TE: proton density
+    return "T2"
+
+
+def is_axial(normal: tuple[float, float, float]) -> bool:
+    return int(np.argmax(np.abs(normal))) == 2
+
+
+def choose_slices(heads: Iterable[SliceHeader]) -> tuple[list[ChosenSlice], list[str]]:
+    """The disc-level slices of one study's headers, and one line per series saying what was
+    done with it (series are numbered 1.. in file order; no header value is quoted)."""
+    series: dict[str, list[SliceHeader]] = defaultdict(list)
+    for head in sorted(heads, key=lambda h: str(h.path)):
+        series[head.series].append(head)
+    number = {uid: i for i, uid in enumerate(series, start=1)}
+    notes: dict[str, str] = {}
+    best: dict[str, str] = {}
+    for uid, stack in series.items():
+        sequences = {h.sequence for h in stack}
+        if not all(is_axial(h.normal) for h in stack):
+            notes[uid] = "not axial (orientation from ImageOrientationPatient)"
+        elif len(stack) < MIN_AXIAL_SLICES:
+            notes[uid] = f"{len(stack)} slice(s): a localiser, not an axial stack"
+        elif len(sequences) != 1 or None in sequences:
+            notes[uid] = "neither T1 nor T2 (series description, TR and TE)"
+        else:
+            seq = next(iter(sequences))
+            if seq not in best or len(stack) > len(series[best[seq]]):
+                best[seq] = uid
+            notes[uid] = f"axial {seq}, {len(stack)} slices"
+    chosen: list[ChosenSlice] = []
+    for seq in SEQUENCES:
+        if seq not in best:
+            continue
+        uid = best[seq]
+        for level, (head, how) in disc_slices(series[uid]).items():
+            chosen.append(ChosenSlice(head.path, seq, level, f"series {number[uid]} ({notes[uid]}): {how}"))
+        for other, note in notes.items():
+            if other != uid and note.startswith(f"axial {seq}"):
+                notes[other] = note + f": not used, series {number[uid]} has more slices"
+        notes[uid] += ": used"
+    lines = [f"series {number[uid]}: {note}" for uid, note in notes.items()]
+    return chosen, lines
+
+
+def disc_slices(stack: Iterable[SliceHeader]) -> dict[str, tuple[SliceHeader, str]]:
+    """The slice standing for each of the lowest three discs, with how it was picked
+    (see the module docstring); inferior first: L5-S1, L4-L5, L3-L4."""
+    ordered = sorted(stack, key=lambda h: h.z)
+    cut = slabs(ordered)
+    n = len(IMAGED_LEVELS)
+    if len(cut) >= n:
+        picks = [slab[len(slab) // 2] for slab in cut[:n]]
+        how = [f"middle slice of slab {i + 1} of {len(cut)} from inferior" for i in range(n)]
+    else:
+        thirds = len(ordered) / n
+        idx = [int((i + 0.5) * thirds) for i in range(n)]
+        picks = [ordered[i] for i in idx]
+        how = [
+            f"no slab per disc: middle slice of third {i + 1} of the stack from inferior "
+            f"(slice {idx[i] + 1} of {len(ordered)})"
+            for i in range(n)
+        ]
+    return dict(zip(reversed(IMAGED_LEVELS), zip(picks, how)))
+
+
+def slabs(ordered: list[SliceHeader]) -> list[list[SliceHeader]]:
+    """Runs of slices (inferior first) with one orientation and no jump in spacing."""
+    steps = np.diff([h.z for h in ordered])
+    moving = steps[steps > 1e-3]  # repeated positions say nothing about the spacing
+    typical = float(np.median(moving)) if len(moving) else np.inf
+    cos_limit = np.cos(np.radians(SLAB_ANGLE_DEG))
+    out = [[ordered[0]]]
+    for prev, head, step in zip(ordered, ordered[1:], steps):
+        turned = abs(float(np.dot(prev.normal, head.normal))) < cos_limit  # sign is convention
+        if turned or step > SLAB_GAP_FACTOR * typical:
+            out.append([])
+        out[-1].append(head)
+    return out
