@@ -10,6 +10,8 @@ _EXPORTS = {
     "embed_texts": "embed",
     "class_embeddings": "embed",
     "zero_shot_probs": "embed",
+    "finding_prompts": "findings",
+    "FindingClassifier": "findings",
     "ImageScorer": "scorer",
     "OperatingPoint": "operating_point",
     "PreprocessSpec": "operating_point",
