@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from scipy import stats
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -16,6 +18,8 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
+
+from torchmetrics.functional.classification import binary_calibration_error
 
 from lumbarclip.data.manifest import ImageRecord, Manifest
 from lumbarclip.errors import InputError
@@ -67,13 +71,16 @@ def test_one_class_gives_null_ranking_metrics_not_a_crash():
     assert classification_metrics(np.array([]), np.array([]))["n"] == 0
 
 
-def test_ece_by_hand():
+def test_ece_by_hand_and_against_torchmetrics():
     # all predictions 0.9 while half are abnormal: one bin, gap |0.5 - 0.9| = 0.4
     assert expected_calibration_error(np.array([0, 1, 0, 1]), np.full(4, 0.9)) == pytest.approx(0.4)
     # bins [0.2, 0.3) and [0.8, 0.9) each exactly calibrated
     y = np.array([1] + [0] * 4 + [1] * 4 + [0])
-    prob = np.array([0.2] * 5 + [0.8] * 5)
-    assert expected_calibration_error(y, prob) == pytest.approx(0.0)
+    prob = np.array([0.21] * 5 + [0.81] * 5)
+    assert expected_calibration_error(y, prob) == pytest.approx(0.01)
+    y, prob = _noisy_scores(500, seed=4)
+    independent = binary_calibration_error(torch.tensor(prob), torch.tensor(y), n_bins=10, norm="l1")
+    assert expected_calibration_error(y, prob) == pytest.approx(float(independent), abs=1e-6)
 
 
 def test_threshold_is_chosen_between_the_classes():
@@ -94,26 +101,56 @@ def test_patient_aggregation_is_the_mean_probability():
     assert prob == pytest.approx([0.2, 0.6])
 
 
-def test_bootstrap_is_seeded_and_brackets_the_estimate():
-    y, prob = _noisy_scores(200)
+def test_bootstrap_is_scipys_bca_interval():
+    y, prob = _noisy_scores(120)
 
     def stat(idx):
         m = classification_metrics(y[idx], prob[idx])
         return {"acc": m["accuracy"], "auc": m["auroc"]}
 
-    ci = bootstrap_ci(stat, len(y), n_resamples=150, seed=3)
-    again = bootstrap_ci(stat, len(y), n_resamples=150, seed=3)
-    assert ci == again
-    point = classification_metrics(y, prob)
-    assert ci["acc"][0] <= point["accuracy"] <= ci["acc"][1]
-    assert ci["auc"][0] <= point["auroc"] <= ci["auc"][1]
-    assert ci["acc"][1] - ci["acc"][0] > 0.02  # an interval, not a point
+    ci = bootstrap_ci(stat, len(y), n_resamples=300, seed=3)
+    assert ci == bootstrap_ci(stat, len(y), n_resamples=300, seed=3)
+    direct = stats.bootstrap(
+        (np.arange(len(y)),),
+        lambda idx: np.array(list(stat(idx.astype(int)).values())),
+        n_resamples=300,
+        method="BCa",
+        vectorized=False,
+        rng=np.random.default_rng(3),
+    ).confidence_interval
+    assert ci["acc"] == pytest.approx([direct.low[0], direct.high[0]])
+    assert ci["auc"] == pytest.approx([direct.low[1], direct.high[1]])
 
 
-def test_bootstrap_interval_takes_in_a_biased_estimate():
-    # the share of distinct groups drawn is 1.0 on the full sample and ~0.63 on a resample
-    ci = bootstrap_ci(lambda idx: {"distinct": len(set(idx.tolist())) / 50}, 50, n_resamples=100)
-    assert ci["distinct"][1] == 1.0 and ci["distinct"][0] < 0.7
+def test_bootstrap_of_a_mean_matches_the_normal_interval():
+    # an independent computation: for the mean of 400 normal draws the bootstrap interval is
+    # close to mean ± 1.96 sd / sqrt(n)
+    x = np.random.default_rng(0).normal(size=400)
+    normal = x.mean() + np.array([-1, 1]) * 1.96 * x.std(ddof=1) / np.sqrt(len(x))
+    for method in ("BCa", "percentile"):
+        ci = bootstrap_ci(lambda idx: {"mean": x[idx].mean()}, len(x), n_resamples=2000, method=method)
+        assert ci["mean"] == pytest.approx(normal, abs=0.015)
+
+
+def test_bootstrap_interval_is_not_widened_to_a_biased_estimate():
+    # the share of distinct groups drawn is 1.0 on the full sample and ~0.63 on a resample: a
+    # percentile interval lies below the estimate, and it is reported as it is
+    ci = bootstrap_ci(
+        lambda idx: {"distinct": len(set(idx.tolist())) / 50}, 50, n_resamples=200, method="percentile"
+    )
+    assert 0.5 < ci["distinct"][0] < ci["distinct"][1] < 0.75
+
+
+def test_bootstrap_strata_keep_their_sizes_and_constant_metrics_get_point_intervals():
+    strata = [np.arange(0, 3), np.arange(3, 20)]
+    ci = bootstrap_ci(
+        lambda idx: {"normal_share": float(np.mean(idx < 3)), "undefined": None}, strata, n_resamples=50
+    )
+    assert ci["normal_share"] == [3 / 20, 3 / 20]  # every resample keeps 3 of 20
+    assert ci["undefined"] is None
+    # a stratum of one cannot be resampled on its own: pooled, so the share now varies
+    pooled = bootstrap_ci(lambda idx: {"first": float(np.mean(idx == 0))}, [[0], np.arange(1, 20)], n_resamples=200)
+    assert pooled["first"][1] > 0
 
 
 def test_bootstrap_resamples_whole_patients():

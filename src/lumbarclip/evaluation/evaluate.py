@@ -23,6 +23,7 @@ from lumbarclip.data.manifest import ImageRecord, read_manifest
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.baselines import majority_proba, raw_pixel_features
 from lumbarclip.evaluation.integrity import integrity_checks, outcome_warnings
+from lumbarclip.evaluation.metrics import CI_METHOD
 from lumbarclip.evaluation.predictions import LEVELS, Predictions
 from lumbarclip.evaluation.probe import fit_probe, subsample_patients
 from lumbarclip.evaluation.report import ReportInputs, write_report
@@ -267,6 +268,7 @@ def evaluate_run(
             "zero_shot_rule": "argmax over class prompt ensembles (threshold 0.5, nothing tuned)",
             "threshold_rule": "maximise balanced accuracy on the valid split, per level",
             "bootstrap_resamples": opts.bootstrap,
+            "ci_method": CI_METHOD,
             "seed": opts.seed,
             "supervised": asdict(opts.supervised),
             "seconds": timer.laps,

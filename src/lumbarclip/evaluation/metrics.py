@@ -2,16 +2,18 @@
 thresholds and patient-level bootstrap confidence intervals.
 
 Probabilities are P(abnormal). Degenerate inputs never crash: a ranking metric (AUROC, AUPRC)
-is `None` when `y_true` holds one class only, and a bootstrap resample without both classes
-is left out of that metric's interval.
+is `None` when `y_true` holds one class only, and so is an interval scipy cannot compute.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 
 import numpy as np
+from scipy import stats
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 LABELS: tuple[int, int] = (0, 1)
@@ -29,26 +31,31 @@ SCALAR_METRICS: tuple[str, ...] = (
     "brier",
 )
 METRIC_KEYS: tuple[str, ...] = (*SCALAR_METRICS, "confusion_matrix", "n")
+#: How the intervals in metrics.json `ci95` are made (written to its `meta`).
+CI_METHOD: str = (
+    "scipy.stats.bootstrap BCa 95% interval; patients resampled with replacement within each "
+    "class (normal, abnormal), an image-level resample takes every image of its drawn patients"
+)
 
 
 def reliability_bins(y_true: np.ndarray, prob: np.ndarray, n_bins: int = 10) -> dict[str, np.ndarray]:
-    """Equal-width bins of P(abnormal): mean predicted probability, observed abnormal rate and
-    count per bin (empty bins have count 0 and NaN means). Shared by ECE and the diagram."""
-    y_true, prob = np.asarray(y_true, dtype=float), np.asarray(prob, dtype=float)
-    index = np.clip((prob * n_bins).astype(int), 0, n_bins - 1)
-    count = np.bincount(index, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_prob = np.bincount(index, weights=prob, minlength=n_bins) / count
-        frac_pos = np.bincount(index, weights=y_true, minlength=n_bins) / count
-    return {"mean_prob": mean_prob, "frac_pos": frac_pos, "count": count}
+    """Non-empty equal-width bins of P(abnormal): mean predicted probability and observed
+    abnormal rate (scikit-learn's `calibration_curve`) and the count of each bin (the same bin
+    assignment, which `calibration_curve` does not return). Shared by ECE and the diagram."""
+    y_true, prob = np.asarray(y_true, dtype=int), np.asarray(prob, dtype=float)
+    frac_pos, mean_prob = calibration_curve(y_true, prob, n_bins=n_bins, strategy="uniform")
+    count = np.bincount(np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], prob), minlength=n_bins)
+    return {"mean_prob": mean_prob, "frac_pos": frac_pos, "count": count[count > 0]}
 
 
 def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, n_bins: int = 10) -> float:
-    """ECE of P(abnormal): the count-weighted mean |observed rate - mean probability| over bins."""
+    """ECE of P(abnormal): the count-weighted mean |observed rate - mean probability| over 10
+    equal-width bins. The one ECE of the project (before and after calibration alike)."""
+    if len(prob) == 0:
+        return float("nan")
     bins = reliability_bins(y_true, prob, n_bins)
-    filled = bins["count"] > 0
-    gaps = np.abs(bins["frac_pos"][filled] - bins["mean_prob"][filled])
-    return float(np.sum(gaps * bins["count"][filled]) / max(len(prob), 1))
+    gaps = np.abs(bins["frac_pos"] - bins["mean_prob"])
+    return float(np.sum(gaps * bins["count"]) / len(prob))
 
 
 def classification_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, object]:
@@ -107,35 +114,52 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
 
 def bootstrap_ci(
     statistic: Callable[[np.ndarray], dict[str, float | None]],
-    n_groups: int,
+    groups: int | Sequence[Sequence[int]],
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    method: str = "BCa",
 ) -> dict[str, list[float] | None]:
-    """Percentile interval of every number `statistic` returns, over resamples of groups.
+    """`scipy.stats.bootstrap` interval (BCa by default, or "percentile") of every number
+    `statistic` returns, over resamples of groups.
 
     `statistic(indices)` scores a resample given as group indices drawn with replacement
-    (patients, so that a patient's correlated images stay together). A metric that is `None` in
-    a resample (one class drawn) is left out of that resample; `None` when no resample had it.
-    An interval is widened to take in the full-sample estimate when resampling bias puts that
-    outside (ECE is biased upwards on resamples, visibly so with few patients): conservative,
-    and never an interval that excludes the number it is printed next to.
+    (patients, so that a patient's correlated images stay together). `groups` is the number of
+    groups, or strata of group indices each resampled on its own (normal and abnormal patients:
+    every resample then has both classes, so AUROC is defined in each). A stratum of one group
+    cannot be resampled by scipy; the strata are then pooled. An interval is `None` where scipy
+    gives none (a metric undefined on the data); a metric equal in every resample (accuracy 1.0)
+    gets the point interval [v, v] that BCa cannot compute.
     """
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {}
-    for _ in range(n_resamples):
-        for key, value in statistic(rng.integers(0, n_groups, n_groups)).items():
-            draws.setdefault(key, [])
-            if value is not None:
-                draws[key].append(value)
-    estimate = statistic(np.arange(n_groups))
-    tail = (1 - level) / 2 * 100
-    out: dict[str, list[float] | None] = {}
-    for key, values in draws.items():
-        if not values:
-            out[key] = None
-            continue
-        lo, hi = float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
-        point = estimate.get(key)
-        out[key] = [lo, hi] if point is None else [min(lo, float(point)), max(hi, float(point))]
+    strata = [np.arange(groups)] if isinstance(groups, int) else [np.asarray(s, dtype=int) for s in groups if len(s)]
+    if any(len(s) < 2 for s in strata):
+        strata = [np.concatenate(strata)] if strata else [np.arange(0)]
+    keys = list(statistic(np.concatenate(strata)))
+    out: dict[str, list[float] | None] = dict.fromkeys(keys)
+    if len(strata[0]) < 2:
+        return out
+
+    def vector(*samples: np.ndarray) -> np.ndarray:
+        values = statistic(np.concatenate(samples).astype(int))
+        return np.array([np.nan if values[k] is None else values[k] for k in keys], dtype=float)
+
+    with warnings.catch_warnings():  # degenerate distributions are handled below
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.bootstrap(
+            tuple(strata),
+            vector,
+            n_resamples=n_resamples,
+            confidence_level=level,
+            method=method,
+            vectorized=False,
+            rng=np.random.default_rng(seed),
+        )
+    lows, highs = result.confidence_interval
+    for i, key in enumerate(keys):
+        draws = result.bootstrap_distribution[i]
+        if np.isfinite(lows[i]) and np.isfinite(highs[i]):
+            out[key] = [float(lows[i]), float(highs[i])]
+        elif np.isfinite(draws).all() and np.ptp(draws) == 0:
+            out[key] = [float(draws[0]), float(draws[0])]
     return out

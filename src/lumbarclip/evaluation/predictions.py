@@ -78,8 +78,9 @@ class Predictions:
     def bootstrap(
         self, n_resamples: int = 1000, seed: int = 0, prefix: str = ""
     ) -> dict[str, list[float] | None]:
-        """95% intervals keyed "PREFIXimage.accuracy" ..., resampling patients with replacement
-        (a drawn patient brings all its images to the image-level resample)."""
+        """95% BCa intervals keyed "PREFIXimage.accuracy" ... (`metrics.CI_METHOD`): patients
+        resampled with replacement within each class (a drawn patient brings all its images to
+        the image-level resample)."""
         patients = self.by_patient()
         rows = [np.flatnonzero(self.patient_ids == pid) for pid in patients.patient_ids]
 
@@ -94,4 +95,5 @@ class Predictions:
                 scores.update({f"{prefix}{lv}.{k}": block[k] for k in SCALAR_METRICS})
             return scores
 
-        return bootstrap_ci(statistic, len(rows), n_resamples=n_resamples, seed=seed)
+        strata = [np.flatnonzero(patients.y_true == label) for label in (0, 1)]
+        return bootstrap_ci(statistic, strata, n_resamples=n_resamples, seed=seed)
