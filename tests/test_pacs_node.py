@@ -1,0 +1,161 @@
+"""The DICOM node over real DICOM networking (pynetdicom SCU -> our SCP), with a stand-in
+processor, so that assembly, refusal, isolation and log privacy are tested without a model."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
+
+from lumbarclip.pacs.node import (
+    STATUS_MALFORMED,
+    STATUS_NOT_MR,
+    Destination,
+    NodeConfig,
+    PacsNode,
+)
+from lumbarclip.synth.cohort import CohortConfig, make_cohort
+from lumbarclip.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> dict[str, list[Path]]:
+    """Two synthetic patients as DICOM: {StudyInstanceUID: files}."""
+    out = tmp_path_factory.mktemp("cohort")
+    make_cohort(out, CohortConfig(n_patients=2, size=32, fmt="dicom"), progress=False)
+    by_study: dict[str, list[Path]] = {}
+    for f in sorted((out / "images").glob("*.dcm")):
+        by_study.setdefault(str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID), []).append(f)
+    assert len(by_study) == 2
+    return by_study
+
+
+class Recorder:
+    """Stand-in processor: records each study's files; fails on request."""
+
+    def __init__(self, fail_study: str | None = None) -> None:
+        self.calls: list[dict[str, object]] = []
+        self.fail_study = fail_study
+        self.lock = threading.Lock()
+
+    def __call__(self, files: list[Path]) -> list:
+        uids = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
+        sops = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+        with self.lock:
+            self.calls.append({"studies": uids, "sops": sops})
+        if self.fail_study in uids:
+            raise RuntimeError("boom")
+        return []
+
+
+def start_node(tmp_path: Path, processor, quiet: float = 0.5) -> PacsNode:
+    config = NodeConfig(port=0, quiet_s=quiet, work_dir=tmp_path / "work", salt="test-salt")
+    return PacsNode(config, processor, deliver=lambda ds: []).start()
+
+
+def associate(node: PacsNode, *contexts):
+    ae = AE(ae_title="TESTSCU")
+    for c in contexts or (MRImageStorage,):
+        ae.add_requested_context(c)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="LUMBARCLIP")
+    assert assoc.is_established
+    return assoc
+
+
+def test_echo_and_interleaved_studies_kept_apart(tmp_path, studies):
+    rec = Recorder()
+    node = start_node(tmp_path, rec)
+    try:
+        a = associate(node, Verification, MRImageStorage)
+        assert a.send_c_echo().Status == 0
+        b = associate(node)
+        (ua, fa), (ub, fb) = studies.items()
+        for x, y in zip(fa, fb):  # alternate instances of the two studies over two associations
+            assert a.send_c_store(pydicom.dcmread(x)).Status == 0
+            assert b.send_c_store(pydicom.dcmread(y)).Status == 0
+        a.release()
+        b.release()
+        assert node.wait_idle(30, n_records=2)
+    finally:
+        node.stop()
+    assert sorted(len(c["sops"]) for c in rec.calls) == sorted([len(fa), len(fb)])
+    for call in rec.calls:
+        assert len(call["studies"]) == 1  # never mixed
+        (uid,) = call["studies"]
+        want = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in studies[uid]}
+        assert call["sops"] == want
+    assert all(r.ok for r in node.records)
+    assert not list((tmp_path / "work" / "incoming").iterdir())  # cleaned after success
+
+
+def test_non_mr_and_malformed_refused_node_keeps_running(tmp_path, studies):
+    rec = Recorder()
+    node = start_node(tmp_path, rec)
+    (uid, files), _ = studies.items()
+    try:
+        assoc = associate(node, MRImageStorage, CTImageStorage)
+        ct = pydicom.dcmread(files[0])
+        ct.Modality, ct.SOPClassUID = "CT", CTImageStorage
+        ct.SOPInstanceUID = pydicom.uid.generate_uid()
+        ct.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        assert assoc.send_c_store(ct).Status == STATUS_NOT_MR
+        broken = pydicom.dcmread(files[1])
+        del broken.StudyInstanceUID
+        assert assoc.send_c_store(broken).Status == STATUS_MALFORMED
+        nopixels = pydicom.dcmread(files[1])
+        del nopixels.PixelData
+        assert assoc.send_c_store(nopixels).Status == STATUS_MALFORMED
+        for f in files:  # the next, good study still goes through
+            assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
+        assoc.release()
+        assert node.wait_idle(30, n_records=1)
+    finally:
+        node.stop()
+    assert node.refused == {"not_mr": 1, "malformed": 2}
+    assert len(rec.calls) == 1 and rec.calls[0]["studies"] == {uid}
+    assert len(rec.calls[0]["sops"]) == len(files)
+
+
+def test_crash_in_one_study_loses_no_other(tmp_path, studies, caplog):
+    (bad, fbad), (good, fgood) = studies.items()
+    rec = Recorder(fail_study=bad)
+    node = start_node(tmp_path, rec, quiet=0.3)
+    caplog.set_level(logging.DEBUG, logger="lumbarclip.pacs")
+    try:
+        assoc = associate(node)
+        for f in fbad + fgood:
+            assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
+        assoc.release()
+        assert node.wait_idle(30, n_records=2)
+        # the node still accepts and processes after the failure
+        assoc = associate(node)
+        for f in fgood:
+            assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
+        assoc.release()
+        assert node.wait_idle(30, n_records=3)
+    finally:
+        node.stop()
+    oks = sorted(r.ok for r in node.records)
+    assert oks == [False, True, True]
+    failed = list((tmp_path / "work" / "failed").iterdir())
+    assert len(failed) == 1 and len(list(failed[0].glob("*.dcm"))) == len(fbad)
+    # logs: hashed study tags only, no UIDs, patient names or IDs
+    text = caplog.text
+    assert "failed" in text and node.records[0].study in text
+    for f in fbad + fgood:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        for secret in (ds.StudyInstanceUID, ds.SOPInstanceUID, str(ds.PatientName), ds.SeriesInstanceUID):
+            assert str(secret) not in text
+        assert f" {ds.PatientID}" not in text and f"{ds.PatientID} " not in text
+
+
+def test_destination_parsing():
+    assert Destination.parse("127.0.0.1:4242:ORTHANC") == Destination("127.0.0.1", 4242, "ORTHANC")
+    for bad in ("127.0.0.1:4242", "host:port:AET", ":4242:X", "h:1:"):
+        with pytest.raises(InputError):
+            Destination.parse(bad)
