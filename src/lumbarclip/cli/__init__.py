@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "evaluate",
     "ablate",
     "parse_report",
+    "pacs",
 )
 
 
