@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "ablate",
     "parse_report",
     "pacs",
+    "export",
 )
 
 

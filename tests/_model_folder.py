@@ -1,0 +1,30 @@
+"""A tiny diagnosable model folder (weights, operating point, card) for the predict/serve/ONNX
+tests: random but fixed weights, so outputs are deterministic without any training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lumbarclip.inference.operating_point import OperatingPoint, PreprocessSpec, write_card
+from lumbarclip.models import ModelConfig, create_model
+
+
+def make_model_folder(folder: Path, image_size: int = 32, embed_dim: int = 16, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = create_model(ModelConfig(vision="resnet18", image_size=image_size, embed_dim=embed_dim))
+    model.save_pretrained(folder)
+    rng = np.random.default_rng(seed)
+    classes = rng.normal(size=(2, embed_dim))
+    OperatingPoint(
+        weights=rng.normal(size=embed_dim),
+        bias=0.1,
+        calibration={"a": 1.5, "b": 0.2},
+        thresholds={"image": 0.5, "patient": 0.5},
+        class_embeddings=classes / np.linalg.norm(classes, axis=1, keepdims=True),
+        preprocess=PreprocessSpec.of_model(image_size),
+    ).save(folder)
+    write_card(folder, {"name": "tiny test model", "intended_use": "tests only"})
+    return folder

@@ -1,0 +1,75 @@
+"""ONNX export of the image scorer: parity with PyTorch on 16 images, dynamic batch, and the
+export folder is a model folder of its own."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _model_folder import make_model_folder
+from lumbarclip.errors import InputError
+from lumbarclip.inference.onnx import ONNX_FILE, OnnxImageScorer, export_onnx, onnx_model_path
+from lumbarclip.inference.operating_point import load_operating_point
+from lumbarclip.inference.scorer import ImageScorer
+from lumbarclip.models import LumbarCLIP
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model_dir = make_model_folder(tmp_path_factory.mktemp("model"))
+    return model_dir, export_onnx(model_dir)
+
+
+def test_onnx_matches_pytorch_on_16_images(exported):
+    model_dir, path = exported
+    scorer = ImageScorer(LumbarCLIP.from_pretrained(model_dir), load_operating_point(model_dir)).eval()
+    # images unlike the export's own check: uniform pixels in [0, 1], normalised as at inference
+    images = (torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(7)) - 0.5) / 0.25
+    with torch.no_grad():
+        emb_t, logit_t = scorer(images)
+    emb_o, logit_o = OnnxImageScorer(path)(images.numpy())
+    assert emb_o.shape == (16, 16) and logit_o.shape == (16,)
+    assert np.abs(emb_o - emb_t.numpy()).max() <= 1e-4
+    assert np.abs(logit_o - logit_t.numpy()).max() <= 1e-4
+    # the logit is the operating point's classifier over the embedding, computed independently
+    op = load_operating_point(model_dir)
+    np.testing.assert_allclose(logit_o, op.logit(emb_o), atol=1e-4)
+    assert np.allclose(np.linalg.norm(emb_o, axis=1), 1.0, atol=1e-5)
+
+
+def test_dynamic_batch_and_record(exported):
+    model_dir, path = exported
+    scorer = OnnxImageScorer(path)
+    for n in (1, 5):
+        emb, logit = scorer(np.zeros((n, 1, 32, 32), np.float32))
+        assert emb.shape == (n, 16) and logit.shape == (n,)
+    record = json.loads((path.parent / "export.json").read_text())
+    assert max(record["parity_max_abs_diff"].values()) <= 1e-4
+    assert path == model_dir / "onnx" / ONNX_FILE == onnx_model_path(model_dir)
+    # the export folder holds what predict needs, so it is a model folder itself
+    assert onnx_model_path(path.parent) == path
+    for name in ("config.json", "model.safetensors", "operating_point.json", "preprocess.json", "card.json"):
+        assert (path.parent / name).is_file(), name
+
+
+def test_export_refuses_overwrite_and_missing_operating_point(exported, tmp_path):
+    model_dir, _ = exported
+    with pytest.raises(InputError, match="--overwrite"):
+        export_onnx(model_dir)
+    bare = tmp_path / "bare"
+    LumbarCLIP.from_pretrained(model_dir).save_pretrained(bare)
+    with pytest.raises(InputError, match="operating_point.json: missing"):
+        export_onnx(bare)
+    with pytest.raises(InputError, match="lumbarclip export"):
+        onnx_model_path(bare)
+
+
+def test_export_cli(exported, tmp_path):
+    from lumbarclip.cli import main
+
+    model_dir, _ = exported
+    out = tmp_path / "exp"
+    assert main(["export", "--model", str(model_dir), "--format", "onnx", "--out", str(out)]) == 0
+    assert (out / ONNX_FILE).is_file()
+    assert main(["export", "--model", str(model_dir), "--format", "onnx", "--out", str(out)]) == 2
