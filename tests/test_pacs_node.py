@@ -27,7 +27,7 @@ from lumbarclip.errors import InputError
 def studies(tmp_path_factory) -> dict[str, list[Path]]:
     """Two synthetic patients as DICOM: {StudyInstanceUID: files}."""
     out = tmp_path_factory.mktemp("cohort")
-    make_cohort(out, CohortConfig(n_patients=2, size=32, fmt="dicom"), progress=False)
+    make_cohort(out, CohortConfig(n_patients=2, size=64, fmt="dicom"), progress=False)
     by_study: dict[str, list[Path]] = {}
     for f in sorted((out / "images").glob("*.dcm")):
         by_study.setdefault(str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID), []).append(f)

@@ -217,6 +217,21 @@ def read_report(ds: Dataset) -> dict[str, Any]:
     return out
 
 
+def patient_orientation(ds: Dataset) -> tuple[str, str]:
+    """Patient directions of the image rows and columns (e.g. ('L', 'P') for a standard axial
+    slice) from ImageOrientationPatient; the axial convention when the header has none."""
+    iop = ds.get("ImageOrientationPatient")
+    if not iop or len(iop) != 6:
+        return ("L", "P")
+    letters = (("R", "L"), ("A", "P"), ("F", "H"))  # negative, positive along LPS x, y, z
+
+    def direction(v: Sequence[float]) -> str:
+        axis = int(np.argmax(np.abs(v)))
+        return letters[axis][int(float(v[axis]) > 0)]
+
+    return direction([float(x) for x in iop[:3]]), direction([float(x) for x in iop[3:]])
+
+
 def build_overlays(
     image_sources: Sequence[Dataset], overlay_pngs: Sequence[str | Path]
 ) -> list[hd.sc.SCImage]:
@@ -232,6 +247,7 @@ def build_overlays(
                 photometric_interpretation="RGB",
                 bits_allocated=8,
                 coordinate_system="PATIENT",
+                patient_orientation=patient_orientation(ds),
                 series_instance_uid=series_uid,
                 series_number=SC_SERIES_NUMBER,
                 sop_instance_uid=generate_uid(),

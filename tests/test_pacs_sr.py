@@ -1,0 +1,116 @@
+"""The SR and Secondary Captures: written with highdicom, read back with highdicom and with
+plain pydicom (tags walked by hand), against the values they were built from."""
+
+from __future__ import annotations
+
+import io
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+
+from lumbarclip.pacs.sr import INTENDED_USE, ModelInfo, build_overlays, build_report, level_findings, read_report
+from lumbarclip.synth.cohort import CohortConfig, make_cohort
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cohort")
+    make_cohort(out, CohortConfig(n_patients=1, size=64, fmt="dicom"), progress=False)
+    files = sorted((out / "images").glob("*.dcm"))
+    return files, [pydicom.dcmread(f) for f in files]
+
+
+def fake_images(files):
+    """Predictor-shaped per-image results: level from the file name, two findings each."""
+    levels = {"D3": "L3-L4", "D4": "L4-L5", "D5": "L5-S1"}
+    out = []
+    for i, f in enumerate(files):
+        level = levels[f.stem.split("_")[-1]]
+        out.append(
+            {
+                "path": str(f),
+                "level": level,
+                "p_abnormal": 0.1 * i,
+                "top_findings": [
+                    {"finding": "disc_bulge", "level": level, "score": 0.30 + 0.05 * i},
+                    {"finding": "thecal_sac_compression", "level": level, "score": 0.2},
+                ],
+            }
+        )
+    return out
+
+
+def roundtrip(ds) -> pydicom.Dataset:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    buf.seek(0)
+    return buf
+
+
+def test_sr_reads_back_with_highdicom_and_pydicom(study):
+    files, sources = study
+    images = fake_images(files)
+    result = {"label": "abnormal", "p_abnormal": 0.8765432101234567, "threshold": 0.4321}
+    sr = build_report(sources, result, images, sources, ModelInfo.from_card({"name": "tiny", "version": "1.2"}))
+    buf = roundtrip(sr)
+
+    hsr = hd.sr.srread(buf)  # highdicom parses it as a Comprehensive SR
+    assert isinstance(hsr, hd.sr.ComprehensiveSR)
+    got = read_report(hsr)
+    assert got["verdict"] == "abnormal"
+    assert got["p_abnormal"] == result["p_abnormal"]  # exact: FloatingPointValue
+    assert got["threshold"] == result["threshold"]
+    assert (got["model_name"], got["model_version"]) == ("tiny", "1.2")
+    assert "Not for diagnostic use" in got["intended_use"]
+    assert got["levels"] == level_findings(images)
+    assert got["levels"]["L4-L5"]["disc_bulge"] == pytest.approx(max(0.30 + 0.05 * i for i, im in enumerate(images) if im["level"] == "L4-L5"))
+
+    buf.seek(0)
+    ds = pydicom.dcmread(buf)  # and plain pydicom, walking the tags
+    assert ds.SOPClassUID == ComprehensiveSRStorage and ds.Modality == "SR"
+    assert ds.StudyInstanceUID == sources[0].StudyInstanceUID
+    assert ds.SeriesInstanceUID not in {s.SeriesInstanceUID for s in sources}
+    assert ds.PatientID == sources[0].PatientID
+    assert ds.ContentQualification == "RESEARCH" and ds.CompletionFlag == "COMPLETE"
+    evidence = {
+        sop.ReferencedSOPInstanceUID
+        for series in ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    assert evidence == {s.SOPInstanceUID for s in sources}
+    items = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in ds.ContentSequence}
+    assert items["Study verdict"].ConceptCodeSequence[0].CodeValue == "263654008"  # SCT Abnormal
+    assert items["Intended use"].TextValue == INTENDED_USE
+    assert float(items["Calibrated probability of abnormality"].MeasuredValueSequence[0].FloatingPointValue) == result["p_abnormal"]
+    refs = [c.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for c in items["Source images"].ContentSequence]
+    assert sorted(refs) == sorted(s.SOPInstanceUID for s in sources)
+    assert got["images"] == refs
+
+
+def test_normal_verdict_and_minimal_headers(study):
+    files, sources = study
+    bare = [pydicom.Dataset(s) for s in sources]
+    for ds in bare:  # a minimal sender: no patient/study type-2 attributes at all
+        for kw in ("PatientName", "PatientID", "StudyDate", "StudyTime", "AccessionNumber"):
+            if kw in ds:
+                delattr(ds, kw)
+    sr = build_report(bare, {"label": 0, "p_abnormal": 0.1, "threshold": 0.5}, fake_images(files)[:1], bare[:1], ModelInfo.from_card({}))
+    got = read_report(pydicom.dcmread(roundtrip(sr)))
+    assert got["verdict"] == "normal" and got["images"] == [bare[0].SOPInstanceUID]
+
+
+def test_secondary_capture_overlays(study, tmp_path):
+    _, sources = study
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[..., 0] = np.arange(64)[None, :] * 4
+    png = tmp_path / "overlay.png"
+    Image.fromarray(rgb).save(png)
+    (sc,) = build_overlays(sources[:1], [png])
+    ds = pydicom.dcmread(roundtrip(sc))
+    assert ds.SOPClassUID == SecondaryCaptureImageStorage
+    assert ds.StudyInstanceUID == sources[0].StudyInstanceUID
+    np.testing.assert_array_equal(ds.pixel_array, rgb)
