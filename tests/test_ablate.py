@@ -6,7 +6,7 @@ import csv
 import pytest
 
 from lumbarclip.cli import main
-from lumbarclip.evaluation.ablate import AblationGrid, _row_metrics, markdown_table
+from lumbarclip.experiments import LOSS_VARIANTS, AblationGrid, _row_metrics, markdown_table
 
 
 def _metrics(bacc, lo, hi):
@@ -20,11 +20,31 @@ def _metrics(bacc, lo, hi):
     }
 
 
-def test_grid_is_the_full_product():
-    cells = AblationGrid(["a", "b"], ["linear", "mlp"], ["soft", "hard"], [0, 1]).cells()
+def test_grid_is_the_full_product_of_named_variants():
+    grid = AblationGrid.named(["resnet", "test_vit"], ["linear", "mlp"], ["soft-findings", "hard"], [0, 1])
+    cells = grid.cells()
     assert len(cells) == 16
     assert len({tuple(c.values()) for c in cells}) == 16
-    assert cells[0] == {"vision": "a", "head": "linear", "loss": "soft", "seed": 0}
+    assert cells[0] == {"vision": "resnet", "head": "linear", "loss": "soft-findings", "seed": 0}
+    assert grid.cell_overrides(cells[0]) == [
+        "model.vision=resnet10t",
+        "model.head=linear",
+        *LOSS_VARIANTS["soft-findings"],
+        "seed=0",
+    ]
+    assert grid.cell_overrides(cells[-1])[0] == "model.vision=test_vit"  # a timm name as it is
+
+
+def test_builtin_variants_build_valid_configs():
+    from lumbarclip.training import load_config
+
+    grid = AblationGrid.named(["resnet", "vit", "swin"], losses=list(LOSS_VARIANTS), seeds=[0])
+    configs = {(c["vision"], c["loss"]): load_config("cpu-demo", grid.cell_overrides(c)) for c in grid.cells()}
+    assert configs["swin", "hard"].model.vision == "swin_tiny_patch4_window7_224"
+    assert configs["vit", "hard"].model.vision_kwargs == {"patch_size": 8, "depth": 4}
+    assert configs["resnet", "soft-findings"].loss.labels == "findings"
+    assert configs["resnet", "soft-binary"].loss.labels == "binary"
+    assert configs["resnet", "hard"].loss.kind == "hard"
 
 
 def test_markdown_aggregates_seeds_with_std_and_mean_ci():

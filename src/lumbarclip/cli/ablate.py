@@ -28,15 +28,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="grid of vision towers x heads x losses x seeds -> ablation.csv + table",
         description="Train one model per combination of --vision, --head, --loss and --seeds (on a "
         "preset plus --set overrides), evaluate each on the test split (linear probe, zero-shot, "
-        "retrieval, patient-bootstrap CIs) and write DIR/ablation.csv (one row per run) and "
-        "DIR/ablation.md (mean ± std over seeds [mean 95% CI]). Runs live in DIR/runs/; finished "
-        "ones are reused, so an interrupted grid resumes.",
+        "retrieval, patient-bootstrap CIs, findings-level retrieval and per-finding zero-shot when "
+        "the manifest has findings) and write DIR/ablation.csv (one row per run) and DIR/ablation.md "
+        "(mean ± std over seeds [mean 95% CI]). Runs live in DIR/runs/; finished ones are reused, "
+        "so an interrupted grid resumes. Vision variants: resnet (resnet10t), vit (ViT-Tiny blocks, "
+        "patch 8, depth 4), swin (Swin blocks, window 4, width 48, depths 2-2-2), or any timm model "
+        "name. Loss variants: soft (the preset's soft loss), soft-binary (soft targets from the "
+        "normal/abnormal label), soft-findings (soft targets from the parsed findings), hard (CLIP "
+        "InfoNCE).",
     )
     p.add_argument("--data", required=True, help="manifest CSV with train, valid and test splits")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--vision", type=_names, help="timm tower names, comma-separated (default: the preset's)")
+    p.add_argument(
+        "--vision", type=_names, help="vision variants or timm names, comma-separated (default: the preset's)"
+    )
     p.add_argument("--head", type=_names, default=["linear", "mlp"], help="heads (default: linear,mlp)")
-    p.add_argument("--loss", type=_names, default=["soft"], help="losses: soft, hard (default: soft)")
+    p.add_argument(
+        "--loss", type=_names, default=["soft"], help="loss variants: soft, soft-binary, soft-findings, hard (default: soft)"
+    )
     p.add_argument("--seeds", type=_seeds, default=[0, 1], help="seeds (default: 0,1)")
     p.add_argument("--preset", default="cpu-demo", help="training preset or YAML file (default: cpu-demo)")
     add_overrides(p, " for every run")
@@ -50,18 +59,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumbarclip.evaluation.ablate import AblationGrid, run_ablation
     from lumbarclip.evaluation.evaluate import EvalOptions
     from lumbarclip.evaluation.zeroshot import load_prompts
+    from lumbarclip.experiments import AblationGrid, run_ablation
     from lumbarclip.training import load_config
 
     if args.bootstrap < 1:
         raise InputError("--bootstrap must be at least 1")
-    unknown = sorted(set(args.loss) - {"soft", "hard"}) + sorted(set(args.head) - {"linear", "mlp"})
-    if unknown:
-        raise InputError(f"unknown --head/--loss value(s): {', '.join(unknown)}")
     visions = args.vision or [load_config(args.preset, args.overrides).model.vision]
-    grid = AblationGrid(visions, args.head, args.loss, args.seeds, args.preset, args.overrides)
+    grid = AblationGrid.named(visions, args.head, args.loss, args.seeds, args.preset, args.overrides)
     options = EvalOptions(
         prompts=load_prompts(args.prompts) if args.prompts else None, bootstrap=args.bootstrap
     )

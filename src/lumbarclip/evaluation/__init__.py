@@ -1,6 +1,7 @@
 """Evaluation: metrics with patient-bootstrap CIs, linear probe, zero-shot, baselines,
-supervised fine-tune / from-scratch, retrieval, integrity checks, report.html and the
-ablation grid (imported on use, so `metrics` alone does not load torch)."""
+supervised fine-tune / from-scratch, retrieval, integrity checks and report.html (imported on
+use, so `metrics` alone does not load torch). Experiments that train and then evaluate (the
+ablation grid) live above both, in `lumbarclip.experiments`."""
 
 from lumbarclip._lazy import lazy_exports
 
@@ -8,8 +9,6 @@ _EXPORTS = {
     "EvalOptions": "evaluate",
     "evaluate_run": "evaluate",
     "format_summary": "evaluate",
-    "AblationGrid": "ablate",
-    "run_ablation": "ablate",
     "classification_metrics": "metrics",
     "bootstrap_ci": "metrics",
     "Predictions": "predictions",

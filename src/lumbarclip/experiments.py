@@ -1,9 +1,14 @@
-"""`run_ablation`: the paper's ablation as a grid of vision towers x heads x losses x seeds.
+"""Experiments that train and then evaluate: the paper's ablation as a grid of vision towers x
+heads x losses x seeds. This module sits above `training` and `evaluation` (it imports both;
+neither imports it).
 
-Every cell trains with the training API on the same manifest, is evaluated on the test split
-(linear probe, zero-shot, retrieval with patient-bootstrap CIs; no baselines or label
-efficiency: they do not depend on the grid, run `evaluate` on one cell for them), and becomes
-a row of ablation.csv. ablation.md aggregates the seeds: mean ± sample std, and [lo, hi] = the
+A grid axis is a list of named variants, each a list of `key=value` config overrides: the
+built-in names of `VISION_VARIANTS` and `LOSS_VARIANTS` (any other vision name is taken as a
+timm model name). Every cell trains with the training API on the same manifest, is evaluated on
+the test split (linear probe, zero-shot, retrieval with patient-bootstrap CIs, findings-level
+retrieval and per-finding zero-shot when the manifest has findings; no baselines or label
+efficiency: they do not depend on the grid, run `evaluate` on one cell for them), and becomes a
+row of ablation.csv. ablation.md aggregates the seeds: mean ± sample std, and [lo, hi] = the
 per-run 95% CI bounds averaged over seeds.
 
 A cell already trained with the same config (train_summary.json, config.yaml) is not trained
@@ -16,7 +21,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,39 +33,106 @@ from lumbarclip.data.manifest import read_manifest
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run
 from lumbarclip.evaluation.integrity import check_patient_overlap
+from lumbarclip.training import load_config, train
+
+#: Small members of the paper's three vision families, sized to train on a CPU at 32-64 px
+#: (timm models from scratch; the ViT and Swin keep their family's blocks with fewer of them).
+VISION_VARIANTS: dict[str, tuple[str, ...]] = {
+    "resnet": ("model.vision=resnet10t",),
+    "vit": ("model.vision=vit_tiny_patch16_224", "model.vision_kwargs={patch_size: 8, depth: 4}"),
+    "swin": (
+        "model.vision=swin_tiny_patch4_window7_224",
+        "model.vision_kwargs={window_size: 4, embed_dim: 48, depths: [2, 2, 2], num_heads: [3, 6, 12]}",
+    ),
+}
+#: The paper's soft loss with binary labels, soft targets from findings (multi-hot over
+#: level x kind + side + severity), and the plain CLIP (InfoNCE) loss.
+LOSS_VARIANTS: dict[str, tuple[str, ...]] = {
+    "soft": ("loss.kind=soft",),
+    "soft-binary": ("loss.kind=soft", "loss.labels=binary"),
+    "soft-findings": ("loss.kind=soft", "loss.labels=findings"),
+    "hard": ("loss.kind=hard",),
+}
+HEADS: tuple[str, ...] = ("linear", "mlp")
 
 #: (column, path into metrics.json, ci95 key or None)
 COLUMNS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
-    ("probe_image_bacc", ("image", "balanced_accuracy"), "image.balanced_accuracy"),
-    ("probe_image_auroc", ("image", "auroc"), "image.auroc"),
+    ("probe_patient_acc", ("patient", "accuracy"), "patient.accuracy"),
+    ("probe_patient_f1", ("patient", "f1_macro"), "patient.f1_macro"),
     ("probe_patient_bacc", ("patient", "balanced_accuracy"), "patient.balanced_accuracy"),
     ("probe_patient_auroc", ("patient", "auroc"), "patient.auroc"),
-    ("zs_image_bacc", ("zero_shot", "image", "balanced_accuracy"), "zero_shot.image.balanced_accuracy"),
+    ("probe_image_bacc", ("image", "balanced_accuracy"), "image.balanced_accuracy"),
+    ("zs_patient_acc", ("zero_shot", "patient", "accuracy"), "zero_shot.patient.accuracy"),
+    ("zs_patient_f1", ("zero_shot", "patient", "f1_macro"), "zero_shot.patient.f1_macro"),
     ("zs_patient_bacc", ("zero_shot", "patient", "balanced_accuracy"), "zero_shot.patient.balanced_accuracy"),
     ("zs_patient_auroc", ("zero_shot", "patient", "auroc"), "zero_shot.patient.auroc"),
     ("i2t_r@1", ("retrieval", "i2t_r@1"), None),
     ("i2t_r@5", ("retrieval", "i2t_r@5"), None),
-    ("t2i_r@1", ("retrieval", "t2i_r@1"), None),
+    ("chance_i2t_r@5", ("retrieval", "chance_i2t_r@5"), None),
     ("t2i_r@5", ("retrieval", "t2i_r@5"), None),
+    ("findings_i2t_map", ("retrieval", "findings_match", "i2t", "map"), None),
+    ("finding_zs_macro_auroc", ("finding_zero_shot", "macro_auroc"), None),
 )
 GRID_KEYS: tuple[str, ...] = ("vision", "head", "loss", "seed")
 
 
+def vision_overrides(name: str) -> tuple[str, ...]:
+    """A built-in vision variant's overrides, or `model.vision=NAME` for a timm model name."""
+    return VISION_VARIANTS.get(name, (f"model.vision={name}",))
+
+
 @dataclass
 class AblationGrid:
-    """The cells to train: every combination of the lists, on top of a preset and overrides."""
+    """The cells to train: every combination of the axes, on top of a preset and overrides.
+    `visions` and `losses` map a variant's name to its config overrides."""
 
-    visions: Sequence[str]
-    heads: Sequence[str] = ("linear", "mlp")
-    losses: Sequence[str] = ("soft",)
+    visions: Mapping[str, Sequence[str]]
+    heads: Sequence[str] = HEADS
+    losses: Mapping[str, Sequence[str]] = field(default_factory=lambda: {"soft": LOSS_VARIANTS["soft"]})
     seeds: Sequence[int] = (0, 1)
     preset: str = "cpu-demo"
     overrides: Sequence[str] = ()
+
+    @classmethod
+    def named(
+        cls,
+        visions: Sequence[str],
+        heads: Sequence[str] = HEADS,
+        losses: Sequence[str] = ("soft",),
+        seeds: Sequence[int] = (0, 1),
+        preset: str = "cpu-demo",
+        overrides: Sequence[str] = (),
+    ) -> AblationGrid:
+        """A grid from variant names (`VISION_VARIANTS` or timm names, `HEADS`, `LOSS_VARIANTS`)."""
+        unknown = [h for h in heads if h not in HEADS] + [loss for loss in losses if loss not in LOSS_VARIANTS]
+        if unknown:
+            raise InputError(
+                f"unknown --head/--loss value(s): {', '.join(unknown)} (heads: {', '.join(HEADS)}; "
+                f"losses: {', '.join(LOSS_VARIANTS)})"
+            )
+        return cls(
+            {v: vision_overrides(v) for v in visions},
+            heads,
+            {loss: LOSS_VARIANTS[loss] for loss in losses},
+            seeds,
+            preset,
+            overrides,
+        )
 
     def cells(self) -> list[dict[str, object]]:
         return [
             dict(zip(GRID_KEYS, c, strict=True))
             for c in itertools.product(self.visions, self.heads, self.losses, self.seeds)
+        ]
+
+    def cell_overrides(self, cell: Mapping[str, object]) -> list[str]:
+        """The grid's overrides, then the cell's: vision variant, head, loss variant, seed."""
+        return [
+            *self.overrides,
+            *self.visions[str(cell["vision"])],
+            f"model.head={cell['head']}",
+            *self.losses[str(cell["loss"])],
+            f"seed={cell['seed']}",
         ]
 
 
@@ -81,8 +153,6 @@ def run_ablation(
     overwrite: bool = False,
 ) -> AblationResult:
     """Train and evaluate every cell; write OUT/ablation.csv, OUT/ablation.md and OUT/runs/."""
-    from lumbarclip.training import load_config, train
-
     out = Path(out_dir)
     if (out / "ablation.csv").exists() and not overwrite:
         raise InputError(f"{out / 'ablation.csv'}: already exists; choose another --out or pass --overwrite")
@@ -97,19 +167,7 @@ def run_ablation(
     )
     check_patient_overlap(read_manifest(manifest))  # a leaky manifest fails before any training
     cells = grid.cells()
-    configs = [  # every config is built (and validated) before the first training starts
-        load_config(
-            grid.preset,
-            [
-                *grid.overrides,
-                f"model.vision={c['vision']}",
-                f"model.head={c['head']}",
-                f"loss.kind={c['loss']}",
-                f"seed={c['seed']}",
-            ],
-        )
-        for c in cells
-    ]
+    configs = [load_config(grid.preset, grid.cell_overrides(c)) for c in cells]  # all validated first
     rows = []
     bar = tqdm(list(zip(cells, configs, strict=True)), desc="ablation", unit="run", disable=not progress)
     for cell, config in bar:
@@ -138,7 +196,9 @@ def run_ablation(
             "eval_seconds": round(sum(metrics["meta"]["seconds"].values()), 1),
         }
         rows.append({**cell, "run": str(run), **_row_metrics(metrics), **timing})
+        _write_csv(out / "ablation.csv.partial", rows)  # what is done so far, should the grid stop
     csv_path = _write_csv(out / "ablation.csv", rows)
+    (out / "ablation.csv.partial").unlink(missing_ok=True)
     markdown = markdown_table(rows)
     md_path = out / "ablation.md"
     md_path.write_text(markdown + "\n", encoding="utf-8")
@@ -148,18 +208,18 @@ def run_ablation(
 def _same_config(run: Path, config: object) -> bool:
     saved = run / "config.yaml"
     return saved.is_file() and yaml.safe_load(saved.read_text()) == yaml.safe_load(
-        yaml.safe_dump(config.to_dict(), sort_keys=False)
-    )  # type: ignore[attr-defined]
+        yaml.safe_dump(config.to_dict(), sort_keys=False)  # type: ignore[attr-defined]
+    )
 
 
-def _lookup(metrics: dict[str, object], path: tuple[str, ...]) -> object:
+def _lookup(metrics: Mapping[str, object], path: tuple[str, ...]) -> object:
     node: object = metrics
     for key in path:
         node = node.get(key) if isinstance(node, dict) else None
     return node
 
 
-def _row_metrics(metrics: dict[str, object]) -> dict[str, object]:
+def _row_metrics(metrics: Mapping[str, object]) -> dict[str, object]:
     """One run's numbers for the CSV: each column, and its CI bounds where there is a CI."""
     ci95 = metrics.get("ci95", {})
     row: dict[str, object] = {}
@@ -185,24 +245,35 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else None
 
 
-def markdown_table(rows: list[dict[str, object]]) -> str:
-    """Seeds aggregated per (vision, head, loss): `mean ± std [lo, hi]` for each column."""
-    groups: dict[tuple[object, ...], list[dict[str, object]]] = {}
+def _number(value: object) -> float | None:
+    """A CSV cell (str), a metrics value or None as a float; blanks and None are missing."""
+    return None if value is None or value == "" else float(value)  # type: ignore[arg-type]
+
+
+def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None) -> str:
+    """Seeds aggregated per (vision, head, loss): `mean ± std [lo, hi]` for each column (all
+    of `COLUMNS`, or the named ones). Rows may come from `run_ablation` or ablation.csv."""
+    chosen = [c for c in COLUMNS if columns is None or c[0] in columns]
+    groups: dict[tuple[object, ...], list[Mapping[str, object]]] = {}
     for row in rows:
         groups.setdefault(tuple(row[k] for k in GRID_KEYS[:-1]), []).append(row)
-    header = ["vision", "head", "loss", "seeds", *[name for name, _, _ in COLUMNS]]
+    header = ["vision", "head", "loss", "seeds", *[name for name, _, _ in chosen]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, members in groups.items():
         cells = [*map(str, key), str(len(members))]
-        for name, _, ci_key in COLUMNS:
-            values = [float(m[name]) for m in members if m[name] is not None]
+        for name, _, ci_key in chosen:
+            values = [v for m in members if (v := _number(m.get(name))) is not None]
             if not values:
                 cells.append("n/a")
                 continue
             mean, std = _mean_std(values)
             text = f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
             if ci_key:
-                bounds = [(m[f"{name}_lo"], m[f"{name}_hi"]) for m in members if m[f"{name}_lo"] is not None]
+                bounds = [
+                    (_number(m[f"{name}_lo"]), _number(m[f"{name}_hi"]))
+                    for m in members
+                    if _number(m.get(f"{name}_lo")) is not None
+                ]
                 if bounds:
                     lo, hi = np.mean(bounds, axis=0)
                     text += f" [{lo:.2f}, {hi:.2f}]"
