@@ -1,0 +1,37 @@
+"""`lumbarclip serve`: the diagnosis web service and its page."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="web service and page: upload scans, get the diagnosis",
+        description="Serve a model folder over HTTP (FastAPI + uvicorn). The model is loaded once. "
+        "GET / is a page to drop image files or a zipped DICOM series on; POST /predict (multipart "
+        "field `files`: one or more DICOM/PNG/JPEG/TIFF/NIfTI files or a .zip of a DICOM series; "
+        "query `saliency=1` adds overlays, `top_k=N`) answers predict's JSON; GET /health; GET /model "
+        "(the model card). Uploads over --max-upload-mb are answered 413, unsupported types 415, "
+        "unreadable files 422, each with the reason; uploads are kept in memory or a temporary "
+        "folder deleted after the answer, and logs carry no file names or header values. Binds to "
+        "localhost by default: put it behind an authenticating proxy before exposing it.",
+    )
+    p.add_argument("--model", required=True, help="model folder (with operating_point.json and card.json)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--runtime", default="torch", choices=("torch", "onnx"), help="image scorer runtime (default: torch)")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest request body in MB (default: 50)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from lumbarclip.serve import create_app
+
+    app = create_app(args.model, max_upload_mb=args.max_upload_mb, runtime=args.runtime)
+    print(f"serving {args.model} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

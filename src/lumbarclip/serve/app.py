@@ -1,0 +1,213 @@
+"""The diagnosis web service: `create_app(model_dir)` loads the model once and serves
+
+- `POST /predict`: multipart field `files` (one or more image files, or a zip of a DICOM
+  series); query `saliency=1` adds overlay PNGs and `previews=1` the slices themselves, both as
+  data URLs; `top_k` (1-10) nearest reports. The answer is predict's JSON (`images`,
+  `studies`, `skipped`) with each path replaced by the name the client sent.
+- `GET /health`, `GET /model` (card.json), `GET /` the page (`static/index.html`).
+
+Refusals, each a JSON `{"detail": reason}` after which the server serves on: 413 for a body
+over `max_upload_mb` (checked on Content-Length and again while reading) or a zip expanding
+too far, 415 for a type no reader takes, 422 when no uploaded file could be read. Uploads
+live in a temporary folder deleted when the answer is sent. The model runs one request at a
+time (two shared cores gain nothing from more). Logs hold counts and timings only: no file
+names, no DICOM header values.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lumbarclip.errors import InputError
+from lumbarclip.serve.uploads import SavedUploads, UploadError, UploadLimits, display_name, save_uploads
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("lumbarclip.serve")
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `max_bytes`, by its Content-Length up front
+    and by counting what arrives (chunked uploads state no length)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await JSONResponse(self._reason(), status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise HTTPException(413, self._reason()["detail"])
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _reason(self) -> dict[str, str]:
+        return {"detail": f"upload larger than the limit of {self.max_bytes / 2**20:g} MB"}
+
+
+def create_app(
+    model_dir: str | Path, max_upload_mb: float = 50, runtime: str = "torch", predictor: Any = None
+) -> FastAPI:
+    """The service for one model folder; the model is loaded here, once (or `predictor` given)."""
+    if predictor is None:
+        from lumbarclip.inference.predict import Predictor
+
+        predictor = Predictor.load(model_dir, runtime=runtime)
+    max_bytes = int(max_upload_mb * 2**20)
+    limits = UploadLimits(max_upload_bytes=max_bytes, max_unzipped_bytes=10 * max_bytes)
+    model_lock = threading.Lock()
+    card = predictor.card
+    app = FastAPI(title="LumbarCLIP", summary="Image-only diagnosis of axial lumbar spine MRI", version="1")
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.state.predictor = predictor
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "runtime": runtime, "max_upload_mb": max_upload_mb}
+
+    @app.get("/model")
+    def model_card() -> dict[str, Any]:
+        return card
+
+    @app.post("/predict")
+    async def predict(
+        request: Request,
+        saliency: bool = Query(False, description="add saliency overlays as PNG data URLs"),
+        previews: bool = Query(False, description="add each slice as a PNG data URL"),
+        top_k: int = Query(3, ge=1, le=10, description="nearest reports per image"),
+    ) -> Response:
+        started = time.perf_counter()
+        async with request.form(max_files=limits.max_files + 1) as form:
+            uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+            files = [(display_name(f.filename, f"file{i}"), await f.read()) for i, f in enumerate(uploads)]
+        n_bytes = sum(len(d) for _, d in files)
+        try:
+            with tempfile.TemporaryDirectory(prefix="lumbarclip-upload-") as tmp:
+                saved = save_uploads(files, Path(tmp), limits)
+                del files
+                from starlette.concurrency import run_in_threadpool
+
+                body = await run_in_threadpool(
+                    _run_predictor, predictor, model_lock, saved, Path(tmp), saliency, previews, top_k
+                )
+        except UploadError as err:
+            log.info("predict refused: %d (%d files, %d bytes)", err.status, len(uploads), n_bytes)
+            return JSONResponse({"detail": err.reason}, status_code=err.status)
+        status = 200 if body["images"] else 422
+        if status == 422:
+            body = {"detail": "no uploaded file could be read: " + "; ".join(
+                f"{s['input']}: {s['reason']}" for s in body["skipped"]), "skipped": body["skipped"]}
+        log.info(
+            "predict %d: %d files, %d bytes -> %d images, %d studies, %d skipped in %.0f ms",
+            status, len(uploads), n_bytes, len(body.get("images", [])), len(body.get("studies", [])),
+            len(body["skipped"]), 1000 * (time.perf_counter() - started),
+        )
+        return Response(json.dumps(body, default=_json_default), status_code=status, media_type="application/json")
+
+    return app
+
+
+def _run_predictor(
+    predictor: Any, lock: threading.Lock, saved: SavedUploads, tmp: Path, saliency: bool, previews: bool, top_k: int
+) -> dict[str, Any]:
+    """predict's answer for the stored uploads, paths turned back into the client's names."""
+    saliency_dir = tmp / "saliency" if saliency else None
+    if saliency_dir:
+        saliency_dir.mkdir()
+    try:
+        with lock:
+            result = predictor.predict(saved.inputs, top_k=top_k, saliency_dir=saliency_dir, progress=False)
+    except InputError as err:  # nothing readable at all
+        raise UploadError(422, _strip_paths(str(err), saved)) from None
+    images = []
+    for row in result.images:
+        row = dict(row)
+        stored = str(row["path"])
+        row["path"] = saved.display(stored)
+        if row.get("saliency"):
+            row["saliency"] = _data_url(Path(row["saliency"]).read_bytes())
+        if previews:
+            row["preview"] = _preview(stored)
+        images.append(row)
+    studies = [_rename(dict(s), saved) for s in result.studies]
+    skipped = saved.skipped + [
+        {"input": saved.display(s["input"]), "reason": _strip_paths(str(s["reason"]), saved)} for s in result.skipped
+    ]
+    return {"images": images, "studies": studies, "skipped": skipped}
+
+
+def _rename(study: dict[str, Any], saved: SavedUploads) -> dict[str, Any]:
+    """Stored paths inside a study's selection become the client's names."""
+    text = json.dumps(study, default=_json_default)
+    for stored, shown in sorted(saved.names.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(json.dumps(stored)[1:-1], json.dumps(shown)[1:-1])
+    return json.loads(text)
+
+
+def _strip_paths(reason: str, saved: SavedUploads) -> str:
+    for stored, shown in sorted(saved.names.items(), key=lambda kv: -len(kv[0])):
+        reason = reason.replace(stored, shown)
+    return reason
+
+
+def _data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _preview(path: str, side: int = 256) -> str | None:
+    """The slice as the reader sees it (8-bit PNG, at most `side` pixels), or None if unreadable."""
+    from PIL import Image
+
+    from lumbarclip.data.imageio import load_image
+
+    try:
+        pixels = load_image(path)
+    except InputError:
+        return None
+    image = Image.fromarray((pixels * 255).round().astype(np.uint8))
+    image.thumbnail((side, side))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return _data_url(buf.getvalue())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,172 @@
+"""Uploaded files to a temporary folder the predictor reads: type checks and a guarded unzip.
+
+Every upload is named by what the client sent (display name) but stored under a name this
+module makes (`00003.dcm`), so nothing a client writes in a file or zip entry name becomes a
+path: no traversal, no overwrite, no clash. Zips are refused when they are encrypted, hold
+links, or would expand past `UploadLimits.max_unzipped_bytes` (counted while decompressing,
+not trusted from the header) or `max_zip_entries` entries.
+"""
+
+from __future__ import annotations
+
+import re
+import io
+import stat
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from lumbarclip.data.imageio import DICOM_SUFFIXES, NIFTI_SUFFIXES
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+ACCEPTED = "DICOM (.dcm/.ima/.dicom or the DICM marker), PNG, JPEG, TIFF, NIfTI (.nii/.nii.gz), or a .zip of them"
+#: Entries of a zipped DICOM series that are not images and are left out without complaint.
+_ZIP_JUNK = re.compile(r"(^|/)(__MACOSX/|\.[^/]*$|DICOMDIR$|Thumbs\.db$)", re.IGNORECASE)
+_CHUNK = 1 << 20
+
+
+class UploadError(Exception):
+    """A refused upload: `status` is the HTTP answer (413, 415 or 422), the message the reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_upload_bytes: int = 50 * 2**20
+    max_unzipped_bytes: int = 500 * 2**20
+    max_zip_entries: int = 5000
+    max_files: int = 200
+
+
+@dataclass
+class SavedUploads:
+    """What the predictor is given, and how to name each stored path back to the client."""
+
+    inputs: list[Path] = field(default_factory=list)  # files, and one folder per zip
+    names: dict[str, str] = field(default_factory=dict)  # stored path -> display name
+    skipped: list[dict[str, str]] = field(default_factory=list)  # zip entries left out, with why
+
+    def display(self, path: str | Path) -> str:
+        return self.names.get(str(path), Path(path).name)
+
+
+def display_name(name: str | None, fallback: str) -> str:
+    """The client's file name reduced to printable characters, at most 120 of them."""
+    clean = re.sub(r"[^\w.\-+ ()\[\]/:]", "_", (name or "").replace("\\", "/"))[-120:].strip()
+    return clean or fallback
+
+
+def kind_of(name: str, head: bytes) -> str:
+    """'zip', 'dicom', 'nifti' or 'image', from the content's signature first, then the name;
+    UploadError 415 for anything else."""
+    lower = name.lower()
+    if head.startswith(b"PK\x03\x04") or lower.endswith(".zip"):
+        return "zip"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if lower.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")) or lower.endswith(IMAGE_SUFFIXES):
+        return "image"
+    suffix = PurePosixPath(lower).suffix
+    if suffix in DICOM_SUFFIXES or not suffix:
+        return "dicom"  # DICOM without the preamble: the reader decides
+    raise UploadError(415, f"{name}: unsupported type ({suffix}); send {ACCEPTED}")
+
+
+def _suffix(name: str, kind: str) -> str:
+    lower = name.lower()
+    if kind == "nifti":
+        return ".nii.gz" if lower.endswith(".gz") else ".nii"
+    suffix = PurePosixPath(lower).suffix
+    if kind == "image" and suffix in IMAGE_SUFFIXES:
+        return suffix
+    return {"dicom": ".dcm", "image": ".png"}.get(kind, suffix)
+
+
+def save_uploads(files: list[tuple[str, bytes]], folder: Path, limits: UploadLimits) -> SavedUploads:
+    """Write uploads (display name, content) under `folder`, unzipping zips into a subfolder each."""
+    if not files:
+        raise UploadError(422, "no files: send one or more files in the multipart field 'files'")
+    if len(files) > limits.max_files:
+        raise UploadError(413, f"{len(files)} files in one request; at most {limits.max_files}")
+    saved = SavedUploads()
+    kinds = [kind_of(name, data[:132]) for name, data in files]  # 415 before anything is written
+    for i, ((name, data), kind) in enumerate(zip(files, kinds, strict=True)):
+        if not data:
+            raise UploadError(422, f"{name}: empty file (0 bytes)")
+        if kind == "zip":
+            target = folder / f"zip{i:03d}"
+            _unzip(name, data, target, limits, saved)
+            saved.inputs.append(target)
+            saved.names[str(target)] = name
+        else:
+            path = folder / f"{i:05d}{_suffix(name, kind)}"
+            path.write_bytes(data)
+            saved.inputs.append(path)
+            saved.names[str(path)] = name
+    return saved
+
+
+def _unzip(name: str, data: bytes, target: Path, limits: UploadLimits, saved: SavedUploads) -> None:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError) as err:
+        raise UploadError(422, f"{name}: not a readable zip ({err})") from None
+    entries = [e for e in archive.infolist() if not e.is_dir()]
+    if len(entries) > limits.max_zip_entries:
+        raise UploadError(413, f"{name}: {len(entries)} entries; at most {limits.max_zip_entries}")
+    declared = sum(e.file_size for e in entries)
+    if declared > limits.max_unzipped_bytes:
+        raise UploadError(413, f"{name}: expands to {declared} bytes; at most {limits.max_unzipped_bytes}")
+    target.mkdir()
+    try:
+        kept = _extract(name, archive, entries, target, limits, saved)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
+        raise UploadError(422, f"{name}: corrupt zip ({str(err)[:200]})") from None
+    if not kept:
+        raise UploadError(422, f"{name}: no image files in the zip")
+
+
+def _extract(
+    name: str, archive: zipfile.ZipFile, entries: list[zipfile.ZipInfo], target: Path,
+    limits: UploadLimits, saved: SavedUploads,
+) -> int:
+    budget = limits.max_unzipped_bytes
+    kept = 0
+    for j, entry in enumerate(entries):
+        entry_name = display_name(entry.filename, f"entry{j}")
+        shown = f"{name}:{entry_name}"
+        if entry.flag_bits & 0x1:
+            raise UploadError(422, f"{shown}: encrypted zip entry")
+        if stat.S_ISLNK(entry.external_attr >> 16):
+            raise UploadError(422, f"{shown}: a link inside the zip is refused")
+        if _ZIP_JUNK.search(entry.filename):
+            continue
+        with archive.open(entry) as src:
+            head = src.read(132)
+            try:
+                kind = kind_of(entry.filename, head)
+            except UploadError as err:
+                saved.skipped.append({"input": shown, "reason": err.reason.split(": ", 1)[1]})
+                continue
+            if kind == "zip":
+                saved.skipped.append({"input": shown, "reason": "a zip inside the zip is not opened"})
+                continue
+            path = target / f"{j:05d}{_suffix(entry.filename, kind)}"
+            with path.open("wb") as out:
+                chunk = head
+                while chunk:
+                    budget -= len(chunk)
+                    if budget < 0:  # the header understated the size: a zip bomb
+                        raise UploadError(413, f"{name}: expands past {limits.max_unzipped_bytes} bytes")
+                    out.write(chunk)
+                    chunk = src.read(_CHUNK)
+        saved.names[str(path)] = shown
+        kept += 1
+    return kept
