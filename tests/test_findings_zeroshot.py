@@ -64,3 +64,49 @@ def test_scores_match_hand_computation(model):
             assert got[kind][i] == pytest.approx(expected, rel=1e-4, abs=1e-6)
     with pytest.raises(ValueError, match="levels"):
         clf.scores(emb, levels[:2])
+
+
+def _record(pid: str, level: str, findings):
+    from pathlib import Path
+
+    from lumbarclip.data.manifest import ImageRecord
+
+    return ImageRecord(Path(f"{pid}_{level}.png"), pid, "test", int(findings.abnormal), "r", "T1", level, findings.to_json())
+
+
+def test_per_finding_auroc_against_scipy():
+    from scipy.stats import mannwhitneyu
+
+    from lumbarclip.evaluation.findings import level_truth, per_finding_zero_shot
+    from lumbarclip.findings import Findings, LevelFindings
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(40):
+        lf = LevelFindings("L4-L5", disc="bulge", severity="mild") if i % 3 == 0 else LevelFindings("L4-L5")
+        f = Findings(levels={"L4-L5": lf})
+        records += [_record(f"p{i}", "L4-L5", f), _record(f"p{i}", "L5-S1", f)]  # L5-S1 is normal
+    records.append(_record("nolevel", "", Findings()))
+    truth, usable = level_truth(records)
+    assert usable.sum() == 80 and truth[:, LEVEL_KINDS.index("bulge")].sum() == 14
+    scores = {k: rng.random(len(records)) for k in LEVEL_KINDS}
+    out = per_finding_zero_shot(scores, records, n_resamples=200, seed=0, min_positives=10)
+    y = truth[usable, LEVEL_KINDS.index("bulge")]
+    s = scores["bulge"][usable]
+    u = mannwhitneyu(s[y == 1], s[y == 0]).statistic  # AUROC = U / (n1 n0)
+    bulge = out["per_kind"]["bulge"]
+    assert bulge["auroc"] == pytest.approx(u / (14 * 66))
+    assert bulge["positives"] == 14 and bulge["negatives"] == 66
+    assert bulge["ci95"][0] < bulge["ci95"][1]
+    assert out["per_kind"]["extrusion"]["auroc"] is None  # no positives: undefined, not 0.5
+    assert out["macro_kinds"] == ["bulge"] and out["macro_auroc"] == bulge["auroc"]
+    assert out["n_images_without_level_or_findings"] == 1
+
+
+def test_integrity_flags_a_prompt_equal_to_a_training_sentence():
+    from lumbarclip.evaluation.integrity import prompt_overlap
+
+    reports = ["LSS MRI : Disc bulge at L4-L5. Desiccated L5-S1 disc."]
+    assert prompt_overlap(["disc bulge at L4-L5", "disc bulge at L5-S1"], reports) == ["disc bulge at L4-L5"]
+    assert prompt_overlap(["desiccated  l5-s1 disc."], reports) == ["desiccated  l5-s1 disc."]
+    assert prompt_overlap(["disc bulge"], reports) == []  # a part of a sentence is not flagged

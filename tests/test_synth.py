@@ -370,6 +370,27 @@ def test_twin_renders_the_parsed_findings_with_the_given_labels(tmp_path):
     assert lines["0103"]["parsed"]["levels"] == {} and lines["0103"]["findings"]["levels"]
 
 
+def test_twin_render_findings_shows_the_note_whatever_the_label(tmp_path):
+    """A note labelled normal that reports a bulge is rendered with the bulge, label kept; a
+    note labelled abnormal with nothing at the imaged discs gets no invented degeneration."""
+    from lumbarclip.findings import Findings
+    from lumbarclip.reports import parse_report
+    from lumbarclip.synth import make_twin
+
+    notes = tmp_path / "notes.csv"
+    notes.write_text(NOTES + '105,train,0,"Mild diffuse disc bulge at L4-L5, abutting the thecal sac."\n')
+    summary = make_twin(notes, tmp_path / "twin", seed=0, size=32, progress=False, render="findings")
+    first = {r.patient_id: r for r in read_manifest(summary.manifest).records}
+    for pid, record in first.items():
+        assert Findings.from_json(record.findings).to_dict() == parse_report(record.report).to_dict()
+    assert first["0105"].label == 0 and json.loads(first["0105"].findings)["levels"]["L4-L5"]["disc"] == "bulge"
+    assert first["0103"].label == 1 and json.loads(first["0103"].findings)["levels"] == {}
+    label_mode = make_twin(notes, tmp_path / "twin_label", seed=0, size=32, progress=False)
+    assert json.loads({r.patient_id: r for r in read_manifest(label_mode.manifest).records}["0105"].findings)["levels"] == {}
+    with pytest.raises(InputError, match="render"):
+        make_twin(notes, tmp_path / "bad", size=32, progress=False, render="truth")
+
+
 def test_cli_twin_exit_codes(tmp_path):
     notes = tmp_path / "notes.csv"
     notes.write_text(NOTES)

@@ -14,13 +14,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="render a synthetic twin of a real notes file",
         description="For each patient of a notes CSV (columns patient_id, split, lbp, note; a "
         "patient's rows are joined), parse the note into findings and render the six phantom "
-        "images from them: lbp=0 patients get healthy discs, lbp=1 patients the parsed findings "
-        "plus mild degeneration at some discs the note does not mention. The label, split and "
-        "note are kept. Writes DIR/images/, DIR/manifest.csv and DIR/findings.jsonl (with the "
+        "images from them. --render label (default): lbp=0 patients get healthy discs, lbp=1 "
+        "patients the parsed findings plus mild degeneration at some discs the note does not "
+        "mention, so images always agree with the label (a pipeline check). --render findings: "
+        "exactly what the parsed note says, whatever the label (the benchmark mode). The label, "
+        "split and note are kept in both modes. Writes DIR/images/, DIR/manifest.csv and DIR/findings.jsonl (with the "
         "parsed and the rendered findings).",
     )
     p.add_argument(
         "--notes", required=True, help="notes CSV with columns patient_id, split, lbp, note"
+    )
+    p.add_argument(
+        "--render",
+        choices=("label", "findings"),
+        default="label",
+        help="what the images show: label (healthy unless lbp=1) or findings (the parsed note, "
+        "whatever the label); default label",
     )
     add_render_options(p)
     p.set_defaults(func=run)
@@ -37,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         fmt=args.fmt,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        render=args.render,
     )
     for where, why in sorted(summary.skipped.items()):
         print(f"skipped {where}: {why}", file=sys.stderr)

@@ -191,7 +191,7 @@ def evaluate_run(
     manifest = read_manifest(manifest_path)
     prompts = opts.prompts or default_prompts()
     integrity = integrity_checks(
-        manifest, split, _classifier_inputs(opts), prompts, _pretrain_patients(run_root)
+        manifest, split, _classifier_inputs(opts), prompts, _pretrain_patients(run_root), _all_finding_prompts()
     )
     for name in ("train", "valid", split):
         if not manifest.split(name):
@@ -222,6 +222,7 @@ def evaluate_run(
     texts = sorted({(r.patient_id, r.report) for r in test.records})  # each patient's report(s), once
     text_emb = embed_texts(model, [t for _, t in texts], opts.batch_size)
     retrieval = retrieval_metrics(test.embeddings, test.patients, text_emb, np.array([p for p, _ in texts]))
+    finding_zero_shot = _findings_level(model, test, texts, text_emb, retrieval, opts)
     timer.lap("probe_zero_shot_retrieval")
 
     baselines = {"majority": test.predictions(majority_proba(run.train.labels, len(test.records)))}
@@ -251,6 +252,7 @@ def evaluate_run(
         "classifier": MAIN,
         "zero_shot": preds["zero_shot"].metrics(),
         "retrieval": retrieval,
+        "finding_zero_shot": finding_zero_shot,
         "ci95": ci95,
         "baselines": {name: p.metrics() for name, p in baselines.items()},
         "label_efficiency": efficiency,
@@ -323,6 +325,18 @@ def format_summary(metrics: dict[str, object]) -> str:
             + "  t2i "
             + "/".join(_num(r.get(f"t2i_r@{k}")) for k in (1, 5, 10))  # type: ignore[union-attr]
         )
+    match = r.get("findings_match") if r else None  # type: ignore[union-attr]
+    if match:
+        lines.append(
+            f"findings-match retrieval (Jaccard >= {match['threshold']}) i2t mAP {_num(match['i2t']['map'])} "
+            f"(chance {_num(match['i2t']['chance_map'])}), R@5 {_num(match['i2t'].get('r@5'))}"
+        )
+    fz = metrics.get("finding_zero_shot") or {}
+    if fz:
+        lines.append(
+            f"per-finding zero-shot macro AUROC {_num(fz.get('macro_auroc'))} "  # type: ignore[union-attr]
+            f"over {len(fz.get('macro_kinds', []))} kinds with >= {fz.get('min_positives')} positives"  # type: ignore[union-attr]
+        )
     for warning in (metrics.get("integrity") or {}).get("warnings", []):  # type: ignore[union-attr]
         lines.append(f"WARNING: {warning}")
     return "\n".join(lines)
@@ -344,6 +358,41 @@ class _Timer:
         now = time.perf_counter()
         self.laps[name] = round(now - self._last, 1)
         self._last = now
+
+
+def _all_finding_prompts() -> list[str]:
+    """Every per-finding prompt at every level (for the integrity check)."""
+    from lumbarclip.findings import LEVELS
+    from lumbarclip.inference.findings import finding_prompts, render_prompts
+
+    return [
+        p for lv in LEVELS for pair in render_prompts(finding_prompts(), lv).values() for p in pair["positive"] + pair["negative"]
+    ]
+
+
+def _findings_level(
+    model: LumbarCLIP,
+    test: SplitData,
+    texts: list[tuple[str, str]],
+    text_emb: np.ndarray,
+    retrieval: dict[str, object],
+    opts: EvalOptions,
+) -> dict[str, object]:
+    """Findings-match retrieval (added to `retrieval`) and per-finding zero-shot AUROC; empty
+    when the manifest has no findings column."""
+    from lumbarclip.evaluation.findings import finding_sets, per_finding_zero_shot
+    from lumbarclip.evaluation.retrieval import findings_match_metrics
+    from lumbarclip.inference.findings import FindingClassifier
+
+    image_sets = finding_sets(test.records)
+    if image_sets is None:
+        return {}
+    by_patient = dict(zip(test.patients.tolist(), image_sets))
+    retrieval["findings_match"] = findings_match_metrics(
+        test.embeddings, image_sets, text_emb, [by_patient[p] for p, _ in texts]
+    )
+    scores = FindingClassifier.build(model).scores(test.embeddings, [r.level or None for r in test.records])
+    return per_finding_zero_shot(scores, test.records, opts.bootstrap, opts.seed)
 
 
 def _classifier_inputs(opts: EvalOptions) -> dict[str, list[str]]:

@@ -4,8 +4,9 @@ and the report shows them first.
 Fatal (an `InputError`): a patient in more than one split, or an evaluated split holding
 patients the model was pre-trained on. Warnings: a classifier that reads text at test time
 (the failure of the paper's best model), an empty or one-class split, a zero-shot prompt
-that is a verbatim report of the evaluated split, scoring on the split used for selection,
-skipped manifest rows.
+that is a verbatim report of the evaluated split, a per-finding prompt that equals a sentence
+of a training report (the text tower would recognise it rather than read it), scoring on the
+split used for selection, skipped manifest rows.
 """
 
 from __future__ import annotations
@@ -44,12 +45,29 @@ def check_pretraining_overlap(pretrain_patients: set[str], manifest: Manifest, s
         )
 
 
+def _sentence_key(text: str) -> str:
+    return " ".join(text.lower().replace(".", " ").split())
+
+
+def prompt_overlap(prompts: Iterable[str], reports: Iterable[str]) -> list[str]:
+    """The prompts equal to a sentence (or the whole text) of one of `reports`, ignoring case,
+    spacing and full stops."""
+    from lumbarclip.reports import split_sentences
+
+    seen: set[str] = set()
+    for report in reports:
+        seen.add(_sentence_key(report))
+        seen.update(_sentence_key(s) for s in split_sentences(report))
+    return sorted({p for p in prompts if _sentence_key(p) in seen})
+
+
 def integrity_checks(
     manifest: Manifest,
     split: str,
     classifier_inputs: Mapping[str, Iterable[str]],
     prompts: Mapping[int, list[str]] | None = None,
     pretrain_patients: set[str] | None = None,
+    finding_prompts: Iterable[str] | None = None,
 ) -> dict[str, object]:
     """Run every check; fatal ones raise, the rest become `warnings` in the returned dict."""
     overlap = check_patient_overlap(manifest)
@@ -73,6 +91,12 @@ def integrity_checks(
     copied = sorted({p for plist in (prompts or {}).values() for p in plist if p.strip() in reports})
     if copied:
         warnings.append(f"{len(copied)} zero-shot prompt(s) are verbatim {split} reports, e.g. {copied[0]!r}")
+    if finding_prompts is not None:
+        clashes = prompt_overlap(finding_prompts, {r.report for r in manifest.split("train")})
+        if clashes:
+            warnings.append(
+                f"{len(clashes)} per-finding prompt(s) equal a training report sentence, e.g. {clashes[0]!r}"
+            )
     if split == "valid":
         warnings.append(
             "scoring on the valid split, where thresholds and C were chosen: scores are optimistic"

@@ -102,6 +102,7 @@ def render_report(inputs: ReportInputs) -> str:
         _section("Baselines", _scores_table(_level_rows(metrics.get("baselines", {})), {})),
         _section("Label efficiency", _label_efficiency_html(metrics.get("label_efficiency", {}))),
         _section("Retrieval", _retrieval_html(metrics.get("retrieval", {}))),
+        _section("Per-finding zero-shot", _finding_zero_shot_html(metrics.get("finding_zero_shot", {}))),
         _section(
             f"Gallery: {_label(main)} (abnormal when P >= {main_threshold:.2f}), worst errors first",
             _gallery_html(inputs.predictions[main], inputs.records),
@@ -383,7 +384,40 @@ def _retrieval_html(retrieval: Mapping[str, object]) -> str:
         f"<p class='meta'>{retrieval.get('n_images')} images, {retrieval.get('n_texts')} reports; "
         "a hit is an item of the query's patient.</p>"
     )
-    return _table(["direction", "K", "Recall@K", "chance"], rows) + note
+    return _table(["direction", "K", "Recall@K", "chance"], rows) + note + _findings_match_html(retrieval.get("findings_match"))
+
+
+def _findings_match_html(match: Mapping[str, object] | None) -> str:
+    if not match:
+        return ""
+    rows = []
+    for direction, text in (("i2t", "image -> report"), ("t2i", "report -> image")):
+        block = match[direction]
+        ks = sorted(int(k.split("@")[1]) for k in block if k.startswith("r@"))
+        rows.append([text, "mAP", block["map"], block["chance_map"]])
+        rows += [[text, f"R@{k}", block[f"r@{k}"], block[f"chance_r@{k}"]] for k in ks]
+    note = (
+        f"<p class='meta'>A hit is a report (image) whose patient's findings match the query's: "
+        f"Jaccard of the level:kind sets >= {match['threshold']} (two normal studies match). "
+        f"Queries without any matching item: i2t {match['i2t']['n_queries_without_match']}, "
+        f"t2i {match['t2i']['n_queries_without_match']} (left out).</p>"
+    )
+    return "<h3>Findings match</h3>" + _table(["direction", "score", "value", "chance"], rows) + note
+
+
+def _finding_zero_shot_html(fz: Mapping[str, object]) -> str:
+    if not fz:
+        return "<p class='meta'>Not computed (the manifest has no findings column).</p>"
+    rows = []
+    for kind, block in fz["per_kind"].items():  # type: ignore[union-attr]
+        ci = block["ci95"]
+        rows.append([_label(kind), block["auroc"], f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "n/a", block["positives"], block["negatives"]])
+    note = (
+        f"<p class='meta'>Image level, each image scored against the prompts of its own disc level; "
+        f"macro AUROC {_fmt(fz.get('macro_auroc'))} over the {len(fz.get('macro_kinds', []))} kinds "  # type: ignore[arg-type]
+        f"with >= {fz.get('min_positives')} positive images. {html.escape(str(fz.get('rule', '')))}.</p>"
+    )
+    return _table(["finding", "AUROC", "95% CI", "positives", "negatives"], rows) + note
 
 
 def _thumbnail_uri(path: Path, size: int = 160) -> str:

@@ -4,12 +4,24 @@ A hit is a retrieved item of the query's patient: a patient's six slices share o
 "the right report" for an image is its patient's report, and any of the patient's slices is a
 right image for a report. Chance levels are returned next to the recalls so a number can be
 read against them.
+
+Same-patient hits are strict: two patients with the same findings have interchangeable
+reports. `findings_match_metrics` counts a retrieved report as right when its findings match
+the truth (Jaccard of the "level:kind" sets >= 0.5, `lumbarclip.findings.finding_set`), scored
+as mean average precision over queries and Recall@K, with the base rate of relevant items.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
 
+import numpy as np
+from sklearn.metrics import average_precision_score
+
+from lumbarclip.findings import jaccard
+
+#: Jaccard of the findings sets at or above which a retrieved report counts as a match.
+MATCH_THRESHOLD = 0.5
 KS: tuple[int, ...] = (1, 5, 10)
 
 
@@ -47,6 +59,64 @@ def retrieval_metrics(
     return out
 
 
+def findings_relevance(
+    query_sets: Sequence[frozenset[str]], item_sets: Sequence[frozenset[str]], threshold: float = MATCH_THRESHOLD
+) -> np.ndarray:
+    """[Q, I] bool: item findings match the query's (Jaccard >= threshold)."""
+    return np.array([[jaccard(q, i) >= threshold for i in item_sets] for q in query_sets], dtype=bool).reshape(
+        len(query_sets), len(item_sets)
+    )
+
+
+def ranked_relevance_metrics(
+    similarity: np.ndarray, relevant: np.ndarray, ks: tuple[int, ...]
+) -> dict[str, float | int | None]:
+    """mAP (sklearn's average precision per query, over queries with at least one relevant
+    item), Recall@K (a relevant item among the top K) and chance levels: the mean fraction of
+    relevant items (a random ranking's expected precision) and a random ranking's Recall@K.
+    Scores are None when no query has a relevant item."""
+    has = relevant.any(axis=1)
+    out: dict[str, float | int | None] = {"n_queries": int(has.sum()), "n_queries_without_match": int((~has).sum())}
+    if not has.any():
+        return {**out, "map": None, "chance_map": None, **{f"r@{k}": None for k in ks}, **{f"chance_r@{k}": None for k in ks}}
+    sim, rel = similarity[has], relevant[has]
+    hits = np.take_along_axis(rel, np.argsort(-sim, axis=1, kind="stable"), axis=1)
+    n = rel.shape[1]
+    out["map"] = float(np.mean([average_precision_score(r, s) for r, s in zip(rel, sim)]))
+    out["chance_map"] = float(rel.mean(axis=1).mean())
+    for k in ks:
+        out[f"r@{k}"] = float(hits[:, :k].any(axis=1).mean())
+        out[f"chance_r@{k}"] = float(np.mean([1 - _miss(n, int(m), k) for m in rel.sum(axis=1)]))
+    return out
+
+
+def findings_match_metrics(
+    image_emb: np.ndarray,
+    image_findings: Sequence[frozenset[str]],
+    text_emb: np.ndarray,
+    text_findings: Sequence[frozenset[str]],
+    ks: tuple[int, ...] = KS,
+    threshold: float = MATCH_THRESHOLD,
+) -> dict[str, object]:
+    """Findings-match retrieval both ways: {"i2t": {...}, "t2i": {...}, "threshold": t}, each
+    direction as in `ranked_relevance_metrics`."""
+    sim = np.asarray(image_emb, dtype=np.float64) @ np.asarray(text_emb, dtype=np.float64).T
+    relevant = findings_relevance(image_findings, text_findings, threshold)
+    return {
+        "i2t": ranked_relevance_metrics(sim, relevant, ks),
+        "t2i": ranked_relevance_metrics(sim.T, relevant.T, ks),
+        "threshold": threshold,
+    }
+
+
+def _miss(n: int, m: int, k: int) -> float:
+    """C(n - m, k) / C(n, k) in product form: a random top-k misses all m relevant of n items."""
+    miss = 1.0
+    for j in range(min(k, n)):
+        miss *= max(n - m - j, 0) / (n - j)
+    return miss
+
+
 def _chance(query_ids: np.ndarray, item_ids: np.ndarray, k: int) -> float:
     """Expected Recall@k of a uniformly random ranking: 1 - C(n - m, k) / C(n, k) per query,
     where m of the n items belong to the query's patient."""
@@ -55,12 +125,4 @@ def _chance(query_ids: np.ndarray, item_ids: np.ndarray, k: int) -> float:
         return 0.0
     ids, counts = np.unique(item_ids, return_counts=True)
     per_id = dict(zip(ids, counts, strict=True))
-    k = min(k, n)
-    misses = []
-    for q in query_ids:
-        m = per_id.get(q, 0)
-        miss = 1.0
-        for j in range(k):  # product form of C(n - m, k) / C(n, k), exact and overflow-free
-            miss *= max(n - m - j, 0) / (n - j)
-        misses.append(miss)
-    return float(1 - np.mean(misses))
+    return float(1 - np.mean([_miss(n, per_id.get(q, 0), k) for q in query_ids]))

@@ -392,13 +392,25 @@ def mild_degeneration(level: str, rng: np.random.Generator) -> LevelFindings:
     )
 
 
-def twin_findings(parsed: Findings, label: int, rng: np.random.Generator) -> Findings:
-    """What a twin patient's images show: the label decides, the note says where and what.
+#: How a twin decides what its images show: `label` (the label decides, the note says where and
+#: what: images always agree with the label, a pipeline check) or `findings` (exactly what the
+#: parsed note says, whatever the label: a note labelled normal that reports a mild bulge shows
+#: one, as the real scans would - the mode comparable to results on the real images).
+TWIN_RENDER_MODES: tuple[str, ...] = ("label", "findings")
 
-    lbp=0: every disc normal whatever the parser read. lbp=1: the parsed findings, and each
-    imaged disc the note does not mention mildly degenerate with `UNMENTIONED_DEGENERATION`
-    chance - or, when the note names no imaged disc, L4-L5 and L5-S1 always (L3-L4 by chance).
+
+def twin_findings(parsed: Findings, label: int, rng: np.random.Generator, render: str = "label") -> Findings:
+    """What a twin patient's images show (see `TWIN_RENDER_MODES`).
+
+    `label` mode: lbp=0, every disc normal whatever the parser read; lbp=1, the parsed findings,
+    and each imaged disc the note does not mention mildly degenerate with
+    `UNMENTIONED_DEGENERATION` chance - or, when the note names no imaged disc, L4-L5 and L5-S1
+    always (L3-L4 by chance). `findings` mode: the parsed findings as they are.
     """
+    if render not in TWIN_RENDER_MODES:
+        raise ValueError(f"render must be one of {', '.join(TWIN_RENDER_MODES)}; got {render!r}")
+    if render == "findings":
+        return Findings(levels=dict(parsed.levels), other=list(parsed.other), incidental=list(parsed.incidental))
     if not label:
         return Findings(incidental=list(parsed.incidental))
     levels = dict(parsed.levels)
@@ -433,14 +445,17 @@ def make_twin(
     fmt: str = "png",
     overwrite: bool = False,
     progress: bool = True,
+    render: str = "label",
 ) -> TwinSummary:
     """A cohort rendered from real notes (columns patient_id, split, lbp, note): each patient's
-    six images drawn from `twin_findings`, with the given label and split and the real note as
-    the report. A patient's rows are joined; bad rows and patients are skipped and listed.
+    six images drawn from `twin_findings` (`render` mode), with the given label and split and
+    the real note as the report. A patient's rows are joined; bad rows and patients are skipped and listed.
     The manifest's `findings` are the rendered ones; findings.jsonl adds the `parsed` ones."""
     from lumbarclip.data.mendeley import read_notes  # pulls in scikit-learn: only twins need it
 
     CohortConfig(n_patients=1, seed=seed, size=size, fmt=fmt)  # validates the shared options
+    if render not in TWIN_RENDER_MODES:
+        raise InputError(f"--render must be one of {', '.join(TWIN_RENDER_MODES)}; got {render!r}")
     table = read_notes(notes_path, label_column="lbp")
     if not table.has_split:
         raise InputError(
@@ -455,7 +470,7 @@ def make_twin(
         if parsed.abnormal != bool(note.label):
             disagreements.append(pid)
         findings = twin_findings(
-            parsed, note.label, np.random.default_rng([seed, 3, *pid.encode()])
+            parsed, note.label, np.random.default_rng([seed, 3, *pid.encode()]), render
         )
         specs.append(PatientSpec(pid, note.split, note.label, findings, note.text, parsed))
     manifest = write_cohort(out_dir, specs, size, fmt, seed, overwrite, progress, total=len(specs))

@@ -1,0 +1,93 @@
+"""Findings-level evaluation: per-finding zero-shot AUROC and the findings sets of retrieval.
+
+The truth for an image is its patient's parsed findings at the image's own level
+(`Findings.level(record.level)`); images without a level or findings are left out (counted).
+Scores come from `lumbarclip.inference.findings.FindingClassifier`, nothing is fitted, so this
+is zero-shot. Intervals: `metrics.bootstrap_ci` over patients (a patient's images together).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from lumbarclip.data.manifest import ImageRecord
+from lumbarclip.evaluation.metrics import bootstrap_ci
+from lumbarclip.findings import LEVEL_KINDS, Findings, finding_set, level_kinds
+
+#: Kinds with at least this many positive images enter the macro AUROC.
+MIN_POSITIVES = 20
+
+
+def record_findings(record: ImageRecord) -> Findings | None:
+    return Findings.from_json(record.findings) if record.findings else None
+
+
+def finding_sets(records: Sequence[ImageRecord]) -> list[frozenset[str]] | None:
+    """Each record's findings as a "level:kind" set; None when any record lacks findings."""
+    parsed = [record_findings(r) for r in records]
+    return None if any(f is None for f in parsed) else [finding_set(f) for f in parsed]  # type: ignore[arg-type]
+
+
+def level_truth(records: Sequence[ImageRecord], kinds: Sequence[str] = LEVEL_KINDS) -> tuple[np.ndarray, np.ndarray]:
+    """([N, K] 0/1 truth of each kind at each image's level, [N] bool usable: level and findings known)."""
+    truth = np.zeros((len(records), len(kinds)), dtype=int)
+    usable = np.zeros(len(records), dtype=bool)
+    for i, record in enumerate(records):
+        findings = record_findings(record)
+        if findings is None or not record.level:
+            continue
+        usable[i] = True
+        present = level_kinds(findings.level(record.level))
+        truth[i] = [kind in present for kind in kinds]
+    return truth, usable
+
+
+def _auroc(y: np.ndarray, p: np.ndarray) -> float | None:
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
+
+
+def per_finding_zero_shot(
+    scores: dict[str, np.ndarray],
+    records: Sequence[ImageRecord],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    min_positives: int = MIN_POSITIVES,
+) -> dict[str, object]:
+    """AUROC per finding kind (image level, each image at its level) with a 95% CI, counts,
+    and the macro AUROC over kinds with >= `min_positives` positive images."""
+    kinds = [k for k in LEVEL_KINDS if k in scores]
+    truth, usable = level_truth(records, kinds)
+    idx = np.flatnonzero(usable)
+    patients = np.array([r.patient_id for r in records])[idx]
+    pid, by_patient = np.unique(patients, return_inverse=True)
+    members = [idx[by_patient == g] for g in range(len(pid))]
+
+    def statistic(groups: np.ndarray) -> dict[str, float | None]:
+        rows = np.concatenate([members[g] for g in groups]) if len(groups) else np.zeros(0, int)
+        return {k: _auroc(truth[rows, j], scores[k][rows]) for j, k in enumerate(kinds)}
+
+    point = statistic(np.arange(len(pid)))
+    ci = bootstrap_ci(statistic, len(pid), n_resamples, seed) if len(pid) >= 2 else dict.fromkeys(kinds)
+    per_kind = {}
+    for j, kind in enumerate(kinds):
+        positives = int(truth[idx, j].sum())
+        per_kind[kind] = {
+            "auroc": point[kind],
+            "ci95": ci.get(kind),
+            "positives": positives,
+            "negatives": int(len(idx) - positives),
+        }
+    counted = [k for k in kinds if per_kind[k]["positives"] >= min_positives and per_kind[k]["auroc"] is not None]
+    return {
+        "per_kind": per_kind,
+        "macro_auroc": float(np.mean([per_kind[k]["auroc"] for k in counted])) if counted else None,
+        "macro_kinds": counted,
+        "min_positives": min_positives,
+        "n_images": int(len(idx)),
+        "n_images_without_level_or_findings": int(len(records) - len(idx)),
+        "rule": "P(finding) = softmax over (negative, positive) prompt ensembles at the image's level; "
+        "truth = the patient's findings at that level",
+    }

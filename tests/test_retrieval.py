@@ -1,0 +1,47 @@
+"""Findings-match retrieval: relevance by Jaccard, mAP and Recall@K against hand computations."""
+
+import numpy as np
+import pytest
+
+from lumbarclip.evaluation.retrieval import findings_match_metrics, findings_relevance, ranked_relevance_metrics
+from lumbarclip.findings import Findings, LevelFindings, finding_set, jaccard
+
+
+def test_finding_set_and_jaccard():
+    f = Findings(levels={"L4-L5": LevelFindings("L4-L5", disc="bulge", severity="mild", thecal_sac="abutted")})
+    assert finding_set(f) == {"L4-L5:bulge", "L4-L5:thecal_sac_compression"}
+    assert finding_set(Findings()) == frozenset()
+    assert jaccard(frozenset(), frozenset()) == 1.0  # two normal studies match
+    assert jaccard(frozenset({"a", "b"}), frozenset({"b", "c"})) == pytest.approx(1 / 3)
+
+
+def test_relevance_threshold():
+    q = [frozenset({"a", "b"}), frozenset()]
+    items = [frozenset({"a"}), frozenset({"a", "b", "c"}), frozenset(), frozenset({"c"})]
+    # Jaccard row 0: 1/2, 2/3, 0, 0; row 1: 0, 0, 1, 0
+    assert findings_relevance(q, items).tolist() == [[True, True, False, False], [False, False, True, False]]
+
+
+def test_map_and_recall_by_hand():
+    sim = np.array([[0.9, 0.1, 0.8, 0.2], [0.1, 0.2, 0.3, 0.9], [0.5, 0.4, 0.3, 0.2]])
+    rel = np.array([[False, True, True, False], [False, False, True, False], [False, False, False, False]])
+    out = ranked_relevance_metrics(sim, rel, ks=(1, 2))
+    # query 0 ranking: 0, 2, 3, 1 -> relevant at ranks 2 and 4: AP = (1/2 + 2/4) / 2 = 0.5
+    # query 1 ranking: 3, 2, 1, 0 -> relevant at rank 2: AP = 1/2; query 2 has no relevant item
+    assert out["map"] == pytest.approx(0.5)
+    assert out["r@1"] == 0.0 and out["r@2"] == 1.0
+    assert out["n_queries"] == 2 and out["n_queries_without_match"] == 1
+    assert out["chance_map"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+    # random top-1: P(hit) = m / n; top-2 with m=2: 1 - C(2,2)/C(4,2) = 5/6, with m=1: 1/2
+    assert out["chance_r@1"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+    assert out["chance_r@2"] == pytest.approx((5 / 6 + 1 / 2) / 2)
+
+
+def test_findings_match_both_directions():
+    img = np.eye(3)[[0, 1, 2, 2]]
+    txt = np.eye(3)
+    sets = [frozenset({"x"}), frozenset({"y"}), frozenset()]
+    out = findings_match_metrics(img, [sets[0], sets[1], sets[2], sets[2]], txt, sets, ks=(1,))
+    assert out["i2t"]["map"] == 1.0 and out["i2t"]["r@1"] == 1.0
+    assert out["t2i"]["map"] == 1.0 and out["t2i"]["n_queries"] == 3
+    assert out["threshold"] == 0.5
