@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "parse_report",
     "pacs",
     "export",
+    "serve",
 )
 
 
