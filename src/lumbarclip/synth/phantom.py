@@ -14,8 +14,9 @@ a CNN, which sees shapes wherever they are, can.
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -369,6 +370,12 @@ class _Canvas:
     def paint(self, sd, value, edge_mm: float | None = None) -> None:
         self.img += self.cover(sd, edge_mm) * (value - self.img)
 
+    def crop(self, rows: slice, cols: slice) -> _Canvas:
+        """A copy of part of the canvas, to redraw only where something can change."""
+        part = copy.copy(self)
+        part.x, part.y, part.img = self.x[rows, cols], self.y[rows, cols], self.img[rows, cols].copy()
+        return part
+
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma_px: float) -> np.ndarray:
     """Unit-variance smooth random field for tissue texture."""
@@ -390,24 +397,176 @@ def render_slice(
     (in that order); the findings never change how `rng` is used, so one seed renders the
     same acquisition, texture and noise for a healthy and a diseased disc.
     """
+    return _render(level, sequence, size, rng, anatomy, nuisance, with_lesions=False)[0]
+
+
+def render_slice_with_lesions(
+    level: LevelFindings,
+    sequence: str,
+    size: int,
+    rng: np.random.Generator,
+    anatomy: Anatomy | None = None,
+    nuisance: Nuisance | None = None,
+) -> tuple[np.ndarray, list[dict[str, object]]]:
+    """`render_slice`'s image (the same pixels) and its `lesion_boxes`, drawn with its texture."""
+    return _render(level, sequence, size, rng, anatomy, nuisance, with_lesions=True)
+
+
+def _render(
+    level: LevelFindings,
+    sequence: str,
+    size: int,
+    rng: np.random.Generator,
+    anatomy: Anatomy | None,
+    nuisance: Nuisance | None,
+    with_lesions: bool,
+) -> tuple[np.ndarray, list[dict[str, object]]]:
     if sequence not in SEQUENCES:
         raise ValueError(f"sequence must be one of {', '.join(SEQUENCES)}; got {sequence!r}")
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels; got {size}")
     nuisance = Nuisance.sample(rng) if nuisance is None else nuisance
     anatomy = Anatomy.sample(rng) if anatomy is None else anatomy
-    column = SEQUENCES.index(sequence)
-    tone = {name: values[column] for name, values in anatomy.contrast.items()}
     canvas = _Canvas(size, anatomy, nuisance)
     fine = _smooth_noise(rng, size, max(0.6, 1.2 / canvas.px))
     coarse = _smooth_noise(rng, size, max(1.5, 6.0 / canvas.px))
+    _draw(canvas, level, sequence, anatomy, nuisance.tilt, fine, coarse)
+    boxes = lesion_boxes(level, sequence, size, anatomy, nuisance, (fine, coarse)) if with_lesions else []
+    return _acquire(canvas.img, nuisance, rng), boxes
+
+
+def _draw(
+    canvas: _Canvas, level: LevelFindings, sequence: str, anatomy: Anatomy, tilt: float, fine, coarse
+) -> np.ndarray:
+    """The noise-free image before acquisition: every structure, in anatomical order."""
+    tone = _tones(anatomy, sequence)
     geo = _Level.of(anatomy, level.level)
     _draw_body(canvas, tone, anatomy, geo, fine, coarse)
     _draw_vessels(canvas, tone, geo)
+    _draw_spine(canvas, tone, anatomy, geo, level, tilt)
+    return canvas.img
+
+
+def _tones(anatomy: Anatomy, sequence: str) -> dict[str, float]:
+    column = SEQUENCES.index(sequence)
+    return {name: values[column] for name, values in anatomy.contrast.items()}
+
+
+def _draw_spine(
+    canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, level: LevelFindings, tilt: float
+) -> None:
+    """The structures pathology changes, over the body and vessels (which it never changes)."""
     _draw_canal(canvas, tone, anatomy, geo, level)
     _draw_posterior_elements(canvas, tone, geo, level)
-    _draw_disc(canvas, tone, anatomy, geo, level, nuisance.tilt)
-    return _acquire(canvas.img, nuisance, rng)
+    _draw_disc(canvas, tone, anatomy, geo, level, tilt)
+
+
+#: A finding shows where it changes the noise-free image by at least this much on the tissue
+#: scale (acquisition noise has sigma 0.015..0.045), in a region of at least `VISIBLE_PIXELS`
+#: pixels or with a pixel changed twice as much.
+VISIBLE_CHANGE = 0.1
+VISIBLE_PIXELS = 3
+#: The `LevelFindings` fields behind each kind of lesion; "disc" is named by the disc finding.
+_LESION_FIELDS: dict[str, tuple[str, ...]] = {
+    "disc": ("disc", "location", "side", "severity"),
+    "thecal_sac_compression": ("thecal_sac",),
+    "root_compression": ("root_compression",),
+    "canal_narrowing": ("canal_narrowing",),
+    "foraminal_narrowing": ("foraminal_narrowing",),
+    "facet_hypertrophy": ("facet_hypertrophy",),
+    "ligamentum_hypertrophy": ("ligamentum_hypertrophy",),
+    "desiccation": ("desiccation",),
+    "annular_tear": ("annular_tear",),
+}
+
+
+def lesion_boxes(
+    level: LevelFindings,
+    sequence: str,
+    size: int,
+    anatomy: Anatomy,
+    nuisance: Nuisance,
+    texture: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[dict[str, object]]:
+    """Where each finding at this level shows in the image `render_slice` draws with this
+    anatomy and acquisition: `[{"kind", "box": [x0, y0, x1, y1]}]`, inclusive pixel columns and
+    rows, one box per connected region.
+
+    Ground truth for saliency: a kind's region is where the noise-free image with all the
+    level's findings differs visibly from the same image with that kind taken away (leave one
+    out), so a box covers what the finding itself changes; pixels that only the findings together
+    change (one hides another's effect) get boxes of kind "combined". Findings that change
+    nothing visible (a dry disc on T1, a herniation that only matches a bulge already there) get
+    no box.
+    `texture`: the render's fine and coarse tissue texture (flat when not given), which sets
+    the contrast of enlarged bone over fat-marbled muscle.
+    """
+    healthy = LevelFindings(level.level)
+    if level == healthy:
+        return []
+    tone, geo = _tones(anatomy, sequence), _Level.of(anatomy, level.level)
+    background = _Canvas(size, anatomy, nuisance)
+    flat = np.zeros((size, size), dtype=np.float32)
+    _draw_body(background, tone, anatomy, geo, *(texture or (flat, flat)))
+    _draw_vessels(background, tone, geo)
+
+    def ideal(lf: LevelFindings, window: tuple[slice, slice]) -> np.ndarray:
+        canvas = background.crop(*window)
+        _draw_spine(canvas, tone, anatomy, geo, lf, nuisance.tilt)
+        return canvas.img
+
+    # pathology stays within the disc, canal, foramina and facets: redraw only around them,
+    # then only where all the findings together change the image
+    x, y = background.x, background.y
+    near = (np.abs(x) <= geo.disc_w + 32.0) & (y >= -geo.disc_d - 10.0) & (y <= geo.canal_y + 20.0)
+    window = _bounds(near, size, 0)
+    if window is None:
+        return []
+    full, healthy_img = ideal(level, window), ideal(healthy, window)
+    changed = np.zeros((size, size), dtype=bool)
+    changed[window] = np.abs(full - healthy_img) >= VISIBLE_CHANGE
+    inner = _bounds(changed, size, 2)
+    if inner is None:
+        return []
+    inner = tuple(slice(max(i.start, w.start), min(i.stop, w.stop)) for i, w in zip(inner, window))
+    within = tuple(slice(i.start - w.start, i.stop - w.start) for i, w in zip(inner, window))
+    full, total = full[within], np.abs(full - healthy_img)[within]
+    top, left = inner[0].start, inner[1].start
+    explained = np.zeros(full.shape, dtype=bool)
+    boxes: list[dict[str, object]] = []
+    for kind, names in _LESION_FIELDS.items():
+        without = replace(level, **{name: getattr(healthy, name) for name in names})
+        if without != level:
+            for rows, cols, region in _visible_regions(np.abs(full - ideal(without, inner))):
+                explained[rows, cols] |= region
+                box = [left + cols.start, top + rows.start, left + cols.stop - 1, top + rows.stop - 1]
+                boxes.append({"kind": level.disc if kind == "disc" else kind, "box": box})
+    # where one finding hides another's change, only the findings together explain the pixels
+    for rows, cols, _ in _visible_regions(np.where(explained, 0.0, total)):
+        box = [left + cols.start, top + rows.start, left + cols.stop - 1, top + rows.stop - 1]
+        boxes.append({"kind": "combined", "box": box})
+    return boxes
+
+
+def _visible_regions(change: np.ndarray) -> list[tuple[slice, slice, np.ndarray]]:
+    """(rows, columns, mask within them) of each visible connected region of a change map."""
+    regions, _ = ndimage.label(change >= VISIBLE_CHANGE, np.ones((3, 3)))
+    out = []
+    for index, (rows, cols) in enumerate(ndimage.find_objects(regions), start=1):
+        region = regions[rows, cols] == index
+        if np.count_nonzero(region) >= VISIBLE_PIXELS or change[rows, cols][region].max() >= 2 * VISIBLE_CHANGE:
+            out.append((rows, cols, region))
+    return out
+
+
+def _bounds(mask: np.ndarray, size: int, margin: int) -> tuple[slice, slice] | None:
+    """Rows and columns around the True pixels, widened by `margin` within the image."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return None
+    return tuple(
+        slice(max(int(v[0]) - margin, 0), min(int(v[-1]) + margin + 1, size)) for v in (rows, cols)
+    )
 
 
 def _draw_bone(canvas: _Canvas, tone, sd, cortex_mm: float = 1.2) -> None:
