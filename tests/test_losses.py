@@ -126,3 +126,12 @@ def test_findings_soft_loss_matches_hand_computation():
     assert soft_clip_loss(img, txt, torch.tensor(scale), labels, labels, "normalized", "jaccard", 1.0).item() == (
         pytest.approx(hard_clip_loss(img, txt, torch.tensor(scale)).item(), rel=1e-5)
     )
+
+
+def test_config_carries_findings_loss_settings():
+    from lumbarclip.training.config import load_config
+
+    cfg = load_config("cpu-demo", ["loss.labels=findings", "loss.kernel=jaccard", "loss.identity_weight=0.25"])
+    assert (cfg.loss.labels, cfg.loss.kernel, cfg.loss.identity_weight) == ("findings", "jaccard", 0.25)
+    with pytest.raises(ValueError, match="kernel"):
+        ClipLoss("soft", "normalized", kernel="rbf")
