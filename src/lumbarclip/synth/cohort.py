@@ -10,7 +10,9 @@ Outputs in the cohort folder: `images/T1_0002_D3.png` (sequence, patient, disc D
 the public dataset), `manifest.csv` (the manifest contract; `findings` holds the PATIENT's
 `Findings.to_dict()` on every row - the image's own level is `findings["levels"][level]`, absent
 when that disc is normal), and `findings.jsonl` (one patient a line: patient_id, split, label,
-findings, report). Same arguments, same bytes.
+findings, report, and `lesions`: for each image with a visible finding, its image_path ->
+`[{"kind", "box": [x0, y0, x1, y1]}]` in inclusive pixel columns/rows of the saved image, see
+`phantom.lesion_boxes`). Same arguments, same bytes.
 
 A twin (`make_twin`) renders the same layout from real notes: labels, splits and reports from
 the notes file, images from the findings the report parser reads in each note.
@@ -30,8 +32,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from lumbarclip.data.manifest import write_manifest
-from lumbarclip.data.notes import read_notes
-from lumbarclip.data.splits import split_patients
 from lumbarclip.errors import InputError
 from lumbarclip.findings import (
     IMAGED_LEVELS,
@@ -42,7 +42,12 @@ from lumbarclip.findings import (
     LevelFindings,
 )
 from lumbarclip.reports import parse_report, write_report
-from lumbarclip.synth.phantom import Anatomy, Nuisance, pixel_spacing_mm, render_slice
+from lumbarclip.synth.phantom import (
+    Anatomy,
+    Nuisance,
+    pixel_spacing_mm,
+    render_slice_with_lesions,
+)
 
 FORMATS: tuple[str, ...] = ("png", "dicom")
 #: Disc codes of the public dataset's file names.
@@ -199,6 +204,21 @@ def quantise(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image * STORED_PER_UNIT), 0, 4095).astype(np.uint16)
 
 
+def assign_splits(labels: list[int], fractions: tuple[float, float, float], seed: int) -> list[str]:
+    """Patient-disjoint split stratified by label; deterministic for a seed."""
+    rng = np.random.default_rng([seed, 1])
+    splits = [""] * len(labels)
+    cuts = np.cumsum(fractions)[:2]
+    for label in (0, 1):
+        members = [i for i, lab in enumerate(labels) if lab == label]
+        order = rng.permutation(members)
+        bounds = np.rint(cuts * len(order)).astype(int)
+        for name, part in zip(("train", "valid", "test"), np.split(order, bounds)):
+            for i in part:
+                splits[int(i)] = name
+    return splits
+
+
 @dataclass(frozen=True)
 class PatientSpec:
     """What to render for one patient and what to write about them."""
@@ -254,16 +274,20 @@ def write_cohort(
             )
             anatomy = Anatomy.sample(anatomy_rng)
             findings_json = spec.findings.to_json()
+            lesions: dict[str, list[dict[str, object]]] = {}
             for (level, sequence), rng in zip(
                 ((lvl, seq) for lvl in IMAGED_LEVELS for seq in SEQUENCES), image_rngs
             ):
                 nuisance = Nuisance.sample(rng)
-                pixels = quantise(
-                    render_slice(spec.findings.level(level), sequence, size, rng, anatomy, nuisance)
+                image, boxes = render_slice_with_lesions(
+                    spec.findings.level(level), sequence, size, rng, anatomy, nuisance
                 )
+                pixels = quantise(image)
                 name = image_name(sequence, spec.patient_id, level, fmt)
                 spacing = pixel_spacing_mm(anatomy, nuisance, size)
                 save(out / "images" / name, pixels, spec, sequence, level, spacing, seed)
+                if boxes:
+                    lesions[f"images/{name}"] = boxes
                 rows.append(
                     {
                         "image_path": f"images/{name}",
@@ -282,6 +306,7 @@ def write_cohort(
                 "label": spec.label,
                 "findings": spec.findings.to_dict(),
                 "report": spec.report,
+                "lesions": lesions,
             }
             if spec.parsed is not None:
                 record["parsed"] = spec.parsed.to_dict()
@@ -301,13 +326,12 @@ def make_cohort(
     labels = [0] * n
     for i in np.random.default_rng([config.seed, 0]).permutation(n)[:n_abnormal]:
         labels[int(i)] = 1
+    splits = assign_splits(labels, config.split, config.seed)
     width = max(4, len(str(n)))
-    ids = [f"{i:0{width}d}" for i in range(1, n + 1)]
-    split_of = split_patients(dict(zip(ids, labels, strict=True)), config.seed, config.split)
 
     def patients() -> Iterable[PatientSpec]:
-        for i, (pid, label) in enumerate(zip(ids, labels, strict=True), start=1):
-            split = split_of[pid]
+        for i, (label, split) in enumerate(zip(labels, splits), start=1):
+            pid = f"{i:0{width}d}"
             findings = sample_findings(
                 np.random.default_rng([config.seed, 2, i]), abnormal=bool(label)
             )
@@ -439,6 +463,7 @@ def make_twin(
     six images drawn from `twin_findings` (`render` mode), with the given label and split and
     the real note as the report. A patient's rows are joined; bad rows and patients are skipped and listed.
     The manifest's `findings` are the rendered ones; findings.jsonl adds the `parsed` ones."""
+    from lumbarclip.data.mendeley import read_notes  # pulls in scikit-learn: only twins need it
 
     CohortConfig(n_patients=1, seed=seed, size=size, fmt=fmt)  # validates the shared options
     if render not in TWIN_RENDER_MODES:
