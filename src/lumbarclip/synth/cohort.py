@@ -32,6 +32,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from lumbarclip.data.manifest import write_manifest
+from lumbarclip.data.notes import read_notes
+from lumbarclip.data.splits import split_patients
 from lumbarclip.errors import InputError
 from lumbarclip.findings import (
     IMAGED_LEVELS,
@@ -204,21 +206,6 @@ def quantise(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image * STORED_PER_UNIT), 0, 4095).astype(np.uint16)
 
 
-def assign_splits(labels: list[int], fractions: tuple[float, float, float], seed: int) -> list[str]:
-    """Patient-disjoint split stratified by label; deterministic for a seed."""
-    rng = np.random.default_rng([seed, 1])
-    splits = [""] * len(labels)
-    cuts = np.cumsum(fractions)[:2]
-    for label in (0, 1):
-        members = [i for i, lab in enumerate(labels) if lab == label]
-        order = rng.permutation(members)
-        bounds = np.rint(cuts * len(order)).astype(int)
-        for name, part in zip(("train", "valid", "test"), np.split(order, bounds)):
-            for i in part:
-                splits[int(i)] = name
-    return splits
-
-
 @dataclass(frozen=True)
 class PatientSpec:
     """What to render for one patient and what to write about them."""
@@ -326,12 +313,13 @@ def make_cohort(
     labels = [0] * n
     for i in np.random.default_rng([config.seed, 0]).permutation(n)[:n_abnormal]:
         labels[int(i)] = 1
-    splits = assign_splits(labels, config.split, config.seed)
     width = max(4, len(str(n)))
+    ids = [f"{i:0{width}d}" for i in range(1, n + 1)]
+    split_of = split_patients(dict(zip(ids, labels, strict=True)), config.seed, config.split)
 
     def patients() -> Iterable[PatientSpec]:
-        for i, (label, split) in enumerate(zip(labels, splits), start=1):
-            pid = f"{i:0{width}d}"
+        for i, (pid, label) in enumerate(zip(ids, labels, strict=True), start=1):
+            split = split_of[pid]
             findings = sample_findings(
                 np.random.default_rng([config.seed, 2, i]), abnormal=bool(label)
             )
@@ -463,7 +451,6 @@ def make_twin(
     six images drawn from `twin_findings` (`render` mode), with the given label and split and
     the real note as the report. A patient's rows are joined; bad rows and patients are skipped and listed.
     The manifest's `findings` are the rendered ones; findings.jsonl adds the `parsed` ones."""
-    from lumbarclip.data.mendeley import read_notes  # pulls in scikit-learn: only twins need it
 
     CohortConfig(n_patients=1, seed=seed, size=size, fmt=fmt)  # validates the shared options
     if render not in TWIN_RENDER_MODES:
