@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "on valid), zero-shot with prompt ensembles, image<->report retrieval, baselines (majority, "
         "raw pixels, supervised from scratch), fine-tuning, label efficiency at 1/10/100% of "
         "training patients, patient-bootstrap 95% CIs. Writes OUT/metrics.json and OUT/report.html "
-        "(OUT defaults to RUN/eval-SPLIT) and prints a summary table.",
+        "(OUT defaults to RUN/eval-SPLIT) and prints a summary table. Also writes what "
+        "`lumbarclip predict` needs into the model folder: the probe's operating point with Platt "
+        "calibration and thresholds fitted on valid, preprocess.json and card.json.",
     )
     p.add_argument("--run", required=True, help="run folder (holding model/) or a model folder")
     p.add_argument("--data", required=True, help="manifest CSV with train, valid and the evaluated split")
@@ -48,6 +50,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--map", default="pca", choices=("pca", "tsne"), help="2-D embedding map method (default: pca)"
     )
     p.add_argument("--no-report", action="store_true", help="write metrics.json only")
+    p.add_argument(
+        "--report-bank",
+        action="store_true",
+        help="also store the training reports' texts and embeddings beside the model "
+        "(reportbank.safetensors/.jsonl) so predict can show the nearest reports; texts are stored "
+        "AS GIVEN and real reports can hold identifiers, hence opt-in",
+    )
+    p.add_argument(
+        "--no-model-folder",
+        action="store_true",
+        help="do not write the operating point (operating_point.json/.safetensors), preprocess.json "
+        "and card.json into the model folder (written by default; kept unless --overwrite)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace metrics.json/report.html in --out")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
@@ -72,6 +87,8 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         report=not args.no_report,
         embedding_map=args.map,
         progress=not args.no_progress,
+        model_folder=not args.no_model_folder,
+        report_bank=args.report_bank,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -25,7 +26,7 @@ from lumbarclip.evaluation.baselines import majority_proba, raw_pixel_features
 from lumbarclip.evaluation.integrity import integrity_checks, outcome_warnings
 from lumbarclip.evaluation.metrics import CI_METHOD
 from lumbarclip.evaluation.predictions import LEVELS, Predictions
-from lumbarclip.evaluation.probe import fit_probe, subsample_patients
+from lumbarclip.evaluation.probe import LinearProbe, fit_probe, subsample_patients
 from lumbarclip.evaluation.report import ReportInputs, write_report
 from lumbarclip.evaluation.retrieval import retrieval_metrics
 from lumbarclip.evaluation.supervised import SupervisedConfig, classifier_proba, train_classifier
@@ -58,6 +59,8 @@ class EvalOptions:
     report: bool = True
     embedding_map: str = "pca"
     progress: bool = True
+    model_folder: bool = True  # write the operating point, preprocess.json and card.json beside the model
+    report_bank: bool = False  # also store the training reports (texts as given: opt-in)
 
 
 @dataclass
@@ -100,8 +103,8 @@ class Downstream:
 
     def probe(
         self, features: Callable[[SplitData], np.ndarray], mask: np.ndarray | None = None
-    ) -> tuple[Predictions, float]:
-        """Linear probe on `features` of each split; returns (predictions, chosen C)."""
+    ) -> tuple[Predictions, LinearProbe]:
+        """Linear probe on `features` of each split; returns (predictions, the fitted probe)."""
         keep = np.ones(len(self.train.records), bool) if mask is None else mask
         fitted = fit_probe(
             features(self.train)[keep],
@@ -110,7 +113,7 @@ class Downstream:
             self.valid.labels,
             seed=self.opts.seed,
         )
-        return self._tuned(fitted.predict_proba, features), fitted.C
+        return self._tuned(fitted.predict_proba, features), fitted
 
     def supervised(
         self, tower: torch.nn.Module, config: SupervisedConfig, mask: np.ndarray | None = None
@@ -215,7 +218,7 @@ def evaluate_run(
     timer.lap("load_and_embed")
 
     preds: dict[str, Predictions] = {}
-    preds[MAIN], probe_c = run.probe(lambda s: s.embeddings)
+    preds[MAIN], probe = run.probe(lambda s: s.embeddings)
     with torch.no_grad():
         classes = class_embeddings(model, prompts).cpu()
     preds["zero_shot"] = test.predictions(zero_shot_abnormal_proba(model, test.embeddings, classes))
@@ -224,11 +227,23 @@ def evaluate_run(
     retrieval = retrieval_metrics(test.embeddings, test.patients, text_emb, np.array([p for p, _ in texts]))
     finding_zero_shot = _findings_level(model, test, texts, text_emb, retrieval, opts)
     timer.lap("probe_zero_shot_retrieval")
+    folder = None
+    if opts.model_folder:
+        from lumbarclip.inference.calibration import prepare_model_folder
+
+        folder = prepare_model_folder(
+            model, model_dir, probe.pipeline, run.train, run.valid, test, classes.numpy(),
+            preds[MAIN].thresholds, opts.report_bank,
+            {"fitted_on": "valid", "manifest": Path(manifest.path).name, "probe_C": probe.C},
+            opts.batch_size,
+        )  # fmt: skip
+        timer.lap("operating_point")
 
     baselines = {"majority": test.predictions(majority_proba(run.train.labels, len(test.records)))}
     pixels_c = None
     if opts.raw_pixels:
-        baselines["raw_pixels"], pixels_c = run.probe(lambda s: raw_pixel_features(s.images))
+        baselines["raw_pixels"], pixels_probe = run.probe(lambda s: raw_pixel_features(s.images))
+        pixels_c = pixels_probe.C
     timer.lap("simple_baselines")
     if opts.from_scratch:
         baselines["from_scratch"] = run.from_scratch()
@@ -257,6 +272,7 @@ def evaluate_run(
         "baselines": {name: p.metrics() for name, p in baselines.items()},
         "label_efficiency": efficiency,
         "integrity": integrity,
+        **(folder.metrics if folder else {}),
         **({"finetune": preds["finetune"].metrics()} if "finetune" in preds else {}),
         "meta": {
             "split": split,
@@ -264,7 +280,7 @@ def evaluate_run(
             "manifest": str(manifest.path),
             "model": str(model_dir),
             "vision": model.config.vision,
-            "probe_C": probe_c,
+            "probe_C": probe.C,
             "raw_pixels_C": pixels_c,
             "patient_rule": PATIENT_RULE,
             "zero_shot_rule": "argmax over class prompt ensembles (threshold 0.5, nothing tuned)",
@@ -301,6 +317,9 @@ def evaluate_run(
         )
         timer.lap("report")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    if folder:
+        for note in folder.write(metrics, asdict(model.config), overwrite):
+            print(f"WARNING: {note}", file=sys.stderr)
     return metrics
 
 

@@ -116,7 +116,7 @@ class OperatingPoint:
         doc = {
             "classifier": self.classifier,
             "bias": float(self.bias),
-            "calibration": {"method": "platt", **{k: float(v) for k, v in self.calibration.items()}},
+            "calibration": {"method": "platt", **{k: float(self.calibration[k]) for k in ("a", "b")}},
             "thresholds": {k: float(v) for k, v in self.thresholds.items()},
             "classes": list(CLASS_NAMES),
             "rule": "logit = unit image embedding . weights + bias; p_abnormal = sigmoid(a*logit + b); "
@@ -164,12 +164,13 @@ def probe_weights(pipeline: object) -> tuple[np.ndarray, float]:
 
 
 def fit_platt(logit: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
-    """Platt scaling: unpenalised 1-D logistic regression of the labels on the logit."""
+    """Platt scaling: unpenalised 1-D logistic regression of the labels on the logit; the
+    identity map (a=1, b=0) when the labels hold one class (nothing to fit)."""
     from sklearn.linear_model import LogisticRegression
 
     y_true = np.asarray(y_true, dtype=int)
     if len(np.unique(y_true)) < 2:
-        raise InputError("calibration needs normal and abnormal cases in the valid split")
+        return {"a": 1.0, "b": 0.0}
     lr = LogisticRegression(penalty=None, max_iter=1000).fit(np.asarray(logit, dtype=float).reshape(-1, 1), y_true)
     return {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
 
@@ -191,3 +192,103 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not valid JSON ({err})") from None
+
+
+def fit_operating_point(
+    pipeline: object,
+    valid_embeddings: np.ndarray,
+    valid_labels: np.ndarray,
+    valid_patients: np.ndarray,
+    class_embeddings: np.ndarray,
+    image_size: int,
+    meta: dict[str, object] | None = None,
+) -> OperatingPoint:
+    """The operating point of a fitted probe (StandardScaler + LogisticRegression pipeline):
+    its weights folded over the embedding, Platt scaling fitted on valid, and per-level
+    thresholds maximising balanced accuracy on valid's CALIBRATED probabilities (the patient
+    threshold on patient means, evaluation's patient rule)."""
+    from lumbarclip.evaluation.metrics import choose_threshold
+    from lumbarclip.evaluation.predictions import aggregate_patients
+
+    weights, bias = probe_weights(pipeline)
+    logit = np.asarray(valid_embeddings, dtype=np.float64) @ weights.astype(np.float64) + bias
+    calibration = fit_platt(logit, valid_labels)
+    op = OperatingPoint(
+        weights, bias, calibration, {}, class_embeddings, PreprocessSpec.of_model(image_size), meta=meta or {}
+    )
+    prob = op.calibrate(logit)
+    _, patient_labels, patient_prob = aggregate_patients(valid_patients, valid_labels, prob)
+    op.thresholds = {
+        "image": choose_threshold(valid_labels, prob),
+        "patient": choose_threshold(patient_labels, patient_prob),
+    }
+    return op
+
+
+HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "auroc", "f1_macro")
+
+
+def build_card(
+    config: dict[str, object], metrics: dict[str, object], op: OperatingPoint, report_bank: int | None = None
+) -> dict[str, object]:
+    """A model card in the spirit of MONAI bundle metadata: use, input spec, versions, the
+    operating point, and the headline metrics with their 95% CIs copied from metrics.json."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def _version(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    ci = metrics.get("ci95", {}) or {}
+    meta = metrics.get("meta", {}) or {}
+    headline = {
+        lv: {
+            m: {"value": metrics[lv].get(m), "ci95": ci.get(f"{lv}.{m}")}  # type: ignore[index,union-attr]
+            for m in HEADLINE_METRICS
+        }
+        for lv in ("image", "patient")
+    }
+    return {
+        "name": "LumbarCLIP image-only classifier",
+        "task": "normal vs abnormal (degenerative findings) on axial lumbar spine MRI",
+        "intended_use": "research on CLIP-style pre-training and its image-only diagnosis; "
+        "a second reader's aid to be checked against the images by a radiologist",
+        "not_intended_use": [
+            "clinical diagnosis or triage without a radiologist",
+            "sagittal, coronal or non-spine images, CT or radiographs",
+            "sequences other than T1/T2 (e.g. STIR, proton density)",
+            "populations or scanners unlike the training data without re-validation",
+        ],
+        "input": {
+            "modality": "MR",
+            "plane": "axial",
+            "sequences": ["T1", "T2"],
+            "levels": ["L3-L4", "L4-L5", "L5-S1"],
+            "formats": ["DICOM", "PNG (8/16-bit gray)", "NIfTI (middle axial slice)"],
+            "value_range": "any; each image is windowed to [0, 1] by its 0.5-99.5 percentiles",
+            "preprocess": asdict(op.preprocess),
+        },
+        "output": {
+            "p_abnormal": "calibrated probability (Platt scaling fitted on the valid split)",
+            "label": "abnormal when p_abnormal >= threshold (image, or the study's mean for the study)",
+            "thresholds": op.thresholds,
+        },
+        "model": {k: config.get(k) for k in ("vision", "head", "embed_dim", "image_size", "text")},
+        "evaluation": {
+            "split": meta.get("split"),
+            "n_images": metrics.get("image", {}).get("n"),  # type: ignore[union-attr]
+            "n_patients": metrics.get("patient", {}).get("n"),  # type: ignore[union-attr]
+            "classifier": metrics.get("classifier"),
+            "ci_method": meta.get("ci_method"),
+            "headline": headline,
+            "calibration": metrics.get("calibration"),
+            "report_bank": metrics.get("report_bank"),
+        },
+        "report_bank": {"reports": report_bank, "note": "texts stored as given (opt-in)"} if report_bank else None,
+        "versions": {
+            name: _version(name) for name in ("lumbarclip", "torch", "timm", "transformers", "scikit-learn", "onnxruntime")
+        },
+        "source": "arXiv 2509.20813 (LumbarCLIP)",
+    }

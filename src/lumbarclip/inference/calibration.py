@@ -1,0 +1,121 @@
+"""What `lumbarclip evaluate` adds to a model folder so it can diagnose by itself: the operating
+point (probe + Platt calibration + thresholds, all fitted on valid), the preprocessing spec,
+the model card and, when asked, the report bank; plus the figures that go into metrics.json
+(ECE before/after calibration on the evaluated split, the bank's top-1 label agreement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from lumbarclip.inference.operating_point import (
+    CARD_FILE,
+    OPERATING_POINT_ARRAYS,
+    OPERATING_POINT_FILE,
+    PREPROCESS_FILE,
+    OperatingPoint,
+    build_card,
+    fit_operating_point,
+    write_card,
+)
+from lumbarclip.inference.reportbank import BANK_ARRAYS, BANK_TEXTS, ReportBank, build_report_bank
+
+MODEL_FOLDER_FILES: tuple[str, ...] = (OPERATING_POINT_FILE, OPERATING_POINT_ARRAYS, PREPROCESS_FILE, CARD_FILE)
+
+
+class Split(Protocol):
+    """What is needed of one evaluation split (`evaluation.evaluate.SplitData`)."""
+
+    records: Sequence
+    embeddings: np.ndarray
+
+    @property
+    def labels(self) -> np.ndarray: ...
+
+    @property
+    def patients(self) -> np.ndarray: ...
+
+
+@dataclass
+class ModelFolderUpdate:
+    """The files to add to a model folder and the figures measured with them."""
+
+    model_dir: Path
+    operating_point: OperatingPoint
+    bank: ReportBank | None
+    metrics: dict[str, object] = field(default_factory=dict)
+
+    def write(self, metrics: dict[str, object], config: dict[str, object], overwrite: bool) -> list[str]:
+        """Write the operating point, preprocess.json, card.json (headline metrics from
+        `metrics`) and the bank; an existing operating point is kept unless `overwrite`.
+        Returns notes for the user (empty when everything was written)."""
+        present = [n for n in (*MODEL_FOLDER_FILES, BANK_ARRAYS, BANK_TEXTS) if (self.model_dir / n).exists()]
+        if present and not overwrite:
+            return [f"{self.model_dir / present[0]}: already exists; model folder kept as it was (pass --overwrite to replace)"]
+        self.operating_point.save(self.model_dir)
+        if self.bank is not None:
+            self.bank.save(self.model_dir)
+        else:
+            for name in (BANK_ARRAYS, BANK_TEXTS):  # a stale bank must not outlive a re-evaluation
+                (self.model_dir / name).unlink(missing_ok=True)
+        write_card(self.model_dir, build_card(config, metrics, self.operating_point, len(self.bank) if self.bank else None))
+        return []
+
+
+def prepare_model_folder(
+    model: object,
+    model_dir: Path,
+    probe_pipeline: object,
+    train: Split,
+    valid: Split,
+    test: Split,
+    class_embeddings: np.ndarray,
+    probe_thresholds: dict[str, float],
+    report_bank: bool,
+    meta: dict[str, object],
+    batch_size: int = 64,
+) -> ModelFolderUpdate:
+    """Fit the operating point on valid, measure calibration on `test` before (the probe's own
+    probability at the probe's thresholds) and after Platt scaling, and build the report bank
+    from the TRAINING reports when `report_bank`."""
+    from lumbarclip.evaluation.metrics import classification_metrics
+    from lumbarclip.evaluation.predictions import Predictions
+
+    op = fit_operating_point(
+        probe_pipeline, valid.embeddings, valid.labels, valid.patients, class_embeddings,
+        model.config.image_size, meta,  # type: ignore[attr-defined]
+    )  # fmt: skip
+    logit = op.logit(test.embeddings)
+    before = Predictions(test.labels, 1.0 / (1.0 + np.exp(-logit)), test.patients, dict(probe_thresholds))
+    after = Predictions(test.labels, op.calibrate(logit), test.patients, dict(op.thresholds))
+    keys = ("ece", "brier", "balanced_accuracy", "accuracy")
+    calibration: dict[str, object] = {
+        "method": "platt",
+        "fitted_on": "valid",
+        "a": op.calibration["a"],
+        "b": op.calibration["b"],
+        "thresholds": op.thresholds,
+    }
+    for name, pred in (("before", before), ("after", after)):
+        blocks = pred.metrics()
+        calibration[name] = {lv: {k: blocks[lv][k] for k in keys} for lv in ("image", "patient")}
+    figures: dict[str, object] = {"calibration": calibration}
+    bank = None
+    if report_bank:
+        texts = sorted({(r.patient_id, r.report): r.label for r in train.records}.items())
+        bank = build_report_bank(model, [t for (_, t), _ in texts], [lab for _, lab in texts], batch_size)
+        top1 = bank.top1_labels(test.embeddings).astype(float)
+        nearest = Predictions(test.labels, top1, test.patients, {"image": 0.5, "patient": 0.5}).metrics()
+        figures["report_bank"] = {
+            "reports": len(bank),
+            "source": "unique (patient, report) pairs of the train split",
+            "rule": "image: label of the most similar report; patient: mean of its images' top-1 labels >= 0.5",
+            "top1_label_agreement": {lv: {k: nearest[lv][k] for k in ("accuracy", "balanced_accuracy")} for lv in ("image", "patient")},
+            "probe": {lv: {k: after.metrics()[lv][k] for k in ("accuracy", "balanced_accuracy")} for lv in ("image", "patient")},
+        }
+    return ModelFolderUpdate(Path(model_dir), op, bank, figures)
