@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -18,6 +19,8 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from torchmetrics.functional.classification import binary_calibration_error
 
@@ -201,6 +204,26 @@ def test_probe_learns_separable_features_and_picks_c():
     assert balanced_accuracy_score(y[80:], probe.predict_proba(x[80:]) >= 0.5) > 0.8
     with pytest.raises(InputError):
         fit_probe(x[:10], np.ones(10, int), x[80:], y[80:])
+
+
+def test_probe_c_is_the_best_on_valid_and_weights_see_train_only():
+    # 40 noise features and few training cases: C matters; the choice is recomputed by hand
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 160)
+    x = rng.normal(size=(160, 40)) + y[:, None] * np.r_[0.8, np.zeros(39)]
+    xt, yt, xv, yv = x[:60], y[:60], x[60:], y[60:]
+    cs = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    scored = []
+    for c in cs:
+        model = make_pipeline(
+            StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=0)
+        ).fit(xt, yt)
+        prob = model.predict_proba(xv)[:, 1]
+        scored.append(((balanced_accuracy_score(yv, prob > 0.5), roc_auc_score(yv, prob), -c), c, prob))
+    _, best_c, best_prob = max(scored, key=lambda item: item[0])
+    probe = fit_probe(xt, yt, xv, yv, cs=cs)
+    assert probe.C == best_c
+    assert probe.predict_proba(xv) == pytest.approx(best_prob)  # fitted on train, not train+valid
 
 
 def test_subsample_patients_is_stratified_seeded_and_whole():

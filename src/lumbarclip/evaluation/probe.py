@@ -1,6 +1,7 @@
 """Linear probe: logistic regression on frozen features (image embeddings or raw pixels).
 
-C is chosen on the validation split by balanced accuracy; the classes are weighted by their
+C is chosen on the validation split by balanced accuracy (scikit-learn's grid search over the
+predefined train/valid split); the classes are weighted by their
 inverse frequency, so 85% abnormal does not turn the probe into the majority rule.
 """
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.model_selection import GridSearchCV, PredefinedSplit
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -37,26 +38,34 @@ def fit_probe(
     cs: tuple[float, ...] = DEFAULT_CS,
     seed: int = 0,
 ) -> LinearProbe:
-    """Fit one probe per C on train and keep the best on valid (balanced accuracy at 0.5, then
-    AUROC, then the smaller C on ties)."""
+    """Choose C with `GridSearchCV` over one predefined train/valid split (fit on train, scored
+    on valid: balanced accuracy at 0.5, then AUROC, then the smaller C on ties) and return the
+    probe fitted on train alone: valid stays unseen by the weights, since thresholds and
+    calibration are fitted on it afterwards."""
     if len(np.unique(y_train)) < 2:
         raise InputError("the training split needs normal and abnormal cases for a linear probe")
-    two_classes = len(np.unique(y_valid)) == 2
-    scored = []
-    for c in cs:
-        pipeline = make_pipeline(
+    cs = tuple(sorted(cs))
+
+    def pipeline(c: float = 1.0) -> Pipeline:
+        return make_pipeline(
             StandardScaler(),
             LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed),
-        ).fit(x_train, y_train)
-        probe = LinearProbe(pipeline, c)
-        prob = probe.predict_proba(x_valid)
-        key = (
-            balanced_accuracy_score(y_valid, prob >= 0.5),
-            roc_auc_score(y_valid, prob) if two_classes else 0.0,
-            -c,
         )
-        scored.append((key, probe))
-    return max(scored, key=lambda item: item[0])[1]
+
+    scoring = {"balanced_accuracy": "balanced_accuracy"}
+    if len(np.unique(y_valid)) == 2:
+        scoring["roc_auc"] = "roc_auc"
+    search = GridSearchCV(
+        pipeline(),
+        {"logisticregression__C": list(cs)},
+        scoring=scoring,
+        cv=PredefinedSplit(np.r_[np.full(len(y_train), -1), np.zeros(len(y_valid), dtype=int)]),
+        refit=False,
+    ).fit(np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]))
+    results = search.cv_results_
+    auroc = results.get("mean_test_roc_auc", np.zeros(len(cs)))
+    best = max(range(len(cs)), key=lambda i: (results["mean_test_balanced_accuracy"][i], auroc[i], -cs[i]))
+    return LinearProbe(pipeline(cs[best]).fit(x_train, y_train), cs[best])
 
 
 def subsample_patients(
