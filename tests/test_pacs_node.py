@@ -14,7 +14,6 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
 from lumbarclip.pacs.node import (
     STATUS_MALFORMED,
-    STATUS_NOT_MR,
     Destination,
     NodeConfig,
     PacsNode,
@@ -43,7 +42,8 @@ class Recorder:
         self.fail_study = fail_study
         self.lock = threading.Lock()
 
-    def __call__(self, files: list[Path]) -> list:
+    def __call__(self, folder: Path) -> list:
+        files = sorted(folder.glob("*.dcm"))
         uids = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
         sops = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
         with self.lock:
@@ -93,7 +93,7 @@ def test_echo_and_interleaved_studies_kept_apart(tmp_path, studies):
     assert not list((tmp_path / "work" / "incoming").iterdir())  # cleaned after success
 
 
-def test_non_mr_and_malformed_refused_node_keeps_running(tmp_path, studies):
+def test_non_mr_skipped_malformed_refused_node_keeps_running(tmp_path, studies):
     rec = Recorder()
     node = start_node(tmp_path, rec)
     (uid, files), _ = studies.items()
@@ -103,7 +103,7 @@ def test_non_mr_and_malformed_refused_node_keeps_running(tmp_path, studies):
         ct.Modality, ct.SOPClassUID = "CT", CTImageStorage
         ct.SOPInstanceUID = pydicom.uid.generate_uid()
         ct.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        assert assoc.send_c_store(ct).Status == STATUS_NOT_MR
+        assert assoc.send_c_store(ct).Status == 0  # acknowledged, not stored: skipped
         broken = pydicom.dcmread(files[1])
         del broken.StudyInstanceUID
         assert assoc.send_c_store(broken).Status == STATUS_MALFORMED
@@ -116,7 +116,7 @@ def test_non_mr_and_malformed_refused_node_keeps_running(tmp_path, studies):
         assert node.wait_idle(30, n_records=1)
     finally:
         node.stop()
-    assert node.refused == {"not_mr": 1, "malformed": 2}
+    assert node.skipped == {"not_mr": 1, "malformed": 2}
     assert len(rec.calls) == 1 and rec.calls[0]["studies"] == {uid}
     assert len(rec.calls[0]["sops"]) == len(files)
 

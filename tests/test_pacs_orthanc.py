@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import highdicom as hd
@@ -22,13 +23,15 @@ from lumbarclip.synth.cohort import CohortConfig, make_cohort
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> dict[str, list[Path]]:
-    """Two synthetic patients as DICOM: {StudyInstanceUID: files}."""
+    """Two synthetic patients as DICOM, one folder per study: {StudyInstanceUID: files}."""
     out = tmp_path_factory.mktemp("cohort")
     make_cohort(out, CohortConfig(n_patients=2, size=64, fmt="dicom"), progress=False)
     by_study: dict[str, list[Path]] = {}
     for f in sorted((out / "images").glob("*.dcm")):
         uid = str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID)
-        by_study.setdefault(uid, []).append(f)
+        folder = out / "studies" / f"study{len(by_study) + (uid not in by_study)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        by_study.setdefault(uid, []).append(Path(shutil.copy(f, folder)))
     return by_study
 
 
@@ -49,7 +52,8 @@ def stored_reports(orthanc, orthanc_study: str) -> list[pydicom.Dataset]:  # noq
 def test_orthanc_to_node_and_back(orthanc, cohort, tmp_path):  # noqa: F811
     """The wiring alone (stand-in diagnosis): Orthanc C-STOREs to the node, the SR returns."""
 
-    def process(files):
+    def process(folder):
+        files = sorted(folder.glob("*.dcm"))
         sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
         study = {"label": 1, "p_abnormal": len(files) / 100, "threshold": 0.5}
         return [build_report(sources, study, [{}] * len(sources), sources, ModelInfo("stand-in", "0"))]
@@ -83,7 +87,8 @@ def predictor(model_dir):
 
 
 def expected(predictor, files: list[Path]) -> dict:
-    (study,) = predictor.predict([str(f) for f in files]).studies
+    """What `lumbarclip predict STUDY_FOLDER` says about the study."""
+    (study,) = predictor.predict([files[0].parent]).studies
     return study
 
 

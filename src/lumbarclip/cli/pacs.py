@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     listen = cmds.add_parser(
         "listen",
         help="DICOM node: receive studies, analyse, C-STORE the SR to --dest",
-        description="Receive MR studies by C-STORE (C-ECHO answered); non-MR or malformed "
-        "instances are refused and logged. Each complete study is analysed in turn; a failing "
+        description="Receive MR studies by C-STORE (C-ECHO answered); malformed instances "
+        "are refused, non-MR ones acknowledged and skipped, both logged. Each complete study is analysed in turn; a failing "
         "study is logged and kept under WORK/failed/, the node goes on. Stop with Ctrl-C (pending "
         "studies are finished first).",
     )
@@ -85,7 +85,7 @@ def _setup(args: argparse.Namespace):
     logging.getLogger("lumbarclip.pacs").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its debug log dumps headers
     salt = args.salt or os.environ.get(SALT_ENV) or secrets.token_hex(16)
-    return StudyAnalyser.load(args.model, runtime=args.runtime, overlays=args.overlays), salt
+    return StudyAnalyser.load(args.model, runtime=args.runtime, salt=salt, overlays=args.overlays), salt
 
 
 def run_listen(args: argparse.Namespace) -> int:

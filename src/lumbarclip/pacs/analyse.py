@@ -5,7 +5,6 @@ Secondary Capture overlays. The same analyser serves the listening node and the 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from lumbarclip.pacs.sr import ModelInfo, build_overlays, build_report
 
 
 class StudyAnalyser:
-    """Callable `(files of one study) -> [SR, *overlays]` around a loaded Predictor."""
+    """Callable `(folder of one study's instances) -> [SR, *overlays]` around a loaded Predictor."""
 
     def __init__(self, predictor: Any, overlays: bool = False, top_k: int = 3) -> None:
         self.predictor = predictor
@@ -26,29 +25,31 @@ class StudyAnalyser:
         self.model = ModelInfo.from_card(getattr(predictor, "card", None) or {})
 
     @classmethod
-    def load(cls, model_dir: str | Path, runtime: str = "torch", **kwargs: Any) -> StudyAnalyser:
+    def load(
+        cls, model_dir: str | Path, runtime: str = "torch", salt: str | None = None, **kwargs: Any
+    ) -> StudyAnalyser:
         """Load the model once; the analyser is then reused for every study."""
         from lumbarclip.inference.predict import Predictor
 
-        return cls(Predictor.load(model_dir, runtime=runtime), **kwargs)
+        return cls(Predictor.load(model_dir, runtime=runtime, salt=salt), **kwargs)
 
-    def __call__(self, files: Sequence[str | Path]) -> list[Dataset]:
-        return self.analyse(files)
+    def __call__(self, folder: Path) -> list[Dataset]:
+        return self.analyse(folder)
 
-    def analyse(self, files: Sequence[str | Path]) -> list[Dataset]:
-        """Diagnose one study. InputError when the files span several studies or when no
-        image of the study could be diagnosed (the reasons Predictor gave are named)."""
-        paths = [Path(f) for f in files]
+    def analyse(self, folder: str | Path) -> list[Dataset]:
+        """Diagnose the study whose instances are the `*.dcm` files in `folder`: Predictor
+        picks the series and slices as for any study folder. InputError when the files span
+        several studies or when no image could be diagnosed (Predictor's reasons named)."""
+        folder = Path(folder)
+        paths = sorted(folder.glob("*.dcm"))
         if not paths:
-            raise InputError("a study with no instances")
+            raise InputError(f"{folder}: a study with no instances")
         headers = {str(p): pydicom.dcmread(p, stop_before_pixels=True) for p in paths}
         if len({str(ds.StudyInstanceUID) for ds in headers.values()}) != 1:
-            raise InputError(f"{len(paths)} files belong to more than one study")
+            raise InputError(f"{folder}: {len(paths)} files belong to more than one study")
         with tempfile.TemporaryDirectory(prefix="lumbarclip-saliency-") as tmp:
             result = self.predictor.predict(
-                [str(p) for p in paths],
-                top_k=self.top_k,
-                saliency_dir=Path(tmp) if self.overlays else None,
+                [folder], top_k=self.top_k, saliency_dir=Path(tmp) if self.overlays else None
             )
             if len(result.studies) != 1:
                 reasons = sorted({str(s.get("reason", "?")) for s in result.skipped})

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 
 from lumbarclip.data.privacy import pseudonymise
 from lumbarclip.errors import InputError
-from lumbarclip.pacs.node import ACCEPTED_MODALITIES, STATUS_OK, check_instance
+from lumbarclip.pacs.node import ACCEPTED_MODALITIES, check_instance
 from lumbarclip.pacs.sr import read_report
 
 log = logging.getLogger("lumbarclip.pacs")
@@ -34,7 +34,7 @@ def make_client(url: str, username: str | None = None, password: str | None = No
 def pull_study(
     client: Any,
     study_uid: str,
-    analyse: Callable[[list[Path]], Sequence[Dataset]],
+    analyse: Callable[[Path], Sequence[Dataset]],
     salt: str,
     stow: bool = True,
 ) -> dict[str, Any]:
@@ -49,14 +49,14 @@ def pull_study(
         files, skipped = [], 0
         for s in mr:
             for ds in client.retrieve_series(study_uid, str(s.SeriesInstanceUID)):
-                if check_instance(ds) != STATUS_OK:
+                if check_instance(ds) != "ok":
                     skipped += 1
                     continue
                 path = Path(tmp) / f"{ds.SOPInstanceUID}.dcm"
                 ds.save_as(path, enforce_file_format=True)
                 files.append(path)
         log.info("study %s: %d instances retrieved, %d skipped", tag, len(files), skipped)
-        results = list(analyse(files))
+        results = list(analyse(Path(tmp)))
     if stow:
         client.store_instances(results)
         log.info("study %s: %d result instances stored", tag, len(results))

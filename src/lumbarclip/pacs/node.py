@@ -31,14 +31,15 @@ from lumbarclip.errors import InputError
 
 log = logging.getLogger("lumbarclip.pacs")
 
-#: C-STORE statuses: success; refused because the data set is not an MR image; cannot
-#: understand (no study/instance UID, undecodable).
-STATUS_OK, STATUS_NOT_MR, STATUS_MALFORMED = 0x0000, 0xA900, 0xC000
+#: C-STORE statuses: success; cannot understand (no study/instance UID, no pixels, undecodable).
+#: A well-formed non-MR instance (a CT, or the SR we wrote, when a PACS re-sends a whole study)
+#: is acknowledged but skipped: refusing it would fail the sender's whole transfer job.
+STATUS_OK, STATUS_MALFORMED = 0x0000, 0xC000
 #: Modalities the node analyses.
 ACCEPTED_MODALITIES = ("MR",)
 
-#: Turns a complete study (its instance files) into the result datasets to send back.
-Processor = Callable[[list[Path]], Sequence[Dataset]]
+#: Turns a complete study (a folder holding its instances) into the result datasets to send back.
+Processor = Callable[[Path], Sequence[Dataset]]
 
 
 @dataclass(frozen=True)
@@ -144,18 +145,18 @@ class StudyAssembler:
             return len(self._pending)
 
 
-def check_instance(ds: Dataset) -> int:
-    """C-STORE status for an incoming data set: OK, not MR, or malformed."""
+def check_instance(ds: Dataset) -> str:
+    """What to do with an incoming data set: "ok", "not_mr" (skip) or "malformed" (refuse)."""
     try:
         if not ds.get("StudyInstanceUID") or not ds.get("SOPInstanceUID"):
-            return STATUS_MALFORMED
+            return "malformed"
         if str(ds.get("Modality", "")).upper() not in ACCEPTED_MODALITIES:
-            return STATUS_NOT_MR
+            return "not_mr"
         if "PixelData" not in ds:
-            return STATUS_MALFORMED
+            return "malformed"
     except Exception:  # undecodable elements surface on first access
-        return STATUS_MALFORMED
-    return STATUS_OK
+        return "malformed"
+    return "ok"
 
 
 def send_datasets(datasets: Sequence[Dataset], dest: Destination, ae_title: str) -> list[str]:
@@ -198,7 +199,7 @@ class PacsNode:
         self.deliver = deliver
         self.assembler = StudyAssembler(config.work_dir, config.salt)
         self.records: list[StudyRecord] = []
-        self.refused: dict[str, int] = {"not_mr": 0, "malformed": 0}
+        self.skipped: dict[str, int] = {"not_mr": 0, "malformed": 0}
         self._busy = False
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -214,22 +215,22 @@ class PacsNode:
             ds = event.dataset
             ds.file_meta = event.file_meta
         except Exception as err:  # a data set that does not decode
-            self.refused["malformed"] += 1
+            self.skipped["malformed"] += 1
             log.warning("refused an undecodable instance (%s)", type(err).__name__)
             return STATUS_MALFORMED
-        status = check_instance(ds)
-        if status == STATUS_NOT_MR:
-            self.refused["not_mr"] += 1
-            log.warning("refused a non-MR instance (modality %s)", str(ds.get("Modality", "?"))[:8])
-            return status
-        if status != STATUS_OK:
-            self.refused["malformed"] += 1
+        verdict = check_instance(ds)
+        if verdict == "not_mr":
+            self.skipped["not_mr"] += 1
+            log.warning("skipped a non-MR instance (modality %s)", str(ds.get("Modality", "?"))[:8])
+            return STATUS_OK
+        if verdict != "ok":
+            self.skipped["malformed"] += 1
             log.warning("refused a malformed instance (no study/instance UID or no pixels)")
-            return status
+            return STATUS_MALFORMED
         try:
             tag = self.assembler.add(ds)
         except Exception as err:
-            self.refused["malformed"] += 1
+            self.skipped["malformed"] += 1
             log.warning("could not store an instance (%s)", type(err).__name__)
             return STATUS_MALFORMED
         log.debug("received an instance of study %s", tag)
@@ -306,9 +307,8 @@ class PacsNode:
         self._busy = True
         record = StudyRecord(tag, pending.count, pending.last)
         try:
-            files = sorted(pending.folder.glob("*.dcm"))
-            log.info("study %s complete: %d instances", tag, len(files))
-            results = list(self.process(files))
+            log.info("study %s complete: %d instances", tag, pending.count)
+            results = list(self.process(pending.folder))
             record.sent = self.deliver(results)
             record.ok = True
             shutil.rmtree(pending.folder, ignore_errors=True)
@@ -318,7 +318,9 @@ class PacsNode:
             kept = self.config.work_dir / "failed" / pending.folder.name
             kept.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(pending.folder), kept)
-            log.error("study %s failed (%s); its files are kept in %s", tag, type(err).__name__, kept)
+            # our own InputErrors name no header value; other messages might, so only their type
+            reason = str(err) if isinstance(err, InputError) else type(err).__name__
+            log.error("study %s failed (%s); its files are kept in %s", tag, reason, kept)
         finally:
             record.finished = time.monotonic()
             self.records.append(record)
