@@ -45,3 +45,22 @@ def test_findings_match_both_directions():
     assert out["i2t"]["map"] == 1.0 and out["i2t"]["r@1"] == 1.0
     assert out["t2i"]["map"] == 1.0 and out["t2i"]["n_queries"] == 3
     assert out["threshold"] == 0.5
+
+
+def test_report_sections_show_findings_match_and_per_finding_auroc():
+    from lumbarclip.evaluation.report import _finding_zero_shot_html, _retrieval_html
+    from lumbarclip.evaluation.retrieval import retrieval_metrics
+
+    img = np.eye(3)[[0, 1, 2, 2]]
+    sets = [frozenset({"x"}), frozenset({"y"}), frozenset()]
+    retrieval = retrieval_metrics(img, np.array(["a", "b", "c", "c"]), np.eye(3), np.array(["a", "b", "c"]))
+    retrieval["findings_match"] = findings_match_metrics(img, [sets[0], sets[1], sets[2], sets[2]], np.eye(3), sets)
+    page = _retrieval_html(retrieval)
+    assert "Findings match" in page and "mAP" in page and "Jaccard of the level:kind sets &gt;= 0.5" in page
+    fz = {
+        "per_kind": {"bulge": {"auroc": 0.912, "ci95": [0.85, 0.96], "positives": 30, "negatives": 70}},
+        "macro_auroc": 0.912, "macro_kinds": ["bulge"], "min_positives": 20, "rule": "r",
+    }
+    page = _finding_zero_shot_html(fz)
+    assert "0.912" in page and "0.850-0.960" in page and ">30<" in page
+    assert "Not computed" in _finding_zero_shot_html({})

@@ -398,7 +398,7 @@ def _findings_match_html(match: Mapping[str, object] | None) -> str:
         rows += [[text, f"R@{k}", block[f"r@{k}"], block[f"chance_r@{k}"]] for k in ks]
     note = (
         f"<p class='meta'>A hit is a report (image) whose patient's findings match the query's: "
-        f"Jaccard of the level:kind sets >= {match['threshold']} (two normal studies match). "
+        f"Jaccard of the level:kind sets &gt;= {match['threshold']} (two normal studies match). "
         f"Queries without any matching item: i2t {match['i2t']['n_queries_without_match']}, "
         f"t2i {match['t2i']['n_queries_without_match']} (left out).</p>"
     )
@@ -415,7 +415,7 @@ def _finding_zero_shot_html(fz: Mapping[str, object]) -> str:
     note = (
         f"<p class='meta'>Image level, each image scored against the prompts of its own disc level; "
         f"macro AUROC {_fmt(fz.get('macro_auroc'))} over the {len(fz.get('macro_kinds', []))} kinds "  # type: ignore[arg-type]
-        f"with >= {fz.get('min_positives')} positive images. {html.escape(str(fz.get('rule', '')))}.</p>"
+        f"with &gt;= {fz.get('min_positives')} positive images. {html.escape(str(fz.get('rule', '')))}.</p>"
     )
     return _table(["finding", "AUROC", "95% CI", "positives", "negatives"], rows) + note
 
