@@ -80,6 +80,7 @@ def create_app(
         from lumbarclip.inference.predict import Predictor
 
         predictor = Predictor.load(model_dir, runtime=runtime)
+        predictor.findings()  # built now (text prompts embedded once), not on the first request
     max_bytes = int(max_upload_mb * 2**20)
     limits = UploadLimits(max_upload_bytes=max_bytes, max_unzipped_bytes=10 * max_bytes)
     model_lock = threading.Lock()

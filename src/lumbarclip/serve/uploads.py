@@ -1,10 +1,13 @@
 """Uploaded files to a temporary folder the predictor reads: type checks and a guarded unzip.
 
-Every upload is named by what the client sent (display name) but stored under a name this
-module makes (`00003.dcm`), so nothing a client writes in a file or zip entry name becomes a
-path: no traversal, no overwrite, no clash. Zips are refused when they are encrypted, hold
-links, or would expand past `UploadLimits.max_unzipped_bytes` (counted while decompressing,
-not trusted from the header) or `max_zip_entries` entries.
+Every upload keeps the name the client sent for display, and is stored under a safe name made
+from it (`safe_name`: letters, digits, `_` and `-` only, the suffix chosen by this module,
+numbered on a clash), so a name still tells the predictor what it can (the public dataset's
+`T1_0002_D3.png`) but can never become a path elsewhere: no traversal, no overwrite. A zip's
+folders are kept the same way, one sanitised component at a time (studies in separate folders
+stay apart). Zips are refused when they are encrypted, hold links, or would expand past
+`UploadLimits.max_unzipped_bytes` (counted while decompressing, not trusted from the header) or
+`max_zip_entries` entries.
 """
 
 from __future__ import annotations
@@ -79,6 +82,28 @@ def kind_of(name: str, head: bytes) -> str:
     raise UploadError(415, f"{name}: unsupported type ({suffix}); send {ACCEPTED}")
 
 
+def safe_name(name: str, kind: str, folder: Path) -> Path:
+    """A new file path in `folder` named after the client's `name` (last component only,
+    characters outside [A-Za-z0-9_-] replaced, suffix from `kind`), numbered if taken."""
+    base = PurePosixPath(name.replace("\\", "/")).name
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", base.split(".")[0])[:80].strip("_-") or "upload"
+    suffix = _suffix(name, kind)
+    path, n = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}{suffix}"
+    return path
+
+
+def _safe_folder(root: Path, entry_name: str, max_depth: int = 8) -> Path:
+    """`root` plus the zip entry's folders, each component sanitised; '.', '..' and empty dropped."""
+    parts = [re.sub(r"[^A-Za-z0-9_-]", "_", p)[:60] for p in PurePosixPath(entry_name.replace("\\", "/")).parts[:-1]]
+    parts = [p for p in parts if p.strip("_")][:max_depth]
+    folder = root.joinpath(*parts)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def _suffix(name: str, kind: str) -> str:
     lower = name.lower()
     if kind == "nifti":
@@ -106,7 +131,8 @@ def save_uploads(files: list[tuple[str, bytes]], folder: Path, limits: UploadLim
             saved.inputs.append(target)
             saved.names[str(target)] = name
         else:
-            path = folder / f"{i:05d}{_suffix(name, kind)}"
+            (folder / "files").mkdir(exist_ok=True)
+            path = safe_name(name, kind, folder / "files")
             path.write_bytes(data)
             saved.inputs.append(path)
             saved.names[str(path)] = name
@@ -158,7 +184,7 @@ def _extract(
             if kind == "zip":
                 saved.skipped.append({"input": shown, "reason": "a zip inside the zip is not opened"})
                 continue
-            path = target / f"{j:05d}{_suffix(entry.filename, kind)}"
+            path = safe_name(entry.filename, kind, _safe_folder(target, entry.filename))
             with path.open("wb") as out:
                 chunk = head
                 while chunk:

@@ -45,7 +45,7 @@ function renderStudies(studies) {
   box.replaceChildren();
   for (const s of studies) {
     const abn = isAbnormal(s.label);
-    const sel = s.selection == null ? "" : typeof s.selection === "string" ? s.selection : JSON.stringify(s.selection);
+    const sel = Array.isArray(s.selection) ? s.selection.join("\n") : s.selection ? String(s.selection) : "";
     box.append(
       el("article", { class: "verdict " + (abn ? "abnormal" : "normal"), "data-testid": "study-verdict",
                       "aria-label": `Study ${s.study}: ${labelName(s.label)}` },
