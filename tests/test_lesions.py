@@ -1,5 +1,5 @@
-"""Lesion boxes of the phantom: inside the image, where the geometry puts the finding, covering
-every pixel the findings visibly change, and written per image into the cohort's findings.jsonl."""
+"""Lesions of the phantom: boxes inside the image where the geometry puts the finding, a mask
+of every pixel the findings visibly change, written per image into the cohort's findings.jsonl."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from lumbarclip.findings import LevelFindings
 from lumbarclip.synth import Anatomy, CohortConfig, Nuisance, make_cohort, render_slice
-from lumbarclip.synth.phantom import landmarks, lesion_boxes, pixel_of
+from lumbarclip.synth.phantom import Lesions, find_lesions, landmarks, pixel_of
 
 SIZE = 128
 ADULT = Anatomy()
@@ -22,7 +22,7 @@ TILTED = Nuisance(rotation_deg=8.0, shift_mm=(6.0, -5.0), scale=1.04)
 
 
 def boxes_of(lf: LevelFindings, sequence: str = "T2", nuisance: Nuisance = CLEAN) -> list[dict]:
-    return lesion_boxes(lf, sequence, SIZE, ADULT, nuisance)
+    return find_lesions(lf, sequence, SIZE, ADULT, nuisance).boxes
 
 
 def inside(point: tuple[float, float], box: list[int], margin: float = 0.5) -> bool:
@@ -57,9 +57,10 @@ def test_protrusion_box_is_on_the_lesion_side_at_the_herniation(side, sign, nuis
     assert any(inside(pixel_of(apex, ADULT, nuisance, SIZE), b["box"], margin=1.5) for b in boxes)
 
 
-def test_boxes_cover_every_visibly_changed_pixel():
+def test_mask_and_boxes_cover_every_visibly_changed_pixel():
     """Independent check through render_slice (textured, full image): every pixel a severe
-    multi-finding level changes by >= 0.2 lies in some box."""
+    multi-finding level changes by >= 0.2 is in the mask and in some box; the mask stays near
+    the changed pixels (the boxes span far more)."""
     lf = LevelFindings(
         "L5-S1", disc="extrusion", location="paracentral", side="right", severity="severe",
         thecal_sac="compressed", root_compression="right", canal_narrowing="moderate",
@@ -70,10 +71,19 @@ def test_boxes_cover_every_visibly_changed_pixel():
         healthy = render_slice(LevelFindings("L5-S1"), "T2", SIZE, np.random.default_rng(1), ADULT, nuisance)
         rows, cols = np.nonzero(np.abs(sick - healthy) >= 0.2)
         assert len(rows) > 50
-        boxes = [b["box"] for b in boxes_of(lf, nuisance=nuisance)]
+        found = find_lesions(lf, "T2", SIZE, ADULT, nuisance)
+        boxes = [b["box"] for b in found.boxes]
         covered = [any(inside((r, c), b) for b in boxes) for r, c in zip(rows, cols)]
         assert all(covered), f"{len(covered) - sum(covered)} changed pixels outside every box"
-        kinds = {b["kind"] for b in boxes_of(lf, nuisance=nuisance)}
+        assert found.mask[rows, cols].all()
+        assert found.mask.sum() < 2 * np.count_nonzero(np.abs(sick - healthy) >= 0.1)
+        in_a_box = np.zeros_like(found.mask)
+        for x0, y0, x1, y1 in boxes:
+            in_a_box[y0 : y1 + 1, x0 : x1 + 1] = True
+        assert in_a_box[found.mask].all() and in_a_box.sum() > 1.5 * found.mask.sum()
+        runs = found.to_dict()["runs"]
+        assert np.array_equal(Lesions.mask_from_runs(runs, (SIZE, SIZE)), found.mask)
+        kinds = {b["kind"] for b in found.boxes}
         assert {"extrusion", "canal_narrowing", "desiccation", "facet_hypertrophy"} <= kinds
 
 
@@ -95,7 +105,9 @@ def test_cohort_writes_boxes_for_images_with_a_visible_lesion(tmp_path):
         lesions = patient["lesions"]
         if not patient["label"]:
             assert lesions == {}
-        for image, boxes in lesions.items():
+        for image, found in lesions.items():
+            boxes, mask = found["boxes"], Lesions.mask_from_runs(found["runs"], (48, 48))
+            assert mask.any()
             assert image.startswith("images/") and image.removeprefix("images/") in images
             assert image.split("_")[1] == patient["patient_id"]
             level = {"D3": "L3-L4", "D4": "L4-L5", "D5": "L5-S1"}[image.rsplit("_", 1)[1][:2]]

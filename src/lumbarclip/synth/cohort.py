@@ -11,8 +11,9 @@ the public dataset), `manifest.csv` (the manifest contract; `findings` holds the
 `Findings.to_dict()` on every row - the image's own level is `findings["levels"][level]`, absent
 when that disc is normal), and `findings.jsonl` (one patient a line: patient_id, split, label,
 findings, report, and `lesions`: for each image with a visible finding, its image_path ->
-`[{"kind", "box": [x0, y0, x1, y1]}]` in inclusive pixel columns/rows of the saved image, see
-`phantom.lesion_boxes`). Same arguments, same bytes.
+`{"boxes": [{"kind", "box": [x0, y0, x1, y1]}], "runs": [[row, x0, x1], ...]}`, boxes and the
+mask of changed pixels in inclusive pixel columns/rows of the saved image, see
+`phantom.find_lesions`). Same arguments, same bytes.
 
 A twin (`make_twin`) renders the same layout from real notes: labels, splits and reports from
 the notes file, images from the findings the report parser reads in each note.
@@ -261,20 +262,20 @@ def write_cohort(
             )
             anatomy = Anatomy.sample(anatomy_rng)
             findings_json = spec.findings.to_json()
-            lesions: dict[str, list[dict[str, object]]] = {}
+            lesions: dict[str, dict[str, object]] = {}
             for (level, sequence), rng in zip(
                 ((lvl, seq) for lvl in IMAGED_LEVELS for seq in SEQUENCES), image_rngs
             ):
                 nuisance = Nuisance.sample(rng)
-                image, boxes = render_slice_with_lesions(
+                image, found = render_slice_with_lesions(
                     spec.findings.level(level), sequence, size, rng, anatomy, nuisance
                 )
                 pixels = quantise(image)
                 name = image_name(sequence, spec.patient_id, level, fmt)
                 spacing = pixel_spacing_mm(anatomy, nuisance, size)
                 save(out / "images" / name, pixels, spec, sequence, level, spacing, seed)
-                if boxes:
-                    lesions[f"images/{name}"] = boxes
+                if found.boxes:
+                    lesions[f"images/{name}"] = found.to_dict()
                 rows.append(
                     {
                         "image_path": f"images/{name}",

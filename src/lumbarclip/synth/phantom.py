@@ -407,8 +407,8 @@ def render_slice_with_lesions(
     rng: np.random.Generator,
     anatomy: Anatomy | None = None,
     nuisance: Nuisance | None = None,
-) -> tuple[np.ndarray, list[dict[str, object]]]:
-    """`render_slice`'s image (the same pixels) and its `lesion_boxes`, drawn with its texture."""
+) -> tuple[np.ndarray, Lesions]:
+    """`render_slice`'s image (the same pixels) and its `find_lesions`, drawn with its texture."""
     return _render(level, sequence, size, rng, anatomy, nuisance, with_lesions=True)
 
 
@@ -420,7 +420,7 @@ def _render(
     anatomy: Anatomy | None,
     nuisance: Nuisance | None,
     with_lesions: bool,
-) -> tuple[np.ndarray, list[dict[str, object]]]:
+) -> tuple[np.ndarray, Lesions]:
     if sequence not in SEQUENCES:
         raise ValueError(f"sequence must be one of {', '.join(SEQUENCES)}; got {sequence!r}")
     if size < 16:
@@ -431,8 +431,8 @@ def _render(
     fine = _smooth_noise(rng, size, max(0.6, 1.2 / canvas.px))
     coarse = _smooth_noise(rng, size, max(1.5, 6.0 / canvas.px))
     _draw(canvas, level, sequence, anatomy, nuisance.tilt, fine, coarse)
-    boxes = lesion_boxes(level, sequence, size, anatomy, nuisance, (fine, coarse)) if with_lesions else []
-    return _acquire(canvas.img, nuisance, rng), boxes
+    found = find_lesions(level, sequence, size, anatomy, nuisance, (fine, coarse)) if with_lesions else None
+    return _acquire(canvas.img, nuisance, rng), found
 
 
 def _draw(
@@ -480,17 +480,43 @@ _LESION_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def lesion_boxes(
+@dataclass(frozen=True)
+class Lesions:
+    """Where an image's findings show: `boxes` `[{"kind", "box": [x0, y0, x1, y1]}]` (inclusive
+    pixel columns and rows, one per connected region of a kind) and `mask` [H, W] bool, every
+    pixel they visibly change - tighter than the boxes, which span a bulge's whole ring."""
+
+    boxes: list[dict[str, object]]
+    mask: np.ndarray
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready: the boxes and the mask as runs `[row, x0, x1]` (inclusive columns)."""
+        runs = []
+        for row in np.flatnonzero(self.mask.any(axis=1)):
+            padded = np.concatenate(([0], self.mask[row].astype(np.int8), [0]))
+            edges = np.flatnonzero(np.diff(padded))
+            runs += [[int(row), int(a), int(b) - 1] for a, b in zip(edges[::2], edges[1::2])]
+        return {"boxes": self.boxes, "runs": runs}
+
+    @staticmethod
+    def mask_from_runs(runs: list[list[int]], shape: tuple[int, int]) -> np.ndarray:
+        """Inverse of the runs in `to_dict`."""
+        mask = np.zeros(shape, dtype=bool)
+        for row, x0, x1 in runs:
+            mask[row, x0 : x1 + 1] = True
+        return mask
+
+
+def find_lesions(
     level: LevelFindings,
     sequence: str,
     size: int,
     anatomy: Anatomy,
     nuisance: Nuisance,
     texture: tuple[np.ndarray, np.ndarray] | None = None,
-) -> list[dict[str, object]]:
+) -> Lesions:
     """Where each finding at this level shows in the image `render_slice` draws with this
-    anatomy and acquisition: `[{"kind", "box": [x0, y0, x1, y1]}]`, inclusive pixel columns and
-    rows, one box per connected region.
+    anatomy and acquisition (see `Lesions`).
 
     Ground truth for saliency: a kind's region is where the noise-free image with all the
     level's findings differs visibly from the same image with that kind taken away (leave one
@@ -502,8 +528,9 @@ def lesion_boxes(
     the contrast of enlarged bone over fat-marbled muscle.
     """
     healthy = LevelFindings(level.level)
+    mask = np.zeros((size, size), dtype=bool)
     if level == healthy:
-        return []
+        return Lesions([], mask)
     tone, geo = _tones(anatomy, sequence), _Level.of(anatomy, level.level)
     background = _Canvas(size, anatomy, nuisance)
     flat = np.zeros((size, size), dtype=np.float32)
@@ -521,13 +548,13 @@ def lesion_boxes(
     near = (np.abs(x) <= geo.disc_w + 32.0) & (y >= -geo.disc_d - 10.0) & (y <= geo.canal_y + 20.0)
     window = _bounds(near, size, 0)
     if window is None:
-        return []
+        return Lesions([], mask)
     full, healthy_img = ideal(level, window), ideal(healthy, window)
     changed = np.zeros((size, size), dtype=bool)
     changed[window] = np.abs(full - healthy_img) >= VISIBLE_CHANGE
     inner = _bounds(changed, size, 2)
     if inner is None:
-        return []
+        return Lesions([], mask)
     inner = tuple(slice(max(i.start, w.start), min(i.stop, w.stop)) for i, w in zip(inner, window))
     within = tuple(slice(i.start - w.start, i.stop - w.start) for i, w in zip(inner, window))
     full, total = full[within], np.abs(full - healthy_img)[within]
@@ -542,10 +569,12 @@ def lesion_boxes(
                 box = [left + cols.start, top + rows.start, left + cols.stop - 1, top + rows.stop - 1]
                 boxes.append({"kind": level.disc if kind == "disc" else kind, "box": box})
     # where one finding hides another's change, only the findings together explain the pixels
-    for rows, cols, _ in _visible_regions(np.where(explained, 0.0, total)):
+    for rows, cols, region in _visible_regions(np.where(explained, 0.0, total)):
         box = [left + cols.start, top + rows.start, left + cols.stop - 1, top + rows.stop - 1]
         boxes.append({"kind": "combined", "box": box})
-    return boxes
+        explained[rows, cols] |= region
+    mask[inner] = explained
+    return Lesions(boxes, mask)
 
 
 def _visible_regions(change: np.ndarray) -> list[tuple[slice, slice, np.ndarray]]:
