@@ -90,7 +90,7 @@ def test_confidence_intervals(evaluated):
     } <= set(ci95)
     assert any(k.startswith("zero_shot.") for k in ci95)
     check_intervals(metrics)
-    assert ci95["image.accuracy"][1] - ci95["image.accuracy"][0] > 0  # resampled, not a point
+    assert ci95["image.brier"][1] - ci95["image.brier"][0] > 0  # resampled, not a point
 
 
 def test_report_is_written_with_integrity_first(evaluated):
