@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "data",
     "train",
     "evaluate",
+    "predict",
     "ablate",
     "parse_report",
     "pacs",
@@ -42,19 +43,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: exit 0 on success, 2 on bad usage or input with a one-line reason."""
+    """Entry point: exit 0 on success; 2 on bad usage or input (the user's to fix: a one-line
+    reason); 1 on an internal error (a bug, a diverged model: a short message and a hint for
+    `--debug`, never posing as the user's mistake)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (InputError, ValueError, OSError) as err:
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (InputError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
         if args.debug:
             raise
         print(f"lumbarclip {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
+    except Exception as err:  # noqa: BLE001 - everything else is ours, not the user's
+        if args.debug:
+            raise
+        reason = str(err).splitlines()[0] if str(err) else ""
+        print(
+            f"lumbarclip {args.command}: internal error ({type(err).__name__}: {reason}); "
+            "rerun with --debug for the traceback",
+            file=sys.stderr,
+        )
+        return 1

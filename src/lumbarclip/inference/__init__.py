@@ -16,6 +16,9 @@ _EXPORTS = {
     "OperatingPoint": "operating_point",
     "PreprocessSpec": "operating_point",
     "load_operating_point": "operating_point",
+    "Predictor": "predict",
+    "PredictResult": "predict",
+    "ReportBank": "reportbank",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -65,6 +65,7 @@ class ChosenSlice:
     sequence: str  # T1 | T2
     level: str  # L3-L4 | L4-L5 | L5-S1
     reason: str
+    series_number: int = 0  # 1.. in file order within the study (no header value)
 
 
 def slice_header(path: Path) -> SliceHeader | None:
@@ -149,7 +150,7 @@ def choose_slices(heads: Iterable[SliceHeader]) -> tuple[list[ChosenSlice], list
             continue
         uid = best[seq]
         for level, (head, how) in disc_slices(series[uid]).items():
-            chosen.append(ChosenSlice(head.path, seq, level, f"series {number[uid]} ({notes[uid]}): {how}"))
+            chosen.append(ChosenSlice(head.path, seq, level, f"series {number[uid]}: {how}", number[uid]))
         for other, note in notes.items():
             if other != uid and note.startswith(f"axial {seq}"):
                 notes[other] = note + f": not used, series {number[uid]} has more slices"

@@ -1,0 +1,365 @@
+"""`Predictor`: a model folder diagnoses new scans (image files, DICOM series or study folders).
+
+    predictor = Predictor.load(model_dir, runtime="torch")   # or "onnx"; model loaded once
+    result = predictor.predict(["scan.dcm", "study_folder/"], top_k=3)
+    for line in result.lines(): print(json.dumps(line))
+
+Inputs: a file is scored as given (DICOM, PNG/JPEG/TIFF, NIfTI's middle slice). A folder is
+searched recursively: its DICOM files are grouped by study, and `inference.study.choose_slices`
+picks the axial T1/T2 disc-level slices (the Mendeley adapter's rule), saying which and why;
+its other images are each scored. Files named like the public dataset (`T1_0002_D3.png`) give
+their sequence, level and patient from the name.
+
+Each image gets the calibrated P(abnormal) (`OperatingPoint.calibrate` of the scorer's logit)
+and a label at the image threshold; each study the MEAN of its images' probabilities (the
+evaluation's patient rule, `evaluation.predictions.aggregate_patients`) labelled at the patient
+threshold. Studies are named by keyed-hash pseudonyms (`data.privacy`) of their UID or folder;
+no DICOM header value (name, ID, date, UID) reaches the output. The salt is `salt`, else
+`LUMBARCLIP_SALT`, else random per Predictor (then pseudonyms differ between runs).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lumbarclip.data.imageio import image_format, load_image
+from lumbarclip.data.privacy import SALT_ENV, pseudonymise
+from lumbarclip.errors import InputError
+from lumbarclip.inference.operating_point import OperatingPoint, PreprocessSpec, load_operating_point, read_card
+from lumbarclip.inference.reportbank import ReportBank
+
+RUNTIMES: tuple[str, ...] = ("torch", "onnx")
+#: Suffixes of non-DICOM images picked up inside folders (other files there are ignored).
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz")
+LABELS: tuple[str, str] = ("normal", "abnormal")
+
+
+@dataclass
+class _Item:
+    """One image to score and what is known about it (internal; keys are raw, not output)."""
+
+    path: Path
+    study_key: str
+    sequence: str | None = None
+    level: str | None = None
+    series: int | None = None
+    reason: str = ""
+    series_notes: tuple[str, ...] = ()
+
+
+@dataclass
+class PredictResult:
+    images: list[dict[str, object]] = field(default_factory=list)
+    studies: list[dict[str, object]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def lines(self) -> Iterator[dict[str, object]]:
+        """The JSON lines `lumbarclip predict` prints: images, then studies."""
+        for image in self.images:
+            yield {"type": "image", **image}
+        for study in self.studies:
+            yield {"type": "study", **study}
+
+
+class Predictor:
+    """A model folder loaded once: scorer (PyTorch or onnxruntime), operating point, card,
+    optional report bank; the full model (text tower) only when findings or saliency need it."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        operating_point: OperatingPoint,
+        scorer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        runtime: str,
+        card: dict[str, object],
+        bank: ReportBank | None,
+        model: object | None = None,
+        salt: str | None = None,
+    ) -> None:
+        self.model_dir = model_dir
+        self.operating_point = operating_point
+        self.scorer = scorer
+        self.runtime = runtime
+        self.card = card
+        self.bank = bank
+        self._model = model
+        self._findings: object | None = None
+        self.salt = salt or os.environ.get(SALT_ENV) or secrets.token_hex(16)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, runtime: str = "torch", salt: str | None = None) -> Predictor:
+        """Everything `predict` needs, read from the model folder (nothing fetched)."""
+        from lumbarclip.models import LumbarCLIP
+
+        model_dir = Path(model_dir)
+        if runtime not in RUNTIMES:
+            raise InputError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if not model_dir.is_dir():
+            raise InputError(f"{model_dir}: model folder not found")
+        op = load_operating_point(model_dir)
+        card = read_card(model_dir)
+        bank = ReportBank.load(model_dir)
+        model = None
+        if runtime == "torch":
+            from lumbarclip.inference.scorer import ImageScorer
+
+            model = LumbarCLIP.from_pretrained(model_dir)
+            if model.config.image_size != op.preprocess.image_size:
+                raise InputError(
+                    f"{model_dir}: preprocess.json image_size {op.preprocess.image_size} differs from "
+                    f"config.json image_size {model.config.image_size}"
+                )
+            module = ImageScorer(model, op).eval()
+
+            @torch.no_grad()
+            def scorer(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                emb, logit = module(torch.from_numpy(images))
+                return emb.numpy(), logit.numpy()
+
+        else:
+            from lumbarclip.inference.onnx import OnnxImageScorer, onnx_model_path
+
+            scorer = OnnxImageScorer(onnx_model_path(model_dir))
+        return cls(model_dir, op, scorer, runtime, card, bank, model, salt)
+
+    @property
+    def model(self) -> object:
+        """The full LumbarCLIP (loaded on first use under the ONNX runtime)."""
+        if self._model is None:
+            from lumbarclip.models import LumbarCLIP
+
+            self._model = LumbarCLIP.from_pretrained(self.model_dir)
+        return self._model
+
+    def findings(self) -> object | None:
+        """H5a's per-finding zero-shot classifier, built once (None when unavailable)."""
+        if self._findings is None:
+            from lumbarclip.inference.findings import FindingClassifier
+
+            self._findings = FindingClassifier.build(self.model)  # type: ignore[arg-type]
+        return self._findings
+
+    # --- the work -----------------------------------------------------------------------------
+
+    def predict(
+        self,
+        inputs: Sequence[str | Path],
+        top_k: int = 3,
+        saliency_dir: Path | None = None,
+        progress: bool = False,
+        overwrite: bool = False,
+        batch_size: int = 32,
+    ) -> PredictResult:
+        """Score every readable image of `inputs`; unreadable ones go to `result.skipped`."""
+        if top_k < 0:
+            raise InputError(f"--top-k must be >= 0, got {top_k}")
+        result = PredictResult()
+        progress = progress and any(Path(i).is_dir() for i in inputs)  # bars on folders only
+        items = self._collect(inputs, result, progress)
+        spec = self.operating_point.preprocess
+        tensors, kept, pixels = [], [], []
+        for item in tqdm(items, desc="load images", unit="image", disable=not progress, leave=False):
+            try:
+                raw = load_image(item.path)
+            except InputError as err:
+                result.skipped.append({"input": str(item.path), "reason": _reason(err, item.path)})
+                continue
+            tensors.append(preprocess(raw, spec))
+            kept.append(item)
+            pixels.append(raw)
+        if not kept:
+            return result
+        images = torch.stack(tensors).numpy()
+        emb, logit = [], []
+        for start in range(0, len(images), batch_size):
+            e, lg = self.scorer(images[start : start + batch_size])
+            emb.append(e)
+            logit.append(lg)
+        embeddings, logits = np.concatenate(emb), np.concatenate(logit)
+        prob = self.operating_point.calibrate(logits)
+        study_ids = [pseudonymise(item.study_key, self.salt) for item in kept]
+        findings = self._top_findings(embeddings, [i.level for i in kept], top_k)
+        nearest = self.bank.nearest(embeddings, top_k) if self.bank is not None and top_k else [[] for _ in kept]
+        overlays = self._saliency(torch.from_numpy(images), pixels, study_ids, saliency_dir, overwrite)
+        for n, item in enumerate(kept):
+            line: dict[str, object] = {
+                "path": str(item.path),
+                "study": study_ids[n],
+                "series": item.series,
+                "sequence": item.sequence,
+                "level": item.level,
+                "p_abnormal": round(float(prob[n]), 6),
+                "label": LABELS[int(self.operating_point.label(prob[n], "image"))],
+                "threshold": round(self.operating_point.thresholds["image"], 6),
+                "top_findings": findings[n],
+                "nearest_reports": nearest[n],
+            }
+            if overlays:
+                line["saliency"] = str(overlays[n])
+            result.images.append(line)
+        result.studies = self._studies(kept, study_ids, prob)
+        return result
+
+    def _studies(self, kept: list[_Item], study_ids: list[str], prob: np.ndarray) -> list[dict[str, object]]:
+        """One line per study: evaluation's patient rule over its images."""
+        from lumbarclip.evaluation.predictions import aggregate_patients
+
+        ids, _, mean_prob = aggregate_patients(np.array(study_ids), np.zeros(len(kept), int), prob)
+        threshold = self.operating_point.thresholds["patient"]
+        out = []
+        for sid, p in zip(ids, mean_prob):
+            members = [item for item, s in zip(kept, study_ids) if s == sid]
+            notes = [note for m in members for note in m.series_notes]
+            selection = list(dict.fromkeys([*notes, *(m.reason for m in members if m.reason)]))
+            out.append(
+                {
+                    "study": str(sid),
+                    "n_images": len(members),
+                    "p_abnormal": round(float(p), 6),
+                    "label": LABELS[int(p >= threshold)],
+                    "threshold": round(threshold, 6),
+                    "rule": "mean of the study's images' p_abnormal (as evaluation aggregates a patient)",
+                    "selection": selection,
+                }
+            )
+        return out
+
+    def _top_findings(self, embeddings: np.ndarray, levels: list[str | None], k: int) -> list[list[dict[str, object]]]:
+        if not k:
+            return [[] for _ in levels]
+        scores = self.findings().scores(embeddings, levels)  # type: ignore[union-attr]
+        kinds = list(scores)
+        table = np.stack([scores[kind] for kind in kinds], axis=1)  # [N, K]
+        out = []
+        for row, level in zip(table, levels):
+            best = np.argsort(-row, kind="stable")[:k]
+            out.append([{"finding": kinds[j], "level": level, "score": round(float(row[j]), 4)} for j in best])
+        return out
+
+    def _saliency(
+        self, images: torch.Tensor, pixels: list[np.ndarray], study_ids: list[str], folder: Path | None, overwrite: bool
+    ) -> list[Path]:
+        """Overlay PNGs of where each image raises its similarity to the abnormal class."""
+        if folder is None:
+            return []
+        from lumbarclip.inference.saliency import save_overlay, saliency_maps
+
+        folder = Path(folder)
+        counters: dict[str, int] = {}
+        paths = []
+        for sid in study_ids:
+            counters[sid] = counters.get(sid, 0) + 1
+            paths.append(folder / f"{sid}-{counters[sid]:02d}.png")
+        existing = [p for p in paths if p.exists()]
+        if existing and not overwrite:
+            raise InputError(f"{existing[0]}: already exists; choose another --saliency folder or pass --overwrite")
+        maps = saliency_maps(self.model, images, self.operating_point.abnormal_embedding)  # type: ignore[arg-type]
+        for raw, cam, path in zip(pixels, maps, paths):
+            save_overlay(raw, cam, path)
+        return paths
+
+    # --- inputs ---------------------------------------------------------------------------------
+
+    def _collect(self, inputs: Sequence[str | Path], result: PredictResult, progress: bool) -> list[_Item]:
+        """The images to score, in input order; unreadable or unusable inputs to `skipped`."""
+        items: list[_Item] = []
+        for given in inputs:
+            path = Path(given)
+            if path.is_dir():
+                items += self._folder(path, result, progress)
+            elif path.is_file():
+                item = self._file(path, result)
+                if item is not None:
+                    items.append(item)
+            else:
+                result.skipped.append({"input": str(path), "reason": "no such file or folder"})
+        return items
+
+    def _file(self, path: Path, result: PredictResult) -> _Item | None:
+        """One file given by the user, scored whatever its orientation."""
+        from lumbarclip.inference.study import slice_header
+
+        try:
+            kind = image_format(path)
+            if kind == "dicom":
+                head = slice_header(path)
+                if head is None:
+                    return _Item(path, f"folder:{path.parent.resolve()}", reason="given as a file")
+                return _Item(path, f"uid:{head.study}", head.sequence, reason="given as a file")
+        except (InputError, OSError) as err:
+            result.skipped.append({"input": str(path), "reason": _reason(err, path)})
+            return None
+        return _named_item(path, path.parent, "given as a file")
+
+    def _folder(self, folder: Path, result: PredictResult, progress: bool) -> list[_Item]:
+        """A series or study folder: DICOM studies -> chosen slices; other images each."""
+        from lumbarclip.inference.study import SliceHeader, choose_slices, slice_header
+
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        images = [p for p in files if p.name.lower().endswith(IMAGE_SUFFIXES)]
+        dicoms = [p for p in files if p not in set(images) and _maybe_dicom(p)]
+        studies: dict[str, list[SliceHeader]] = {}
+        for path in tqdm(dicoms, desc="DICOM headers", unit="file", disable=not (progress and dicoms), leave=False):
+            try:
+                head = slice_header(path)
+            except InputError as err:
+                result.skipped.append({"input": str(path), "reason": _reason(err, path)})
+                continue
+            if head is None:
+                result.skipped.append({"input": str(path), "reason": "DICOM without image geometry (orientation/position)"})
+                continue
+            studies.setdefault(head.study, []).append(head)
+        items = [_named_item(p, folder, f"image file in {folder}") for p in images]
+        for n, (uid, heads) in enumerate(studies.items(), start=1):
+            chosen, notes = choose_slices(heads)
+            if not chosen:
+                where = f"{folder} (study {n} of {len(studies)})" if len(studies) > 1 else str(folder)
+                result.skipped.append({"input": where, "reason": "no axial T1 or T2 series: " + "; ".join(notes)})
+                continue
+            for c in chosen:
+                reason = f"{c.level} {c.sequence}: {c.reason}"
+                items.append(_Item(c.path, f"uid:{uid}", c.sequence, c.level, c.series_number, reason, tuple(notes)))
+        return items
+
+
+def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
+    """[1, S, S] model input of a [0, 1] image, exactly as `preprocess.json` says."""
+    from lumbarclip.data.transforms import to_square_tensor
+
+    return (to_square_tensor(pixels, spec.image_size) - spec.mean) / spec.std
+
+
+def _named_item(path: Path, folder: Path, reason: str) -> _Item:
+    """A non-DICOM image: sequence, level and patient from a public-dataset name, else the
+    folder stands for the study."""
+    from lumbarclip.data.mendeley import DISC_LEVELS, PNG_NAME, patient_key
+
+    stem = path.name.split(".")[0]
+    match = PNG_NAME.match(stem)
+    if match:
+        key = f"name:{folder.resolve()}:{patient_key(match.group(2))}"
+        seq, level = match.group(1).upper(), DISC_LEVELS[match.group(3)]
+        return _Item(path, key, seq, level, reason=f"{reason}; sequence and level from the file name")
+    return _Item(path, f"folder:{path.parent.resolve()}", reason=reason)
+
+
+def _maybe_dicom(path: Path) -> bool:
+    try:
+        return image_format(path) == "dicom"
+    except OSError:
+        return False
+
+
+def _reason(err: Exception, path: Path) -> str:
+    """An error message without the leading 'PATH: ' (the path is reported beside it)."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    prefix = f"{path}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
