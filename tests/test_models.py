@@ -65,6 +65,11 @@ def test_logit_scale_init_and_clamp(tiny_model):
     assert tiny_model.logit_scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
     with torch.no_grad():
         tiny_model.log_logit_scale.fill_(math.log(1000.0))
+    # not clamped in the forward pass: above the cap the gradient is still alive
+    tiny_model.logit_scale.backward()
+    assert tiny_model.log_logit_scale.grad.item() == pytest.approx(1000.0, rel=1e-4)
+    tiny_model.log_logit_scale.grad = None
+    tiny_model.clamp_logit_scale_()  # what training does after each optimizer step
     assert tiny_model.logit_scale.item() == pytest.approx(100.0)
     with torch.no_grad():
         tiny_model.log_logit_scale.fill_(math.log(1 / 0.07))

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "data",
         help="inspect images, check a manifest, adapt the Mendeley lumbar MRI dataset",
-        description="Data tools. `inspect` reads images (DICOM .dcm/.ima, PNG, JPEG, TIFF, "
+        description="Data tools. `shard` writes WebDataset shards for streaming; `inspect` reads images (DICOM .dcm/.ima, PNG, JPEG, TIFF, "
         "NIfTI) the way training does; `check` validates a manifest; `mendeley` builds a "
         "manifest from the public Lumbar Spine MRI Dataset and its radiologists' notes.",
     )
@@ -50,6 +50,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     chk.add_argument("--strict", action="store_true", help="exit 2 when any row was skipped")
     chk.add_argument("--json", action="store_true", help="print the summary as JSON")
     chk.set_defaults(func=run_check)
+
+    shd = dsub.add_parser(
+        "shard",
+        help="write WebDataset tar shards of a manifest, for cohorts larger than RAM",
+        description="Decode every image of MANIFEST once and write WebDataset tar shards "
+        "(DIR/train-000000.tar, ..., valid-..., test-...) plus DIR/shards.json. Each sample is "
+        "the decoded image as a 16-bit PNG and a JSON of patient, label, report, sequence, level "
+        "and findings (no file paths). `lumbarclip train --data DIR` then streams them with "
+        "memory that does not grow with the cohort. A patient in two splits is refused (exit 2); "
+        "unreadable images are skipped and counted.",
+    )
+    shd.add_argument("manifest", metavar="MANIFEST")
+    shd.add_argument("--out", required=True, help="folder to write (must be empty unless --overwrite)")
+    shd.add_argument("--shard-size", type=int, default=2000, help="images per tar file (default 2000)")
+    shd.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    shd.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    shd.set_defaults(func=run_shard)
 
     men = dsub.add_parser(
         "mendeley",
@@ -108,6 +125,20 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"lumbarclip data check: error: {message}", file=sys.stderr)
         return 2
     return 0 if report.ok else 2
+
+
+def run_shard(args: argparse.Namespace) -> int:
+    from lumbarclip.data.shards import write_shards
+
+    index = write_shards(
+        args.manifest, args.out, shard_size=args.shard_size, overwrite=args.overwrite, progress=not args.no_progress
+    )
+    for split, info in index["splits"].items():
+        print(f"{split}: {info['images']} images, {info['patients']} patients, {len(info['shards'])} shard(s)")
+    if index["unreadable"]:
+        print(f"skipped {len(index['unreadable'])} unreadable image(s), e.g. {index['unreadable'][0]}", file=sys.stderr)
+    print(f"shards: {args.out}")
+    return 0
 
 
 def run_mendeley(args: argparse.Namespace) -> int:

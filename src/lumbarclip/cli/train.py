@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lumbarclip.cli.args import add_overrides
+from lumbarclip.errors import InputError
 from lumbarclip.training.config import load_config, preset_names
 
 
@@ -14,11 +15,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="contrastive pre-training on a manifest",
         description="Train a LumbarCLIP model on the train split of a manifest, validating by "
         "zero-shot balanced accuracy on the valid split. Writes RUN/model/ (config.json + "
-        "model.safetensors + tokenizer), RUN/config.yaml, RUN/logs/metrics.csv and "
-        "RUN/train_summary.json.",
+        "model.safetensors + tokenizer), RUN/config.yaml, RUN/run.json, RUN/checkpoints/ (Lightning "
+        "checkpoints every trainer.checkpoint_every_n_steps steps and at each epoch end), "
+        "RUN/logs/metrics.csv and RUN/train_summary.json. A killed run continues with "
+        "`lumbarclip train --resume RUN`. Several processes: --set trainer.devices=N --set "
+        "trainer.strategy=ddp (data.batch_size is per process).",
     )
-    p.add_argument("--data", required=True, help="manifest CSV (see `lumbarclip data check`)")
-    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument(
+        "--data", help="manifest CSV (see `lumbarclip data check`) or a folder from `lumbarclip data shard`"
+    )
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue a killed run from its newest checkpoint (its config and data are in RUN; "
+        "give nothing else)",
+    )
     p.add_argument(
         "--config",
         default="cpu-demo",
@@ -31,8 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumbarclip.training.trainer import train
+    from lumbarclip.training.trainer import resume_run, train
 
+    if args.resume:
+        given = [f"--{n}" for n in ("data", "out", "overwrite") if getattr(args, n)] + (["--set"] if args.overrides else [])
+        if given or args.config != "cpu-demo":
+            raise InputError(f"--resume takes the run's own config and data; drop {', '.join(given) or '--config'}")
+        out = resume_run(args.resume, progress=not args.no_progress)
+        print(f"model: {out / 'model'}")
+        return 0
+    if not args.data or not args.out:
+        raise InputError("--data and --out are required (or --resume RUN)")
     config = load_config(args.config, args.overrides)
     out = train(config, args.data, args.out, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"model: {out / 'model'}")

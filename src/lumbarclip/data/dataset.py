@@ -70,13 +70,28 @@ class ImageTextDataset(Dataset):
             self.cache[index] = load_image(self.records[index].image_path)
         return self.cache[index]
 
-    def __getitem__(self, index: int) -> PairSample:
+    def __getitem__(self, key: int | tuple[int, int]) -> PairSample:
+        """`index`, or `(index, seed)` from `EpochSampler`: the sample's own seed then drives its
+        augmentation and sentence choice, so they do not depend on workers, ranks or a resume."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is None:
+            return self._sample(index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._sample(index)
+
+    def _sample(self, index: int) -> PairSample:
         record = self.records[index]
         pool = self.sentences[index]
-        # torch's generator, which Lightning seeds per data-loader worker (a Python Random
-        # copied into each worker would repeat the same choices in every worker)
+        # torch's generator (seeded per sample, or per data-loader worker by Lightning; a Python
+        # Random copied into each worker would repeat the same choices in every worker)
         text = pool[int(torch.randint(len(pool), ()))] if self.sample_sentence else record.report
         return PairSample(self.transform(self.pixels(index)), text, record.label, self.label_vecs[index], index)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample in one epoch of one run (independent streams per triple)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
 def collate_pairs(samples: list[PairSample]) -> dict[str, object]:

@@ -19,6 +19,7 @@ import csv
 import io
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +304,21 @@ def check_manifest(
         split_overlap=overlap,
         unreadable_images=_unreadable(manifest.records, progress) if load_images else [],
     )
+
+
+def check_patient_overlap(manifest: Manifest) -> dict[str, int]:
+    """Patients shared by each pair of splits (all 0), or an `InputError` naming them;
+    `train`, `evaluate`, `data shard` and `ablate` refuse a leaky manifest with it."""
+    overlap = check_manifest(manifest).split_overlap
+    for a, b in combinations(SPLITS, 2):
+        shared = sorted(pid for pid, splits in overlap.items() if a in splits and b in splits)
+        if shared:
+            named = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
+            raise InputError(
+                f"{manifest.path}: patient(s) {named} appear in both {a} and {b}; "
+                "splits must be patient-disjoint"
+            )
+    return {f"{a}/{b}": 0 for a, b in combinations(SPLITS, 2)}
 
 
 def _unreadable(records: list[ImageRecord], progress: bool) -> list[tuple[str, str]]:

@@ -12,27 +12,12 @@ split used for selection, skipped manifest rows.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from itertools import combinations
 
-from lumbarclip.data.manifest import SPLITS, Manifest, check_manifest
+from lumbarclip.data.manifest import Manifest, check_manifest, check_patient_overlap
 from lumbarclip.errors import InputError
 
 #: Test-time inputs a classifier may have without a warning; anything else is text about the case.
 IMAGE_ONLY_INPUTS: frozenset[str] = frozenset({"image", "class prompts"})
-
-
-def check_patient_overlap(manifest: Manifest) -> dict[str, int]:
-    """Patients shared by each pair of splits (all 0), or an `InputError` naming them."""
-    overlap = check_manifest(manifest).split_overlap
-    for a, b in combinations(SPLITS, 2):
-        shared = sorted(pid for pid, splits in overlap.items() if a in splits and b in splits)
-        if shared:
-            named = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
-            raise InputError(
-                f"{manifest.path}: patient(s) {named} appear in both {a} and {b}; "
-                "splits must be patient-disjoint"
-            )
-    return {f"{a}/{b}": 0 for a, b in combinations(SPLITS, 2)}
 
 
 def check_pretraining_overlap(pretrain_patients: set[str], manifest: Manifest, split: str) -> None:

