@@ -336,6 +336,10 @@ def _save_png(path: Path, pixels: np.ndarray, *_: object) -> None:
     Image.fromarray(pixels).save(path, format="PNG")
 
 
+#: Patient z (mm, LPS: superior is larger) of each disc-level slice in synthetic DICOM headers.
+SLICE_Z_MM: dict[str, float] = {"L5-S1": 0.0, "L4-L5": 35.0, "L3-L4": 70.0}
+
+
 def _save_dicom(
     path: Path,
     pixels: np.ndarray,
@@ -345,13 +349,20 @@ def _save_dicom(
     spacing: float,
     seed: int,
 ) -> None:
-    """An MR image with synthetic identifiers only, 12 bits stored in 16; UIDs from the names."""
+    """An MR image with synthetic identifiers only, 12 bits stored in 16; UIDs from the names.
+
+    Headers as a scanner writes a study: one StudyInstanceUID (and frame of reference) per
+    patient, one SeriesInstanceUID per sequence, axial orientation, the slice's position along
+    z (L5-S1 most inferior, `SLICE_Z_MM`), TR/TE, and fake name, ID, dates and accession number,
+    so a patient's files form a study `lumbarclip predict` and a PACS can take."""
     from pydicom.uid import generate_uid
 
     from lumbarclip.data.imageio import write_dicom
 
     study = f"lumbarclip-synth/{seed}/{spec.patient_id}"
     series = f"{study}/{sequence}"
+    z = SLICE_Z_MM[level]
+    half = [-round(spacing * pixels.shape[1] / 2, 4), -round(spacing * pixels.shape[0] / 2, 4)]
     write_dicom(
         path,
         pixels,
@@ -362,9 +373,21 @@ def _save_dicom(
         StudyInstanceUID=generate_uid(entropy_srcs=[study]),
         SeriesInstanceUID=generate_uid(entropy_srcs=[series]),
         SOPInstanceUID=generate_uid(entropy_srcs=[series, level]),
+        FrameOfReferenceUID=generate_uid(entropy_srcs=[study, "frame"]),
         PatientName=f"SYNTHETIC^{spec.patient_id}",
-        PatientID=spec.patient_id,
-        SeriesDescription=f"{sequence} axial {level} (synthetic phantom)",
+        PatientID=f"SYN{spec.patient_id}",
+        PatientBirthDate="19700101",
+        PatientSex="O",
+        StudyDate="20240101",
+        StudyTime="120000",
+        SeriesDate="20240101",
+        AccessionNumber=f"ACC{spec.patient_id}",
+        StudyID="1",
+        StudyDescription="MRI LUMBAR SPINE (synthetic phantom)",
+        BodyPartExamined="LSPINE",
+        ImagePositionPatient=[*half, z],
+        SliceLocation=z,
+        SeriesDescription=f"{sequence} axial (synthetic phantom)",
         ScanningSequence="SE",
         RepetitionTime=550.0 if sequence == "T1" else 4000.0,
         EchoTime=10.0 if sequence == "T1" else 100.0,
