@@ -19,6 +19,8 @@ _EXPORTS = {
     "Predictor": "predict",
     "PredictResult": "predict",
     "ReportBank": "reportbank",
+    "saliency_maps": "saliency",
+    "save_overlay": "saliency",
 }
 __all__ = sorted(_EXPORTS)
 
