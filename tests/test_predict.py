@@ -1,0 +1,193 @@
+"""`lumbarclip predict` / `Predictor` on PNG files, a DICOM file, a DICOM series folder and a
+study folder; probabilities checked against an independent computation (embed.py + the
+operating point's arrays); bad files skipped; no header value in any output."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _model_folder import make_model_folder
+from lumbarclip.cli import main
+from lumbarclip.data.imageio import write_dicom
+from lumbarclip.errors import InputError
+from lumbarclip.inference.embed import embed_images
+from lumbarclip.inference.operating_point import OPERATING_POINT_FILE, load_operating_point
+from lumbarclip.inference.predict import Predictor
+from lumbarclip.models import LumbarCLIP
+
+LEVEL_Z = {"L5-S1": 0.0, "L4-L5": 35.0, "L3-L4": 70.0}
+SECRETS = {
+    "PatientName": "Doe^Jane",
+    "PatientID": "PID-SECRET-4711",
+    "PatientBirthDate": "19450612",
+    "StudyDate": "20190317",
+    "AccessionNumber": "ACC-998877",
+    "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.424242",
+    "InstitutionName": "Hospital Of Secrets",
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model_folder(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir):
+    return Predictor.load(model_dir, salt="test-salt")
+
+
+def _pixels(seed, size=40):
+    rng = np.random.default_rng(seed)
+    return (rng.random((size, size)) * 4000).astype(np.uint16)
+
+
+def _expected(model_dir, paths):
+    """P(abnormal) computed apart from Predictor: embed.py's loader and encoder, then the
+    operating point's arrays by hand."""
+    model = LumbarCLIP.from_pretrained(model_dir)
+    op = load_operating_point(model_dir)
+    emb = embed_images(model, paths, progress=False).astype(np.float64)
+    logit = emb @ op.weights.astype(np.float64) + op.bias
+    return 1 / (1 + np.exp(-(op.calibration["a"] * logit + op.calibration["b"])))
+
+
+def _series(folder, sequence, series_uid, orientation=(1, 0, 0, 0, 1, 0), z_values=None, seed=0, **extra):
+    """A 3-slice DICOM series whose slices sit at the disc levels (L5-S1 inferior)."""
+    paths = {}
+    for i, (level, z) in enumerate((z_values or LEVEL_Z).items()):
+        paths[level] = write_dicom(
+            folder / f"{sequence}_{series_uid[-3:]}_{i}.dcm",
+            _pixels(seed + i),
+            ImageOrientationPatient=list(orientation),
+            ImagePositionPatient=[-20.0, -20.0, z],
+            SeriesInstanceUID=series_uid,
+            SeriesDescription=f"{sequence} AX",
+            RepetitionTime=550.0 if sequence == "T1" else 4000.0,
+            EchoTime=10.0 if sequence == "T1" else 100.0,
+            **{**SECRETS, **extra},
+        )
+    return paths
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A study folder: axial T1 and T2 series, a sagittal series and a 1-slice localiser."""
+    folder = tmp_path_factory.mktemp("study") / "incoming"
+    t1 = _series(folder / "s1", "T1", "1.2.3.4.1001", seed=10)
+    t2 = _series(folder / "s2", "T2", "1.2.3.4.1002", seed=20)
+    _series(folder / "s3", "T2", "1.2.3.4.1003", orientation=(0, 1, 0, 0, 0, -1), seed=30)
+    write_dicom(
+        folder / "loc.dcm", _pixels(40), ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+        ImagePositionPatient=[0.0, 0.0, 10.0], SeriesInstanceUID="1.2.3.4.1004", SeriesDescription="T1 loc",
+        RepetitionTime=500.0, **SECRETS,
+    )  # fmt: skip
+    (folder / "notes.txt").write_text("not an image")
+    return folder, t1, t2
+
+
+def test_png_files_match_independent_computation(model_dir, predictor, tmp_path):
+    paths = []
+    for i, name in enumerate(("T1_0007_D3.png", "T2_0007_D5.png", "other.png")):
+        paths.append(tmp_path / name)
+        Image.fromarray(_pixels(i).astype(np.uint16)).save(paths[-1])
+    result = predictor.predict(paths, top_k=2)
+    expected = _expected(model_dir, paths)
+    got = np.array([line["p_abnormal"] for line in result.images])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    first = result.images[0]
+    assert (first["sequence"], first["level"]) == ("T1", "L3-L4")  # public dataset naming
+    assert result.images[1]["level"] == "L5-S1" and result.images[2]["level"] is None
+    op = load_operating_point(model_dir)
+    for line, p in zip(result.images, expected):
+        assert line["label"] == ("abnormal" if p >= op.thresholds["image"] else "normal")
+        assert len(line["top_findings"]) == 2 and line["nearest_reports"] == []  # no bank here
+    # two studies: patient 0007 by name, and the folder for the other file
+    by_study = {s["study"]: s for s in result.studies}
+    assert len(by_study) == 2
+    named = by_study[first["study"]]
+    assert named["n_images"] == 2
+    assert named["p_abnormal"] == pytest.approx(expected[:2].mean(), abs=1e-5)
+    assert named["label"] == ("abnormal" if expected[:2].mean() >= op.thresholds["patient"] else "normal")
+    assert [line["type"] for line in result.lines()] == ["image"] * 3 + ["study"] * 2
+
+
+def test_single_dicom_file_is_scored_as_given(model_dir, predictor, study):
+    _, t1, _ = study
+    result = predictor.predict([t1["L4-L5"]], top_k=0)
+    (line,) = result.images
+    assert line["sequence"] == "T1" and line["level"] is None  # a lone file has no level
+    assert line["p_abnormal"] == pytest.approx(_expected(model_dir, [t1["L4-L5"]])[0], abs=1e-5)
+
+
+def test_series_folder_levels_from_slice_positions(predictor, study):
+    folder, _, t2 = study
+    result = predictor.predict([folder / "s2"], top_k=0)
+    got = {line["level"]: line["path"] for line in result.images}
+    assert got == {level: str(path) for level, path in t2.items()}
+    assert all(line["sequence"] == "T2" for line in result.images)
+    assert len(result.studies) == 1 and result.studies[0]["n_images"] == 3
+
+
+def test_study_folder_picks_axial_t1_t2_and_says_why(model_dir, predictor, study):
+    folder, t1, t2 = study
+    result = predictor.predict([folder], top_k=1)
+    chosen = {(line["sequence"], line["level"]): line["path"] for line in result.images}
+    expected = {("T1", lv): str(p) for lv, p in t1.items()} | {("T2", lv): str(p) for lv, p in t2.items()}
+    assert chosen == expected  # sagittal series and localiser left out
+    (verdict,) = result.studies
+    assert verdict["n_images"] == 6
+    probs = _expected(model_dir, [line["path"] for line in result.images])
+    assert verdict["p_abnormal"] == pytest.approx(probs.mean(), abs=1e-5)
+    text = " ".join(verdict["selection"])
+    assert "not axial" in text and "localiser" in text and "L5-S1 T1" in text
+    assert result.skipped == []  # notes.txt is not an image: ignored, not an error
+
+
+def test_cli_no_header_value_in_any_output(model_dir, study, tmp_path, capsys):
+    folder, t1, _ = study
+    saliency = tmp_path / "sal"
+    code = main(["predict", "--model", str(model_dir), str(folder), str(t1["L3-L4"]),
+                 "--saliency", str(saliency), "--no-progress"])  # fmt: skip
+    assert code == 0
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert sum(line["type"] == "image" for line in lines) == 7
+    names = sorted(p.name for p in saliency.iterdir())
+    assert len(names) == 7 and all(line["saliency"].startswith(str(saliency)) for line in lines[:7])
+    everything = out + err + " ".join(names)
+    for keyword, value in SECRETS.items():
+        assert value not in everything, keyword
+        assert value.replace("^", " ") not in everything, keyword
+    for uid in ("1.2.3.4.1001", "1.2.3.4.1002"):
+        assert uid not in everything
+
+
+def test_bad_files_skipped_and_counted_exit_2_when_nothing_readable(model_dir, tmp_path, capsys):
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.fromarray(_pixels(1).astype(np.uint8)).save(good)
+    data = bytearray(good.read_bytes())
+    data[60] ^= 0xFF  # inside IDAT: the CRC no longer matches
+    bad.write_bytes(bytes(data))
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    assert main(["predict", "--model", str(model_dir), str(tmp_path), "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 2  # one image, one study
+    skipped = [line for line in err.splitlines() if line.startswith("skipped:")]
+    assert len(skipped) == 2 and any("bad.png: corrupt PNG" in line for line in skipped)
+    assert "1 image(s), 1 study, 2 skipped" in err
+    assert main(["predict", "--model", str(model_dir), str(bad), str(tmp_path / "nope.png")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing readable in 2 input(s) (2 skipped)" in err
+
+
+def test_missing_operating_point_names_file_and_command(model_dir, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    LumbarCLIP.from_pretrained(model_dir).save_pretrained(bare)
+    assert LumbarCLIP.from_pretrained(bare) is not None  # the model itself still loads
+    with pytest.raises(InputError, match=rf"{OPERATING_POINT_FILE}: missing; write it with lumbarclip evaluate"):
+        Predictor.load(bare)
+    assert main(["predict", "--model", str(bare), "x.png"]) == 2
+    assert "lumbarclip evaluate" in capsys.readouterr().err
