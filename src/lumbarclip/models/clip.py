@@ -100,9 +100,14 @@ class LumbarCLIP(nn.Module):
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def _pool_text(self, texts: list[str]) -> torch.Tensor:
+        """Tokens padded to the batch's longest sentence (not to `max_tokens`); every layer's
+        output is asked for only when the pooling reads more than the last one (`layer_avg`)."""
         tokens = self.tokenize(texts)
-        out = self.text(**tokens, output_hidden_states=True)
-        return pool_tokens(out.hidden_states, tokens["attention_mask"], self.config.text_pooling)
+        if self.config.text_pooling == "layer_avg":
+            hidden = self.text(**tokens, output_hidden_states=True).hidden_states
+        else:
+            hidden = (self.text(**tokens).last_hidden_state,)
+        return pool_tokens(hidden, tokens["attention_mask"], self.config.text_pooling)
 
     def _text_cache_key(self) -> tuple:
         """What the cached vectors depend on besides the text: pooling, truncation and the text

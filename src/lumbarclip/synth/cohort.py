@@ -21,7 +21,10 @@ the notes file, images from the findings the report parser reads in each note.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
+import os
 import random
 import re
 from collections.abc import Iterable
@@ -238,6 +241,63 @@ def prepare_out_dir(out_dir: str | Path, overwrite: bool) -> Path:
     return out
 
 
+def render_patient(
+    spec: PatientSpec, out: Path, size: int, fmt: str, seed: int
+) -> tuple[list[dict[str, object]], dict[str, object]]:
+    """Render and save one patient's six images; returns their manifest rows and the patient's
+    findings.jsonl record. Its random streams come from the seed and the patient ID alone, so
+    patients can be rendered in any order, in any process, with the same bytes."""
+    save = _save_dicom if fmt == "dicom" else _save_png
+    rows: list[dict[str, object]] = []
+    ss = np.random.SeedSequence([seed, *spec.patient_id.encode()])
+    anatomy_rng, *image_rngs = (
+        np.random.default_rng(s) for s in ss.spawn(1 + 2 * len(IMAGED_LEVELS))
+    )
+    anatomy = Anatomy.sample(anatomy_rng)
+    findings_json = spec.findings.to_json()
+    lesions: dict[str, dict[str, object]] = {}
+    for (level, sequence), rng in zip(
+        ((lvl, seq) for lvl in IMAGED_LEVELS for seq in SEQUENCES), image_rngs
+    ):
+        nuisance = Nuisance.sample(rng)
+        image, found = render_slice_with_lesions(
+            spec.findings.level(level), sequence, size, rng, anatomy, nuisance
+        )
+        pixels = quantise(image)
+        name = image_name(sequence, spec.patient_id, level, fmt)
+        spacing = pixel_spacing_mm(anatomy, nuisance, size)
+        save(out / "images" / name, pixels, spec, sequence, level, spacing, seed)
+        if found.boxes:
+            lesions[f"images/{name}"] = found.to_dict()
+        rows.append(
+            {
+                "image_path": f"images/{name}",
+                "patient_id": spec.patient_id,
+                "split": spec.split,
+                "label": spec.label,
+                "report": spec.report,
+                "sequence": sequence,
+                "level": level,
+                "findings": findings_json,
+            }
+        )
+    record = {
+        "patient_id": spec.patient_id,
+        "split": spec.split,
+        "label": spec.label,
+        "findings": spec.findings.to_dict(),
+        "report": spec.report,
+        "lesions": lesions,
+    }
+    if spec.parsed is not None:
+        record["parsed"] = spec.parsed.to_dict()
+    return rows, record
+
+
+def _render_star(args: tuple) -> tuple[list[dict[str, object]], dict[str, object]]:
+    return render_patient(*args)
+
+
 def write_cohort(
     out_dir: str | Path,
     patients: Iterable[PatientSpec],
@@ -247,57 +307,28 @@ def write_cohort(
     overwrite: bool = False,
     progress: bool = True,
     total: int | None = None,
+    workers: int | None = None,
 ) -> Path:
-    """Render six images per patient and write images, `manifest.csv` and `findings.jsonl`."""
+    """Render six images per patient and write images, `manifest.csv` and `findings.jsonl`.
+
+    `workers` processes render patients in parallel (default: one per available core; 1 renders
+    here); results are written in patient order, so the output is the same bytes either way."""
     out = prepare_out_dir(out_dir, overwrite)
-    save = _save_dicom if fmt == "dicom" else _save_png
+    workers = len(os.sched_getaffinity(0)) if workers is None else max(1, workers)
+    jobs = ((spec, out, size, fmt, seed) for spec in patients)
     rows: list[dict[str, object]] = []
-    with (out / "findings.jsonl").open("w", encoding="utf-8") as jsonl:
-        for spec in tqdm(
-            patients, total=total, desc="patients", unit="patient", disable=not progress
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and (total is None or total > 1):
+            # spawn: a fork of a process that has started torch's OpenMP threads can hang
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            results = pool.imap(_render_star, jobs, chunksize=4)
+        else:
+            results = map(_render_star, jobs)
+        jsonl = stack.enter_context((out / "findings.jsonl").open("w", encoding="utf-8"))
+        for patient_rows, record in tqdm(
+            results, total=total, desc="patients", unit="patient", disable=not progress
         ):
-            ss = np.random.SeedSequence([seed, *spec.patient_id.encode()])
-            anatomy_rng, *image_rngs = (
-                np.random.default_rng(s) for s in ss.spawn(1 + 2 * len(IMAGED_LEVELS))
-            )
-            anatomy = Anatomy.sample(anatomy_rng)
-            findings_json = spec.findings.to_json()
-            lesions: dict[str, dict[str, object]] = {}
-            for (level, sequence), rng in zip(
-                ((lvl, seq) for lvl in IMAGED_LEVELS for seq in SEQUENCES), image_rngs
-            ):
-                nuisance = Nuisance.sample(rng)
-                image, found = render_slice_with_lesions(
-                    spec.findings.level(level), sequence, size, rng, anatomy, nuisance
-                )
-                pixels = quantise(image)
-                name = image_name(sequence, spec.patient_id, level, fmt)
-                spacing = pixel_spacing_mm(anatomy, nuisance, size)
-                save(out / "images" / name, pixels, spec, sequence, level, spacing, seed)
-                if found.boxes:
-                    lesions[f"images/{name}"] = found.to_dict()
-                rows.append(
-                    {
-                        "image_path": f"images/{name}",
-                        "patient_id": spec.patient_id,
-                        "split": spec.split,
-                        "label": spec.label,
-                        "report": spec.report,
-                        "sequence": sequence,
-                        "level": level,
-                        "findings": findings_json,
-                    }
-                )
-            record = {
-                "patient_id": spec.patient_id,
-                "split": spec.split,
-                "label": spec.label,
-                "findings": spec.findings.to_dict(),
-                "report": spec.report,
-                "lesions": lesions,
-            }
-            if spec.parsed is not None:
-                record["parsed"] = spec.parsed.to_dict()
+            rows.extend(patient_rows)
             jsonl.write(json.dumps(record, sort_keys=True) + "\n")
     return write_manifest(out / "manifest.csv", rows, overwrite=True)
 
@@ -307,8 +338,10 @@ def make_cohort(
     config: CohortConfig = CohortConfig(),
     overwrite: bool = False,
     progress: bool = True,
+    workers: int | None = None,
 ) -> Path:
-    """Sample, render and write a synthetic cohort; returns the manifest path."""
+    """Sample, render and write a synthetic cohort; returns the manifest path. `workers`: see
+    `write_cohort` (the bytes do not depend on it)."""
     n = config.n_patients
     n_abnormal = int(round(config.abnormal_rate * n))
     labels = [0] * n
@@ -328,7 +361,8 @@ def make_cohort(
             yield PatientSpec(pid, split, label, findings, report)
 
     return write_cohort(
-        out_dir, patients(), config.size, config.fmt, config.seed, overwrite, progress, total=n
+        out_dir, patients(), config.size, config.fmt, config.seed, overwrite, progress, total=n,
+        workers=workers,
     )
 
 
