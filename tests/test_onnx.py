@@ -73,3 +73,25 @@ def test_export_cli(exported, tmp_path):
     assert main(["export", "--model", str(model_dir), "--format", "onnx", "--out", str(out)]) == 0
     assert (out / ONNX_FILE).is_file()
     assert main(["export", "--model", str(model_dir), "--format", "onnx", "--out", str(out)]) == 2
+
+
+def test_predictor_onnx_runtime_matches_torch(exported, tmp_path):
+    from PIL import Image
+
+    from lumbarclip.inference.predict import Predictor
+
+    model_dir, path = exported
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"img{i}.png")
+        Image.fromarray((rng.random((40, 52)) * 65535).astype(np.uint16)).save(files[-1])
+    torch_res = Predictor.load(model_dir, runtime="torch").predict(files, top_k=0)
+    onnx_pred = Predictor.load(model_dir, runtime="onnx")
+    assert isinstance(onnx_pred.scorer, OnnxImageScorer)
+    onnx_res = onnx_pred.predict(files, top_k=0)
+    assert len(onnx_res.images) == 4
+    for a, b in zip(torch_res.images, onnx_res.images, strict=True):
+        assert a["path"] == b["path"] and a["label"] == b["label"]
+        assert abs(a["p_abnormal"] - b["p_abnormal"]) <= 1e-4
+    assert abs(torch_res.studies[0]["p_abnormal"] - onnx_res.studies[0]["p_abnormal"]) <= 1e-4

@@ -164,7 +164,7 @@ async function loadCard() {
     $("model-name").textContent = [card.name || card.model_name || "model", health.runtime && `runtime ${health.runtime}`].filter(Boolean).join(" · ");
     if (health.max_upload_mb) $("limit").textContent = String(health.max_upload_mb);
     const use = card.intended_use;
-    if (typeof use === "string" && use) $("intended-use").textContent = `Intended use: ${use} Not a medical device: every result needs review by a radiologist.`;
+    if (typeof use === "string" && use) $("intended-use").textContent = `Intended use: ${use.trim().replace(/[.\s]*$/, ".")} Not a medical device: every result needs review by a radiologist.`;
   } catch (err) {
     $("model-name").textContent = "model card unavailable";
   }

@@ -1,0 +1,115 @@
+"""The page in a real browser: Playwright drives Debian's chromium against a live uvicorn
+server, uploads a PNG and a DICOM file, and checks the rendered verdict and overlays."""
+
+import base64
+import io
+import shutil
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _model_folder import make_model_folder
+from lumbarclip.data.imageio import write_dicom
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"),
+    pytest.mark.slow,
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import uvicorn
+
+    from lumbarclip.inference.predict import Predictor
+    from lumbarclip.serve import create_app
+
+    model_dir = make_model_folder(tmp_path_factory.mktemp("model"))
+    predictor = Predictor.load(model_dir)
+    port = free_port()
+    config = uvicorn.Config(create_app(model_dir, predictor=predictor), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", predictor
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def scans(folder):
+    size = 64
+    yy, xx = np.mgrid[:size, :size]
+    rng = np.random.default_rng(0)
+    pixels = (((yy - 32) ** 2 + (xx - 28) ** 2 < 160) * 30000 + rng.random((size, size)) * 9000).astype(np.uint16)
+    png = folder / "axial_t2.png"
+    Image.fromarray(pixels).save(png)
+    dcm = write_dicom(
+        folder / "axial_t1.dcm", pixels[::-1].copy(), PatientName="Doe^Jane", PatientID="PID-SECRET-4711",
+        ImageOrientationPatient=[1, 0, 0, 0, 1, 0], SeriesDescription="T1 AX",
+    )
+    return png, dcm
+
+
+def test_page_uploads_png_and_dicom(server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    url, predictor = server
+    png, dcm = scans(tmp_path)
+    want = predictor.predict([png, dcm])
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(url + "/")
+            page.wait_for_function("document.getElementById('model-name').textContent.includes('runtime')")
+            page.set_input_files("#files", [str(png), str(dcm)])
+            page.click("#analyse")
+            page.wait_for_selector("[data-testid=study-verdict]", timeout=60_000)
+            verdicts = page.locator("[data-testid=study-verdict]")
+            assert verdicts.count() == len(want.studies)
+            expected = {"ABNORMAL" if s["label"] in (1, "abnormal") else "NORMAL" for s in want.studies}
+            shown = {verdicts.nth(i).locator(".what").inner_text() for i in range(verdicts.count())}
+            assert shown == expected
+            cards = page.locator("[data-testid=image-card]")
+            assert cards.count() == 2
+            names = sorted(cards.nth(i).locator(".name").inner_text() for i in range(2))
+            assert names == ["axial_t1.dcm", "axial_t2.png"]
+            overlays = page.locator("img.overlay")
+            assert overlays.count() == 2
+            for i in range(2):
+                src = overlays.nth(i).get_attribute("src")
+                assert src.startswith("data:image/png;base64,")
+                Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+                assert overlays.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
+            by_name = {r["path"].split("/")[-1]: r for r in want.images}
+            for i in range(2):
+                card = cards.nth(i)
+                row = by_name[card.locator(".name").inner_text()]
+                assert card.locator(".prob span").last.inner_text() == f"{100 * row['p_abnormal']:.1f}%"
+            assert "Doe" not in page.content() and "PID-SECRET" not in page.content()
+            assert errors == []
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            assert (tmp_path / "page.png").stat().st_size > 10_000
+        finally:
+            browser.close()
