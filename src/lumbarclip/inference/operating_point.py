@@ -171,7 +171,7 @@ def fit_platt(logit: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
     y_true = np.asarray(y_true, dtype=int)
     if len(np.unique(y_true)) < 2:
         return {"a": 1.0, "b": 0.0}
-    lr = LogisticRegression(penalty=None, max_iter=1000).fit(np.asarray(logit, dtype=float).reshape(-1, 1), y_true)
+    lr = LogisticRegression(C=np.inf, max_iter=1000).fit(np.asarray(logit, dtype=float).reshape(-1, 1), y_true)
     return {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
 
 
