@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 
@@ -41,11 +42,29 @@ def run(args: argparse.Namespace) -> int:
     print("2/3 contrastive pre-training (preset cpu-demo)")
     run_dir = train(load_config("cpu-demo", overrides), manifest, out / "run", overwrite=args.overwrite)
     print("3/3 image-only evaluation on the test split")
-    options = EvalOptions(finetune=args.full_eval, from_scratch=args.full_eval)
+    # the demo's reports are synthetic, so the model folder may keep them as its report bank
+    options = EvalOptions(finetune=args.full_eval, from_scratch=args.full_eval, report_bank=True)
     metrics = evaluate_run(run_dir, manifest, "test", options=options, overwrite=args.overwrite)
     print(format_summary(metrics))
     eval_dir = run_dir / "eval-test"
     print(f"\nrun:          {run_dir}\nmodel:        {run_dir / 'model'}")
     print(f"metrics.json: {eval_dir / 'metrics.json'}\nreport.html:  {eval_dir / 'report.html'}")
     print(f"done in {time.perf_counter() - started:.0f} s")
+    print(f"\nDiagnose a test patient the model never saw:\n  {predict_command(run_dir / 'model', manifest)}")
     return 0
+
+
+def predict_command(model_dir: Path, manifest: Path) -> str:
+    """The `lumbarclip predict` command line for the first test patient of `manifest`."""
+    from lumbarclip.data.manifest import read_manifest
+
+    records = read_manifest(manifest).split("test")
+    patient = records[0].patient_id
+    paths = [_short(r.image_path) for r in records if r.patient_id == patient]
+    return shlex.join(["lumbarclip", "predict", "--model", _short(model_dir), *paths])
+
+
+def _short(path: Path) -> str:
+    """The path relative to the working folder when it lies inside it (a shorter command)."""
+    path = Path(path).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)

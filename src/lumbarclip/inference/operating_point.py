@@ -4,7 +4,7 @@ embeddings and the preprocessing spec; plus the model card.
 
 Files beside `config.json`: `operating_point.json` (scalars, calibration, thresholds, provenance)
 with its arrays in `operating_point.safetensors`, `preprocess.json` and `card.json`. They are
-written by `lumbarclip evaluate` (or `lumbarclip calibrate`); a model folder without them still
+written by `lumbarclip evaluate`; a model folder without them still
 loads with `LumbarCLIP.from_pretrained`, only diagnosis needs them.
 
 Calibration is Platt scaling of the classifier's logit: p = sigmoid(a * logit + b), fitted on
@@ -29,7 +29,7 @@ OPERATING_POINT_ARRAYS = "operating_point.safetensors"
 PREPROCESS_FILE = "preprocess.json"
 CARD_FILE = "card.json"
 #: The command that writes the operating point, named in every "missing" message.
-WRITER_COMMAND = "lumbarclip evaluate --run MODEL --data MANIFEST (or lumbarclip calibrate --model MODEL --data MANIFEST)"
+WRITER_COMMAND = "lumbarclip evaluate --run MODEL --data MANIFEST"
 CLASS_NAMES: tuple[str, str] = ("normal", "abnormal")
 
 
