@@ -13,6 +13,8 @@ _EXPORTS = {
     "finding_prompts": "findings",
     "FindingClassifier": "findings",
     "ImageScorer": "scorer",
+    "OnnxImageScorer": "onnx",
+    "export_onnx": "onnx",
     "OperatingPoint": "operating_point",
     "PreprocessSpec": "operating_point",
     "load_operating_point": "operating_point",
