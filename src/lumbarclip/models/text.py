@@ -43,13 +43,27 @@ def load_text_tower(name: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        encoder = AutoModel.from_pretrained(source, local_files_only=local_only)
+        encoder, info = AutoModel.from_pretrained(source, local_files_only=local_only, output_loading_info=True)
     except OSError as err:
         raise InputError(
             f"text tower {name!r} could not be loaded ({str(err).splitlines()[0]}); "
             "give a local folder, or use 'minilm' offline"
         ) from None
+    except RuntimeError as err:  # shapes that do not fit the config (transformers logs which)
+        raise InputError(
+            f"text tower {name!r} could not be loaded: its weights do not fit its config.json "
+            f"({str(err).splitlines()[0]})"
+        ) from None
+    _refuse_missing(name, info)
     return encoder, tokenizer
+
+
+def _refuse_missing(name: str, info: dict) -> None:
+    """transformers fills weights a folder lacks with random ones and only warns: a silently
+    random tower is an error here (the pooler head, which no pooling reads, excepted)."""
+    missing = [k for k in info.get("missing_keys", []) if not str(k).startswith("pooler.")]
+    if missing:
+        raise InputError(f"text tower {name!r} could not be loaded: {len(missing)} weight(s) missing, e.g. {missing[0]}")
 
 
 def text_tower_from_folder(folder: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,25 @@ def create_vision_tower(
             raise InputError(f"{path}: vision weights file not found")
         overlay = {"file": str(path)}
     build = dict(pretrained=bool(pretrained), pretrained_cfg_overlay=overlay, in_chans=in_chans, num_classes=0)
+    try:
+        return _create(name, img_size, build, kwargs)
+    except RuntimeError as err:  # torch's load_state_dict: size mismatch, missing or unexpected keys
+        if overlay is None:
+            raise
+        raise InputError(f"{pretrained}: these weights do not fit timm model {name!r} ({_mismatch(err)})") from None
+
+
+def _mismatch(err: RuntimeError) -> str:
+    """The first problem torch's `load_state_dict` lists, and how many there are."""
+    problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    if not problems:
+        return str(err).splitlines()[0]
+    first = re.sub(r"copying a param with shape torch.Size\((.*?)\) from checkpoint, the shape in current model is "
+                   r"torch.Size\((.*?)\)", r"\1 in the file, \2 in the model", problems[0])
+    return f"{len(problems)} problem(s), e.g. {first[:300]}"
+
+
+def _create(name: str, img_size: int | None, build: dict, kwargs: dict) -> nn.Module:
     if img_size is not None and "img_size" not in kwargs:
         try:  # transformers (ViT, Swin...) are built for the input size; CNNs take any size
             return timm.create_model(name, img_size=img_size, **build, **kwargs)
