@@ -84,3 +84,76 @@ def test_frozen_text_tower_is_cached_and_stays_in_eval_mode(cohort):
     first = model.encode_text(["Adequate spinal canal.", "Lt paracentral protrusion."])
     again = model.encode_text(["Lt paracentral protrusion."])
     assert torch.allclose(first[1], again[0]) and len(model._pooled_cache) == 2
+
+
+def test_unknown_monitor_is_refused_before_training(cohort, tmp_path):
+    with pytest.raises(InputError, match="not a logged metric"):
+        train(load_config("cpu-demo", [*TINY, "trainer.monitor=val/auc"]), cohort, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(InputError, match="monitor_mode"):
+        train(load_config("cpu-demo", [*TINY, "trainer.monitor_mode=up"]), cohort, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize(
+    "monitor,mode,values,best",
+    [
+        ("val/loss", "", [2.0, 1.0, 1.5], 1),  # a loss: lowest
+        ("val/zero_shot_balanced_accuracy", "", [0.6, 0.9, 0.7], 1),  # an accuracy: highest
+        ("val/loss", "max", [2.0, 1.0, 1.5], 0),  # the explicit setting wins
+    ],
+)
+def test_export_best_follows_the_metric_direction(monitor, mode, values, best, tmp_path):
+    from types import SimpleNamespace
+
+    from lumbarclip.training.trainer import ExportBest, monitor_mode
+
+    config = load_config("cpu-demo", [f"trainer.monitor={monitor}", f"trainer.monitor_mode={mode}"])
+    export = ExportBest(tmp_path / "model", monitor, monitor_mode(config))
+    for epoch, value in enumerate(values):
+        trainer = SimpleNamespace(
+            sanity_checking=False, callback_metrics={monitor: torch.tensor(value)}, current_epoch=epoch, is_global_zero=False
+        )
+        export.on_validation_end(trainer, None)
+    assert export.best_epoch == best and export.best == pytest.approx(values[best])
+    restored = ExportBest(tmp_path / "model", monitor, "min")
+    restored.load_state_dict(export.state_dict())  # carried by the checkpoints across a resume
+    assert (restored.best, restored.best_epoch) == (export.best, export.best_epoch)
+
+
+def test_cli_internal_errors_exit_1_and_input_errors_exit_2(cohort, tmp_path, capsys, monkeypatch):
+    import lumbarclip.training.trainer as trainer_module
+
+    def diverged(*args, **kwargs):
+        raise RuntimeError("loss is NaN at step 3")
+
+    monkeypatch.setattr(trainer_module, "train", diverged)
+    assert main(["train", "--data", str(cohort), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "internal error (RuntimeError: loss is NaN at step 3)" in err and "--debug" in err
+    with pytest.raises(RuntimeError, match="NaN"):
+        main(["--debug", "train", "--data", str(cohort), "--out", str(tmp_path / "r")])
+    assert main(["train", "--out", str(tmp_path / "r")]) == 2  # bad usage stays the user's
+    assert "--data and --out are required" in capsys.readouterr().err
+
+
+def test_frozen_text_cache_follows_pooling_and_weights():
+    from lumbarclip.models import ModelConfig, create_model
+
+    model = create_model(ModelConfig(image_size=32, embed_dim=8, text_unfrozen_layers=0)).eval()
+    text = ["Lt paracentral protrusion."]
+
+    def uncached() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.nn.functional.normalize(model.text_head(model._pool_text(text)), dim=-1)
+
+    with torch.no_grad():
+        mean = model.encode_text(text)
+        assert torch.allclose(mean, uncached(), atol=1e-6)
+        model.config.text_pooling = "cls"  # a change of pooling must not serve the mean vectors
+        assert torch.allclose(model.encode_text(text), uncached(), atol=1e-6)
+        assert not torch.allclose(model.encode_text(text), mean, atol=1e-3)
+        model.config.text_pooling = "mean"
+        before = model.encode_text(text)
+        next(model.text.parameters()).mul_(1.5)  # new weights in place (e.g. loaded into the tower)
+        after = model.encode_text(text)
+        assert torch.allclose(after, uncached(), atol=1e-6) and not torch.allclose(after, before, atol=1e-4)
