@@ -73,6 +73,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model folder (with operating_point.json and card.json)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime (default torch)")
     p.add_argument("--overlays", action="store_true", help="also send Secondary Capture saliency overlays")
+    p.add_argument(
+        "--top-k", type=int, default=3, help="findings per image written into the SR (default 3; 0 skips findings)"
+    )
     p.add_argument("--salt", help=_SALT_HELP)
     p.add_argument("-v", "--verbose", action="store_true", help="log every received instance")
 
@@ -85,7 +88,9 @@ def _setup(args: argparse.Namespace):
     logging.getLogger("lumbarclip.pacs").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its debug log dumps headers
     salt = args.salt or os.environ.get(SALT_ENV) or secrets.token_hex(16)
-    return StudyAnalyser.load(args.model, runtime=args.runtime, salt=salt, overlays=args.overlays), salt
+    return StudyAnalyser.load(
+        args.model, runtime=args.runtime, salt=salt, overlays=args.overlays, top_k=args.top_k
+    ), salt
 
 
 def run_listen(args: argparse.Namespace) -> int:
