@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -271,16 +272,17 @@ class PacsNode:
             self._worker = None
         while drain and (item := self.assembler.pop_quiet(0.0)) is not None:
             self._handle(*item)
+        log.info("stopped")
 
     def serve_forever(self) -> None:
-        """Block until interrupted (Ctrl-C), then drain and stop."""
-        try:
-            while not self._stop.wait(1.0):
-                pass
-        except KeyboardInterrupt:
-            log.info("interrupted: finishing pending studies")
-        finally:
-            self.stop()
+        """Block until Ctrl-C or SIGTERM (a service manager's stop), then drain and stop."""
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(1.0):
+            pass
+        log.info("stopping: finishing pending studies")
+        self.stop()
 
     def wait_idle(self, timeout: float, n_records: int = 0) -> bool:
         """Wait until nothing is pending or processing and at least `n_records` studies are done."""
