@@ -185,7 +185,7 @@ def send_datasets(datasets: Sequence[Dataset], dest: Destination, ae_title: str)
 class PacsNode:
     """Storage SCP + study worker. `start()` listens; `stop()` drains and shuts down.
 
-    `process` turns a complete study's files into result datasets (see `lumbarclip.pacs.analyse`);
+    `process` turns a complete study's folder into result datasets (`lumbarclip.pacs.analyse`);
     `deliver` sends them on (by default C-STORE to `dest`) and returns the stored UIDs.
     """
 
@@ -201,6 +201,7 @@ class PacsNode:
         self.assembler = StudyAssembler(config.work_dir, config.salt)
         self.records: list[StudyRecord] = []
         self.skipped: dict[str, int] = {"not_mr": 0, "malformed": 0}
+        self._skip_lock = threading.Lock()  # associations run in threads of their own
         self._busy = False
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -211,27 +212,31 @@ class PacsNode:
 
     # --- SCP -----------------------------------------------------------------------------
 
+    def _skip(self, kind: str) -> None:
+        with self._skip_lock:
+            self.skipped[kind] += 1
+
     def _on_store(self, event: evt.Event) -> int:
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
         except Exception as err:  # a data set that does not decode
-            self.skipped["malformed"] += 1
+            self._skip("malformed")
             log.warning("refused an undecodable instance (%s)", type(err).__name__)
             return STATUS_MALFORMED
         verdict = check_instance(ds)
         if verdict == "not_mr":
-            self.skipped["not_mr"] += 1
+            self._skip("not_mr")
             log.warning("skipped a non-MR instance (modality %s)", str(ds.get("Modality", "?"))[:8])
             return STATUS_OK
         if verdict != "ok":
-            self.skipped["malformed"] += 1
+            self._skip("malformed")
             log.warning("refused a malformed instance (no study/instance UID or no pixels)")
             return STATUS_MALFORMED
         try:
             tag = self.assembler.add(ds)
         except Exception as err:
-            self.skipped["malformed"] += 1
+            self._skip("malformed")
             log.warning("could not store an instance (%s)", type(err).__name__)
             return STATUS_MALFORMED
         log.debug("received an instance of study %s", tag)
