@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 TARGETS = {  # (metrics.json path, comparison, bound)
     "linear probe, image balanced accuracy": (("image", "balanced_accuracy"), ">=", 0.85),
-    "linear probe, patient balanced accuracy": (("patient", "balanced_accuracy"), ">=", 0.90),
+    "linear probe, patient balanced accuracy": (("patient", "balanced_accuracy"), ">=", 0.95),
     "zero-shot, image balanced accuracy": (("zero_shot", "image", "balanced_accuracy"), ">=", 0.80),
     "raw-pixel baseline, image balanced accuracy": (("baselines", "raw_pixels", "image", "balanced_accuracy"), "<=", 0.65),
 }
@@ -30,13 +31,16 @@ def main() -> int:
     args = parser.parse_args()
     command = [sys.executable, "-m", "lumbarclip.cli", "demo", "--out", args.out,
                "--patients", str(args.patients), "--seed", str(args.seed)]
+    load_before = os.getloadavg()
     started = time.perf_counter()
     subprocess.run(command, check=True)
     wall = time.perf_counter() - started
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
     metrics = json.loads((Path(args.out) / "run" / "eval-test" / "metrics.json").read_text())
-    print(f"\nwall time  {wall / 60:.1f} min (target <= 10)\npeak RSS   {peak_gib:.2f} GiB (target < 4)")
-    ok = wall <= 600 and peak_gib < 4
+    print(f"\nwall time  {wall / 60:.1f} min (target <= 5)\npeak RSS   {peak_gib:.2f} GiB (target < 4)")
+    print(f"load avg   {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (1-min), "
+          f"{os.cpu_count()} cores: a loaded machine makes the wall time longer")
+    ok = wall <= 300 and peak_gib < 4
     for name, (path, op, bound) in TARGETS.items():
         value = metrics
         for key in path:

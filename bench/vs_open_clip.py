@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import os
@@ -60,6 +61,9 @@ from lumbarclip.training.module import CLIPModule  # noqa: E402
 
 SIZE, BATCH, EMBED, VISION = 224, 16, 512, "resnet50"  # --size/--batch/--vision change them for a smoke run
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
+#: Step clock: wall time, or (--clock cpu) this process's CPU time, which a loaded machine does
+#: not inflate by making the step wait for a core (use it with --threads 1).
+clock = time.perf_counter
 
 
 def reports(notes: str | None, n: int = 400) -> list[tuple[str, int]]:
@@ -67,8 +71,8 @@ def reports(notes: str | None, n: int = 400) -> list[tuple[str, int]]:
     if notes:
         from lumbarclip.data.notes import read_notes
 
-        table = read_notes(notes, label_column="lbp")
-        return [(note.text, int(note.label)) for note in table.notes.values()]
+        table = read_notes(notes)  # labels do not change a step's cost: every note counts as abnormal
+        return [(note.text, 1) for note in table.notes.values() if note.text]
     from lumbarclip.synth.cohort import sample_findings
 
     rng = np.random.default_rng(0)
@@ -139,7 +143,7 @@ class OpenClipRunner:
         times = []
         for i in range(n + 1):
             images, texts = self.batches[i % len(self.batches)]
-            started = time.perf_counter()
+            started = clock()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 out = self.model(images, texts)
                 loss = self.loss(out["image_features"], out["text_features"], out["logit_scale"])
@@ -149,7 +153,7 @@ class OpenClipRunner:
             with torch.no_grad():
                 self.model.logit_scale.clamp_(0, math.log(100))
             if i:
-                times.append(time.perf_counter() - started)
+                times.append(clock() - started)
         return times
 
 
@@ -163,10 +167,10 @@ class StepTimer(L.Callback):
         self.steps: list[dict[str, float]] = []
 
     def _mark(self, key: str) -> None:
-        self.current[key] = time.perf_counter()
+        self.current[key] = clock()
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:  # noqa: ANN001
-        self.current = {"start": time.perf_counter()}
+        self.current = {"start": clock()}
 
     def on_before_backward(self, trainer, module, loss) -> None:  # noqa: ANN001
         self._mark("backward")
@@ -212,13 +216,13 @@ class LumbarRunner:
         """Forward + backward of the two towers and heads alone (no loss, optimizer, logging)."""
         model, times = self.module.model.train(), []
         for i, batch in zip(range(n + 1), self.loader):
-            started = time.perf_counter()
+            started = clock()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 total = model.encode_image(batch["images"]).float().sum() + model.encode_text(batch["texts"]).float().sum()
             total.backward()
             model.zero_grad(set_to_none=True)
             if i:
-                times.append(time.perf_counter() - started)
+                times.append(clock() - started)
         return times
 
 
@@ -255,7 +259,8 @@ def lever_off(runner: LumbarRunner, lever: str) -> Iterator[None]:
             runner.config.optim.implementation = previous
     elif lever.startswith("channels_last="):
         on = lever.endswith("True")
-        previous = model.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        weight = next(w for w in model.visual.parameters() if w.ndim == 4 and w.shape[1] > 1 and w.shape[-1] > 1)
+        previous = not weight.is_contiguous()  # a 3x3 kernel over several channels tells the layouts apart
         model.visual.to(memory_format=torch.channels_last if on else torch.contiguous_format)
         try:
             yield
@@ -272,6 +277,7 @@ def loader_rate(dataset: ImageTextDataset, workers: int, seconds: float = 20.0) 
     dataset.transform = train_transform(SIZE)
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True, collate_fn=collate_pairs,
                         num_workers=workers, persistent_workers=workers > 0)
+    next(iter(loader))  # workers started, pixel cache warm
     n, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         for batch in loader:
@@ -283,13 +289,79 @@ def loader_rate(dataset: ImageTextDataset, workers: int, seconds: float = 20.0) 
     return rate
 
 
+def component_modes(lc: LumbarRunner, n: int) -> dict[str, Callable[[], list[float]]]:
+    """Each lever on the part of the step it changes, bf16 autocast: the text tower's and the
+    vision tower's forward + backward, and the AdamW step over the model's 46M parameters."""
+    model = lc.module.model.train()
+    batches = [b for _, b in zip(range(4), lc.loader)]
+
+    def timed(work: Callable[[dict], None]) -> list[float]:
+        times = []
+        for i in range(n + 1):
+            started = clock()
+            work(batches[i % len(batches)])
+            if i:
+                times.append(clock() - started)
+        return times
+
+    def text(batch: dict) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.encode_text(batch["texts"]).float().sum()
+        out.backward()
+        model.zero_grad(set_to_none=True)
+
+    def vision(batch: dict) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.encode_image(batch["images"]).float().sum()
+        out.backward()
+        model.zero_grad(set_to_none=True)
+
+    def text_with(lever: str | None) -> Callable[[], list[float]]:
+        def run() -> list[float]:
+            with lever_off(lc, lever) if lever else contextlib.nullcontext():
+                return timed(text)
+        return run
+
+    def vision_with(channels_last: bool) -> Callable[[], list[float]]:
+        def run() -> list[float]:
+            with lever_off(lc, f"channels_last={channels_last}"):
+                return timed(vision)
+        return run
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    kernels = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+    optimizers = {k: torch.optim.AdamW(params, lr=1e-9, **kw) for k, kw in kernels.items()}
+
+    def optimizer_with(kernel: str) -> Callable[[], list[float]]:
+        def run() -> list[float]:
+            for p in params:
+                p.grad = torch.full_like(p, 1e-3)
+            try:
+                return timed(lambda _: optimizers[kernel].step())
+            finally:
+                model.zero_grad(set_to_none=True)
+        return run
+
+    return {
+        "text fwd+bwd, padded to the batch's longest": text_with(None),
+        "text fwd+bwd, padded to 77": text_with("pad to 77"),
+        "text fwd+bwd, all hidden states": text_with("all hidden states"),
+        "vision fwd+bwd, contiguous": vision_with(False),
+        "vision fwd+bwd, channels_last": vision_with(True),
+        **{f"AdamW step, {k}": optimizer_with(k) for k in kernels},
+    }
+
+
 def main() -> int:
-    global SIZE, BATCH, VISION
+    global SIZE, BATCH, VISION, clock
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best of N)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per mode and round")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--levers", action="store_true", help="also time lumbarclip bf16 with each lever undone")
+    parser.add_argument("--json", default=None, help="also write the best times to this JSON file")
+    parser.add_argument("--components", action="store_true",
+                        help="also time each lever on the part it changes (text tower, vision tower, AdamW step)")
     parser.add_argument("--compile", action="store_true", help="also time both with torch.compile")
     parser.add_argument("--notes", default=None, help="CSV/XLSX notes (patient_id, note, lbp) for real sentences")
     parser.add_argument("--skip-fp32", action="store_true", help="time bf16 only")
@@ -297,8 +369,11 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=SIZE)
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--loader-seconds", type=float, default=20.0)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: time steps by process CPU time (a loaded machine; with --threads 1)")
     args = parser.parse_args()
     SIZE, BATCH, VISION = args.size, args.batch, args.vision
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # per-fit banners
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -326,7 +401,10 @@ def main() -> int:
                 with lever_off(lc, lever):
                     return lc.steps("bf16", args.steps)
             modes[f"lumbarclip bf16, {lever}"] = run
+    if args.levers or args.components:
         modes["lumbarclip bf16, towers fwd+bwd only"] = lambda: lc.towers("bf16", args.steps)
+    if args.components:
+        modes.update(component_modes(lc, args.steps))
     if args.compile:
         oc_c = OpenClipRunner(dataset, compile_model=True)
         lc_c = LumbarRunner(dataset, ["trainer.compile=true"])
@@ -334,7 +412,7 @@ def main() -> int:
         modes["lumbarclip bf16, compiled"] = lambda: lc_c.steps("bf16", args.steps)
 
     best: dict[str, float] = {}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average at start "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, load average at start "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for r in range(args.rounds):
         for name, run in modes.items():
@@ -342,6 +420,8 @@ def main() -> int:
             best[name] = min(best.get(name, math.inf), step)
             print(f"round {r + 1}: {name:45s} {step:7.3f} s/step (best {best[name]:.3f})", flush=True)
     print(f"load average at end {os.getloadavg()[0]:.1f}\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"best": best, "phases": phases, "args": vars(args)}, indent=1))
 
     print(f"{'mode':50s} {'s/step':>8s} {'img/s':>7s}")
     for name, t in best.items():
@@ -357,6 +437,7 @@ def main() -> int:
         for name, t in best.items():
             if name.startswith("lumbarclip bf16, ") and "towers" not in name:
                 print(f"  {name[len('lumbarclip bf16, '):]:35s} {t:.3f} s/step = {t / base:.2f}x the shipped step")
+    if "lumbarclip bf16, towers fwd+bwd only" in best and phases:
         towers = best["lumbarclip bf16, towers fwd+bwd only"]
         fastest = min(phases, key=lambda s: s["end"] - s["start"])
         optimizer = fastest["end"] - fastest["clip"]
@@ -366,6 +447,16 @@ def main() -> int:
         print(f"towers fwd+bwd alone {towers:.3f} s; step beyond the towers' fwd+bwd: {(step - towers) / step:.1%} "
               f"(of which clipping+optimizer {optimizer / step:.1%}; loss, gather, logging, Lightning "
               f"{(step - optimizer - towers) / step:+.1%})")
+    pairs = [("dynamic padding (text fwd+bwd)", "text fwd+bwd, padded to 77", "text fwd+bwd, padded to the batch's longest"),
+             ("last layer only (text fwd+bwd)", "text fwd+bwd, all hidden states", "text fwd+bwd, padded to the batch's longest"),
+             ("channels_last (vision fwd+bwd)", "vision fwd+bwd, contiguous", "vision fwd+bwd, channels_last"),
+             ("fused AdamW vs for-loop (step)", "AdamW step, for-loop", "AdamW step, fused"),
+             ("fused AdamW vs foreach (step)", "AdamW step, foreach", "AdamW step, fused")]
+    if args.components:
+        print("\nlever gains on the part each one changes (time without / with):")
+        for label, without, with_ in pairs:
+            print(f"  {label:32s} {best[without]:.3f} / {best[with_]:.3f} s = {best[without] / best[with_]:.2f}x, "
+                  f"saves {best[without] - best[with_]:.3f} s of a {best['lumbarclip bf16']:.3f} s step")
     for workers in (0, 2):
         print(f"loader, {workers} workers: {loader_rate(dataset, workers, args.loader_seconds):.0f} img/s "
               f"(the best lumbarclip step consumes {BATCH / lc_best[0]:.1f} img/s)")
