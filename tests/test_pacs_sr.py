@@ -3,6 +3,7 @@ plain pydicom (tags walked by hand), against the values they were built from."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import highdicom as hd
@@ -114,3 +115,14 @@ def test_secondary_capture_overlays(study, tmp_path):
     assert ds.SOPClassUID == SecondaryCaptureImageStorage
     assert ds.StudyInstanceUID == sources[0].StudyInstanceUID
     np.testing.assert_array_equal(ds.pixel_array, rgb)
+
+
+def test_model_info_from_card(tmp_path):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights")
+    card = {"name": "LumbarCLIP image-only classifier", "versions": {"lumbarclip": "0.1.0"}, "intended_use": "research"}
+    info = ModelInfo.from_card(card, weights)
+    assert info.name == card["name"] and info.intended_use == "research"
+    assert info.version == "lumbarclip 0.1.0 weights sha256:" + hashlib.sha256(b"weights").hexdigest()[:12]
+    assert ModelInfo.from_card({"version": "2"}, weights).version == "2"
+    assert ModelInfo.from_card({}).version == "unversioned"

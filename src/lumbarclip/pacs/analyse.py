@@ -22,7 +22,9 @@ class StudyAnalyser:
         self.predictor = predictor
         self.overlays = overlays
         self.top_k = top_k
-        self.model = ModelInfo.from_card(getattr(predictor, "card", None) or {})
+        model_dir = getattr(predictor, "model_dir", None)
+        weights = Path(model_dir) / "model.safetensors" if model_dir else None
+        self.model = ModelInfo.from_card(getattr(predictor, "card", None) or {}, weights)
 
     @classmethod
     def load(

@@ -16,6 +16,7 @@ CodingSchemeIdentificationSequence). `read_report` reads these values back.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,16 +81,28 @@ def level_findings(images: Sequence[dict]) -> dict[str, dict[str, float]]:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Name and version written into the report, from the model's card.json."""
+    """Name, version and intended use written into the report, from the model's card.json."""
 
     name: str
     version: str
+    intended_use: str = ""
 
     @classmethod
-    def from_card(cls, card: dict) -> ModelInfo:
-        name = card.get("name") or card.get("model_name") or "LumbarCLIP"
-        version = card.get("version") or card.get("model_version") or "unversioned"
-        return cls(str(name)[:64], str(version)[:64])
+    def from_card(cls, card: dict, weights: Path | None = None) -> ModelInfo:
+        """The card's name; its version, else the package version that wrote the card and the
+        SHA-256 prefix of the weights file (which pins the exact model)."""
+        version = card.get("version")
+        if not version:
+            parts = []
+            package = (card.get("versions") or {}).get("lumbarclip")
+            if package:
+                parts.append(f"lumbarclip {package}")
+            if weights is not None and Path(weights).is_file():
+                digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+                parts.append(f"weights sha256:{digest[:12]}")
+            version = " ".join(parts) or "unversioned"
+        name = card.get("name") or "LumbarCLIP"
+        return cls(str(name)[:64], str(version)[:64], str(card.get("intended_use") or ""))
 
 
 def build_report(
@@ -103,7 +116,11 @@ def build_report(
     (evidence), `images[i]` is Predictor's result for the image read from `image_sources[i]`."""
     abnormal = is_abnormal(study["label"])
     items: list[Any] = [
-        hd.sr.TextContentItem(INTENDED_USE_NAME, INTENDED_USE, relationship_type="CONTAINS"),
+        hd.sr.TextContentItem(
+            INTENDED_USE_NAME,
+            INTENDED_USE + (f" Model card: {model.intended_use}" if model.intended_use else ""),
+            relationship_type="CONTAINS",
+        ),
         hd.sr.TextContentItem(ALGORITHM_NAME, model.name, relationship_type="CONTAINS"),
         hd.sr.TextContentItem(ALGORITHM_VERSION, model.version, relationship_type="CONTAINS"),
         hd.sr.CodeContentItem(
