@@ -5,6 +5,7 @@ cache, so the two can be compared at two cohort sizes.
     lumbarclip data shard C2K/manifest.csv --out S2K
     python bench/shard_rss.py S2K --out /tmp/rss-s2k            # streamed
     python bench/shard_rss.py C2K/manifest.csv --out /tmp/rss-c2k  # in-RAM cache (the fast path)
+    python bench/shard_rss.py S2K --out /tmp/x --loader-only       # the data path alone
 
 Run each measurement in its own process (peak RSS is per process). Prints one JSON line:
 source, train images, peak RSS (MiB) before training and at the end of the epoch, seconds.
@@ -28,6 +29,11 @@ def main() -> None:
     p.add_argument("--out", required=True, help="run folder (replaced)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=32)
+    p.add_argument(
+        "--loader-only",
+        action="store_true",
+        help="one epoch of the train and valid loaders (decode, augment, collate) without the model step",
+    )
     args = p.parse_args()
 
     import torch
@@ -49,15 +55,29 @@ def main() -> None:
             "trainer.checkpoint_every_n_steps=0",
         ],
     )
-    create_model(ModelConfig(**{**config.model.__dict__}))  # the towers' own memory, before any data
-    before = peak_mib()
-    started = time.perf_counter()
-    run = train(config, args.source, args.out, progress=False, overwrite=True)
-    summary = json.loads((run / "train_summary.json").read_text())
+    if args.loader_only:
+        from lumbarclip.data.datamodule import PairDataModule
+
+        data = PairDataModule(args.source, config.data, config.model.image_size, config.loss.labels, config.seed)
+        data.setup("fit")
+        before = peak_mib()
+        started = time.perf_counter()
+        seen = {"train": 0, "valid": 0}
+        for split, loader in (("train", data.train_dataloader()), ("valid", data.val_dataloader())):
+            for batch in loader:
+                seen[split] += len(batch["texts"])
+        summary = {"train_images": seen["train"], "valid_images": seen["valid"]}
+    else:
+        create_model(ModelConfig(**{**config.model.__dict__}))  # the towers' own memory, before any data
+        before = peak_mib()
+        started = time.perf_counter()
+        run = train(config, args.source, args.out, progress=False, overwrite=True)
+        summary = json.loads((run / "train_summary.json").read_text())
     print(
         json.dumps(
             {
                 "source": args.source,
+                "mode": "loader only" if args.loader_only else "training epoch",
                 "train_images": summary["train_images"],
                 "valid_images": summary["valid_images"],
                 "peak_rss_mib_models_loaded": round(before, 1),

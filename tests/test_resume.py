@@ -81,7 +81,10 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(cohort, tmp_path):
 
     ref_w, res_w = _final_weights(reference), _final_weights(run)
     assert ref_w.keys() == res_w.keys()
-    worst = max((ref_w[k].double() - res_w[k].double()).abs().max().item() for k in ref_w)
+    # float32 CPU kernels may differ in the last bit between processes (BatchNorm running
+    # variances of ~2 differ by 1-2 ulp): 1e-6 relative to max(1, |w|)
+    worst = max(((ref_w[k].double() - res_w[k].double()).abs() / ref_w[k].double().abs().clamp(min=1)).max().item()
+                for k in ref_w)
     assert worst <= 1e-6, worst
     # the exported best model too: ExportBest's best value survived the kill
     ref_m, res_m = load_file(reference / "model" / "model.safetensors"), load_file(run / "model" / "model.safetensors")

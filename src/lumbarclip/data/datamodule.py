@@ -11,6 +11,7 @@ continues with the very batches it would have seen.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,14 +80,19 @@ class StreamLoader(DataLoader):
     """A loader over a stream that tells it the epoch on each pass (Lightning iterates a
     loader once per epoch; an iterable dataset has no sampler for it to call `set_epoch` on)."""
 
-    def __init__(self, dataset: ShardPairs, first_epoch: int = 0, **kwargs) -> None:
+    def __init__(self, dataset: ShardPairs, first_epoch: int = 0, skip_batches: int = 0, **kwargs) -> None:
         super().__init__(dataset, **kwargs)
-        self.next_epoch = first_epoch
+        self.next_epoch, self.skip_batches = first_epoch, skip_batches
 
     def __iter__(self):
+        """The epoch's stream; after a mid-epoch resume, without the batches already trained
+        (the stream is a function of seed and epoch; with several data workers the interleaving
+        of their batches is too, but their part batches make the count inexact)."""
         self.dataset.set_epoch(self.next_epoch)
         self.next_epoch += 1
-        return super().__iter__()
+        stream = super().__iter__()
+        skip, self.skip_batches = self.skip_batches, 0
+        return itertools.islice(stream, skip, None) if skip else stream
 
 
 class PairDataModule(L.LightningDataModule):
@@ -172,8 +178,8 @@ class PairDataModule(L.LightningDataModule):
         workers = self.data.num_workers
         common = dict(num_workers=workers, collate_fn=collate_pairs)
         if isinstance(dataset, ShardPairs):  # batches are formed in the stream
-            first_epoch = self.trainer.current_epoch if self.trainer is not None and train else 0
-            return StreamLoader(dataset, first_epoch, batch_size=None, **common)
+            epoch, skip = self._resume_point(len(dataset) * self.data.batch_size) if train and self.trainer else (0, 0)
+            return StreamLoader(dataset, epoch, skip, batch_size=None, **common)
         rank, world = self._rank_world()
         sampler = EpochSampler(len(dataset), self.data.batch_size, self.seed, shuffle=train, rank=rank, world=world)
         if train and self.trainer is not None:

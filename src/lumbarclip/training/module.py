@@ -71,7 +71,7 @@ class CLIPModule(L.LightningModule):
         keep = order[torch.cat([torch.ones(1, dtype=torch.bool), indices[order][1:] != indices[order][:-1]])]
         probs = zero_shot_probs(feats[keep], class_embeddings(self.model, self.prompts), self.model.logit_scale)
         score = balanced_accuracy_score(labels[keep].cpu().numpy(), probs.argmax(-1).cpu().numpy())
-        self.log("val/zero_shot_balanced_accuracy", float(score), prog_bar=True)
+        self.log("val/zero_shot_balanced_accuracy", float(score), prog_bar=True, sync_dist=True)  # equal on all ranks
 
     def optimizer_step(self, *args, **kwargs) -> None:
         """After each optimizer step, clamp the temperature parameter in place (open_clip's way:
