@@ -174,3 +174,27 @@ def test_every_listed_method_runs(models):
     for method in METHODS:
         maps = saliency_maps(model, torch.randn(2, 1, 64, 64), torch.randn(8), method=method, layers=("layer3",))
         assert maps.shape == (2, 64, 64) and 0 <= maps.min() and maps.max() <= 1
+
+
+def test_report_section_on_a_synthetic_cohort(models, tmp_path):
+    """The gallery scores every abnormal image with a visible lesion and renders in report.html."""
+    from lumbarclip.data.manifest import read_manifest
+    from lumbarclip.evaluation.report import _saliency_html
+    from lumbarclip.inference import load_images
+    from lumbarclip.inference.saliency import read_lesions, saliency_gallery
+    from lumbarclip.synth import CohortConfig, make_cohort
+
+    manifest = make_cohort(tmp_path / "c", CohortConfig(n_patients=4, seed=1, size=48, abnormal_rate=1.0), progress=False)
+    records = read_manifest(manifest).records
+    model = models["resnet18"]
+    images = load_images([r.image_path for r in records], 64, progress=False)
+    gallery = saliency_gallery(model, records, images, torch.randn(8), manifest, size=3)
+    n_lesions = sum(r.image_path.resolve() in read_lesions(manifest) for r in records)
+    assert gallery.pointing_game["n_images"] == n_lesions > 3
+    assert len(gallery.overlays) == 3 and all(png[:4] == b"\x89PNG" for png, _ in gallery.overlays)
+    assert all(caption.endswith(("hit", "miss")) for _, caption in gallery.overlays)
+    page = _saliency_html(gallery)
+    assert page.count("data:image/png;base64,") == 3 and "centre prior" in page
+    (tmp_path / "c" / "findings.jsonl").unlink()  # real data: no lesions, no pointing game
+    plain = saliency_gallery(model, records, images, torch.randn(8), manifest, size=2)
+    assert plain.pointing_game == {} and len(plain.overlays) == 2

@@ -295,6 +295,8 @@ def evaluate_run(
     integrity["warnings"] += outcome_warnings(metrics, MAIN)
     out.mkdir(parents=True, exist_ok=True)
     if opts.report:
+        from lumbarclip.inference.saliency import saliency_gallery
+
         write_report(
             ReportInputs(
                 metrics=metrics,
@@ -312,6 +314,7 @@ def evaluate_run(
                     "patient rule": PATIENT_RULE,
                 },
                 embedding_map=opts.embedding_map,
+                saliency=saliency_gallery(model, test.records, test.images, classes[1], manifest.path, seed=opts.seed),
             ),
             out / "report.html",
         )

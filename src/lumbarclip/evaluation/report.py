@@ -57,6 +57,16 @@ td:first-child,th:first-child{text-align:left}
 
 
 @dataclass
+class SaliencyGallery:
+    """Saliency overlays of a few abnormal images and, where the lesions are known (synthetic
+    cohorts), the pointing game on all of them; built by `inference.saliency.saliency_gallery`."""
+
+    overlays: Sequence[tuple[bytes, str]]  # PNG bytes, caption
+    description: str = ""
+    pointing_game: Mapping[str, object] = field(default_factory=dict)  # PointingGame.to_dict()
+
+
+@dataclass
 class ReportInputs:
     """What the page is drawn from; every array refers to the evaluated split's images."""
 
@@ -70,6 +80,7 @@ class ReportInputs:
     title: str = "LumbarCLIP evaluation"
     meta: Mapping[str, object] = field(default_factory=dict)
     embedding_map: str = "pca"  # pca | tsne
+    saliency: SaliencyGallery | None = None  # optional section
 
 
 def write_report(inputs: ReportInputs, path: str | Path) -> Path:
@@ -108,6 +119,8 @@ def render_report(inputs: ReportInputs) -> str:
             _gallery_html(inputs.predictions[main], inputs.records),
         ),
     ]
+    if inputs.saliency is not None:
+        sections.append(_section("Saliency (Grad-CAM towards the abnormal class)", _saliency_html(inputs.saliency)))
     meta = "".join(f"<div>{html.escape(str(k))}: {html.escape(str(v))}</div>" for k, v in inputs.meta.items())
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -447,3 +460,25 @@ def _gallery_html(pred: Predictions, records: Sequence[ImageRecord], size: int =
             f"P(abn) {pred.prob[i]:.2f} <span class='{verdict}'>{verdict}</span></figcaption></figure>"
         )
     return f"<div class='gallery'>{''.join(cells)}</div>"
+
+
+def _saliency_html(gallery: SaliencyGallery) -> str:
+    parts = [f"<p class='meta'>{html.escape(gallery.description)}</p>"] if gallery.description else []
+    game = gallery.pointing_game
+    if game:
+        rows = [
+            ["saliency peak", game["hit_rate"]],
+            ["centre prior", game["centre_baseline"]],
+            ["random map", game["random_baseline"]],
+        ]
+        parts.append(
+            f"<p>Pointing game on {game['n_images']} abnormal images with a visible lesion: a hit when "
+            f"the peak lies within {game['margin_px']:g} px of the pixels the findings change.</p>"
+            + _table(["map", "hit rate"], rows)
+        )
+    cells = [
+        f"<figure><img alt='saliency overlay' src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for png, caption in gallery.overlays
+    ]
+    return "".join(parts) + f"<div class='gallery'>{''.join(cells)}</div>"

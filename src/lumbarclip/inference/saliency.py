@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,10 @@ from torch import nn
 
 from lumbarclip.errors import InputError
 from lumbarclip.models import LumbarCLIP
+
+if TYPE_CHECKING:
+    from lumbarclip.data.manifest import ImageRecord
+    from lumbarclip.evaluation.report import SaliencyGallery
 
 #: CAM methods by name; all use the gradient of the target, so they follow the direction.
 METHODS: dict[str, type] = {
@@ -141,11 +146,16 @@ def saliency_maps(
 
 
 def overlay(
-    image: np.ndarray, cam: np.ndarray, boxes: Sequence[Sequence[float]] = (), alpha: float = 0.45
+    image: np.ndarray,
+    cam: np.ndarray,
+    boxes: Sequence[Sequence[float]] = (),
+    region: np.ndarray | None = None,
+    alpha: float = 0.45,
 ) -> np.ndarray:
     """[H, W, 3] uint8: the image in grey under the map in the jet colormap (resized to the
-    image), with lesion boxes [x0, y0, x1, y1] outlined in white when given."""
+    image), with lesion boxes [x0, y0, x1, y1] and the outline of a lesion region in white."""
     from matplotlib import colormaps
+    from scipy import ndimage
 
     image = np.asarray(image, dtype=np.float32)
     lo, hi = np.percentile(image, (1, 99))
@@ -162,15 +172,19 @@ def overlay(
         x1, y1 = min(int(x1), image.shape[1] - 1), min(int(y1), image.shape[0] - 1)
         rgb[y0 : y1 + 1, [x0, x1]] = 1.0
         rgb[[y0, y1], x0 : x1 + 1] = 1.0
+    if region is not None:
+        rgb[region & ~ndimage.binary_erosion(region)] = 1.0
     return np.rint(rgb * 255).astype(np.uint8)
 
 
-def overlay_png(image: np.ndarray, cam: np.ndarray, boxes: Sequence[Sequence[float]] = ()) -> bytes:
+def overlay_png(
+    image: np.ndarray, cam: np.ndarray, boxes: Sequence[Sequence[float]] = (), region: np.ndarray | None = None
+) -> bytes:
     """`overlay` encoded as PNG bytes (for pages that inline images)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(overlay(image, cam, boxes)).save(buf, format="PNG")
+    Image.fromarray(overlay(image, cam, boxes, region)).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -304,3 +318,60 @@ def pointing_game(
     rng = np.random.default_rng(seed)
     random = np.mean([g[rng.integers(0, g.shape[0]), rng.integers(0, g.shape[1])] for _ in range(random_draws) for g in grown])
     return PointingGame(len(cams), margin, float(hits.mean()), float(centre), float(random), hits)
+
+
+#: Lesion dilation of the pointing game in saved-image pixels (bench/saliency.py --margin).
+DEFAULT_MARGIN_PX = 4.0
+
+
+def saliency_gallery(
+    model: LumbarCLIP,
+    records: Sequence[ImageRecord],
+    images: torch.Tensor,
+    target: torch.Tensor | np.ndarray,
+    manifest: str | Path | None = None,
+    size: int = 8,
+    margin: float = DEFAULT_MARGIN_PX,
+    seed: int = 0,
+) -> SaliencyGallery | None:
+    """The report's saliency section for a split: overlays of `size` abnormal images spread over
+    the split and, when the manifest's cohort has lesions (`read_lesions`), the pointing game on
+    every abnormal image with a visible lesion, whose outline the overlays show. None when the
+    split has no abnormal image."""
+    from lumbarclip.data.imageio import load_image
+    from lumbarclip.evaluation.report import SaliencyGallery
+
+    lesions: dict[Path, dict[str, object]] = {}
+    if manifest is not None:
+        try:
+            lesions = read_lesions(manifest)
+        except InputError:
+            lesions = {}
+    chosen = [i for i, r in enumerate(records) if r.label == 1 and (not lesions or r.image_path.resolve() in lesions)]
+    if not chosen:
+        return None
+    shown = sorted({chosen[int(k)] for k in np.linspace(0, len(chosen) - 1, min(size, len(chosen)))})
+    scored = chosen if lesions else shown
+    cams = dict(zip(scored, saliency_maps(model, images[scored], target)))
+    regions: dict[int, np.ndarray] = {}
+    game = None
+    if lesions:
+        for i in scored:
+            shape = load_image(records[i].image_path).shape
+            regions[i] = lesion_region(lesions[records[i].image_path.resolve()], shape)
+        game = pointing_game(np.stack([cams[i] for i in scored]), [regions[i] for i in scored], margin, seed)
+        hit = dict(zip(scored, game.hits))
+    overlays = []
+    for i in shown:
+        rec = records[i]
+        where = " ".join(x for x in (rec.level, rec.sequence) if x)
+        caption = f"{rec.patient_id} {where}"
+        if lesions:
+            caption += f": {'hit' if hit[i] else 'miss'}"
+        overlays.append((overlay_png(load_image(rec.image_path), cams[i], region=regions.get(i)), caption))
+    description = (
+        f"{DEFAULT_METHOD} of each image's embedding towards the abnormal-class text embedding; "
+        "warm colours raise the similarity."
+        + (" White outline: pixels the synthetic findings visibly change." if lesions else "")
+    )
+    return SaliencyGallery(overlays, description, game.to_dict() if game else {})
