@@ -71,6 +71,7 @@ COLUMNS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("chance_i2t_r@5", ("retrieval", "chance_i2t_r@5"), None),
     ("t2i_r@5", ("retrieval", "t2i_r@5"), None),
     ("findings_i2t_map", ("retrieval", "findings_match", "i2t", "map"), None),
+    ("chance_findings_i2t_map", ("retrieval", "findings_match", "i2t", "chance_map"), None),
     ("finding_zs_macro_auroc", ("finding_zero_shot", "macro_auroc"), None),
 )
 GRID_KEYS: tuple[str, ...] = ("vision", "head", "loss", "seed")
