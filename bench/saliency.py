@@ -6,8 +6,9 @@ of the lesion: of the pixels the findings visibly change (--truth mask, the defa
 their boxes (--truth box; a bulge's box spans its whole ring and the canal in the middle).
 Baselines on the same images: a centre prior (peak at the image centre) and a random map (peak
 at a uniformly random pixel, mean of 100 seeded draws). Each --variant is a CAM method,
-optionally @ a comma-separated list of target layers, scored with the abnormal-class embedding
-as the target direction (and, with --contrast, abnormal minus normal as well).
+optionally @ a comma-separated list of target layers; the target direction is the zero-shot
+classifier's (abnormal minus normal class embedding) or, with --target abnormal, the
+abnormal-class embedding alone.
 
     python bench/saliency.py --model RUN/model --data COHORT/manifest.csv [--split test] [--margin 4]
         [--truth mask|box] [--variant gradcam --variant layercam@layer2,layer3 ...] [--json OUT.json]
@@ -44,12 +45,19 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="model folder (config.json + model.safetensors)")
     parser.add_argument("--data", required=True, help="manifest.csv of a synthetic cohort with lesion boxes")
     parser.add_argument("--split", default="test", help="split to score (default test)")
-    parser.add_argument("--margin", type=float, default=4.0, help="lesion dilation in saved-image pixels (default 4)")
+    parser.add_argument(
+        "--margin", type=float, action="append", help="lesion dilation in saved-image pixels (repeatable; default 4)"
+    )
     parser.add_argument("--truth", action="append", choices=("mask", "box"), help="lesion region(s) (default mask)")
     parser.add_argument(
         "--variant", action="append", default=[], help="METHOD[@LAYER,LAYER] (repeatable; default: the library's)"
     )
-    parser.add_argument("--contrast", action="store_true", help="also score the abnormal-minus-normal direction")
+    parser.add_argument(
+        "--target",
+        action="append",
+        choices=("abnormal-normal", "abnormal"),
+        help="target direction(s): abnormal minus normal class embedding (default), or the abnormal one",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-map baseline")
     parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args()
@@ -63,14 +71,14 @@ def main() -> None:
     images = load_images([r.image_path for r in records], model.config.image_size, progress=False)
     shapes = [load_image(r.image_path).shape for r in records]
     truths = args.truth or ["mask"]
+    margins = args.margin or [4.0]
     regions = {t: [lesion_region(lesions[r.image_path.resolve()], s, t) for r, s in zip(records, shapes)] for t in truths}
     classes = class_embeddings(model, default_prompts())
-    directions = {"abnormal": classes[1]}
-    if args.contrast:
-        directions["abnormal-normal"] = classes[1] - classes[0]
+    directions = {"abnormal-normal": classes[1] - classes[0], "abnormal": classes[1]}
+    directions = {name: directions[name] for name in args.target or ["abnormal-normal"]}
     print(
         f"{len(records)} abnormal {args.split} images with a visible lesion "
-        f"({len({r.patient_id for r in records})} patients), margin {args.margin:g} px, "
+        f"({len({r.patient_id for r in records})} patients), margins {margins} px, "
         f"model input {model.config.image_size} px, saved images {shapes[0][1]}x{shapes[0][0]} px"
     )
     results = []
@@ -82,15 +90,16 @@ def main() -> None:
             started = time.perf_counter()
             cams = saliency_maps(model, images, direction, method=method, layers=layers)
             seconds = time.perf_counter() - started
-            for truth, region in regions.items():
-                game = pointing_game(cams, region, margin=args.margin, seed=args.seed)
+            for (truth, region), margin in ((item, m) for item in regions.items() for m in margins):
+                game = pointing_game(cams, region, margin=margin, seed=args.seed)
                 row = {"variant": variant, "target": name, "truth": truth, **game.to_dict()}
                 row["ms_per_image"] = 1000 * seconds / len(records)
                 results.append(row)
                 print(
-                    f"{variant:32s} {name:15s} {truth:4s} hit {game.hit_rate:.3f}  centre {game.centre:.3f}  "
+                    f"{variant:24s} {name:15s} {truth:4s} m={margin:g} hit {game.hit_rate:.3f}  centre {game.centre:.3f}  "
                     f"random {game.random:.3f}  ratio {row['ratio_to_best_baseline']:.2f}  "
-                    f"({row['ms_per_image']:.0f} ms/image)"
+                    f"where centre misses {row['hit_rate_where_centre_misses'] or 0:.3f} "
+                    f"(n={row['n_centre_misses']})  ({row['ms_per_image']:.0f} ms/image)"
                 )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

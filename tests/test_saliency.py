@@ -142,6 +142,7 @@ def test_pointing_game_against_its_baselines():
     expected_random = (region.mean() + centre.mean()) / 2
     assert abs(game.random - expected_random) < 0.01
     assert game.to_dict()["ratio_to_best_baseline"] == pytest.approx(1.0)
+    assert game.to_dict()["n_centre_misses"] == 1 and game.to_dict()["hit_rate_where_centre_misses"] == 1.0
     near = np.zeros((2, 64, 64), np.float32)
     near[:, 11, 52] = 1.0  # saved row 22.5: 3.5 px below the corner lesion
     assert pointing_game(near[:1], [region], margin=0).hit_rate == 0.0

@@ -314,7 +314,9 @@ def evaluate_run(
                     "patient rule": PATIENT_RULE,
                 },
                 embedding_map=opts.embedding_map,
-                saliency=saliency_gallery(model, test.records, test.images, classes[1], manifest.path, seed=opts.seed),
+                saliency=saliency_gallery(
+                    model, test.records, test.images, classes[1] - classes[0], manifest.path, seed=opts.seed
+                ),
             ),
             out / "report.html",
         )

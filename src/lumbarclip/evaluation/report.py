@@ -120,7 +120,7 @@ def render_report(inputs: ReportInputs) -> str:
         ),
     ]
     if inputs.saliency is not None:
-        sections.append(_section("Saliency (Grad-CAM towards the abnormal class)", _saliency_html(inputs.saliency)))
+        sections.append(_section("Saliency: where the model sees abnormality", _saliency_html(inputs.saliency)))
     meta = "".join(f"<div>{html.escape(str(k))}: {html.escape(str(v))}</div>" for k, v in inputs.meta.items())
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -470,6 +470,8 @@ def _saliency_html(gallery: SaliencyGallery) -> str:
             ["saliency peak", game["hit_rate"]],
             ["centre prior", game["centre_baseline"]],
             ["random map", game["random_baseline"]],
+            [f"saliency peak, on the {game['n_centre_misses']} images the centre prior misses",
+             game["hit_rate_where_centre_misses"]],
         ]
         parts.append(
             f"<p>Pointing game on {game['n_images']} abnormal images with a visible lesion: a hit when "

@@ -271,6 +271,7 @@ class PointingGame:
     centre: float
     random: float
     hits: np.ndarray  # [N] bool, per image
+    centre_hits: np.ndarray  # [N] bool, the centre prior's
 
     @property
     def best_baseline(self) -> float:
@@ -285,6 +286,9 @@ class PointingGame:
             "centre_baseline": self.centre,
             "random_baseline": self.random,
             "ratio_to_best_baseline": ratio,
+            # the images the centre prior misses: there only a map that looks can hit
+            "n_centre_misses": int((~self.centre_hits).sum()),
+            "hit_rate_where_centre_misses": float(self.hits[~self.centre_hits].mean()) if (~self.centre_hits).any() else None,
         }
 
 
@@ -314,10 +318,10 @@ def pointing_game(
         raise ValueError("the pointing game needs at least one image")
     grown = [dilate(r, margin) for r in regions]
     hits = np.array([_hit(g, peak(c, g.shape)) for c, g in zip(cams, grown)])
-    centre = np.mean([_hit(g, ((g.shape[1] - 1) / 2, (g.shape[0] - 1) / 2)) for g in grown])
+    centre = np.array([_hit(g, ((g.shape[1] - 1) / 2, (g.shape[0] - 1) / 2)) for g in grown])
     rng = np.random.default_rng(seed)
     random = np.mean([g[rng.integers(0, g.shape[0]), rng.integers(0, g.shape[1])] for _ in range(random_draws) for g in grown])
-    return PointingGame(len(cams), margin, float(hits.mean()), float(centre), float(random), hits)
+    return PointingGame(len(cams), margin, float(hits.mean()), float(centre.mean()), float(random), hits, centre)
 
 
 #: Lesion dilation of the pointing game in saved-image pixels (bench/saliency.py --margin).
@@ -370,7 +374,7 @@ def saliency_gallery(
             caption += f": {'hit' if hit[i] else 'miss'}"
         overlays.append((overlay_png(load_image(rec.image_path), cams[i], region=regions.get(i)), caption))
     description = (
-        f"{DEFAULT_METHOD} of each image's embedding towards the abnormal-class text embedding; "
+        f"{DEFAULT_METHOD} of each image's embedding towards the abnormal-minus-normal class embedding; "
         "warm colours raise the similarity."
         + (" White outline: pixels the synthetic findings visibly change." if lesions else "")
     )
