@@ -127,6 +127,13 @@ def main() -> int:
             ort_scorer(batch.numpy())
             forward["onnx"].append(time.perf_counter() - t)
 
+    warm = {
+        "per_image": {r: summary(t["image"]) for r, t in times.items()},
+        "per_study_6_images": {r: summary(t["study"]) for r, t in times.items()},
+        "scorer_forward_6_images": {r: summary(v) for r, v in forward.items()},
+    }
+    print("after load:", json.dumps(warm), flush=True)  # kept even if the cold starts are cut short
+
     cold: dict[str, list[dict[str, float]]] = defaultdict(list)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     for _ in range(args.cold):
@@ -144,9 +151,7 @@ def main() -> int:
         "threads": args.threads,
         "cpus_online": os.cpu_count(),
         "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "per_image": {r: summary(t["image"]) for r, t in times.items()},
-        "per_study_6_images": {r: summary(t["study"]) for r, t in times.items()},
-        "scorer_forward_6_images": {r: summary(v) for r, v in forward.items()},
+        **warm,
         "cold_start_median_s": {
             r: {k: round(statistics.median(run[k] for run in runs), 2) for k in runs[0]} for r, runs in cold.items()
         },
