@@ -86,8 +86,14 @@ class OperatingPoint:
 
     @property
     def abnormal_embedding(self) -> np.ndarray:
-        """[D] the abnormal class embedding (the saliency target)."""
+        """[D] the abnormal class embedding."""
         return self.class_embeddings[CLASS_NAMES.index("abnormal")]
+
+    @property
+    def saliency_direction(self) -> np.ndarray:
+        """[D] abnormal minus normal class embedding: the zero-shot classifier's direction, the
+        saliency target that points at lesions best on the demo (bench/saliency.py, H2)."""
+        return self.abnormal_embedding - self.class_embeddings[CLASS_NAMES.index("normal")]
 
     def logit(self, embeddings: np.ndarray) -> np.ndarray:
         """[N] uncalibrated logits of [N, D] unit embeddings (what `ImageScorer` computes)."""

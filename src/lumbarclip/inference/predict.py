@@ -247,7 +247,7 @@ class Predictor:
     def _saliency(
         self, images: torch.Tensor, pixels: list[np.ndarray], study_ids: list[str], folder: Path | None, overwrite: bool
     ) -> list[Path]:
-        """Overlay PNGs of where each image raises its similarity to the abnormal class."""
+        """Overlay PNGs of where each image moves its embedding towards abnormal (away from normal)."""
         if folder is None:
             return []
         from lumbarclip.inference.saliency import save_overlay, saliency_maps
@@ -261,7 +261,7 @@ class Predictor:
         existing = [p for p in paths if p.exists()]
         if existing and not overwrite:
             raise InputError(f"{existing[0]}: already exists; choose another --saliency folder or pass --overwrite")
-        maps = saliency_maps(self.model, images, self.operating_point.abnormal_embedding)  # type: ignore[arg-type]
+        maps = saliency_maps(self.model, images, self.operating_point.saliency_direction)  # type: ignore[arg-type]
         for raw, cam, path in zip(pixels, maps, paths):
             save_overlay(raw, cam, path)
         return paths
