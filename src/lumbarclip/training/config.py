@@ -52,7 +52,6 @@ class TrainerConfig:
     monitor_mode: str = ""  # min | max | "" (from the metric: loss min, accuracy max)
     log_every_n_steps: int = 10
     channels_last: bool = False  # NHWC vision tower (pays for CNNs at 224 px, not at 64 px)
-    compile: bool = False  # torch.compile the vision tower (pays only on long runs)
     checkpoint_every_n_steps: int = 500  # plus one at each epoch end; 0: epoch ends only
     num_nodes: int = 1
     sync_batchnorm: bool = False  # batch statistics over all processes (BatchNorm towers under DDP)

@@ -29,8 +29,6 @@ class CLIPModule(L.LightningModule):
         self.config = config
         if config.trainer.channels_last:  # NHWC weights, so convolutions run in oneDNN's fast layout
             model.visual.to(memory_format=torch.channels_last)
-        if config.trainer.compile:
-            model.visual.compile()  # in place: parameter names (and saved weights) unchanged
         self.prompts = prompts
         self.loss = ClipLoss(
             config.loss.kind,
