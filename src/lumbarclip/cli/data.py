@@ -135,6 +135,11 @@ def run_shard(args: argparse.Namespace) -> int:
     )
     for split, info in index["splits"].items():
         print(f"{split}: {info['images']} images, {info['patients']} patients, {len(info['shards'])} shard(s)")
+    if index["skipped_rows"]:
+        print(
+            f"skipped {index['skipped_rows']} manifest row(s); `lumbarclip data check {args.manifest}` lists them",
+            file=sys.stderr,
+        )
     if index["unreadable"]:
         print(f"skipped {len(index['unreadable'])} unreadable image(s), e.g. {index['unreadable'][0]}", file=sys.stderr)
     print(f"shards: {args.out}")
