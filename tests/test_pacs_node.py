@@ -53,7 +53,8 @@ class Recorder:
         return []
 
 
-def start_node(tmp_path: Path, processor, quiet: float = 0.5) -> PacsNode:
+def start_node(tmp_path: Path, processor, quiet: float = 1.5) -> PacsNode:
+    # quiet time longer than any pause between two C-STOREs on a loaded CI machine
     config = NodeConfig(port=0, quiet_s=quiet, work_dir=tmp_path / "work", salt="test-salt")
     return PacsNode(config, processor, deliver=lambda ds: []).start()
 
@@ -124,7 +125,7 @@ def test_non_mr_skipped_malformed_refused_node_keeps_running(tmp_path, studies):
 def test_crash_in_one_study_loses_no_other(tmp_path, studies, caplog):
     (bad, fbad), (good, fgood) = studies.items()
     rec = Recorder(fail_study=bad)
-    node = start_node(tmp_path, rec, quiet=0.3)
+    node = start_node(tmp_path, rec)
     caplog.set_level(logging.DEBUG, logger="lumbarclip.pacs")
     try:
         assoc = associate(node)

@@ -37,7 +37,8 @@ def cohort(tmp_path_factory) -> dict[str, list[Path]]:
 
 def start_node(orthanc, process, tmp_path: Path) -> PacsNode:  # noqa: F811
     dest = Destination("127.0.0.1", orthanc.dicom_port, ORTHANC_AET)
-    config = NodeConfig(NODE_AET, "127.0.0.1", orthanc.node_port, 0.5, tmp_path / "work", "salt")
+    # 2 s quiet: longer than any pause between two of Orthanc's C-STOREs on a loaded machine
+    config = NodeConfig(NODE_AET, "127.0.0.1", orthanc.node_port, 2.0, tmp_path / "work", "salt")
     return PacsNode(config, process, lambda ds: send_datasets(ds, dest, NODE_AET)).start()
 
 

@@ -81,11 +81,10 @@ def level_findings(images: Sequence[dict]) -> dict[str, dict[str, float]]:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Name, version and intended use written into the report, from the model's card.json."""
+    """Name and version written into the report, from the model's card.json."""
 
     name: str
     version: str
-    intended_use: str = ""
 
     @classmethod
     def from_card(cls, card: dict, weights: Path | None = None) -> ModelInfo:
@@ -102,7 +101,7 @@ class ModelInfo:
                 parts.append(f"weights sha256:{digest[:12]}")
             version = " ".join(parts) or "unversioned"
         name = card.get("name") or "LumbarCLIP"
-        return cls(str(name)[:64], str(version)[:64], str(card.get("intended_use") or ""))
+        return cls(str(name)[:64], str(version)[:64])
 
 
 def build_report(
@@ -116,11 +115,8 @@ def build_report(
     (evidence), `images[i]` is Predictor's result for the image read from `image_sources[i]`."""
     abnormal = is_abnormal(study["label"])
     items: list[Any] = [
-        hd.sr.TextContentItem(
-            INTENDED_USE_NAME,
-            INTENDED_USE + (f" Model card: {model.intended_use}" if model.intended_use else ""),
-            relationship_type="CONTAINS",
-        ),
+        # kept short: viewers such as Orthanc Explorer hide text values longer than 256 chars
+        hd.sr.TextContentItem(INTENDED_USE_NAME, INTENDED_USE, relationship_type="CONTAINS"),
         hd.sr.TextContentItem(ALGORITHM_NAME, model.name, relationship_type="CONTAINS"),
         hd.sr.TextContentItem(ALGORITHM_VERSION, model.version, relationship_type="CONTAINS"),
         hd.sr.CodeContentItem(
