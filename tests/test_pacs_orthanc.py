@@ -100,7 +100,7 @@ def expected(predictor, files: list[Path]) -> dict:
 def test_end_to_end_sr_matches_predict(orthanc, cohort, predictor, tmp_path):  # noqa: F811
     # top_k=0: no per-finding zero-shot (building its prompt embeddings takes minutes on a
     # loaded 2-core machine); the SR's findings part is tested in test_pacs_sr.py
-    node = start_node(orthanc, StudyAnalyser(predictor, top_k=0), tmp_path)
+    node = start_node(orthanc, StudyAnalyser(predictor, top_k=0, overlays=True), tmp_path)
     try:
         ids = {uid: orthanc.upload(files) for uid, files in cohort.items()}
         for oid in ids.values():
@@ -120,6 +120,9 @@ def test_end_to_end_sr_matches_predict(orthanc, cohort, predictor, tmp_path):  #
         assert got["model_name"] == predictor.card["name"]
         sources = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in cohort[uid]}
         assert got["images"] and set(got["images"]) <= sources
+        # the saliency overlays: one Secondary Capture per analysed image, in the same study
+        (overlays,) = orthanc.series_of(oid, "OT")
+        assert len(overlays["Instances"]) == len(got["images"])
 
 
 @pytest.mark.slow
