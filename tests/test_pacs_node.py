@@ -4,6 +4,7 @@ processor, so that assembly, refusal, isolation and log privacy are tested witho
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from pathlib import Path
 
@@ -153,6 +154,23 @@ def test_crash_in_one_study_loses_no_other(tmp_path, studies, caplog):
         for secret in (ds.StudyInstanceUID, ds.SOPInstanceUID, str(ds.PatientName), ds.SeriesInstanceUID):
             assert str(secret) not in text
         assert f" {ds.PatientID}" not in text and f"{ds.PatientID} " not in text
+
+
+def test_unfinished_studies_of_a_killed_run_are_processed(tmp_path, studies):
+    (uid, files), _ = studies.items()
+    half = len(files) // 2
+    for name, part in (("P1-aa", files[:half]), ("P1-bb", files[half:])):  # two batches of one study
+        (tmp_path / "work" / "incoming" / name).mkdir(parents=True)
+        for f in part:
+            shutil.copy(f, tmp_path / "work" / "incoming" / name)
+    rec = Recorder()
+    node = start_node(tmp_path, rec)
+    try:
+        assert node.wait_idle(30, n_records=1)
+    finally:
+        node.stop()
+    assert len(rec.calls) == 1 and rec.calls[0]["studies"] == {uid}
+    assert len(rec.calls[0]["sops"]) == len(files)
 
 
 def test_destination_parsing():

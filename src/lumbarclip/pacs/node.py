@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
@@ -108,7 +109,6 @@ class StudyAssembler:
         self.salt = salt
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
-        self._batches = 0
 
     def tag(self, study_uid: str) -> str:
         """The study's name in logs and folders: a keyed hash, never the UID itself."""
@@ -121,14 +121,35 @@ class StudyAssembler:
         with self._lock:
             pending = self._pending.get(study_uid)
             if pending is None:
-                self._batches += 1
-                folder = self.root / "incoming" / f"{tag}-{self._batches}"
+                folder = self.root / "incoming" / f"{tag}-{secrets.token_hex(4)}"
                 folder.mkdir(parents=True, exist_ok=True)
                 pending = self._pending[study_uid] = _Pending(folder, time.monotonic())
             ds.save_as(pending.folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
             pending.count += 1
             pending.last = time.monotonic()
         return tag
+
+    def recover(self) -> int:
+        """Queue again the studies an earlier run received but never finished (its process
+        was killed): each folder left under incoming/ becomes a pending study. Returns how many."""
+        recovered = 0
+        for folder in sorted((self.root / "incoming").glob("*")):
+            files = sorted(folder.glob("*.dcm"))
+            try:
+                uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+            except Exception:  # empty or unreadable: left for a person to look at
+                continue
+            with self._lock:
+                pending = self._pending.get(uid)
+                if pending is None:
+                    self._pending[uid] = _Pending(folder, time.monotonic(), len(files))
+                else:  # two unfinished batches of one study become one
+                    for f in files:
+                        shutil.move(str(f), pending.folder / f.name)
+                    shutil.rmtree(folder, ignore_errors=True)
+                    pending.count = len(list(pending.folder.glob("*.dcm")))
+            recovered += 1
+        return recovered
 
     def pop_quiet(self, quiet_s: float, now: float | None = None) -> tuple[str, _Pending] | None:
         """The study quiet the longest (at least `quiet_s`), removed from the pending set.
@@ -243,7 +264,10 @@ class PacsNode:
         return STATUS_OK
 
     def start(self) -> PacsNode:
-        """Listen on host:port and start the worker; returns self."""
+        """Queue what an earlier run left unfinished, listen on host:port, start the worker."""
+        recovered = self.assembler.recover()
+        if recovered:
+            log.info("re-queued %d unfinished studies left in %s", recovered, self.config.work_dir)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: STATUS_OK)]
         self._server = self._ae.start_server(
             (self.config.host, self.config.port), block=False, evt_handlers=handlers
