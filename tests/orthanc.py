@@ -55,8 +55,7 @@ class OrthancServer:
             "StorageDirectory": str(self.dir / "db"),
             "IndexDirectory": str(self.dir / "db"),
             "HttpPort": self.http_port,
-            "HttpBindAddress": "127.0.0.1",
-            "RemoteAccessAllowed": False,
+            "RemoteAccessAllowed": False,  # HTTP from localhost only (Orthanc 1.10 has no bind address)
             "AuthenticationEnabled": False,
             "DicomServerEnabled": True,
             "DicomAet": ORTHANC_AET,
