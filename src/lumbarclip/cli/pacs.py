@@ -101,9 +101,9 @@ def run_listen(args: argparse.Namespace) -> int:
         raise InputError("give --dest HOST:PORT:AET and/or --out DIR for the results")
     dest = Destination.parse(args.dest) if args.dest else None
     out = Path(args.out) if args.out else None
+    analyser, salt = _setup(args)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    analyser, salt = _setup(args)
     config = NodeConfig(args.ae_title, args.host, args.port, args.quiet, Path(args.work), salt)
 
     def deliver(datasets):
@@ -121,9 +121,18 @@ def run_listen(args: argparse.Namespace) -> int:
 def run_pull(args: argparse.Namespace) -> int:
     from lumbarclip.pacs.dicomweb import make_client, pull_study
 
+    import requests
+
+    from lumbarclip.errors import InputError
+
     analyser, salt = _setup(args)
     client = make_client(args.dicomweb, args.user, os.environ.get("LUMBARCLIP_DICOMWEB_PASSWORD"))
-    print(json.dumps(pull_study(client, args.study, analyser, salt, stow=not args.no_stow)))
+    try:
+        summary = pull_study(client, args.study, analyser, salt, stow=not args.no_stow)
+    except requests.RequestException as err:  # server down, wrong URL, refused: the user's to fix
+        reason = str(err).replace(args.study, "STUDY")  # no UID in messages
+        raise InputError(f"DICOMweb server {args.dicomweb}: {reason}") from err
+    print(json.dumps(summary))
     return 0
 
 
@@ -138,6 +147,9 @@ def run_send(args: argparse.Namespace) -> int:
         files += sorted(item.rglob("*.dcm")) if item.is_dir() else [item]
     if not files:
         raise InputError("no DICOM files to send")
-    stored = send_datasets([open_dicom(f) for f in files], dest, args.ae_title)
+    try:
+        stored = send_datasets([open_dicom(f) for f in files], dest, args.ae_title)
+    except ConnectionError as err:  # node down or refusing: the user's to fix
+        raise InputError(str(err)) from err
     print(f"sent {len(stored)} instances to {dest.ae_title}")
     return 0

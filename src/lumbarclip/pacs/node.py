@@ -183,20 +183,20 @@ def check_instance(ds: Dataset) -> str:
 
 def send_datasets(datasets: Sequence[Dataset], dest: Destination, ae_title: str) -> list[str]:
     """C-STORE `datasets` to `dest` in one association; returns the stored SOPInstanceUIDs.
-    Raises RuntimeError when the association fails or any store is not acknowledged."""
+    ConnectionError (exit 2 on the CLI) when the association fails or a store is refused."""
     ae = AE(ae_title=ae_title)
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class)
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
-        raise RuntimeError(f"could not associate with {dest.ae_title}@{dest.host}:{dest.port}")
+        raise ConnectionError(f"could not associate with {dest.ae_title}@{dest.host}:{dest.port}")
     stored = []
     try:
         for ds in datasets:
             status = assoc.send_c_store(ds)
             code = getattr(status, "Status", None)
             if code != STATUS_OK:
-                raise RuntimeError(f"{dest.ae_title} answered C-STORE with status {code}")
+                raise ConnectionError(f"{dest.ae_title} answered C-STORE with status {code}")
             stored.append(str(ds.SOPInstanceUID))
     finally:
         assoc.release()
