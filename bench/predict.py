@@ -57,7 +57,7 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="cohort manifest.csv (test patients are used)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for both runtimes (default 2)")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (default 20)")
-    parser.add_argument("--cold", type=int, default=3, help="cold starts per runtime (default 3)")
+    parser.add_argument("--cold", type=int, default=3, help="cold starts per runtime (default 3; 0 skips them)")
     parser.add_argument("--out", help="write the figures as JSON here too")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -153,7 +153,7 @@ def main() -> int:
         "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         **warm,
         "cold_start_median_s": {
-            r: {k: round(statistics.median(run[k] for run in runs), 2) for k in runs[0]} for r, runs in cold.items()
+            r: {k: round(statistics.median(run[k] for run in runs), 2) for k in runs[0]} for r, runs in cold.items() if runs
         },
         "max_abs_diff_p_abnormal_torch_vs_onnx": diff,
         "targets": {

@@ -125,6 +125,9 @@ class OnnxImageScorer:
         if not path.is_file():
             raise InputError(f"{path}: no such ONNX file; write it with {EXPORT_COMMAND}")
         options = ort.SessionOptions()
+        # no busy-waiting between runs: on shared cores spinning threads starve everything else
+        # (PyTorch in the same process ran 10x slower beside a spinning session)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         try:
