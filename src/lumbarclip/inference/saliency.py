@@ -1,11 +1,14 @@
 """Saliency maps: which parts of an image move its embedding towards a direction in the shared
 space (e.g. the abnormal-class text embedding), by class activation mapping (grad-cam library).
 
-The CAM target is the cosine similarity between the image embedding and the direction; the
-target layer depends on the tower: a CNN's last stage (timm `feature_info`), a ViT's last
-block input (its CLS token sees the patches only through that block's attention) and a Swin's
-last stage, whose tokens are reshaped to a channels-first grid. Maps come back at the model's
-input size, each scaled to [0, 1] by the library; a map with no positive evidence is all 0.
+The CAM target is the cosine similarity between the image embedding and the direction. The
+default is LayerCAM, and the target layer depends on the tower: a CNN's finest feature map (its
+stem, timm `feature_info[0]`: at the demo's 64 px input the last stage is 2x2, too coarse to
+point at a lesion; see bench/saliency.py and the README for every variant measured), a ViT's
+last block input (its CLS token sees the patches only through that block's attention) and a
+Swin's last stage, whose tokens are reshaped to a channels-first grid. Maps come back at the
+model's input size, each scaled to [0, 1] by the library; a map with no positive evidence is
+all 0.
 """
 
 from __future__ import annotations
@@ -46,10 +49,10 @@ METHODS: dict[str, type] = {
     "layercam": LayerCAM,
     "eigengradcam": EigenGradCAM,
 }
-#: The default method and (for a CNN) layer, chosen by the pointing game on the demo model
-#: (bench/saliency.py; the figures are in the README).
-DEFAULT_METHOD = "gradcam"
-DEFAULT_LAYERS: tuple[str, ...] = ()  # () = the tower's default target layer
+#: The default method, chosen by the pointing game on the demo model (bench/saliency.py; the
+#: figures are in the README), and layers: () = the tower's default (`target_layers`).
+DEFAULT_METHOD = "layercam"
+DEFAULT_LAYERS: tuple[str, ...] = ()
 
 
 class CosineTarget:
@@ -79,7 +82,9 @@ def target_layers(visual: nn.Module, layers: Sequence[str] = ()) -> list[nn.Modu
         return [visual.get_submodule(name) for name in layers]
     if _is_vit(visual):
         return [visual.blocks[-1].norm1]
-    return [visual.get_submodule(visual.feature_info[-1]["module"])]
+    if getattr(visual, "output_fmt", "NCHW") == "NHWC":  # Swin: the last stage
+        return [visual.get_submodule(visual.feature_info[-1]["module"])]
+    return [visual.get_submodule(visual.feature_info[0]["module"])]  # CNN: the finest map
 
 
 def _is_vit(visual: nn.Module) -> bool:
