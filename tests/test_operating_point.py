@@ -74,10 +74,18 @@ def test_probe_folded_over_embedding_and_thresholds_chosen_on_valid(tmp_path):
     prob = op.calibrate(op.logit(x[200:]))
     best = max(balanced_accuracy_score(y[200:], prob >= t) for t in np.unique(prob))
     assert balanced_accuracy_score(y[200:], prob >= op.thresholds["image"]) == pytest.approx(best)
+    # given the probe's own thresholds (evaluation's), the calibrated ones make the same decisions
+    raw = {"image": 0.55, "patient": 0.45}
+    same = fit_operating_point(pipeline, x[200:], y[200:], patients, np.eye(2, 8), 32, raw_thresholds=raw)
+    raw_prob = pipeline.predict_proba(x)[:, 1]
+    np.testing.assert_array_equal(same.calibrate(same.logit(x)) >= same.thresholds["image"], raw_prob >= 0.55)
+    means = raw_prob.reshape(-1, 2).mean(axis=1)
+    np.testing.assert_array_equal(same.calibrate_patient(means) >= same.thresholds["patient"], means >= 0.45)
     op.save(tmp_path)
     loaded = load_operating_point(tmp_path)
     np.testing.assert_allclose(loaded.weights, w, rtol=1e-6)
     assert loaded.thresholds == pytest.approx(op.thresholds) and loaded.calibration == pytest.approx(op.calibration)
+    assert loaded.patient_calibration == pytest.approx(op.patient_calibration)
     assert loaded.preprocess.image_size == 32 and loaded.meta == {"note": "toy"}
 
 

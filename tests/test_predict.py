@@ -31,7 +31,11 @@ SECRETS = {
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return make_model_folder(tmp_path_factory.mktemp("model"))
+    folder = make_model_folder(tmp_path_factory.mktemp("model"))
+    op = load_operating_point(folder)
+    op.patient_calibration = {"a": 0.7, "b": 0.3}  # a non-trivial study map as well
+    op.save(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +48,30 @@ def _pixels(seed, size=40):
     return (rng.random((size, size)) * 4000).astype(np.uint16)
 
 
-def _expected(model_dir, paths):
-    """P(abnormal) computed apart from Predictor: embed.py's loader and encoder, then the
+def _logits(model_dir, paths):
+    """Probe logits computed apart from Predictor: embed.py's loader and encoder, then the
     operating point's arrays by hand."""
     model = LumbarCLIP.from_pretrained(model_dir)
     op = load_operating_point(model_dir)
     emb = embed_images(model, paths, progress=False).astype(np.float64)
-    logit = emb @ op.weights.astype(np.float64) + op.bias
-    return 1 / (1 + np.exp(-(op.calibration["a"] * logit + op.calibration["b"])))
+    return emb @ op.weights.astype(np.float64) + op.bias
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def _expected(model_dir, paths):
+    """Calibrated image P(abnormal): sigmoid(a * logit + b)."""
+    op = load_operating_point(model_dir)
+    return _sigmoid(op.calibration["a"] * _logits(model_dir, paths) + op.calibration["b"])
+
+
+def _expected_study(model_dir, paths):
+    """Study P(abnormal): mean of the images' sigmoid(logit), then the patient Platt map."""
+    op = load_operating_point(model_dir)
+    m = _sigmoid(_logits(model_dir, paths)).mean()
+    return _sigmoid(op.patient_calibration["a"] * np.log(m / (1 - m)) + op.patient_calibration["b"])
 
 
 def _series(folder, sequence, series_uid, orientation=(1, 0, 0, 0, 1, 0), z_values=None, seed=0, **extra):
@@ -109,8 +129,9 @@ def test_png_files_match_independent_computation(model_dir, predictor, tmp_path)
     assert len(by_study) == 2
     named = by_study[first["study"]]
     assert named["n_images"] == 2
-    assert named["p_abnormal"] == pytest.approx(expected[:2].mean(), abs=1e-5)
-    assert named["label"] == ("abnormal" if expected[:2].mean() >= op.thresholds["patient"] else "normal")
+    study_p = _expected_study(model_dir, paths[:2])
+    assert named["p_abnormal"] == pytest.approx(study_p, abs=1e-5)
+    assert named["label"] == ("abnormal" if study_p >= op.thresholds["patient"] else "normal")
     assert [line["type"] for line in result.lines()] == ["image"] * 3 + ["study"] * 2
 
 
@@ -139,8 +160,8 @@ def test_study_folder_picks_axial_t1_t2_and_says_why(model_dir, predictor, study
     assert chosen == expected  # sagittal series and localiser left out
     (verdict,) = result.studies
     assert verdict["n_images"] == 6
-    probs = _expected(model_dir, [line["path"] for line in result.images])
-    assert verdict["p_abnormal"] == pytest.approx(probs.mean(), abs=1e-5)
+    study_p = _expected_study(model_dir, [line["path"] for line in result.images])
+    assert verdict["p_abnormal"] == pytest.approx(study_p, abs=1e-5)
     text = " ".join(verdict["selection"])
     assert "not axial" in text and "localiser" in text and "L5-S1 T1" in text
     assert result.skipped == []  # notes.txt is not an image: ignored, not an error

@@ -81,29 +81,36 @@ def prepare_model_folder(
     batch_size: int = 64,
 ) -> ModelFolderUpdate:
     """Fit the operating point on valid, measure calibration on `test` before (the probe's own
-    probability at the probe's thresholds) and after Platt scaling, and build the report bank
+    probability at the probe's thresholds) and after Platt scaling (same decisions), and build the report bank
     from the TRAINING reports when `report_bank`."""
     from lumbarclip.evaluation.metrics import classification_metrics
     from lumbarclip.evaluation.predictions import Predictions
 
     op = fit_operating_point(
         probe_pipeline, valid.embeddings, valid.labels, valid.patients, class_embeddings,
-        model.config.image_size, meta,  # type: ignore[attr-defined]
+        model.config.image_size, meta, probe_thresholds,  # type: ignore[attr-defined]
     )  # fmt: skip
     logit = op.logit(test.embeddings)
     before = Predictions(test.labels, 1.0 / (1.0 + np.exp(-logit)), test.patients, dict(probe_thresholds))
-    after = Predictions(test.labels, op.calibrate(logit), test.patients, dict(op.thresholds))
     keys = ("ece", "brier", "balanced_accuracy", "accuracy")
+    patients = before.by_patient()
+    after = {
+        "image": classification_metrics(test.labels, op.calibrate(logit), op.thresholds["image"]),
+        "patient": classification_metrics(
+            patients.y_true, op.calibrate_patient(patients.prob), op.thresholds["patient"]
+        ),
+    }
     calibration: dict[str, object] = {
         "method": "platt",
         "fitted_on": "valid",
-        "a": op.calibration["a"],
-        "b": op.calibration["b"],
+        "image_map": op.calibration,
+        "patient_map": op.patient_calibration,
+        "rule": "image: sigmoid(a*logit + b); patient: sigmoid(a_p*log(m/(1-m)) + b_p), m = mean of the "
+        "patient's images' sigmoid(logit); thresholds = the probe's valid-chosen thresholds mapped alike",
         "thresholds": op.thresholds,
+        "before": {lv: {k: block[k] for k in keys} for lv, block in before.metrics().items()},
+        "after": {lv: {k: block[k] for k in keys} for lv, block in after.items()},
     }
-    for name, pred in (("before", before), ("after", after)):
-        blocks = pred.metrics()
-        calibration[name] = {lv: {k: blocks[lv][k] for k in keys} for lv in ("image", "patient")}
     figures: dict[str, object] = {"calibration": calibration}
     bank = None
     if report_bank:
@@ -116,6 +123,6 @@ def prepare_model_folder(
             "source": "unique (patient, report) pairs of the train split",
             "rule": "image: label of the most similar report; patient: mean of its images' top-1 labels >= 0.5",
             "top1_label_agreement": {lv: {k: nearest[lv][k] for k in ("accuracy", "balanced_accuracy")} for lv in ("image", "patient")},
-            "probe": {lv: {k: after.metrics()[lv][k] for k in ("accuracy", "balanced_accuracy")} for lv in ("image", "patient")},
+            "probe": {lv: {k: after[lv][k] for k in ("accuracy", "balanced_accuracy")} for lv in ("image", "patient")},
         }
     return ModelFolderUpdate(Path(model_dir), op, bank, figures)

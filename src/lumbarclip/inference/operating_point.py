@@ -69,7 +69,10 @@ class PreprocessSpec:
 @dataclass
 class OperatingPoint:
     """logit = embedding @ weights + bias; p_abnormal = sigmoid(a * logit + b); abnormal when
-    p_abnormal >= thresholds["image"] (one image) or thresholds["patient"] (a study's mean)."""
+    p_abnormal >= thresholds["image"]. A study: the mean of its images' UNCALIBRATED
+    probabilities sigmoid(logit) (evaluation's patient rule, on the probe's own probabilities),
+    mapped by the patient-level Platt map `patient_calibration`, abnormal at thresholds["patient"].
+    Both maps are monotone, so the labels are exactly the evaluation's decisions."""
 
     weights: np.ndarray  # [D]
     bias: float
@@ -77,6 +80,7 @@ class OperatingPoint:
     thresholds: dict[str, float]  # {"image": ..., "patient": ...} on the calibrated probability
     class_embeddings: np.ndarray  # [2, D] zero-shot normal / abnormal, unit rows
     preprocess: PreprocessSpec
+    patient_calibration: dict[str, float] = field(default_factory=lambda: {"a": 1.0, "b": 0.0})
     classifier: str = "linear_probe"
     meta: dict[str, object] = field(default_factory=dict)  # provenance: manifest, C, fitted on
 
@@ -104,6 +108,12 @@ class OperatingPoint:
         z = self.calibration["a"] * np.asarray(logit, dtype=np.float64) + self.calibration["b"]
         return 1.0 / (1.0 + np.exp(-z))
 
+    def calibrate_patient(self, mean_prob: np.ndarray) -> np.ndarray:
+        """[P] calibrated P(abnormal) of studies from the mean of their images' sigmoid(logit)."""
+        p = np.clip(np.asarray(mean_prob, dtype=np.float64), 1e-12, 1 - 1e-12)
+        z = self.patient_calibration["a"] * np.log(p / (1 - p)) + self.patient_calibration["b"]
+        return 1.0 / (1.0 + np.exp(-z))
+
     def label(self, prob: np.ndarray | float, level: str = "image") -> np.ndarray:
         """1 (abnormal) where the calibrated probability reaches the level's threshold."""
         return (np.asarray(prob) >= self.thresholds[level]).astype(int)
@@ -123,10 +133,15 @@ class OperatingPoint:
             "classifier": self.classifier,
             "bias": float(self.bias),
             "calibration": {"method": "platt", **{k: float(self.calibration[k]) for k in ("a", "b")}},
+            "patient_calibration": {
+                "method": "platt on logit(mean of the study's sigmoid(logit))",
+                **{k: float(self.patient_calibration[k]) for k in ("a", "b")},
+            },
             "thresholds": {k: float(v) for k, v in self.thresholds.items()},
             "classes": list(CLASS_NAMES),
-            "rule": "logit = unit image embedding . weights + bias; p_abnormal = sigmoid(a*logit + b); "
-            "abnormal when p_abnormal >= threshold (image: one image; patient: mean over a study's images)",
+            "rule": "image: logit = unit image embedding . weights + bias, p_abnormal = sigmoid(a*logit + b); "
+            "study: m = mean of its images' sigmoid(logit), p_abnormal = sigmoid(a_p*log(m/(1-m)) + b_p); "
+            "abnormal when p_abnormal >= the level's threshold",
             "arrays": OPERATING_POINT_ARRAYS,
             "meta": self.meta,
         }
@@ -148,6 +163,7 @@ class OperatingPoint:
             bias=float(arrays["bias"][0]),
             calibration=calibration,
             thresholds={k: float(v) for k, v in doc["thresholds"].items()},
+            patient_calibration={k: float(v) for k, v in doc.get("patient_calibration", {"a": 1.0, "b": 0.0}).items() if k in ("a", "b")},
             class_embeddings=arrays["class_embeddings"],
             preprocess=PreprocessSpec.load(model_dir),
             classifier=doc.get("classifier", "linear_probe"),
@@ -208,27 +224,44 @@ def fit_operating_point(
     class_embeddings: np.ndarray,
     image_size: int,
     meta: dict[str, object] | None = None,
+    raw_thresholds: dict[str, float] | None = None,
 ) -> OperatingPoint:
     """The operating point of a fitted probe (StandardScaler + LogisticRegression pipeline):
-    its weights folded over the embedding, Platt scaling fitted on valid, and per-level
-    thresholds maximising balanced accuracy on valid's CALIBRATED probabilities (the patient
-    threshold on patient means, evaluation's patient rule)."""
+    its weights folded over the embedding and Platt maps fitted on valid, per image and per
+    patient (evaluation's patient rule). `raw_thresholds` are the probe's thresholds on its own
+    probabilities (evaluation's, chosen on valid); mapped through the monotone calibration they
+    give identical decisions. Without them (or if a map is not increasing) the thresholds
+    maximise balanced accuracy on valid's calibrated probabilities."""
     from lumbarclip.evaluation.metrics import choose_threshold
     from lumbarclip.evaluation.predictions import aggregate_patients
 
     weights, bias = probe_weights(pipeline)
     logit = np.asarray(valid_embeddings, dtype=np.float64) @ weights.astype(np.float64) + bias
-    calibration = fit_platt(logit, valid_labels)
+    _, patient_labels, patient_mean = aggregate_patients(valid_patients, valid_labels, _sigmoid(logit))
     op = OperatingPoint(
-        weights, bias, calibration, {}, class_embeddings, PreprocessSpec.of_model(image_size), meta=meta or {}
-    )
-    prob = op.calibrate(logit)
-    _, patient_labels, patient_prob = aggregate_patients(valid_patients, valid_labels, prob)
+        weights, bias, fit_platt(logit, valid_labels), {}, class_embeddings, PreprocessSpec.of_model(image_size),
+        patient_calibration=fit_platt(_logit(patient_mean), patient_labels), meta=meta or {},
+    )  # fmt: skip
+    raw = raw_thresholds or {}
+    image_prob, patient_prob = op.calibrate(logit), op.calibrate_patient(patient_mean)
     op.thresholds = {
-        "image": choose_threshold(valid_labels, prob),
-        "patient": choose_threshold(patient_labels, patient_prob),
+        "image": float(op.calibrate(_logit(raw["image"]))[()])
+        if "image" in raw and op.calibration["a"] > 0
+        else choose_threshold(valid_labels, image_prob),
+        "patient": float(op.calibrate_patient(raw["patient"])[()])
+        if "patient" in raw and op.patient_calibration["a"] > 0
+        else choose_threshold(patient_labels, patient_prob),
     }
     return op
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p / (1 - p))
 
 
 HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "auroc", "f1_macro")

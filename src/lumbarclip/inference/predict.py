@@ -11,9 +11,9 @@ its other images are each scored. Files named like the public dataset (`T1_0002_
 their sequence, level and patient from the name.
 
 Each image gets the calibrated P(abnormal) (`OperatingPoint.calibrate` of the scorer's logit)
-and a label at the image threshold; each study the MEAN of its images' probabilities (the
-evaluation's patient rule, `evaluation.predictions.aggregate_patients`) labelled at the patient
-threshold. Studies are named by keyed-hash pseudonyms (`data.privacy`) of their UID or folder;
+and a label at the image threshold; each study the MEAN of its images' probe probabilities (the
+evaluation's patient rule, `evaluation.predictions.aggregate_patients`), calibrated by the
+patient-level map and labelled at the patient threshold: the decisions evaluation scored. Studies are named by keyed-hash pseudonyms (`data.privacy`) of their UID or folder;
 no DICOM header value (name, ID, date, UID) reaches the output. The salt is `salt`, else
 `LUMBARCLIP_SALT`, else random per Predictor (then pseudonyms differ between runs).
 """
@@ -205,17 +205,19 @@ class Predictor:
             if overlays:
                 line["saliency"] = str(overlays[n])
             result.images.append(line)
-        result.studies = self._studies(kept, study_ids, prob)
+        result.studies = self._studies(kept, study_ids, logits)
         return result
 
-    def _studies(self, kept: list[_Item], study_ids: list[str], prob: np.ndarray) -> list[dict[str, object]]:
-        """One line per study: evaluation's patient rule over its images."""
+    def _studies(self, kept: list[_Item], study_ids: list[str], logits: np.ndarray) -> list[dict[str, object]]:
+        """One line per study: evaluation's patient rule (mean of the images' probe
+        probabilities), then the operating point's patient calibration."""
         from lumbarclip.evaluation.predictions import aggregate_patients
 
-        ids, _, mean_prob = aggregate_patients(np.array(study_ids), np.zeros(len(kept), int), prob)
+        raw = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+        ids, _, mean_prob = aggregate_patients(np.array(study_ids), np.zeros(len(kept), int), raw)
         threshold = self.operating_point.thresholds["patient"]
         out = []
-        for sid, p in zip(ids, mean_prob):
+        for sid, p in zip(ids, self.operating_point.calibrate_patient(mean_prob)):
             members = [item for item, s in zip(kept, study_ids) if s == sid]
             notes = [note for m in members for note in m.series_notes]
             selection = list(dict.fromkeys([*notes, *(m.reason for m in members if m.reason)]))
@@ -226,7 +228,7 @@ class Predictor:
                     "p_abnormal": round(float(p), 6),
                     "label": LABELS[int(p >= threshold)],
                     "threshold": round(threshold, 6),
-                    "rule": "mean of the study's images' p_abnormal (as evaluation aggregates a patient)",
+                    "rule": "mean of the images' probe probabilities (evaluation's patient rule), calibrated on valid patients",
                     "selection": selection,
                 }
             )
