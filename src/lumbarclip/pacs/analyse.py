@@ -30,10 +30,14 @@ class StudyAnalyser:
     def load(
         cls, model_dir: str | Path, runtime: str = "torch", salt: str | None = None, **kwargs: Any
     ) -> StudyAnalyser:
-        """Load the model once; the analyser is then reused for every study."""
+        """Load the model once, with the per-finding prompt embeddings when findings are asked
+        for, so the first study does not wait for them; then reused for every study."""
         from lumbarclip.inference.predict import Predictor
 
-        return cls(Predictor.load(model_dir, runtime=runtime, salt=salt), **kwargs)
+        analyser = cls(Predictor.load(model_dir, runtime=runtime, salt=salt), **kwargs)
+        if analyser.top_k:
+            analyser.predictor.findings()
+        return analyser
 
     def __call__(self, folder: Path) -> list[Dataset]:
         return self.analyse(folder)
