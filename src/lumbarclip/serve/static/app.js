@@ -95,9 +95,9 @@ function renderImages(images) {
     for (const f of img.top_findings || []) {
       findings.append(el("li", {}, `${f.finding}${f.level ? " " + f.level : ""} `, el("span", { class: "score", text: num(f.score) })));
     }
-    const reports = el("ol");
+    const reports = el("ol", { class: "reports" });
     for (const r of img.nearest_reports || []) {
-      reports.append(el("li", {}, `${r.text} `, el("span", { class: "score", text: `(${num(r.score)}${r.label != null ? ", " + labelName(r.label).toLowerCase() : ""})` })));
+      reports.append(el("li", { title: r.text }, el("span", { class: "score", text: `${num(r.score)}${r.label != null ? " · " + labelName(r.label).toLowerCase() : ""} · ` }), r.text));
     }
     box.append(
       el("article", { class: "card", "data-testid": "image-card" },
