@@ -307,7 +307,8 @@ class Predictor:
 
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
         images = [p for p in files if p.name.lower().endswith(IMAGE_SUFFIXES)]
-        dicoms = [p for p in files if p not in set(images) and _maybe_dicom(p)]
+        picked = set(images)
+        dicoms = [p for p in files if p not in picked and _maybe_dicom(p)]
         studies: dict[str, list[SliceHeader]] = {}
         for path in tqdm(dicoms, desc="DICOM headers", unit="file", disable=not (progress and dicoms), leave=False):
             try:
