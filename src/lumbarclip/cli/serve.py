@@ -27,10 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
 
     from lumbarclip.serve import create_app
 
+    logging.getLogger("lumbarclip.serve").setLevel(logging.INFO)  # one line per request: counts, no names
     app = create_app(args.model, max_upload_mb=args.max_upload_mb, runtime=args.runtime)
     print(f"serving {args.model} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

@@ -30,6 +30,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -118,8 +119,6 @@ def create_app(
             with tempfile.TemporaryDirectory(prefix="lumbarclip-upload-") as tmp:
                 saved = save_uploads(files, Path(tmp), limits)
                 del files
-                from starlette.concurrency import run_in_threadpool
-
                 body = await run_in_threadpool(
                     _run_predictor, predictor, model_lock, saved, Path(tmp), saliency, previews, top_k
                 )
