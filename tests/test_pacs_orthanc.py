@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from orthanc import NODE_AET, ORTHANC_AET, orthanc  # noqa: F401  (fixture)
 
+from lumbarclip.inference.predict import Predictor
 from lumbarclip.pacs.analyse import StudyAnalyser
 from lumbarclip.pacs.node import Destination, NodeConfig, PacsNode, send_datasets
 from lumbarclip.pacs.sr import ModelInfo, build_report, is_abnormal, read_report
@@ -83,11 +84,9 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(model_dir, cohort):
-    predict = pytest.importorskip("lumbarclip.inference.predict", reason="Predictor not built yet")
     first = pydicom.dcmread(next(iter(cohort.values()))[0], stop_before_pixels=True)
-    if "ImagePositionPatient" not in first:  # slice choice needs the slice geometry
-        pytest.skip("synth --format dicom writes no ImagePositionPatient yet")
-    return predict.Predictor.load(model_dir, runtime="torch")
+    assert "ImagePositionPatient" in first  # slice choice needs the slice geometry
+    return Predictor.load(model_dir, runtime="torch")
 
 
 def expected(predictor, files: list[Path]) -> dict:
