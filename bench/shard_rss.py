@@ -3,9 +3,9 @@ cache, so the two can be compared at two cohort sizes.
 
     lumbarclip synth --out C2K --patients 2000 --size 32
     lumbarclip data shard C2K/manifest.csv --out S2K
-    python bench/shard_rss.py S2K --out /tmp/rss-s2k            # streamed
-    python bench/shard_rss.py C2K/manifest.csv --out /tmp/rss-c2k  # in-RAM cache (the fast path)
-    python bench/shard_rss.py S2K --out /tmp/x --loader-only       # the data path alone
+    python bench/shard_rss.py S2K --out OUT/rss-s2k            # streamed
+    python bench/shard_rss.py C2K/manifest.csv --out OUT/rss-c2k  # in-RAM cache (the fast path)
+    python bench/shard_rss.py S2K --out OUT/x --loader-only       # the data path alone
 
 Run each measurement in its own process (peak RSS is per process). Prints one JSON line:
 source, train images, peak RSS (MiB) before training and at the end of the epoch, seconds.
