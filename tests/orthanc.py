@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from _net import free_port
 
 BINARY_CANDIDATES = ("/usr/sbin/Orthanc", "Orthanc")
 PLUGIN_CANDIDATES = (
@@ -30,11 +30,6 @@ NODE_AET = "LUMBARCLIP"
 NODE_MODALITY = "lumbarclip"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def find_orthanc() -> tuple[str | None, str | None]:

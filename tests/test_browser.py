@@ -4,7 +4,6 @@ server, uploads a PNG and a DICOM file, and checks the rendered verdict and over
 import base64
 import io
 import shutil
-import socket
 import threading
 import time
 
@@ -14,6 +13,7 @@ from PIL import Image
 
 from _model_folder import make_model_folder
 from lumbarclip.data.imageio import write_dicom
+from _net import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -27,10 +27,6 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

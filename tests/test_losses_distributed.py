@@ -1,7 +1,6 @@
 """The loss under two CPU processes (gloo) equals the loss on the whole batch in one process."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from lumbarclip.losses import ClipLoss
+from _net import free_port
 
 
 def _batch():
@@ -33,16 +33,12 @@ def _worker(rank: int, port: int, kind: str, results) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("kind", ["soft", "hard"])
 def test_two_ranks_see_the_global_batch(kind):
     results = mp.Manager().dict()
-    mp.spawn(_worker, args=(_free_port(), kind, results), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), kind, results), nprocs=2, join=True)
     img, txt, labels = _batch()
     img = img.clone().requires_grad_()
     expected = ClipLoss(kind, form="normalized")(img, txt, torch.tensor(10.0), labels)
