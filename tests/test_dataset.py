@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from lumbarclip.data.dataset import ImageTextDataset, collate_pairs, label_vector
+from lumbarclip.data.dataset import ImageTextDataset, collate_pairs, label_vector, sentence_pool
 from lumbarclip.data.manifest import read_manifest
 from lumbarclip.data.transforms import eval_transform, train_transform
 from lumbarclip.errors import InputError
@@ -50,3 +50,34 @@ def test_collate_and_cache(records):
     assert torch.equal(batch["labels"], torch.tensor([r.label for r in records[:4]]))
     assert len(ds.cache) == 4  # decoded once, augmented on every access
     assert not torch.equal(ds[0].image, ds[0].image)
+
+
+def test_sentence_pool_keeps_the_images_level():
+    report = [
+        "Desiccating L3-4 and L5-S1 discs",
+        "Mild diffuse disc bulge noted at L4/L5 level",
+        "The spinal canal is adequate",
+    ]
+    assert sentence_pool(report, "L4-L5") == [report[1]]
+    assert sentence_pool(report, "L3-L4") == [report[0]]
+    assert sentence_pool(report, "L5-S1") == [report[0]]
+    assert sentence_pool(report[:2] + ["Disc bulges at L3-L5"], "L4-L5") == [report[1], "Disc bulges at L3-L5"]
+    assert sentence_pool(report, "L1-L2") == [report[2]]  # not named: the general statements
+    assert sentence_pool(report[:2], "L1-L2") == report[:2]  # nothing general: everything
+    assert sentence_pool(report, "") == report  # level unknown
+
+
+def test_level_sentences_and_level_labels(records):
+    ds = ImageTextDataset(
+        records, eval_transform(32), split_sentences=split_sentences, label_source="level", level_sentences=True
+    )
+    for i, record in enumerate(records):
+        assert ds[i].text in sentence_pool(split_sentences(record.report), record.level)
+        findings = Findings.from_json(record.findings)
+        expected = findings_vector(Findings(levels={record.level: findings.level(record.level)}))
+        assert ds[i].label_vec.tolist() == expected
+        # the level view sets slots of this level (or "normal") only
+        on = {FINDINGS_VECTOR_NAMES[j] for j, v in enumerate(expected) if v}
+        assert on == {"normal"} or all(name.startswith(record.level + ":") for name in on)
+    with pytest.raises(InputError, match="level column"):
+        label_vector(type(records[0])(records[0].image_path, "p", "train", 1, "r", findings=records[0].findings), "level")

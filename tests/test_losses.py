@@ -135,3 +135,14 @@ def test_config_carries_findings_loss_settings():
     assert (cfg.loss.labels, cfg.loss.kernel, cfg.loss.identity_weight) == ("findings", "jaccard", 0.25)
     with pytest.raises(ValueError, match="kernel"):
         ClipLoss("soft", "normalized", kernel="rbf")
+
+
+def test_config_carries_level_sentence_settings():
+    from lumbarclip.training.config import load_config
+
+    cfg = load_config("cpu-demo", ["data.sentences=level", "loss.labels=level"])
+    assert (cfg.data.sentences, cfg.loss.labels) == ("level", "level")
+    with pytest.raises(ValueError, match="data.sentences"):
+        load_config("cpu-demo", ["data.sentences=paragraph"])
+    with pytest.raises(ValueError, match="loss.labels"):
+        load_config("cpu-demo", ["loss.labels=sentences"])

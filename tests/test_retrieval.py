@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from lumbarclip.evaluation.retrieval import findings_match_metrics, findings_relevance, ranked_relevance_metrics
+from lumbarclip.evaluation.retrieval import (
+    findings_match_metrics,
+    findings_relevance,
+    ranked_relevance_metrics,
+    retrieval_metrics,
+    study_embeddings,
+)
 from lumbarclip.findings import Findings, LevelFindings, finding_set, jaccard
 
 
@@ -47,6 +53,23 @@ def test_findings_match_both_directions():
     assert out["threshold"] == 0.5
 
 
+def test_study_embeddings_average_a_patients_slices():
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])
+    ids, study = study_embeddings(emb, np.array(["b", "b", "a", "b"]))
+    assert ids.tolist() == ["a", "b"]
+    np.testing.assert_allclose(study[0], [0.6, 0.8])
+    np.testing.assert_allclose(study[1], np.array([2.0, 1.0]) / np.sqrt(5))
+    # p's two slices each look more like another report (x, y) than like p's, which their mean finds
+    img = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    txt = np.array([[0.7, 0.7, 0.0], [0.9, 0.0, 0.43], [0.0, 0.9, 0.43], [0.0, 0.0, 1.0]])
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    reports = np.array(["p", "x", "y", "q"])
+    patients = np.array(["p", "p", "q", "q"])
+    assert retrieval_metrics(img, patients, txt, reports, ks=(1,))["i2t_r@1"] == 0.5
+    ids, study = study_embeddings(img, patients)
+    assert retrieval_metrics(study, ids, txt, reports, ks=(1,))["i2t_r@1"] == 1.0
+
+
 def test_report_sections_show_findings_match_and_per_finding_auroc():
     from lumbarclip.evaluation.report import _finding_zero_shot_html, _retrieval_html
     from lumbarclip.evaluation.retrieval import retrieval_metrics
@@ -55,7 +78,10 @@ def test_report_sections_show_findings_match_and_per_finding_auroc():
     sets = [frozenset({"x"}), frozenset({"y"}), frozenset()]
     retrieval = retrieval_metrics(img, np.array(["a", "b", "c", "c"]), np.eye(3), np.array(["a", "b", "c"]))
     retrieval["findings_match"] = findings_match_metrics(img, [sets[0], sets[1], sets[2], sets[2]], np.eye(3), sets)
+    ids, study = study_embeddings(img, np.array(["a", "b", "c", "c"]))
+    retrieval["study"] = retrieval_metrics(study, ids, np.eye(3), np.array(["a", "b", "c"]))
     page = _retrieval_html(retrieval)
+    assert "Study level" in page and "study -&gt; report" in page
     assert "Findings match" in page and "mAP" in page and "Jaccard of the level:kind sets &gt;= 0.5" in page
     fz = {
         "per_kind": {"bulge": {"auroc": 0.912, "ci95": [0.85, 0.96], "positives": 30, "negatives": 70}},

@@ -72,6 +72,8 @@ COLUMNS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("t2i_r@5", ("retrieval", "t2i_r@5"), None),
     ("findings_i2t_map", ("retrieval", "findings_match", "i2t", "map"), None),
     ("chance_findings_i2t_map", ("retrieval", "findings_match", "i2t", "chance_map"), None),
+    ("study_i2t_r@5", ("retrieval", "study", "i2t_r@5"), None),
+    ("study_findings_i2t_map", ("retrieval", "study", "findings_match", "i2t", "map"), None),
     ("finding_zs_macro_auroc", ("finding_zero_shot", "macro_auroc"), None),
 )
 GRID_KEYS: tuple[str, ...] = ("vision", "head", "loss", "seed")

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SENTENCE_POOLS: tuple[str, ...] = ("report", "level")
+#: Soft-loss label vectors (`dataset.label_vector`); `loss.labels` in the training config.
+LABEL_SOURCES: tuple[str, ...] = ("binary", "findings", "kinds", "level")
+
 
 @dataclass
 class DataConfig:
@@ -13,4 +17,11 @@ class DataConfig:
     augment: bool = True
     flip: bool = False
     sample_sentence: bool = True  # one report sentence per image per step, as the paper does
+    # which sentences an image is paired with: "report" (any, the paper) or "level" (those naming
+    # the image's disc level, else those naming no level; see `dataset.sentence_pool`)
+    sentences: str = "report"
     cache_images: bool = True  # in-RAM image cache (small cohorts); shard folders always stream
+
+    def __post_init__(self) -> None:
+        if self.sentences not in SENTENCE_POOLS:
+            raise ValueError(f"data.sentences must be one of {SENTENCE_POOLS}, got {self.sentences!r}")

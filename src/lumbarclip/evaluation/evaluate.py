@@ -28,7 +28,7 @@ from lumbarclip.evaluation.metrics import CI_METHOD
 from lumbarclip.evaluation.predictions import LEVELS, Predictions
 from lumbarclip.evaluation.probe import LinearProbe, fit_probe, subsample_patients
 from lumbarclip.evaluation.report import ReportInputs, write_report
-from lumbarclip.evaluation.retrieval import retrieval_metrics
+from lumbarclip.evaluation.retrieval import retrieval_metrics, study_embeddings
 from lumbarclip.evaluation.supervised import SupervisedConfig, classifier_proba, train_classifier
 from lumbarclip.evaluation.zeroshot import default_prompts, zero_shot_abnormal_proba
 from lumbarclip.models import LumbarCLIP
@@ -224,7 +224,10 @@ def evaluate_run(
     preds["zero_shot"] = test.predictions(zero_shot_abnormal_proba(model, test.embeddings, classes))
     texts = sorted({(r.patient_id, r.report) for r in test.records})  # each patient's report(s), once
     text_emb = embed_texts(model, [t for _, t in texts], opts.batch_size)
-    retrieval = retrieval_metrics(test.embeddings, test.patients, text_emb, np.array([p for p, _ in texts]))
+    text_patients = np.array([p for p, _ in texts])
+    retrieval = retrieval_metrics(test.embeddings, test.patients, text_emb, text_patients)
+    study_ids, study_emb = study_embeddings(test.embeddings, test.patients)
+    retrieval["study"] = retrieval_metrics(study_emb, study_ids, text_emb, text_patients)
     finding_zero_shot = _findings_level(model, test, texts, text_emb, retrieval, opts)
     timer.lap("probe_zero_shot_retrieval")
     folder = None
@@ -355,6 +358,15 @@ def format_summary(metrics: dict[str, object]) -> str:
             f"findings-match retrieval (Jaccard >= {match['threshold']}) i2t mAP {_num(match['i2t']['map'])} "
             f"(chance {_num(match['i2t']['chance_map'])}), R@5 {_num(match['i2t'].get('r@5'))}"
         )
+    study = r.get("study") if r else None  # type: ignore[union-attr]
+    if study:
+        study_match = study.get("findings_match") or {}
+        lines.append(
+            "study (slices averaged) -> report R@1/5/10 "
+            + "/".join(_num(study.get(f"i2t_r@{k}")) for k in (1, 5, 10))
+            + f" (chance R@5 {_num(study.get('chance_i2t_r@5'))})"
+            + (f", findings-match mAP {_num(study_match['i2t']['map'])}" if study_match else "")
+        )
     fz = metrics.get("finding_zero_shot") or {}
     if fz:
         lines.append(
@@ -412,8 +424,11 @@ def _findings_level(
     if image_sets is None:
         return {}
     by_patient = dict(zip(test.patients.tolist(), image_sets))
-    retrieval["findings_match"] = findings_match_metrics(
-        test.embeddings, image_sets, text_emb, [by_patient[p] for p, _ in texts]
+    text_sets = [by_patient[p] for p, _ in texts]
+    retrieval["findings_match"] = findings_match_metrics(test.embeddings, image_sets, text_emb, text_sets)
+    study_ids, study_emb = study_embeddings(test.embeddings, test.patients)
+    retrieval["study"]["findings_match"] = findings_match_metrics(  # type: ignore[index]
+        study_emb, [by_patient[p] for p in study_ids], text_emb, text_sets
     )
     scores = FindingClassifier.build(model).scores(test.embeddings, [r.level or None for r in test.records])
     return per_finding_zero_shot(scores, test.records, opts.bootstrap, opts.seed)

@@ -384,27 +384,37 @@ def _label_efficiency_html(efficiency: Mapping[str, Mapping[str, Mapping[str, ob
     return _img(fig, "label efficiency") + table
 
 
-def _retrieval_html(retrieval: Mapping[str, object]) -> str:
+def _retrieval_html(retrieval: Mapping[str, object], query: str = "image") -> str:
+    """Same-patient and findings-match tables; the study-level block (slices averaged) below."""
     if not retrieval:
         return "<p class='meta'>Not computed.</p>"
     rows = []
-    for direction, text in (("i2t", "image -> report"), ("t2i", "report -> image")):
+    for direction, text in (("i2t", f"{query} -> report"), ("t2i", f"report -> {query}")):
         ks = sorted(int(k.split("@")[1]) for k in retrieval if k.startswith(f"{direction}_r@"))
         rows += [
             [text, k, retrieval[f"{direction}_r@{k}"], retrieval.get(f"chance_{direction}_r@{k}")] for k in ks
         ]
     note = (
-        f"<p class='meta'>{retrieval.get('n_images')} images, {retrieval.get('n_texts')} reports; "
+        f"<p class='meta'>{retrieval.get('n_images')} {query} queries, {retrieval.get('n_texts')} reports; "
         "a hit is an item of the query's patient.</p>"
     )
-    return _table(["direction", "K", "Recall@K", "chance"], rows) + note + _findings_match_html(retrieval.get("findings_match"))
+    html = _table(["direction", "K", "Recall@K", "chance"], rows) + note
+    html += _findings_match_html(retrieval.get("findings_match"), query)  # type: ignore[arg-type]
+    study = retrieval.get("study")
+    if study:
+        html += (
+            "<h3>Study level</h3><p class='meta'>Each patient's slice embeddings averaged into one "
+            "query (a slice shows one disc level; the report covers all).</p>"
+            + _retrieval_html(study, "study")  # type: ignore[arg-type]
+        )
+    return html
 
 
-def _findings_match_html(match: Mapping[str, object] | None) -> str:
+def _findings_match_html(match: Mapping[str, object] | None, query: str = "image") -> str:
     if not match:
         return ""
     rows = []
-    for direction, text in (("i2t", "image -> report"), ("t2i", "report -> image")):
+    for direction, text in (("i2t", f"{query} -> report"), ("t2i", f"report -> {query}")):
         block = match[direction]
         ks = sorted(int(k.split("@")[1]) for k in block if k.startswith("r@"))
         rows.append([text, "mAP", block["map"], block["chance_map"]])

@@ -5,6 +5,10 @@ A hit is a retrieved item of the query's patient: a patient's six slices share o
 right image for a report. Chance levels are returned next to the recalls so a number can be
 read against them.
 
+`study_embeddings` gives the study-level view: a patient's slices averaged into one query, the
+way a radiologist reads the study against a report (a single axial slice shows one disc level,
+while the report covers all of them).
+
 Same-patient hits are strict: two patients with the same findings have interchangeable
 reports. `findings_match_metrics` counts a retrieved report as right when its findings match
 the truth (Jaccard of the "level:kind" sets >= 0.5, `lumbarclip.findings.finding_set`), scored
@@ -57,6 +61,14 @@ def retrieval_metrics(
     out.update({f"chance_i2t_r@{k}": _chance(image_patients, text_patients, k) for k in ks})
     out.update({f"chance_t2i_r@{k}": _chance(text_patients, image_patients, k) for k in ks})
     return out
+
+
+def study_embeddings(image_emb: np.ndarray, patients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(patient ids sorted, [P, D] unit-norm mean of each patient's image embeddings)."""
+    ids, inverse = np.unique(np.asarray(patients).astype(str), return_inverse=True)
+    sums = np.zeros((len(ids), image_emb.shape[1]))
+    np.add.at(sums, inverse, np.asarray(image_emb, dtype=np.float64))
+    return ids, sums / np.linalg.norm(sums, axis=1, keepdims=True).clip(min=1e-12)
 
 
 def findings_relevance(

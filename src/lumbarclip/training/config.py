@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from lumbarclip.data.config import DataConfig
+from lumbarclip.data.config import LABEL_SOURCES, DataConfig
 from lumbarclip.errors import InputError
 from lumbarclip.models.config import ModelConfig
 
@@ -21,9 +21,14 @@ class LossConfig:
     kind: str = "soft"  # soft | hard
     form: str = "softmax"  # softmax (the paper) | normalized
     labels: str = "binary"  # binary | findings (per level x kind, side, severity) | kinds (union over levels)
+    # | level (the findings vector of the image's own level only; pair with data.sentences=level)
     kernel: str = "dot"  # label similarity: dot (the paper) | cosine | jaccard
     identity_weight: float = 0.0  # weight of the InfoNCE (own pair) target mixed into the soft one
     gather_with_grad: bool = True
+
+    def __post_init__(self) -> None:
+        if self.labels not in LABEL_SOURCES:
+            raise ValueError(f"loss.labels must be one of {LABEL_SOURCES}, got {self.labels!r}")
 
 
 @dataclass
