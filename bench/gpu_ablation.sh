@@ -99,14 +99,19 @@ COMMON=(--data "$TWIN/manifest.csv" --head "$HEADS" --loss "$LOSSES" --bootstrap
 for kv in $EXTRA; do COMMON+=(--set "$kv"); done
 set -m  # each process in its own process group, so a kill takes its loader workers too
 pids=() names=() starts=()
+# SPLIT=cell: one process per cell (vision, head, loss, seed) instead of per (vision, seed)
+if [ "${SPLIT:-vision-seed}" = cell ]; then parts=(); for h in ${HEADS//,/ }; do for l in ${LOSSES//,/ }; do parts+=("$h:$l"); done; done
+else parts=("$HEADS:$LOSSES"); fi
 for v in ${VISIONS//,/ }; do
     for s in ${SEEDS//,/ }; do
-        name=$v-s$s
+        for part in "${parts[@]}"; do
+        name=$v-s$s; [ "${#parts[@]}" -gt 1 ] && name=$v-${part/:/-}-s$s
         mkdir -p "$ABL/p-$name" && ln -sfn ../runs "$ABL/p-$name/runs"
         rm -f "$ABL/p-$name"/ablation.csv* "$ABL/p-$name/ablation.md"  # stale rows of an earlier call
         "${CLI[@]}" ablate --out "$ABL/p-$name" --vision "$v" --seeds "$s" --overwrite "${COMMON[@]}" \
-            >"$WORK/logs/ablate-$name.txt" 2>&1 &
+            --head "${part%%:*}" --loss "${part#*:}" >"$WORK/logs/ablate-$name.txt" 2>&1 &
         pids+=($!) names+=("$name") starts+=("$SECONDS")
+        done
     done
 done
 set +m
