@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The paper's ablation grid (vision x head x loss x seed) on the real-notes twin, in one shot on a
-# lent GPU machine. Run from the repo root with the ignored folder .devcarry carried:
+# lent GPU machine. Run from the repo root with the ignored folder .devcarry carried (made by
+# `python bench/devcarry.py --notes NOTES --out .devcarry`):
 #   .devcarry/notes.csv   the notes CSV (bench/ablation_notes.py); never committed
 #   .devcarry/minilm/     the MiniLM text tower with fp16 weights (config dtype float32)
 #   .devcarry/whl/        wheels the image lacks (pydicom, nibabel: data/imageio imports them)
@@ -13,7 +14,8 @@
 # TWIN_SIZE (64), RENDER (label), VISIONS (resnet,vit,swin), SEEDS (0,1,2), HEADS (linear,mlp),
 # LOSSES (soft-binary,soft-findings,hard), ACCEL (gpu), BOOTSTRAP (500), WORKERS (1: data.num_workers
 # per process), THREADS (1: OMP threads per process), DEADLINE (480), FINAL_TIMEOUT (60),
-# EXTRA ("": more KEY=VALUE overrides, space-separated), CARRY (.devcarry), WORK (/tmp/gpuabl),
+# EXTRA ("": more KEY=VALUE overrides, space-separated), SPLIT (vision-seed: one process per vision x
+# seed; cell: one per vision x head x loss x seed), CARRY (.devcarry), WORK (/tmp/gpuabl),
 # SITE (/tmp/site).
 # Locally (CPU, tiny): OUT=/tmp/gpuabl-out PYTHON=.venv/bin/python ACCEL=cpu EPOCHS=1 SIZE=32 \
 #   VISIONS=resnet SEEDS=0 HEADS=linear LOSSES=hard nice -n 15 bash bench/gpu_ablation.sh
