@@ -15,9 +15,9 @@
 # LOSSES (soft-binary,soft-findings,hard), ACCEL (gpu), BOOTSTRAP (500), WORKERS (1: data.num_workers
 # per process), THREADS (1: OMP threads per process), DEADLINE (480), FINAL_TIMEOUT (60),
 # EXTRA ("": more KEY=VALUE overrides, space-separated), SPLIT (vision-seed: one process per vision x
-# seed; cell: one per vision x head x loss x seed), CARRY (.devcarry), WORK (/tmp/gpuabl),
-# SITE (/tmp/site).
-# Locally (CPU, tiny): OUT=/tmp/gpuabl-out PYTHON=.venv/bin/python ACCEL=cpu EPOCHS=1 SIZE=32 \
+# seed; cell: one per vision x head x loss x seed), CARRY (.devcarry), WORK (a new temporary
+# folder: the twin and the runs), SITE (a new temporary folder: the wheels).
+# Locally (CPU, tiny): OUT=$(mktemp -d) PYTHON=.venv/bin/python ACCEL=cpu EPOCHS=1 SIZE=32 \
 #   VISIONS=resnet SEEDS=0 HEADS=linear LOSSES=hard nice -n 15 bash bench/gpu_ablation.sh
 set -o pipefail
 SECONDS=0
@@ -41,8 +41,8 @@ DEADLINE=${DEADLINE:-480}
 FINAL_TIMEOUT=${FINAL_TIMEOUT:-60}
 EXTRA=${EXTRA:-}
 CARRY=${CARRY:-.devcarry}
-WORK=${WORK:-/tmp/gpuabl}
-SITE=${SITE:-/tmp/site}
+WORK=${WORK:-$(mktemp -d -t gpuabl.XXXXXX)}
+SITE=${SITE:-$(mktemp -d -t gpuabl-site.XXXXXX)}
 
 mkdir -p "$OUT" "$WORK/logs"
 exec > >(tee -a "$OUT/gpu_ablation.log") 2>&1
