@@ -66,6 +66,9 @@ def test_metrics_json_has_every_contract_key(evaluated):
     assert set(metrics["baselines"]) == {"majority", "raw_pixels"}
     assert RETRIEVAL_KEYS <= set(metrics["retrieval"])
     assert all(0 <= metrics["retrieval"][k] <= 1 for k in RETRIEVAL_KEYS)
+    study = metrics["retrieval"]["study"]  # one query per patient: the slices averaged
+    assert study["n_images"] == metrics["patient"]["n"] and RETRIEVAL_KEYS <= set(study)
+    assert 0 <= study["findings_match"]["i2t"]["map"] <= 1
     assert set(metrics["label_efficiency"]) == {"linear_probe"}
     for curve in metrics["label_efficiency"].values():
         assert curve["0.1"]["patients"] < curve["1.0"]["patients"]

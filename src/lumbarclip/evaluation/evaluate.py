@@ -226,9 +226,9 @@ def evaluate_run(
     text_emb = embed_texts(model, [t for _, t in texts], opts.batch_size)
     text_patients = np.array([p for p, _ in texts])
     retrieval = retrieval_metrics(test.embeddings, test.patients, text_emb, text_patients)
-    study_ids, study_emb = study_embeddings(test.embeddings, test.patients)
-    retrieval["study"] = retrieval_metrics(study_emb, study_ids, text_emb, text_patients)
-    finding_zero_shot = _findings_level(model, test, texts, text_emb, retrieval, opts)
+    study = study_embeddings(test.embeddings, test.patients)
+    retrieval["study"] = retrieval_metrics(study[1], study[0], text_emb, text_patients)
+    finding_zero_shot = _findings_level(model, test, texts, text_emb, study, retrieval, opts)
     timer.lap("probe_zero_shot_retrieval")
     folder = None
     if opts.model_folder:
@@ -411,6 +411,7 @@ def _findings_level(
     test: SplitData,
     texts: list[tuple[str, str]],
     text_emb: np.ndarray,
+    study: tuple[np.ndarray, np.ndarray],
     retrieval: dict[str, object],
     opts: EvalOptions,
 ) -> dict[str, object]:
@@ -426,7 +427,7 @@ def _findings_level(
     by_patient = dict(zip(test.patients.tolist(), image_sets))
     text_sets = [by_patient[p] for p, _ in texts]
     retrieval["findings_match"] = findings_match_metrics(test.embeddings, image_sets, text_emb, text_sets)
-    study_ids, study_emb = study_embeddings(test.embeddings, test.patients)
+    study_ids, study_emb = study
     retrieval["study"]["findings_match"] = findings_match_metrics(  # type: ignore[index]
         study_emb, [by_patient[p] for p in study_ids], text_emb, text_sets
     )

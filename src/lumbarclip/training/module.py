@@ -66,7 +66,8 @@ class CLIPModule(L.LightningModule):
         if self.trainer.world_size > 1:
             feats, labels, indices = (self.all_gather(t).flatten(0, 1) for t in (feats, labels, indices))
         order = torch.argsort(indices, stable=True)
-        keep = order[torch.cat([torch.ones(1, dtype=torch.bool, device=indices.device), indices[order][1:] != indices[order][:-1]])]
+        first = torch.ones(1, dtype=torch.bool, device=indices.device)  # on the features' device (CUDA too)
+        keep = order[torch.cat([first, indices[order][1:] != indices[order][:-1]])]
         probs = zero_shot_probs(feats[keep], class_embeddings(self.model, self.prompts), self.model.logit_scale)
         score = balanced_accuracy_score(labels[keep].cpu().numpy(), probs.argmax(-1).cpu().numpy())
         self.log("val/zero_shot_balanced_accuracy", float(score), prog_bar=True, sync_dist=True)  # equal on all ranks
