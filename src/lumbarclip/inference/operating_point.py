@@ -105,14 +105,11 @@ class OperatingPoint:
 
     def calibrate(self, logit: np.ndarray) -> np.ndarray:
         """[N] calibrated P(abnormal) of uncalibrated logits; the one function both runtimes use."""
-        z = self.calibration["a"] * np.asarray(logit, dtype=np.float64) + self.calibration["b"]
-        return 1.0 / (1.0 + np.exp(-z))
+        return _sigmoid(self.calibration["a"] * np.asarray(logit, dtype=np.float64) + self.calibration["b"])
 
     def calibrate_patient(self, mean_prob: np.ndarray) -> np.ndarray:
         """[P] calibrated P(abnormal) of studies from the mean of their images' sigmoid(logit)."""
-        p = np.clip(np.asarray(mean_prob, dtype=np.float64), 1e-12, 1 - 1e-12)
-        z = self.patient_calibration["a"] * np.log(p / (1 - p)) + self.patient_calibration["b"]
-        return 1.0 / (1.0 + np.exp(-z))
+        return _sigmoid(self.patient_calibration["a"] * _logit(mean_prob) + self.patient_calibration["b"])
 
     def label(self, prob: np.ndarray | float, level: str = "image") -> np.ndarray:
         """1 (abnormal) where the calibrated probability reaches the level's threshold."""
@@ -163,7 +160,7 @@ class OperatingPoint:
             bias=float(arrays["bias"][0]),
             calibration=calibration,
             thresholds={k: float(v) for k, v in doc["thresholds"].items()},
-            patient_calibration={k: float(v) for k, v in doc.get("patient_calibration", {"a": 1.0, "b": 0.0}).items() if k in ("a", "b")},
+            patient_calibration={k: float(doc.get("patient_calibration", {}).get(k, d)) for k, d in (("a", 1.0), ("b", 0.0))},
             class_embeddings=arrays["class_embeddings"],
             preprocess=PreprocessSpec.load(model_dir),
             classifier=doc.get("classifier", "linear_probe"),

@@ -342,6 +342,7 @@ def saliency_gallery(
     size: int = 8,
     margin: float = DEFAULT_MARGIN_PX,
     seed: int = 0,
+    target_name: str = "the abnormal-minus-normal class embedding",
 ) -> SaliencyGallery | None:
     """The report's saliency section for a split: overlays of `size` abnormal images spread over
     the split and, when the manifest's cohort has lesions (`read_lesions`), the pointing game on
@@ -362,12 +363,12 @@ def saliency_gallery(
     shown = sorted({chosen[int(k)] for k in np.linspace(0, len(chosen) - 1, min(size, len(chosen)))})
     scored = chosen if lesions else shown
     cams = dict(zip(scored, saliency_maps(model, images[scored], target)))
+    pixels = {i: load_image(records[i].image_path) for i in dict.fromkeys([*scored, *shown])}  # each read once
     regions: dict[int, np.ndarray] = {}
     game = None
     if lesions:
         for i in scored:
-            shape = load_image(records[i].image_path).shape
-            regions[i] = lesion_region(lesions[records[i].image_path.resolve()], shape)
+            regions[i] = lesion_region(lesions[records[i].image_path.resolve()], pixels[i].shape)
         game = pointing_game(np.stack([cams[i] for i in scored]), [regions[i] for i in scored], margin, seed)
         hit = dict(zip(scored, game.hits))
     overlays = []
@@ -377,9 +378,9 @@ def saliency_gallery(
         caption = f"{rec.patient_id} {where}"
         if lesions:
             caption += f": {'hit' if hit[i] else 'miss'}"
-        overlays.append((overlay_png(load_image(rec.image_path), cams[i], region=regions.get(i)), caption))
+        overlays.append((overlay_png(pixels[i], cams[i], region=regions.get(i)), caption))
     description = (
-        f"{DEFAULT_METHOD} of each image's embedding towards the abnormal-minus-normal class embedding; "
+        f"{DEFAULT_METHOD} of each image's embedding towards {target_name}; "
         "warm colours raise the similarity."
         + (" White outline: pixels the synthetic findings visibly change." if lesions else "")
     )
