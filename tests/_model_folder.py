@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lumbarclip.decision import InputGuard
 from lumbarclip.inference.operating_point import OperatingPoint, PreprocessSpec, write_card
 from lumbarclip.models import ModelConfig, create_model
 
@@ -25,6 +26,10 @@ def make_model_folder(folder: Path, image_size: int = 32, embed_dim: int = 16, s
         thresholds={"image": 0.5, "patient": 0.5},
         class_embeddings=classes / np.linalg.norm(classes, axis=1, keepdims=True),
         preprocess=PreprocessSpec.of_model(image_size),
+        study_unit=[f"{seq} {lv}" for seq in ("T1", "T2") for lv in ("L3-L4", "L4-L5", "L5-S1")],
     ).save(folder)
+    # A guard that accepts everything: these tests are about the plumbing; tests/test_guard.py
+    # fits a real one.
+    InputGuard(np.zeros(embed_dim), np.eye(embed_dim), threshold=1e6, n_fit=0).save(folder)
     write_card(folder, {"name": "tiny test model", "intended_use": "tests only"})
     return folder

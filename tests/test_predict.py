@@ -124,15 +124,28 @@ def test_png_files_match_independent_computation(model_dir, predictor, tmp_path)
     for line, p in zip(result.images, expected):
         assert line["label"] == ("abnormal" if p >= op.thresholds["image"] else "normal")
         assert len(line["top_findings"]) == 2 and line["nearest_reports"] == []  # no bank here
-    # two studies: patient 0007 by name, and the folder for the other file
+    # two studies: patient 0007 by name, and the unnamed file on its own
     by_study = {s["study"]: s for s in result.studies}
     assert len(by_study) == 2
     named = by_study[first["study"]]
-    assert named["n_images"] == 2
-    study_p = _expected_study(model_dir, paths[:2])
-    assert named["p_abnormal"] == pytest.approx(study_p, abs=1e-5)
-    assert named["label"] == ("abnormal" if study_p >= op.thresholds["patient"] else "normal")
+    assert named["n_images"] == 2 and named["n_in_distribution"] == 2
+    # two of the six evaluated slots: no study verdict, the raw mean beside it
+    assert named["p_abnormal"] is None and named["label"] is None and named["rule"] is None
+    assert "not the evaluated study unit" in named["reason"]
+    raw_mean = _sigmoid(_logits(model_dir, paths[:2])).mean()
+    assert named["p_abnormal_mean_raw"] == pytest.approx(raw_mean, abs=1e-5)
     assert [line["type"] for line in result.lines()] == ["image"] * 3 + ["study"] * 2
+
+
+def test_unrelated_files_in_one_folder_are_separate_studies(predictor, tmp_path):
+    for i in range(4):
+        Image.fromarray(_pixels(10 + i).astype(np.uint16)).save(tmp_path / f"scan{i}.png")
+    result = predictor.predict([tmp_path], top_k=0)
+    assert len(result.images) == 4 and len(result.studies) == 4
+    assert all(s["n_images"] == 1 and s["label"] is None and s["rule"] is None for s in result.studies)
+    # the user says they belong together: one study, still no patient rule (not the evaluated shape)
+    (one,) = predictor.predict([tmp_path], top_k=0, study="ward-7").studies
+    assert one["study"] == "ward-7" and one["n_images"] == 4 and one["label"] is None
 
 
 def test_single_dicom_file_is_scored_as_given(model_dir, predictor, study):
@@ -159,9 +172,11 @@ def test_study_folder_picks_axial_t1_t2_and_says_why(model_dir, predictor, study
     expected = {("T1", lv): str(p) for lv, p in t1.items()} | {("T2", lv): str(p) for lv, p in t2.items()}
     assert chosen == expected  # sagittal series and localiser left out
     (verdict,) = result.studies
-    assert verdict["n_images"] == 6
+    assert verdict["n_images"] == 6 and verdict["rule"].startswith("patient")
     study_p = _expected_study(model_dir, [line["path"] for line in result.images])
     assert verdict["p_abnormal"] == pytest.approx(study_p, abs=1e-5)
+    op = load_operating_point(model_dir)
+    assert verdict["label"] == ("abnormal" if study_p >= op.thresholds["patient"] else "normal")
     text = " ".join(verdict["selection"])
     assert "not axial" in text and "localiser" in text and "L5-S1 T1" in text
     assert result.skipped == []  # notes.txt is not an image: ignored, not an error

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from lumbarclip.decision import GUARD_ARRAYS, GUARD_FILE, InputGuard, slot, study_unit
 from lumbarclip.inference.operating_point import (
     CARD_FILE,
     OPERATING_POINT_ARRAYS,
@@ -25,7 +26,9 @@ from lumbarclip.inference.operating_point import (
 )
 from lumbarclip.inference.reportbank import BANK_ARRAYS, BANK_TEXTS, ReportBank, build_report_bank
 
-MODEL_FOLDER_FILES: tuple[str, ...] = (OPERATING_POINT_FILE, OPERATING_POINT_ARRAYS, PREPROCESS_FILE, CARD_FILE)
+MODEL_FOLDER_FILES: tuple[str, ...] = (
+    OPERATING_POINT_FILE, OPERATING_POINT_ARRAYS, PREPROCESS_FILE, CARD_FILE, GUARD_FILE, GUARD_ARRAYS,
+)  # fmt: skip
 
 
 class Split(Protocol):
@@ -48,6 +51,7 @@ class ModelFolderUpdate:
     model_dir: Path
     operating_point: OperatingPoint
     bank: ReportBank | None
+    guard: InputGuard
     metrics: dict[str, object] = field(default_factory=dict)
 
     def write(self, metrics: dict[str, object], config: dict[str, object], overwrite: bool) -> list[str]:
@@ -58,12 +62,16 @@ class ModelFolderUpdate:
         if present and not overwrite:
             return [f"{self.model_dir / present[0]}: already exists; model folder kept as it was (pass --overwrite to replace)"]
         self.operating_point.save(self.model_dir)
+        self.guard.save(self.model_dir)
         if self.bank is not None:
             self.bank.save(self.model_dir)
         else:
             for name in (BANK_ARRAYS, BANK_TEXTS):  # a stale bank must not outlive a re-evaluation
                 (self.model_dir / name).unlink(missing_ok=True)
-        write_card(self.model_dir, build_card(config, metrics, self.operating_point, len(self.bank) if self.bank else None))
+        card = build_card(
+            config, metrics, self.operating_point, len(self.bank) if self.bank else None, metrics.get("input_guard")  # type: ignore[arg-type]
+        )
+        write_card(self.model_dir, card)
         return []
 
 
@@ -90,6 +98,9 @@ def prepare_model_folder(
         probe_pipeline, valid.embeddings, valid.labels, valid.patients, class_embeddings,
         model.config.image_size, meta, probe_thresholds,  # type: ignore[attr-defined]
     )  # fmt: skip
+    op.study_unit = study_unit(valid.patients, [slot(r.sequence, r.level) for r in valid.records])
+    guard = InputGuard.fit(train.embeddings, valid.embeddings)
+    test_in = guard.accepts(guard.score(test.embeddings))
     logit = op.logit(test.embeddings)
     before = Predictions(test.labels, 1.0 / (1.0 + np.exp(-logit)), test.patients, dict(probe_thresholds))
     keys = ("ece", "brier", "balanced_accuracy", "accuracy")
@@ -111,7 +122,18 @@ def prepare_model_folder(
         "before": {lv: {k: block[k] for k in keys} for lv, block in before.metrics().items()},
         "after": {lv: {k: block[k] for k in keys} for lv, block in after.items()},
     }
-    figures: dict[str, object] = {"calibration": calibration}
+    figures: dict[str, object] = {
+        "calibration": calibration,
+        "input_guard": {
+            "method": guard.method,
+            "threshold": guard.threshold,
+            "in_rate_valid": guard.in_rate,
+            "fitted_on": f"{guard.n_fit} train images; threshold at the valid images' {guard.in_rate:.0%} quantile",
+            "flagged_test_fraction": float(1.0 - test_in.mean()),
+            "header_checks": "DICOM: Modality MR, axial plane from ImageOrientationPatient, BodyPartExamined "
+            "(when present) a lumbar/spine term",
+        },
+    }
     bank = None
     if report_bank:
         texts = sorted({(r.patient_id, r.report): r.label for r in train.records}.items())
@@ -125,4 +147,4 @@ def prepare_model_folder(
             "top1_label_agreement": {lv: {k: nearest[lv][k] for k in ("accuracy", "balanced_accuracy")} for lv in ("image", "patient")},
             "probe": {lv: {k: after[lv][k] for k in ("accuracy", "balanced_accuracy")} for lv in ("image", "patient")},
         }
-    return ModelFolderUpdate(Path(model_dir), op, bank, figures)
+    return ModelFolderUpdate(Path(model_dir), op, bank, guard, figures)

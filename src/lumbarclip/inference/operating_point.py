@@ -8,7 +8,7 @@ written by `lumbarclip evaluate`; a model folder without them still
 loads with `LumbarCLIP.from_pretrained`, only diagnosis needs them.
 
 Calibration is Platt scaling of the classifier's logit: p = sigmoid(a * logit + b), fitted on
-valid by unpenalised logistic regression. The probe is trained with balanced class weights, so
+valid by L2-penalised logistic regression (`lumbarclip.decision.fit_platt`). The probe is trained with balanced class weights, so
 its raw probabilities are shifted towards 0.5 against the 85% abnormal prior; the intercept
 `b` corrects that, which temperature scaling (b = 0) cannot.
 """
@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from scipy.special import expit, logit as _logit_raw
+
+from lumbarclip.decision import fit_platt
 from lumbarclip.errors import InputError
 
 OPERATING_POINT_FILE = "operating_point.json"
@@ -83,6 +86,9 @@ class OperatingPoint:
     patient_calibration: dict[str, float] = field(default_factory=lambda: {"a": 1.0, "b": 0.0})
     classifier: str = "linear_probe"
     meta: dict[str, object] = field(default_factory=dict)  # provenance: manifest, C, fitted on
+    #: The slots ('T2 L4-L5', ...) of the patients the study map and threshold were fitted on;
+    #: a study of another shape gets no study verdict (`lumbarclip.decision.unit_mismatch`).
+    study_unit: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.weights = np.asarray(self.weights, dtype=np.float32).reshape(-1)
@@ -140,6 +146,7 @@ class OperatingPoint:
             "study: m = mean of its images' sigmoid(logit), p_abnormal = sigmoid(a_p*log(m/(1-m)) + b_p); "
             "abnormal when p_abnormal >= the level's threshold",
             "arrays": OPERATING_POINT_ARRAYS,
+            "study_unit": list(self.study_unit),
             "meta": self.meta,
         }
         (model_dir / OPERATING_POINT_FILE).write_text(json.dumps(doc, indent=2) + "\n")
@@ -165,6 +172,7 @@ class OperatingPoint:
             preprocess=PreprocessSpec.load(model_dir),
             classifier=doc.get("classifier", "linear_probe"),
             meta=doc.get("meta", {}),
+            study_unit=list(doc.get("study_unit", [])),
         )
 
 
@@ -180,18 +188,6 @@ def probe_weights(pipeline: object) -> tuple[np.ndarray, float]:
     coef = logreg.coef_.reshape(-1) / scaler.scale_
     bias = float(logreg.intercept_[0] - np.dot(coef, scaler.mean_))
     return coef.astype(np.float32), bias
-
-
-def fit_platt(logit: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
-    """Platt scaling: unpenalised 1-D logistic regression of the labels on the logit; the
-    identity map (a=1, b=0) when the labels hold one class (nothing to fit)."""
-    from sklearn.linear_model import LogisticRegression
-
-    y_true = np.asarray(y_true, dtype=int)
-    if len(np.unique(y_true)) < 2:
-        return {"a": 1.0, "b": 0.0}
-    lr = LogisticRegression(C=np.inf, max_iter=1000).fit(np.asarray(logit, dtype=float).reshape(-1, 1), y_true)
-    return {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
 
 
 def write_card(model_dir: str | Path, card: dict[str, object]) -> Path:
@@ -253,19 +249,22 @@ def fit_operating_point(
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+    return expit(np.asarray(z, dtype=np.float64))
 
 
 def _logit(p: np.ndarray | float) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
-    return np.log(p / (1 - p))
+    return _logit_raw(np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12))
 
 
 HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "auroc", "f1_macro")
 
 
 def build_card(
-    config: dict[str, object], metrics: dict[str, object], op: OperatingPoint, report_bank: int | None = None
+    config: dict[str, object],
+    metrics: dict[str, object],
+    op: OperatingPoint,
+    report_bank: int | None = None,
+    guard: dict[str, object] | None = None,
 ) -> dict[str, object]:
     """A model card in the spirit of MONAI bundle metadata: use, input spec, versions, the
     operating point, and the headline metrics with their 95% CIs copied from metrics.json."""
@@ -307,10 +306,17 @@ def build_card(
             "preprocess": asdict(op.preprocess),
         },
         "output": {
-            "p_abnormal": "calibrated probability (Platt scaling fitted on the valid split)",
-            "label": "abnormal when p_abnormal >= threshold (image, or the study's mean for the study)",
+            "p_abnormal": "image: calibrated probability (penalised Platt scaling fitted on the valid split); "
+            "study: the patient-level Platt map applied to the mean of its in-distribution images' "
+            "UNCALIBRATED probabilities (the raw mean is given beside it as p_abnormal_mean_raw)",
+            "label": "abnormal when p_abnormal >= the level's threshold; null when not assessed",
             "thresholds": op.thresholds,
+            "study_unit": op.study_unit,
+            "study_rule": "a study verdict only for one study (DICOM StudyInstanceUID, the dataset's file "
+            "naming, or a name the user gives) whose in-distribution images have exactly the study_unit's "
+            "shape; otherwise image verdicts only, with the reason",
         },
+        "input_guard": guard,
         "model": {k: config.get(k) for k in ("vision", "head", "embed_dim", "image_size", "text")},
         "evaluation": {
             "split": meta.get("split"),

@@ -10,17 +10,28 @@ picks the axial T1/T2 disc-level slices (the Mendeley adapter's rule), saying wh
 its other images are each scored. Files named like the public dataset (`T1_0002_D3.png`) give
 their sequence, level and patient from the name.
 
-Each image gets the calibrated P(abnormal) (`OperatingPoint.calibrate` of the scorer's logit)
-and a label at the image threshold; each study the MEAN of its images' probe probabilities (the
-evaluation's patient rule, `evaluation.predictions.aggregate_patients`), calibrated by the
-patient-level map and labelled at the patient threshold: the decisions evaluation scored. Studies are named by keyed-hash pseudonyms (`data.privacy`) of their UID or folder;
-no DICOM header value (name, ID, date, UID) reaches the output. The salt is `salt`, else
-`LUMBARCLIP_SALT`, else random per Predictor (then pseudonyms differ between runs).
+Before any verdict each image passes the input guard (`lumbarclip.decision.InputGuard`, fitted
+at evaluation) and, for DICOM, the header checks (`inference.study.header_refusal`: MR, axial,
+lumbar). An image that fails either gets `"in_distribution": false`, `"label": null`, no
+`p_abnormal` and a `reason`. The others get the calibrated P(abnormal) and a label at the image
+threshold.
+
+A study is only what an identity says belongs together: one DICOM StudyInstanceUID, one
+patient of the dataset's file naming, or the name the user gives (`study=`). Files that merely
+share a folder or an upload are separate studies. A study's verdict uses its in-distribution
+images only, and only when they have the shape of the patients the study map was fitted on
+(`OperatingPoint.study_unit`, e.g. T1 and T2 at three discs): then the mean of their
+UNCALIBRATED probabilities (evaluation's patient rule) goes through the patient-level Platt map
+and the patient threshold. Any other study gets no verdict and the reason; the raw mean is
+always given beside. Studies are named by keyed-hash pseudonyms (`data.privacy`) of their UID
+or file; no DICOM header value that identifies anyone reaches the output. The salt is `salt`,
+else `LUMBARCLIP_SALT`, else random per Predictor (then pseudonyms differ between runs).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +43,7 @@ from tqdm.auto import tqdm
 
 from lumbarclip.data.imageio import image_format, load_image
 from lumbarclip.data.privacy import SALT_ENV, pseudonymise
+from lumbarclip.decision import InputGuard, slot, unit_mismatch
 from lumbarclip.errors import InputError
 from lumbarclip.inference.operating_point import OperatingPoint, PreprocessSpec, load_operating_point, read_card
 from lumbarclip.inference.reportbank import ReportBank
@@ -53,6 +65,7 @@ class _Item:
     series: int | None = None
     reason: str = ""
     series_notes: tuple[str, ...] = ()
+    refusal: str | None = None  # why the header puts it outside what the model takes
 
 
 @dataclass
@@ -81,6 +94,7 @@ class Predictor:
         runtime: str,
         card: dict[str, object],
         bank: ReportBank | None,
+        guard: InputGuard,
         model: object | None = None,
         salt: str | None = None,
     ) -> None:
@@ -90,6 +104,7 @@ class Predictor:
         self.runtime = runtime
         self.card = card
         self.bank = bank
+        self.guard = guard
         self._model = model
         self._findings: object | None = None
         self.salt = salt or os.environ.get(SALT_ENV) or secrets.token_hex(16)
@@ -105,6 +120,7 @@ class Predictor:
         if not model_dir.is_dir():
             raise InputError(f"{model_dir}: model folder not found")
         op = load_operating_point(model_dir)
+        guard = InputGuard.load(model_dir)
         card = read_card(model_dir)
         bank = ReportBank.load(model_dir)
         model = None
@@ -128,7 +144,7 @@ class Predictor:
             from lumbarclip.inference.onnx import OnnxImageScorer, onnx_model_path
 
             scorer = OnnxImageScorer(onnx_model_path(model_dir))
-        return cls(model_dir, op, scorer, runtime, card, bank, model, salt)
+        return cls(model_dir, op, scorer, runtime, card, bank, guard, model, salt)
 
     @property
     def model(self) -> object:
@@ -157,13 +173,20 @@ class Predictor:
         progress: bool = False,
         overwrite: bool = False,
         batch_size: int = 32,
+        study: str | None = None,
     ) -> PredictResult:
-        """Score every readable image of `inputs`; unreadable ones go to `result.skipped`."""
+        """Score every readable image of `inputs`; unreadable ones go to `result.skipped`.
+        `study` names one study that all inputs belong to (else identities decide)."""
         if top_k < 0:
             raise InputError(f"--top-k must be >= 0, got {top_k}")
+        if study is not None and not study.strip():
+            raise InputError("--study must not be empty")
         result = PredictResult()
         progress = progress and any(Path(i).is_dir() for i in inputs)  # bars on folders only
         items = self._collect(inputs, result, progress)
+        if study is not None:
+            for item in items:
+                item.study_key = f"user:{study}"
         spec = self.operating_point.preprocess
         tensors, kept, pixels = [], [], []
         for item in tqdm(items, desc="load images", unit="image", disable=not progress, leave=False):
@@ -185,7 +208,13 @@ class Predictor:
             logit.append(lg)
         embeddings, logits = np.concatenate(emb), np.concatenate(logit)
         prob = self.operating_point.calibrate(logits)
-        study_ids = [pseudonymise(item.study_key, self.salt) for item in kept]
+        ood = self.guard.score(embeddings)
+        guard_ok = self.guard.accepts(ood)
+        inside = np.array([bool(ok) and item.refusal is None for ok, item in zip(guard_ok, kept)])
+        study_ids = [
+            item.study_key[5:] if item.study_key.startswith("user:") else pseudonymise(item.study_key, self.salt)
+            for item in kept
+        ]
         findings = self._top_findings(embeddings, [i.level for i in kept], top_k)
         nearest = self.bank.nearest(embeddings, top_k) if self.bank is not None and top_k else [[] for _ in kept]
         overlays = self._saliency(torch.from_numpy(images), pixels, study_ids, saliency_dir, overwrite)
@@ -196,42 +225,74 @@ class Predictor:
                 "series": item.series,
                 "sequence": item.sequence,
                 "level": item.level,
-                "p_abnormal": round(float(prob[n]), 6),
-                "label": LABELS[int(self.operating_point.label(prob[n], "image"))],
-                "threshold": round(self.operating_point.thresholds["image"], 6),
-                "top_findings": findings[n],
-                "nearest_reports": nearest[n],
+                "in_distribution": bool(inside[n]),
+                "ood_score": round(float(ood[n]), 4),
+                "ood_threshold": round(self.guard.threshold, 4),
             }
+            if inside[n]:
+                line |= {
+                    "p_abnormal": round(float(prob[n]), 6),
+                    "label": LABELS[int(self.operating_point.label(prob[n], "image"))],
+                    "threshold": round(self.operating_point.thresholds["image"], 6),
+                    "top_findings": findings[n],
+                    "nearest_reports": nearest[n],
+                }
+            else:
+                line |= {
+                    "p_abnormal": None,
+                    "label": None,
+                    "reason": "not assessed: "
+                    + (item.refusal or f"unlike the images the model was evaluated on (input guard score "
+                       f"{ood[n]:.1f} > {self.guard.threshold:.1f})"),
+                }  # fmt: skip
             if overlays:
                 line["saliency"] = str(overlays[n])
             result.images.append(line)
-        result.studies = self._studies(kept, study_ids, logits)
+        result.studies = self._studies(kept, study_ids, logits, inside)
         return result
 
-    def _studies(self, kept: list[_Item], study_ids: list[str], logits: np.ndarray) -> list[dict[str, object]]:
-        """One line per study: evaluation's patient rule (mean of the images' probe
-        probabilities), then the operating point's patient calibration."""
-        from lumbarclip.evaluation.predictions import aggregate_patients
+    def _studies(
+        self, kept: list[_Item], study_ids: list[str], logits: np.ndarray, inside: np.ndarray
+    ) -> list[dict[str, object]]:
+        """One line per study. A verdict only from its in-distribution images, and only when they
+        have the evaluated unit's shape: then evaluation's patient rule (mean of the images' probe
+        probabilities) through the patient-level map, at the patient threshold."""
+        from scipy.special import expit
 
-        raw = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
-        ids, _, mean_prob = aggregate_patients(np.array(study_ids), np.zeros(len(kept), int), raw)
+        raw = expit(np.asarray(logits, dtype=np.float64))
         threshold = self.operating_point.thresholds["patient"]
         out = []
-        for sid, p in zip(ids, self.operating_point.calibrate_patient(mean_prob)):
-            members = [item for item, s in zip(kept, study_ids) if s == sid]
+        for sid in dict.fromkeys(study_ids):
+            idx = [n for n, s in enumerate(study_ids) if s == sid]
+            members = [kept[n] for n in idx]
+            good = [n for n in idx if inside[n]]
             notes = [note for m in members for note in m.series_notes]
             selection = list(dict.fromkeys([*notes, *(m.reason for m in members if m.reason)]))
-            out.append(
-                {
-                    "study": str(sid),
-                    "n_images": len(members),
-                    "p_abnormal": round(float(p), 6),
+            line: dict[str, object] = {
+                "study": str(sid),
+                "n_images": len(members),
+                "n_in_distribution": len(good),
+                "p_abnormal_mean_raw": round(float(raw[good].mean()), 6) if good else None,
+                "p_abnormal": None,
+                "label": None,
+                "threshold": round(threshold, 6),
+                "rule": None,
+                "selection": selection,
+            }
+            mismatch = unit_mismatch(self.operating_point.study_unit, [slot(kept[n].sequence, kept[n].level) for n in good])
+            if not good:
+                line["reason"] = "no study verdict: none of its images is in distribution"
+            elif mismatch:
+                line["reason"] = f"no study verdict: {mismatch}; see the image verdicts"
+            else:
+                p = float(self.operating_point.calibrate_patient(np.array([raw[good].mean()]))[0])
+                line |= {
+                    "p_abnormal": round(p, 6),
                     "label": LABELS[int(p >= threshold)],
-                    "threshold": round(threshold, 6),
-                    "rule": "mean of the images' probe probabilities (evaluation's patient rule), calibrated on valid patients",
-                    "selection": selection,
+                    "rule": "patient: patient-level Platt map of the mean of its in-distribution images' "
+                    "uncalibrated probabilities (evaluation's patient rule), fitted on valid patients",
                 }
-            )
+            out.append(line)
         return out
 
     def _top_findings(self, embeddings: np.ndarray, levels: list[str | None], k: int) -> list[list[dict[str, object]]]:
@@ -259,7 +320,8 @@ class Predictor:
         paths = []
         for sid in study_ids:
             counters[sid] = counters.get(sid, 0) + 1
-            paths.append(folder / f"{sid}-{counters[sid]:02d}.png")
+            safe = re.sub(r"[^A-Za-z0-9_-]", "_", sid)[:64]  # a user-given --study name is not a file name
+            paths.append(folder / f"{safe}-{counters[sid]:02d}.png")
         existing = [p for p in paths if p.exists()]
         if existing and not overwrite:
             raise InputError(f"{existing[0]}: already exists; choose another --saliency folder or pass --overwrite")
@@ -287,15 +349,16 @@ class Predictor:
 
     def _file(self, path: Path, result: PredictResult) -> _Item | None:
         """One file given by the user, scored whatever its orientation."""
-        from lumbarclip.inference.study import slice_header
+        from lumbarclip.inference.study import header_refusal, slice_header
 
         try:
             kind = image_format(path)
             if kind == "dicom":
                 head = slice_header(path)
                 if head is None:
-                    return _Item(path, f"folder:{path.parent.resolve()}", reason="given as a file")
-                return _Item(path, f"uid:{head.study}", head.sequence, reason="given as a file")
+                    return _Item(path, f"file:{path.resolve()}", reason="given as a file", refusal="DICOM without image geometry (orientation/position)")
+                key = f"uid:{head.study}" if head.study else f"file:{path.resolve()}"
+                return _Item(path, key, head.sequence, reason="given as a file", refusal=header_refusal(head))
         except (InputError, OSError) as err:
             result.skipped.append({"input": str(path), "reason": _reason(err, path)})
             return None
@@ -303,7 +366,7 @@ class Predictor:
 
     def _folder(self, folder: Path, result: PredictResult, progress: bool) -> list[_Item]:
         """A series or study folder: DICOM studies -> chosen slices; other images each."""
-        from lumbarclip.inference.study import SliceHeader, choose_slices, slice_header
+        from lumbarclip.inference.study import SliceHeader, choose_slices, header_refusal, slice_header
 
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
         images = [p for p in files if p.name.lower().endswith(IMAGE_SUFFIXES)]
@@ -319,17 +382,22 @@ class Predictor:
             if head is None:
                 result.skipped.append({"input": str(path), "reason": "DICOM without image geometry (orientation/position)"})
                 continue
-            studies.setdefault(head.study, []).append(head)
+            refusal = header_refusal(head, check_plane=False)
+            if refusal:
+                result.skipped.append({"input": str(path), "reason": f"not assessed: {refusal}"})
+                continue
+            studies.setdefault(head.study or f"file:{path.resolve()}", []).append(head)
         items = [_named_item(p, folder, f"image file in {folder}") for p in images]
         for n, (uid, heads) in enumerate(studies.items(), start=1):
             chosen, notes = choose_slices(heads)
             if not chosen:
                 where = f"{folder} (study {n} of {len(studies)})" if len(studies) > 1 else str(folder)
-                result.skipped.append({"input": where, "reason": "no axial T1 or T2 series: " + "; ".join(notes)})
+                result.skipped.append({"input": where, "reason": "not assessed: no axial T1 or T2 series: " + "; ".join(notes)})
                 continue
             for c in chosen:
                 reason = f"{c.level} {c.sequence}: {c.reason}"
-                items.append(_Item(c.path, f"uid:{uid}", c.sequence, c.level, c.series_number, reason, tuple(notes)))
+                key = uid if uid.startswith("file:") else f"uid:{uid}"
+                items.append(_Item(c.path, key, c.sequence, c.level, c.series_number, reason, tuple(notes)))
         return items
 
 
@@ -341,8 +409,8 @@ def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
 
 
 def _named_item(path: Path, folder: Path, reason: str) -> _Item:
-    """A non-DICOM image: sequence, level and patient from a public-dataset name, else the
-    folder stands for the study."""
+    """A non-DICOM image: sequence, level and patient from a public-dataset name, else the file
+    is a study of its own (sharing a folder says nothing about sharing a patient)."""
     from lumbarclip.data.mendeley import DISC_LEVELS, PNG_NAME, patient_key
 
     stem = path.name.split(".")[0]
@@ -351,7 +419,7 @@ def _named_item(path: Path, folder: Path, reason: str) -> _Item:
         key = f"name:{folder.resolve()}:{patient_key(match.group(2))}"
         seq, level = match.group(1).upper(), DISC_LEVELS[match.group(3)]
         return _Item(path, key, seq, level, reason=f"{reason}; sequence and level from the file name")
-    return _Item(path, f"folder:{path.parent.resolve()}", reason=reason)
+    return _Item(path, f"file:{path.resolve()}", reason=reason)
 
 
 def _maybe_dicom(path: Path) -> bool:

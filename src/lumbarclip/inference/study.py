@@ -54,7 +54,9 @@ class SliceHeader:
     sequence: str | None
     normal: tuple[float, float, float]
     z: float  # patient z of the slice centre (LPS: larger is superior)
-    study: str = ""
+    study: str = ""  # StudyInstanceUID; "" when the file has none
+    modality: str = ""
+    body_part: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,13 +90,14 @@ def slice_header(path: Path) -> SliceHeader | None:
             _float_or_none(ds.get("EchoTime")),
         )
         series = str(ds.get("SeriesInstanceUID") or path.parent)
-        study = str(ds.get("StudyInstanceUID") or path.parent)
+        study = str(ds.get("StudyInstanceUID") or "")
+        modality, body_part = str(ds.get("Modality") or ""), str(ds.get("BodyPartExamined") or "")
     normal = np.cross(iop[:3], iop[3:])
     if not np.isfinite(normal).all() or np.linalg.norm(normal) < 0.5:
         return None
     centre = ipp + iop[:3] * spacing[1] * cols / 2 + iop[3:] * spacing[0] * rows / 2
     unit = tuple(float(v) for v in normal / np.linalg.norm(normal))
-    return SliceHeader(path, series, sequence, unit, float(centre[2]), study)  # type: ignore[arg-type]
+    return SliceHeader(path, series, sequence, unit, float(centre[2]), study, modality, body_part)  # type: ignore[arg-type]
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -120,6 +123,33 @@ def classify_sequence(description: str, tr_ms: float | None, te_ms: float | None
 
 def is_axial(normal: tuple[float, float, float]) -> bool:
     return int(np.argmax(np.abs(normal))) == 2
+
+
+PLANES: tuple[str, str, str] = ("sagittal", "coronal", "axial")
+#: BodyPartExamined values (upper case, DICOM PS3.16 Annex L and common vendor spellings) that
+#: may hold the lumbar spine; another value refuses the image.
+LUMBAR_BODY_PARTS: frozenset[str] = frozenset(
+    {"LSPINE", "SPINE", "TLSPINE", "LSSPINE", "SSPINE", "LUMBAR", "LUMBARSPINE", "LUMBAR SPINE", "L-SPINE", "WHOLESPINE", "BACK"}
+)
+
+
+def plane(normal: tuple[float, float, float]) -> str:
+    """The acquisition plane the slice normal lies closest to (LPS axes)."""
+    return PLANES[int(np.argmax(np.abs(normal)))]
+
+
+def header_refusal(head: SliceHeader, check_plane: bool = True) -> str | None:
+    """Why a DICOM slice is outside what the model takes (Modality MR, axial, a lumbar body
+    part where the header names one), or None when it passes. Study folders leave the plane to
+    `choose_slices`, which picks the axial series among the others."""
+    if head.modality and head.modality.upper() != "MR":
+        return f"modality {head.modality.upper()[:8]!r} is not MR"
+    if check_plane and not is_axial(head.normal):
+        return f"{plane(head.normal)} slice: the model reads axial slices only"
+    part = head.body_part.strip().upper()
+    if part and part not in LUMBAR_BODY_PARTS:
+        return "body part examined is not the lumbar spine"
+    return None
 
 
 def choose_slices(heads: Iterable[SliceHeader]) -> tuple[list[ChosenSlice], list[str]]:
