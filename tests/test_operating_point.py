@@ -14,6 +14,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from lumbarclip.decision import PLATT_C
 from lumbarclip.inference.operating_point import (
     OperatingPoint,
     PreprocessSpec,
@@ -45,9 +46,9 @@ def test_platt_matches_scipy_and_reduces_ece():
     z_valid, y_valid = _toy(4000, 0)
     calib = fit_platt(z_valid, y_valid)
 
-    def nll(ab):
+    def nll(ab):  # sklearn's objective: summed log-loss + the L2 penalty a^2 / (2C) (b unpenalised)
         p = np.clip(expit(ab[0] * z_valid + ab[1]), 1e-12, 1 - 1e-12)
-        return -np.mean(y_valid * np.log(p) + (1 - y_valid) * np.log(1 - p))
+        return -np.sum(y_valid * np.log(p) + (1 - y_valid) * np.log(1 - p)) + ab[0] ** 2 / (2 * PLATT_C)
 
     ref = minimize(nll, x0=[1.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-10}).x
     assert calib["a"] == pytest.approx(ref[0], abs=1e-3) and calib["b"] == pytest.approx(ref[1], abs=1e-3)
@@ -56,6 +57,16 @@ def test_platt_matches_scipy_and_reduces_ece():
     op = OperatingPoint(np.zeros(2), 0.0, calib, {"image": 0.5, "patient": 0.5}, np.eye(2), PreprocessSpec.of_model(32))
     before, after = _ece(y_test, expit(z_test)), _ece(y_test, op.calibrate(z_test))
     assert before > 0.15 and after < 0.03
+
+
+def test_platt_penalty_keeps_a_separable_valid_set_finite():
+    # perfectly separated: the unpenalised slope runs off towards infinity, the penalised one stays put
+    z = np.array([-3.0, -2.0, -1.5, -0.5, 0.5, 1.0, 2.0, 3.5])
+    y = (z > 0).astype(int)
+    calib = fit_platt(z, y)
+    assert np.isfinite(calib["a"]) and 0 < calib["a"] < 5
+    p = expit(calib["a"] * z + calib["b"])
+    assert ((p >= 0.5) == y.astype(bool)).all() and p.max() < 0.999  # same decisions, no 0/1 certainty
 
 
 def test_one_class_valid_leaves_the_logit_uncalibrated():

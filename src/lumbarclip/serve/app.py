@@ -108,11 +108,13 @@ def create_app(
         request: Request,
         saliency: bool = Query(False, description="add saliency overlays as PNG data URLs"),
         previews: bool = Query(False, description="add each slice as a PNG data URL"),
-        top_k: int = Query(3, ge=1, le=10, description="nearest reports per image"),
+        top_k: int = Query(3, ge=0, le=10, description="findings and nearest reports per image (0: none)"),
     ) -> Response:
         started = time.perf_counter()
         async with request.form(max_files=limits.max_files + 1) as form:
             uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+            study_field = form.get("study")
+            study = study_field.strip()[:64] if isinstance(study_field, str) and study_field.strip() else None
             files = [(display_name(f.filename, f"file{i}"), await f.read()) for i, f in enumerate(uploads)]
         n_bytes = sum(len(d) for _, d in files)
         try:
@@ -120,7 +122,7 @@ def create_app(
                 saved = save_uploads(files, Path(tmp), limits)
                 del files
                 body = await run_in_threadpool(
-                    _run_predictor, predictor, model_lock, saved, Path(tmp), saliency, previews, top_k
+                    _run_predictor, predictor, model_lock, saved, Path(tmp), saliency, previews, top_k, study
                 )
         except UploadError as err:
             log.info("predict refused: %d (%d files, %d bytes)", err.status, len(uploads), n_bytes)
@@ -140,15 +142,23 @@ def create_app(
 
 
 def _run_predictor(
-    predictor: Any, lock: threading.Lock, saved: SavedUploads, tmp: Path, saliency: bool, previews: bool, top_k: int
+    predictor: Any,
+    lock: threading.Lock,
+    saved: SavedUploads,
+    tmp: Path,
+    saliency: bool,
+    previews: bool,
+    top_k: int,
+    study: str | None = None,
 ) -> dict[str, Any]:
-    """predict's answer for the stored uploads, paths turned back into the client's names."""
+    """predict's answer for the stored uploads, paths turned back into the client's names. One
+    upload is not one study: files are grouped by their identity unless `study` names one."""
     saliency_dir = tmp / "saliency" if saliency else None
     if saliency_dir:
         saliency_dir.mkdir()
     try:
         with lock:
-            result = predictor.predict(saved.inputs, top_k=top_k, saliency_dir=saliency_dir, progress=False)
+            result = predictor.predict(saved.inputs, top_k=top_k, saliency_dir=saliency_dir, progress=False, study=study)
     except InputError as err:  # nothing readable at all
         raise UploadError(422, _strip_paths(str(err), saved)) from None
     images = []
@@ -169,11 +179,12 @@ def _run_predictor(
 
 
 def _rename(study: dict[str, Any], saved: SavedUploads) -> dict[str, Any]:
-    """Stored paths inside a study's selection become the client's names."""
-    text = json.dumps(study, default=_json_default)
-    for stored, shown in sorted(saved.names.items(), key=lambda kv: -len(kv[0])):
-        text = text.replace(json.dumps(stored)[1:-1], json.dumps(shown)[1:-1])
-    return json.loads(text)
+    """Stored paths inside a study's selection and reason become the client's names."""
+    if study.get("selection"):
+        study["selection"] = [_strip_paths(str(line), saved) for line in study["selection"]]
+    if study.get("reason"):
+        study["reason"] = _strip_paths(str(study["reason"]), saved)
+    return study
 
 
 def _strip_paths(reason: str, saved: SavedUploads) -> str:

@@ -17,12 +17,16 @@ function el(tag, attrs = {}, ...children) {
 }
 
 const isAbnormal = (label) => label === 1 || label === "1" || String(label).toLowerCase() === "abnormal";
-const labelName = (label) => (isAbnormal(label) ? "ABNORMAL" : "NORMAL");
+// label null: the model gives no verdict (input guard, header check, or a study not shaped like
+// the evaluated unit); the reason is shown beside it.
+const assessed = (label) => label != null;
+const labelName = (label) => (!assessed(label) ? "NOT ASSESSED" : isAbnormal(label) ? "ABNORMAL" : "NORMAL");
+const kind = (label) => (!assessed(label) ? "unassessed" : isAbnormal(label) ? "abnormal" : "normal");
 const pct = (p) => (100 * Number(p)).toFixed(1) + "%";
 const num = (x) => (x == null ? "" : Number(x).toFixed(2));
 
 function badge(label) {
-  return el("span", { class: "badge " + (isAbnormal(label) ? "abnormal" : "normal"), text: labelName(label) });
+  return el("span", { class: "badge " + kind(label), text: labelName(label) });
 }
 
 function setFiles(files) {
@@ -44,14 +48,16 @@ function renderStudies(studies) {
   const box = $("studies");
   box.replaceChildren();
   for (const s of studies) {
-    const abn = isAbnormal(s.label);
     const sel = Array.isArray(s.selection) ? s.selection.join("\n") : s.selection ? String(s.selection) : "";
+    const raw = s.p_abnormal_mean_raw != null ? ` · raw mean ${pct(s.p_abnormal_mean_raw)}` : "";
     box.append(
-      el("article", { class: "verdict " + (abn ? "abnormal" : "normal"), "data-testid": "study-verdict",
+      el("article", { class: "verdict " + kind(s.label), "data-testid": "study-verdict",
                       "aria-label": `Study ${s.study}: ${labelName(s.label)}` },
         el("span", { class: "what", text: labelName(s.label) }),
-        el("span", { text: `P(abnormal) ${pct(s.p_abnormal)}` }),
-        el("span", { class: "meta", text: `threshold ${pct(s.threshold)} · study ${s.study} · ${s.n_images} image${s.n_images === 1 ? "" : "s"}` }),
+        assessed(s.label) ? el("span", { text: `P(abnormal) ${pct(s.p_abnormal)}` }) : null,
+        el("span", { class: "meta", text: `${assessed(s.label) ? "threshold " + pct(s.threshold) + " · " : ""}study ${s.study} · ` +
+          `${s.n_images} image${s.n_images === 1 ? "" : "s"}, ${s.n_in_distribution ?? s.n_images} in distribution${raw}` }),
+        s.reason ? el("p", { class: "reason", "data-testid": "reason", text: s.reason }) : null,
         sel ? el("details", {}, el("summary", { text: "Slices used" }), el("p", { class: "meta", text: sel })) : null,
       ),
     );
@@ -105,10 +111,13 @@ function renderImages(images) {
         el("div", { class: "body" },
           el("div", { class: "name", text: img.path }),
           el("div", { class: "tags", text: tags }),
-          el("div", { class: "prob" },
-            badge(img.label),
-            el("meter", { min: "0", max: "1", value: String(img.p_abnormal), "aria-label": "probability abnormal" }),
-            el("span", { text: pct(img.p_abnormal) })),
+          assessed(img.label)
+            ? el("div", { class: "prob" },
+                badge(img.label),
+                el("meter", { min: "0", max: "1", value: String(img.p_abnormal), "aria-label": "probability abnormal" }),
+                el("span", { text: pct(img.p_abnormal) }))
+            : el("div", { class: "prob" }, badge(img.label),
+                el("p", { class: "reason", "data-testid": "reason", text: img.reason || "outside what the model was evaluated on" })),
           (img.top_findings || []).length ? el("h3", { text: "Top findings" }) : null,
           (img.top_findings || []).length ? findings : null,
           (img.nearest_reports || []).length ? el("h3", { text: "Nearest reports" }) : null,
@@ -132,6 +141,7 @@ async function analyse(event) {
   showError("");
   const body = new FormData();
   for (const f of chosen) body.append("files", f, f.name);
+  if ($("study").value.trim()) body.append("study", $("study").value.trim());
   const query = new URLSearchParams({ saliency: $("saliency").checked ? "1" : "0", previews: "1", top_k: $("top-k").value });
   $("analyse").disabled = true;
   $("status").textContent = `Analysing ${chosen.length} file${chosen.length > 1 ? "s" : ""}…`;

@@ -1,0 +1,126 @@
+"""How often the input guard refuses: on the demo's own test phantoms (target <= 5% flagged) and
+on inputs the model never saw (target >= 95% flagged).
+
+    python bench/ood.py --model demo-out/run/model --data demo-out/cohort/manifest.csv [--out ood.json]
+
+Unseen inputs, all offline: pydicom's real MR and CT test files, nibabel's real NIfTI test
+volumes (brain MR, middle slice), matplotlib's sample photographs, and generated images (uniform
+and Gaussian noise, flat grey, smooth gradients, checkerboards). Each goes through
+`Predictor.predict` as a user's file would, so the DICOM header checks (MR, axial, lumbar) count
+as well as the embedding guard; the table splits the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lumbarclip.data.manifest import read_manifest
+from lumbarclip.inference.predict import Predictor
+
+TARGET_IN, TARGET_OUT = 0.05, 0.95
+
+
+def unseen_sets(folder: Path, seed: int = 0, n_generated: int = 20) -> dict[str, list[Path]]:
+    """Inputs the model never saw, by source; generated ones are written into `folder`."""
+    import matplotlib
+    import nibabel
+    import pydicom.data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns that it cannot download its extra files
+        dicom = sorted({*pydicom.data.get_testdata_files("MR*"), *pydicom.data.get_testdata_files("emri*"),
+                        *pydicom.data.get_testdata_files("CT_small*")})  # fmt: skip
+    nifti = sorted(p for p in (Path(nibabel.__file__).parent / "tests" / "data").glob("*.nii*") if "dconn" not in p.name)
+    sample = Path(matplotlib.get_data_path()) / "sample_data"
+    photos = [p for p in (sample / "grace_hopper.jpg", sample / "Minduka_Present_Blue_Pack.png", sample / "logo2.png") if p.exists()]
+    rng = np.random.default_rng(seed)
+    generated: list[Path] = []
+    size = 128
+    yy, xx = np.mgrid[:size, :size] / size
+    makers = {
+        "uniform": lambda: rng.random((size, size)),
+        "gauss": lambda: np.clip(rng.normal(0.5, 0.2, (size, size)), 0, 1),
+        "flat": lambda: np.full((size, size), rng.random()),
+        "gradient": lambda: (np.cos(rng.random() * 6.28) * xx + np.sin(rng.random() * 6.28) * yy) % 1.0,
+        "checker": lambda: ((xx * rng.integers(2, 16)).astype(int) + (yy * rng.integers(2, 16)).astype(int)) % 2 * 1.0,
+    }
+    for name, make in makers.items():
+        for i in range(max(1, n_generated // len(makers))):
+            path = folder / f"{name}_{i:02d}.png"
+            Image.fromarray((make() * 255).astype(np.uint8)).save(path)
+            generated.append(path)
+    return {
+        "pydicom MR/CT test files": [Path(p) for p in dicom],
+        "nibabel NIfTI test volumes": nifti,
+        "photographs (matplotlib samples)": photos,
+        "generated (noise, flat, gradient, checker)": generated,
+    }
+
+
+def flagged(predictor: Predictor, paths: list[Path]) -> dict[str, object]:
+    """Counts of one set: refused by the header, by the embedding guard, unreadable, accepted."""
+    result = predictor.predict(paths, top_k=0)
+    header = sum(1 for line in result.images if not line["in_distribution"] and "input guard" not in str(line.get("reason")))
+    guard = sum(1 for line in result.images if not line["in_distribution"] and "input guard" in str(line.get("reason")))
+    refused_in_folder = sum(1 for s in result.skipped if str(s["reason"]).startswith("not assessed"))
+    n = len(result.images) + refused_in_folder
+    out = header + guard + refused_in_folder
+    return {
+        "n": n,
+        "flagged": out,
+        "rate": out / n if n else None,
+        "by_header": header + refused_in_folder,
+        "by_guard": guard,
+        "unreadable": len(result.skipped) - refused_in_folder,
+        "scores": [line["ood_score"] for line in result.images],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="model folder written by lumbarclip evaluate")
+    ap.add_argument("--data", required=True, help="the cohort manifest the model was evaluated on")
+    ap.add_argument("--split", default="test", help="split whose phantoms should be accepted (default: test)")
+    ap.add_argument("--out", help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+
+    predictor = Predictor.load(args.model, salt="bench")
+    own = [r.image_path for r in read_manifest(args.data, check_files=False).split(args.split)]
+    rows: dict[str, dict[str, object]] = {f"demo {args.split} phantoms": flagged(predictor, own)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, paths in unseen_sets(Path(tmp)).items():
+            rows[name] = flagged(predictor, paths)
+    unseen = [r for name, r in rows.items() if not name.startswith("demo")]
+    total = {"n": sum(r["n"] for r in unseen), "flagged": sum(r["flagged"] for r in unseen)}  # type: ignore[misc]
+    total["rate"] = total["flagged"] / total["n"] if total["n"] else None
+    own_rate = rows[f"demo {args.split} phantoms"]["rate"]
+    print(f"input guard threshold {predictor.guard.threshold:.2f} (valid in-distribution rate {predictor.guard.in_rate:.0%})")
+    print(f"{'set':44s} {'n':>5s} {'flagged':>8s} {'rate':>6s} {'header':>7s} {'guard':>6s}")
+    for name, r in rows.items():
+        print(f"{name:44s} {r['n']:5d} {r['flagged']:8d} {r['rate']:6.3f} {r['by_header']:7d} {r['by_guard']:6d}")
+    print(f"{'all unseen inputs':44s} {total['n']:5d} {total['flagged']:8d} {total['rate']:6.3f}")
+    verdict = {
+        "own_flagged_rate": own_rate,
+        "own_target_max": TARGET_IN,
+        "own_met": own_rate is not None and own_rate <= TARGET_IN,
+        "unseen_flagged_rate": total["rate"],
+        "unseen_target_min": TARGET_OUT,
+        "unseen_met": total["rate"] is not None and total["rate"] >= TARGET_OUT,
+    }
+    print(json.dumps(verdict))
+    if args.out:
+        doc = {"threshold": predictor.guard.threshold, "in_rate": predictor.guard.in_rate, "sets": rows, "unseen": total, **verdict}
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

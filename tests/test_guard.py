@@ -1,0 +1,130 @@
+"""The input guard and the study rule: out-of-distribution images get no verdict, non-axial or
+non-MR DICOM is refused with its reason, a study's verdict uses only its in-distribution images
+and only for the evaluated unit's shape."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.covariance import LedoitWolf
+
+from _model_folder import make_model_folder
+from lumbarclip.data.imageio import write_dicom
+from lumbarclip.decision import InputGuard, slot, study_unit, unit_mismatch
+from lumbarclip.inference.embed import embed_images
+from lumbarclip.inference.operating_point import load_operating_point
+from lumbarclip.inference.predict import Predictor
+from lumbarclip.models import LumbarCLIP
+from test_predict import _pixels, _series
+
+LEVELS = {"D3": "L3-L4", "D4": "L4-L5", "D5": "L5-S1"}
+
+
+def test_guard_is_ledoit_wolf_mahalanobis_with_valid_quantile_threshold(tmp_path):
+    rng = np.random.default_rng(0)
+    train, valid = rng.normal(size=(300, 6)), rng.normal(size=(200, 6))
+    guard = InputGuard.fit(train, valid, in_rate=0.95)
+    ref = LedoitWolf().fit(train)
+    far = valid + 0.0
+    far[:5] += 8.0
+    np.testing.assert_allclose(guard.score(far), np.sqrt(ref.mahalanobis(far)), rtol=1e-6)
+    assert guard.threshold == pytest.approx(np.quantile(np.sqrt(ref.mahalanobis(valid)), 0.95))
+    assert guard.accepts(guard.score(valid)).mean() == pytest.approx(0.95, abs=0.01)
+    assert not guard.accepts(guard.score(far[:5])).any()
+    guard.save(tmp_path)
+    again = InputGuard.load(tmp_path)
+    np.testing.assert_allclose(again.score(far), guard.score(far))
+    assert again.threshold == guard.threshold and again.in_rate == 0.95
+
+
+def test_study_unit_is_the_commonest_shape_and_mismatch_says_why():
+    patients = ["a"] * 6 + ["b"] * 6 + ["c"] * 2
+    slots = [slot(s, lv) for s in ("T1", "T2") for lv in LEVELS.values()] * 2 + ["T1 L3-L4", "T2 L3-L4"]
+    unit = study_unit(patients, slots)
+    assert len(unit) == 6 and "T2 L5-S1" in unit
+    assert unit_mismatch(unit, slots[:6]) is None
+    assert "not the evaluated study unit" in unit_mismatch(unit, slots[:5])
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model_folder(tmp_path_factory.mktemp("guarded"))
+
+
+def _study_pngs(folder, patient="0003"):
+    paths = []
+    for i, (seq, code) in enumerate((s, c) for s in ("T1", "T2") for c in LEVELS):
+        path = folder / f"{seq}_{patient}_{code}.png"
+        smooth = np.outer(np.hanning(48), np.hanning(48)) * (2000 + 300 * i)
+        Image.fromarray(smooth.astype(np.uint16)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _guard_around(model_dir, inside, outside):
+    """A guard centred on the `inside` images' embeddings that accepts them and refuses
+    `outside` (Euclidean distance: identity precision)."""
+    model = LumbarCLIP.from_pretrained(model_dir)
+    emb_in = embed_images(model, inside, progress=False).astype(np.float64)
+    emb_out = embed_images(model, outside, progress=False).astype(np.float64)
+    centre = emb_in.mean(0)
+    d_in = np.linalg.norm(emb_in - centre, axis=1).max()
+    d_out = np.linalg.norm(emb_out - centre, axis=1)
+    assert d_out.min() > d_in, "test inputs: the outside images must lie farther than the inside ones"
+    guard = InputGuard(centre, np.eye(len(centre)), threshold=float((d_in + d_out.min()) / 2), n_fit=len(inside))
+    guard.save(model_dir)
+    return guard, d_out
+
+
+def test_ood_image_gets_no_verdict_and_the_study_uses_only_in_distribution_images(model_dir, tmp_path):
+    study = _study_pngs(tmp_path)
+    noise = tmp_path / "noise.png"
+    Image.fromarray((np.random.default_rng(1).random((48, 48)) * 65535).astype(np.uint16)).save(noise)
+    guard, d_out = _guard_around(model_dir, study, [noise])
+    predictor = Predictor.load(model_dir, salt="s")
+    result = predictor.predict([*study, noise], top_k=2, study="ward-7")
+    by_path = {line["path"]: line for line in result.images}
+    odd = by_path[str(noise)]
+    assert odd["in_distribution"] is False and odd["label"] is None and odd["p_abnormal"] is None
+    assert "input guard" in odd["reason"] and "top_findings" not in odd
+    assert odd["ood_score"] == pytest.approx(d_out[0], abs=1e-3)
+    assert all(by_path[str(p)]["in_distribution"] and by_path[str(p)]["label"] in ("normal", "abnormal") for p in study)
+
+    # one study (named by the user) of 7 images, 6 in distribution: exactly the evaluated unit
+    (verdict,) = result.studies
+    assert (verdict["study"], verdict["n_images"], verdict["n_in_distribution"]) == ("ward-7", 7, 6)
+    op = load_operating_point(model_dir)
+    model = LumbarCLIP.from_pretrained(model_dir)
+    logit = embed_images(model, study, progress=False).astype(np.float64) @ op.weights.astype(np.float64) + op.bias
+    m = (1 / (1 + np.exp(-logit))).mean()  # the six in-distribution images only
+    expected = 1 / (1 + np.exp(-(op.patient_calibration["a"] * np.log(m / (1 - m)) + op.patient_calibration["b"])))
+    assert verdict["p_abnormal_mean_raw"] == pytest.approx(m, abs=1e-5)
+    assert verdict["p_abnormal"] == pytest.approx(expected, abs=1e-5)
+    assert verdict["rule"].startswith("patient")
+
+    # nothing in distribution: the study says so and gives no verdict
+    (alone,) = predictor.predict([noise], top_k=0).studies
+    assert alone["label"] is None and alone["p_abnormal"] is None and alone["n_in_distribution"] == 0
+    assert "none of its images is in distribution" in alone["reason"]
+
+
+def test_non_axial_or_non_mr_dicom_is_refused_with_its_reason(model_dir, tmp_path):
+    InputGuard(np.zeros(16), np.eye(16), threshold=1e6).save(model_dir)  # accept every embedding
+    predictor = Predictor.load(model_dir, salt="s")
+    sagittal = _series(tmp_path / "sag", "T2", "1.2.3.4.2001", orientation=(0, 1, 0, 0, 0, -1), seed=5)
+    (line,) = predictor.predict([sagittal["L4-L5"]], top_k=0).images
+    assert line["label"] is None and line["in_distribution"] is False and "sagittal" in line["reason"]
+    # a series folder with only a sagittal series: nothing chosen, refused with the reason
+    result = predictor.predict([tmp_path / "sag"], top_k=0)
+    assert result.images == [] and "no axial T1 or T2 series" in result.skipped[0]["reason"]
+    ct = write_dicom(
+        tmp_path / "ct.dcm", _pixels(3), Modality="CT", ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+        ImagePositionPatient=[0.0, 0.0, 0.0], StudyInstanceUID="1.2.3.4.9",
+    )  # fmt: skip
+    (line,) = predictor.predict([ct], top_k=0).images
+    assert line["label"] is None and "not MR" in line["reason"]
+    head = write_dicom(
+        tmp_path / "head.dcm", _pixels(4), BodyPartExamined="HEAD", ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+        ImagePositionPatient=[0.0, 0.0, 0.0], StudyInstanceUID="1.2.3.4.10",
+    )  # fmt: skip
+    (line,) = predictor.predict([head], top_k=0).images
+    assert line["label"] is None and "lumbar spine" in line["reason"] and "HEAD" not in line["reason"]
