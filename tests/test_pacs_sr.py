@@ -126,3 +126,41 @@ def test_model_info_from_card(tmp_path):
     assert info.version == "lumbarclip 0.1.0 weights sha256:" + hashlib.sha256(b"weights").hexdigest()[:12]
     assert ModelInfo.from_card({"version": "2"}, weights).version == "2"
     assert ModelInfo.from_card({}).version == "unversioned"
+
+
+def _dciodvfy_errors(path) -> list[str]:
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (Debian dicom3tools) is not installed")
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_not_assessed_sr_gives_reason_and_no_probability(study, tmp_path):
+    files, sources = study
+    images = fake_images(files)
+    for image in images[:2]:  # two images refused by the input guard: no findings, a reason
+        image.update(in_distribution=False, label=None, reason="not assessed: unlike the images the model was evaluated on")
+        image.pop("top_findings")
+    result = {"label": None, "p_abnormal": None, "threshold": 0.43,
+              "reason": "no study verdict: 4 in-distribution image(s) are not the evaluated study unit"}  # fmt: skip
+    sr = build_report(sources, result, images, sources, ModelInfo.from_card({"name": "tiny", "version": "1.2"}))
+    back = read_report(pydicom.dcmread(roundtrip(sr)))
+    assert back["verdict"] == "not assessed" and "p_abnormal" not in back and "threshold" not in back
+    assert back["reason"] == result["reason"]
+    assert back["images_not_assessed"].startswith("2 of 6: not assessed: unlike the images")
+    assert set(back["levels"]) == {"L3-L4", "L4-L5", "L5-S1"}  # the four assessed images' findings
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert _dciodvfy_errors(path) == []
+
+
+def test_verdict_sr_validates_with_dciodvfy(study, tmp_path):
+    files, sources = study
+    result = {"label": "normal", "p_abnormal": 0.12, "threshold": 0.43}
+    sr = build_report(sources, result, fake_images(files), sources, ModelInfo.from_card({"name": "tiny", "version": "1.2"}))
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert _dciodvfy_errors(path) == []

@@ -45,7 +45,8 @@ class StudyAnalyser:
     def analyse(self, folder: str | Path) -> list[Dataset]:
         """Diagnose the study whose instances are the `*.dcm` files in `folder`: Predictor
         picks the series and slices as for any study folder. InputError when the files span
-        several studies or when no image could be diagnosed (Predictor's reasons named)."""
+        several studies. A study with nothing the model takes gets a "not assessed" SR with the
+        reasons (input guard, header checks, no axial T1/T2 series)."""
         folder = Path(folder)
         paths = sorted(folder.glob("*.dcm"))
         if not paths:
@@ -57,17 +58,16 @@ class StudyAnalyser:
             result = self.predictor.predict(
                 [folder], top_k=self.top_k, saliency_dir=Path(tmp) if self.overlays else None
             )
-            if len(result.studies) != 1:
-                reasons = sorted({str(s.get("reason", "?")) for s in result.skipped})
-                raise InputError(
-                    f"expected one diagnosed study, got {len(result.studies)}"
-                    + (f" (skipped: {'; '.join(reasons)})" if reasons else "")
-                )
+            reasons = sorted({str(s.get("reason", "?")) for s in result.skipped})
+            if len(result.studies) > 1:
+                raise InputError(f"expected one study, got {len(result.studies)}")
+            if result.studies:
+                study = result.studies[0]
+            else:  # nothing the model takes (e.g. no axial T1/T2 series): a "not assessed" SR
+                study = {"label": None, "p_abnormal": None, "reason": "; ".join(reasons) or "no image to assess"}
             image_sources = [headers[str(Path(img["path"]))] for img in result.images]
             out: list[Dataset] = [
-                build_report(
-                    list(headers.values()), result.studies[0], result.images, image_sources, self.model
-                )
+                build_report(list(headers.values()), study, result.images, image_sources, self.model)
             ]
             if self.overlays:
                 pairs = [

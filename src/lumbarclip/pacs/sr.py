@@ -5,8 +5,12 @@ beside the images it was computed from.
 SR content tree (root "Diagnostic imaging report", LOINC 18748-4):
 - TEXT  Intended use: research use only, not for diagnostic use
 - TEXT  Algorithm Name / Algorithm Version (DCM 111001 / 111003), from the model card
-- CODE  Study verdict -> Abnormal (SCT 263654008) or Normal (SCT 17621005)
-- NUM   Calibrated probability of abnormality, Decision threshold
+- CODE  Study verdict -> Abnormal (SCT 263654008) or Normal (SCT 17621005), or Not assessed
+  (99LUMBARCLIP) when the model gives no study verdict, then TEXT Reason: why (input guard,
+  header checks, a study not shaped like the evaluated unit)
+- NUM   Calibrated probability of abnormality, Decision threshold (only with a verdict)
+- TEXT  Images not assessed: how many of the analysed images the input guard or the header
+  checks left out, and why
 - CONTAINER Findings at disc level (one per level): TEXT Finding site, NUM one per finding
   (zero-shot score), IMAGE the source images at that level
 - CONTAINER Source images: IMAGE one per analysed image
@@ -52,6 +56,9 @@ PROBABILITY = CodedConcept("P_ABNORMAL", SCHEME, "Calibrated probability of abno
 THRESHOLD = CodedConcept("THRESHOLD", SCHEME, "Decision threshold")
 LEVEL_FINDINGS = CodedConcept("LEVEL_FINDINGS", SCHEME, "Findings at disc level")
 SOURCE_IMAGES = CodedConcept("SOURCE_IMAGES", SCHEME, "Source images")
+NOT_ASSESSED = CodedConcept("NOT_ASSESSED", SCHEME, "Not assessed")
+REASON = CodedConcept("REASON", SCHEME, "Reason")
+IMAGES_NOT_ASSESSED = CodedConcept("IMG_NOT_ASSESSED", SCHEME, "Images not assessed")
 
 
 def _finding_code(kind: str) -> CodedConcept:
@@ -113,22 +120,35 @@ def build_report(
 ) -> hd.sr.ComprehensiveSR:
     """The Comprehensive SR of one study. `sources` are all received instances of the study
     (evidence), `images[i]` is Predictor's result for the image read from `image_sources[i]`."""
-    abnormal = is_abnormal(study["label"])
     items: list[Any] = [
         # kept short: viewers such as Orthanc Explorer hide text values longer than 256 chars
         hd.sr.TextContentItem(INTENDED_USE_NAME, INTENDED_USE, relationship_type="CONTAINS"),
         hd.sr.TextContentItem(ALGORITHM_NAME, model.name, relationship_type="CONTAINS"),
         hd.sr.TextContentItem(ALGORITHM_VERSION, model.version, relationship_type="CONTAINS"),
-        hd.sr.CodeContentItem(
-            VERDICT, ABNORMAL if abnormal else NORMAL, relationship_type="CONTAINS"
-        ),
-        hd.sr.NumContentItem(
-            PROBABILITY, float(study["p_abnormal"]), NO_UNITS, relationship_type="CONTAINS"
-        ),
-        hd.sr.NumContentItem(
-            THRESHOLD, float(study["threshold"]), NO_UNITS, relationship_type="CONTAINS"
-        ),
     ]
+    if study.get("label") is None:  # no study verdict: say so and why, give no probability
+        items += [
+            hd.sr.CodeContentItem(VERDICT, NOT_ASSESSED, relationship_type="CONTAINS"),
+            hd.sr.TextContentItem(REASON, _short(str(study.get("reason") or "no study verdict")), relationship_type="CONTAINS"),
+        ]
+    else:
+        items += [
+            hd.sr.CodeContentItem(
+                VERDICT, ABNORMAL if is_abnormal(study["label"]) else NORMAL, relationship_type="CONTAINS"
+            ),
+            hd.sr.NumContentItem(
+                PROBABILITY, float(study["p_abnormal"]), NO_UNITS, relationship_type="CONTAINS"
+            ),
+            hd.sr.NumContentItem(
+                THRESHOLD, float(study["threshold"]), NO_UNITS, relationship_type="CONTAINS"
+            ),
+        ]
+    outside = [image for image in images if image.get("in_distribution") is False]
+    if outside:
+        why = "; ".join(dict.fromkeys(str(image.get("reason") or "outside the input guard") for image in outside))
+        items.append(hd.sr.TextContentItem(
+            IMAGES_NOT_ASSESSED, _short(f"{len(outside)} of {len(images)}: {why}"), relationship_type="CONTAINS"
+        ))  # fmt: skip
     refs = {ds.SOPInstanceUID: ds for ds in image_sources}
     by_level: dict[str, list[Dataset]] = {}
     for image, ds in zip(images, image_sources):
@@ -176,6 +196,11 @@ _TYPE2 = (
 )
 
 
+def _short(text: str, limit: int = 240) -> str:
+    """A TEXT value viewers show in full (Orthanc Explorer hides values over 256 characters)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def with_type2_defaults(ds: Dataset) -> Dataset:
     """A shallow copy of `ds` with absent type-2 Patient/Study attributes present and empty."""
     out = Dataset(ds)
@@ -203,6 +228,10 @@ def read_report(ds: Dataset) -> dict[str, Any]:
     for item in sr.ContentSequence:
         if _named(item, VERDICT):
             out["verdict"] = item.ConceptCodeSequence[0].CodeMeaning.lower()
+        elif _named(item, REASON):
+            out["reason"] = item.TextValue
+        elif _named(item, IMAGES_NOT_ASSESSED):
+            out["images_not_assessed"] = item.TextValue
         elif _named(item, PROBABILITY):
             out["p_abnormal"] = hd.sr.NumContentItem.from_dataset(item).value
         elif _named(item, THRESHOLD):
