@@ -63,14 +63,17 @@ def scans(folder):
         folder / "axial_t1.dcm", pixels[::-1].copy(), PatientName="Doe^Jane", PatientID="PID-SECRET-4711",
         ImageOrientationPatient=[1, 0, 0, 0, 1, 0], SeriesDescription="T1 AX",
     )
-    return png, dcm
+    ct = write_dicom(
+        folder / "ct.dcm", pixels, Modality="CT", ImageOrientationPatient=[1, 0, 0, 0, 1, 0], ImagePositionPatient=[0, 0, 0]
+    )
+    return png, dcm, ct
 
 
 def test_page_uploads_png_and_dicom(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     url, predictor = server
-    png, dcm = scans(tmp_path)
-    want = predictor.predict([png, dcm])
+    png, dcm, ct = scans(tmp_path)
+    want = predictor.predict([png, dcm, ct])
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -79,30 +82,37 @@ def test_page_uploads_png_and_dicom(server, tmp_path):
             page.on("pageerror", lambda err: errors.append(str(err)))
             page.goto(url + "/")
             page.wait_for_function("document.getElementById('model-name').textContent.includes('runtime')")
-            page.set_input_files("#files", [str(png), str(dcm)])
+            page.set_input_files("#files", [str(png), str(dcm), str(ct)])
             page.click("#analyse")
             page.wait_for_selector("[data-testid=study-verdict]", timeout=60_000)
             verdicts = page.locator("[data-testid=study-verdict]")
             assert verdicts.count() == len(want.studies)
-            expected = {"ABNORMAL" if s["label"] in (1, "abnormal") else "NORMAL" for s in want.studies}
+            # single files are studies of their own, not the evaluated unit: no study verdict, reason shown
+            assert all(s["label"] is None for s in want.studies)
             shown = {verdicts.nth(i).locator(".what").inner_text() for i in range(verdicts.count())}
-            assert shown == expected
+            assert shown == {"NOT ASSESSED"}
+            reasons = [verdicts.nth(i).locator("[data-testid=reason]").inner_text() for i in range(verdicts.count())]
+            assert all(r.startswith("no study verdict") for r in reasons)
             cards = page.locator("[data-testid=image-card]")
-            assert cards.count() == 2
-            names = sorted(cards.nth(i).locator(".name").inner_text() for i in range(2))
-            assert names == ["axial_t1.dcm", "axial_t2.png"]
+            assert cards.count() == 3
+            names = sorted(cards.nth(i).locator(".name").inner_text() for i in range(3))
+            assert names == ["axial_t1.dcm", "axial_t2.png", "ct.dcm"]
+            refused = cards.filter(has_text="ct.dcm")
+            assert refused.locator(".badge").inner_text() == "NOT ASSESSED"
+            assert "not MR" in refused.locator("[data-testid=reason]").inner_text()
             overlays = page.locator("img.overlay")
-            assert overlays.count() == 2
-            for i in range(2):
+            assert overlays.count() == 3
+            for i in range(3):
                 src = overlays.nth(i).get_attribute("src")
                 assert src.startswith("data:image/png;base64,")
                 Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
                 assert overlays.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
             by_name = {r["path"].split("/")[-1]: r for r in want.images}
-            for i in range(2):
+            for i in range(3):
                 card = cards.nth(i)
                 row = by_name[card.locator(".name").inner_text()]
-                assert card.locator(".prob span").last.inner_text() == f"{100 * row['p_abnormal']:.1f}%"
+                if row["label"] is not None:
+                    assert card.locator(".prob span").last.inner_text() == f"{100 * row['p_abnormal']:.1f}%"
             assert "Doe" not in page.content() and "PID-SECRET" not in page.content()
             assert errors == []
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
