@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     total = {"n": sum(r["n"] for r in unseen), "flagged": sum(r["flagged"] for r in unseen)}  # type: ignore[misc]
     total["rate"] = total["flagged"] / total["n"] if total["n"] else None
     own_rate = rows[f"demo {args.split} phantoms"]["rate"]
-    print(f"input guard threshold {predictor.guard.threshold:.2f} (valid in-distribution rate {predictor.guard.in_rate:.0%})")
+    thresholds = {name: round(view.threshold, 2) for name, view in predictor.guard.views.items()}
+    print(f"input guard thresholds {thresholds} (valid in-distribution rate {predictor.guard.in_rate:.0%})")
     print(f"{'set':44s} {'n':>5s} {'flagged':>8s} {'rate':>6s} {'header':>7s} {'guard':>6s}")
     for name, r in rows.items():
         print(f"{name:44s} {r['n']:5d} {r['flagged']:8d} {r['rate']:6.3f} {r['by_header']:7d} {r['by_guard']:6d}")
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(verdict))
     if args.out:
-        doc = {"threshold": predictor.guard.threshold, "in_rate": predictor.guard.in_rate, "sets": rows, "unseen": total, **verdict}
+        doc = {"thresholds": thresholds, "in_rate": predictor.guard.in_rate, "sets": rows, "unseen": total, **verdict}
         Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lumbarclip.decision import InputGuard
+from lumbarclip.decision import InputGuard, Mahalanobis
 from lumbarclip.inference.operating_point import OperatingPoint, PreprocessSpec, write_card
 from lumbarclip.models import ModelConfig, create_model
 
@@ -30,6 +30,6 @@ def make_model_folder(folder: Path, image_size: int = 32, embed_dim: int = 16, s
     ).save(folder)
     # A guard that accepts everything: these tests are about the plumbing; tests/test_guard.py
     # fits a real one.
-    InputGuard(np.zeros(embed_dim), np.eye(embed_dim), threshold=1e6, n_fit=0).save(folder)
+    InputGuard({"embedding": Mahalanobis(np.zeros(embed_dim), np.eye(embed_dim), threshold=1e6)}).save(folder)
     write_card(folder, {"name": "tiny test model", "intended_use": "tests only"})
     return folder

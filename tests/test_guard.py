@@ -9,7 +9,7 @@ from sklearn.covariance import LedoitWolf
 
 from _model_folder import make_model_folder
 from lumbarclip.data.imageio import write_dicom
-from lumbarclip.decision import InputGuard, slot, study_unit, unit_mismatch
+from lumbarclip.decision import InputGuard, Mahalanobis, pooled_pixels, slot, study_unit, unit_mismatch
 from lumbarclip.inference.embed import embed_images
 from lumbarclip.inference.operating_point import load_operating_point
 from lumbarclip.inference.predict import Predictor
@@ -19,21 +19,31 @@ from test_predict import _pixels, _series
 LEVELS = {"D3": "L3-L4", "D4": "L4-L5", "D5": "L5-S1"}
 
 
-def test_guard_is_ledoit_wolf_mahalanobis_with_valid_quantile_threshold(tmp_path):
+def test_guard_is_ledoit_wolf_mahalanobis_per_view_with_valid_thresholds(tmp_path):
     rng = np.random.default_rng(0)
-    train, valid = rng.normal(size=(300, 6)), rng.normal(size=(200, 6))
+    train = {"embedding": rng.normal(size=(300, 6)), "pixels": rng.normal(size=(300, 4))}
+    valid = {"embedding": rng.normal(size=(400, 6)), "pixels": rng.normal(size=(400, 4))}
     guard = InputGuard.fit(train, valid, in_rate=0.95)
-    ref = LedoitWolf().fit(train)
-    far = valid + 0.0
-    far[:5] += 8.0
-    np.testing.assert_allclose(guard.score(far), np.sqrt(ref.mahalanobis(far)), rtol=1e-6)
-    assert guard.threshold == pytest.approx(np.quantile(np.sqrt(ref.mahalanobis(valid)), 0.95))
-    assert guard.accepts(guard.score(valid)).mean() == pytest.approx(0.95, abs=0.01)
-    assert not guard.accepts(guard.score(far[:5])).any()
+    for name in train:  # each view: sklearn's distance, threshold at valid's 97.5% quantile
+        ref = LedoitWolf().fit(train[name])
+        dist = np.sqrt(ref.mahalanobis(valid[name]))
+        np.testing.assert_allclose(guard.views[name].score(valid[name]), dist, rtol=1e-6)
+        assert guard.views[name].threshold == pytest.approx(np.quantile(dist, 0.975))
+    assert 0.94 <= guard.accepts(guard.score(valid)).mean() <= 0.975
+    far = {name: v[:5] + 8.0 for name, v in valid.items()}
+    assert not guard.accepts(guard.score(far)).any()
     guard.save(tmp_path)
     again = InputGuard.load(tmp_path)
     np.testing.assert_allclose(again.score(far), guard.score(far))
-    assert again.threshold == guard.threshold and again.in_rate == 0.95
+    assert again.in_rate == 0.95
+
+
+def test_pooled_pixels_are_area_means():
+    img = np.arange(64 * 64, dtype=float).reshape(1, 1, 64, 64)
+    pooled = pooled_pixels(img, side=16)
+    assert pooled.shape == (1, 256)
+    assert pooled[0, 0] == pytest.approx(img[0, 0, :4, :4].mean())
+    assert pooled[0, 17] == pytest.approx(img[0, 0, 4:8, 4:8].mean())
 
 
 def test_study_unit_is_the_commonest_shape_and_mismatch_says_why():
@@ -70,9 +80,10 @@ def _guard_around(model_dir, inside, outside):
     d_in = np.linalg.norm(emb_in - centre, axis=1).max()
     d_out = np.linalg.norm(emb_out - centre, axis=1)
     assert d_out.min() > d_in, "test inputs: the outside images must lie farther than the inside ones"
-    guard = InputGuard(centre, np.eye(len(centre)), threshold=float((d_in + d_out.min()) / 2), n_fit=len(inside))
+    threshold = float((d_in + d_out.min()) / 2)
+    guard = InputGuard({"embedding": Mahalanobis(centre, np.eye(len(centre)), threshold)}, n_fit=len(inside))
     guard.save(model_dir)
-    return guard, d_out
+    return guard, d_out / threshold
 
 
 def test_ood_image_gets_no_verdict_and_the_study_uses_only_in_distribution_images(model_dir, tmp_path):
@@ -108,7 +119,7 @@ def test_ood_image_gets_no_verdict_and_the_study_uses_only_in_distribution_image
 
 
 def test_non_axial_or_non_mr_dicom_is_refused_with_its_reason(model_dir, tmp_path):
-    InputGuard(np.zeros(16), np.eye(16), threshold=1e6).save(model_dir)  # accept every embedding
+    InputGuard({"embedding": Mahalanobis(np.zeros(16), np.eye(16), 1e6)}).save(model_dir)  # accept every embedding
     predictor = Predictor.load(model_dir, salt="s")
     sagittal = _series(tmp_path / "sag", "T2", "1.2.3.4.2001", orientation=(0, 1, 0, 0, 0, -1), seed=5)
     (line,) = predictor.predict([sagittal["L4-L5"]], top_k=0).images

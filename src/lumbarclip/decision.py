@@ -41,42 +41,94 @@ def fit_platt(logit: np.ndarray, y_true: np.ndarray, C: float = PLATT_C) -> dict
 
 
 @dataclass
-class InputGuard:
-    """Mahalanobis distance of a unit image embedding to the training embeddings (Ledoit-Wolf
-    shrunk covariance); an image is in distribution when its distance is at most `threshold`,
-    the `in_rate` quantile of the valid images' distances."""
+class Mahalanobis:
+    """Distance to a Gaussian fitted with Ledoit-Wolf shrinkage; `threshold` on valid."""
 
     mean: np.ndarray  # [D]
     precision: np.ndarray  # [D, D]
     threshold: float
-    in_rate: float = GUARD_IN_RATE
-    n_fit: int = 0
-    method: str = "mahalanobis (Ledoit-Wolf) to the train image embeddings; threshold on valid"
 
     @classmethod
-    def fit(cls, train: np.ndarray, valid: np.ndarray, in_rate: float = GUARD_IN_RATE) -> InputGuard:
-        """Fit the distance on `train` embeddings and put the threshold on `valid`'s."""
+    def fit(cls, train: np.ndarray, valid: np.ndarray, quantile: float) -> Mahalanobis:
         from sklearn.covariance import LedoitWolf
 
-        if not 0.0 < in_rate <= 1.0:
-            raise InputError(f"input guard: in-distribution rate must be in (0, 1], got {in_rate}")
         est = LedoitWolf().fit(np.asarray(train, dtype=np.float64))
-        guard = cls(est.location_, est.precision_, 0.0, in_rate, len(train))
-        guard.threshold = float(np.quantile(guard.score(valid), in_rate))
-        return guard
+        view = cls(est.location_, est.precision_, 0.0)
+        view.threshold = float(np.quantile(view.score(valid), quantile))
+        return view
 
-    def score(self, embeddings: np.ndarray) -> np.ndarray:
-        """[N] distances of [N, D] embeddings (larger = less like the training images)."""
-        diff = np.asarray(embeddings, dtype=np.float64) - self.mean
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """[N] distances of [N, D] rows (larger = less like the training rows)."""
+        diff = np.asarray(x, dtype=np.float64) - self.mean
         return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", diff, self.precision, diff), 0.0))
 
+
+#: The guard's views of an image: its unit embedding, and its model input pooled to a
+#: `POOL` x `POOL` grid (the embedding alone accepts e.g. a small axial head MR or flat images).
+VIEWS: tuple[str, str] = ("embedding", "pixels")
+POOL = 16
+
+
+def pooled_pixels(images: np.ndarray, side: int = POOL) -> np.ndarray:
+    """[N, side*side] area means of [N, 1, S, S] model inputs (S >= side)."""
+    arr = np.asarray(images, dtype=np.float64).reshape(len(images), images.shape[-2], images.shape[-1])
+    rows = np.linspace(0, arr.shape[1], side + 1).astype(int)
+    cols = np.linspace(0, arr.shape[2], side + 1).astype(int)
+    pooled = np.add.reduceat(np.add.reduceat(arr, rows[:-1], axis=1), cols[:-1], axis=2)
+    area = np.outer(np.diff(rows), np.diff(cols))
+    return (pooled / area).reshape(len(arr), -1)
+
+
+@dataclass
+class InputGuard:
+    """An image is in distribution when every view's Mahalanobis distance to the training images
+    is at most that view's threshold, put on the valid images so that about `in_rate` of them
+    pass all views. `score` is the largest distance / threshold ratio: above 1 is outside."""
+
+    views: dict[str, Mahalanobis]
+    in_rate: float = GUARD_IN_RATE
+    n_fit: int = 0
+    method: str = (
+        "Mahalanobis (Ledoit-Wolf) to the train images, on the unit embedding and on the model input "
+        f"pooled to {POOL}x{POOL}; per-view thresholds on valid"
+    )
+
+    @classmethod
+    def fit(cls, train: dict[str, np.ndarray], valid: dict[str, np.ndarray], in_rate: float = GUARD_IN_RATE) -> InputGuard:
+        """Fit each view (name -> [N, D] features) on `train` and put its threshold on `valid`
+        at the quantile that leaves `1 - in_rate` of valid out across the views together."""
+        if not 0.0 < in_rate <= 1.0:
+            raise InputError(f"input guard: in-distribution rate must be in (0, 1], got {in_rate}")
+        q = 1.0 - (1.0 - in_rate) / len(train)
+        views = {name: Mahalanobis.fit(train[name], valid[name], q) for name in train}
+        return cls(views, in_rate, len(next(iter(train.values()))))
+
+    def ratios(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per view, [N] distance / threshold."""
+        return {name: view.score(features[name]) / view.threshold for name, view in self.views.items()}
+
+    def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """[N] the largest distance / threshold over the views (1 = on the threshold)."""
+        return np.max(np.stack(list(self.ratios(features).values())), axis=0)
+
     def accepts(self, scores: np.ndarray) -> np.ndarray:
-        return np.asarray(scores) <= self.threshold
+        return np.asarray(scores) <= 1.0
 
     def save(self, model_dir: str | Path) -> None:
         model_dir = Path(model_dir)
-        save_file({"mean": self.mean.astype(np.float64), "precision": self.precision.astype(np.float64)}, str(model_dir / GUARD_ARRAYS))
-        doc = {"method": self.method, "threshold": self.threshold, "in_rate": self.in_rate, "n_fit": self.n_fit, "arrays": GUARD_ARRAYS}
+        arrays = {}
+        for name, view in self.views.items():
+            arrays[f"{name}.mean"] = view.mean.astype(np.float64)
+            arrays[f"{name}.precision"] = view.precision.astype(np.float64)
+        save_file(arrays, str(model_dir / GUARD_ARRAYS))
+        doc = {
+            "method": self.method,
+            "thresholds": {name: view.threshold for name, view in self.views.items()},
+            "in_rate": self.in_rate,
+            "n_fit": self.n_fit,
+            "pool": POOL,
+            "arrays": GUARD_ARRAYS,
+        }
         (model_dir / GUARD_FILE).write_text(json.dumps(doc, indent=2) + "\n")
 
     @classmethod
@@ -89,7 +141,13 @@ class InputGuard:
         try:
             doc = json.loads(paths[0].read_text())
             arrays = load_file(str(paths[1]))
-            return cls(arrays["mean"], arrays["precision"], float(doc["threshold"]), float(doc["in_rate"]), int(doc["n_fit"]), doc["method"])
+            views = {
+                name: Mahalanobis(arrays[f"{name}.mean"], arrays[f"{name}.precision"], float(t))
+                for name, t in doc["thresholds"].items()
+            }
+            if not set(views) <= set(VIEWS) or int(doc.get("pool", POOL)) != POOL:
+                raise ValueError(f"views {sorted(views)} / pool {doc.get('pool')} unknown to this version")
+            return cls(views, float(doc["in_rate"]), int(doc["n_fit"]), doc["method"])
         except (json.JSONDecodeError, KeyError, ValueError, TypeError) as err:
             raise InputError(f"{paths[0]}: unreadable input guard ({err}); re-write it with {GUARD_WRITER}") from None
 

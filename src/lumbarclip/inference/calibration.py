@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from lumbarclip.decision import GUARD_ARRAYS, GUARD_FILE, InputGuard, slot, study_unit
+from lumbarclip.decision import GUARD_ARRAYS, GUARD_FILE, InputGuard, pooled_pixels, slot, study_unit
 from lumbarclip.inference.operating_point import (
     CARD_FILE,
     OPERATING_POINT_ARRAYS,
@@ -36,6 +36,7 @@ class Split(Protocol):
 
     records: Sequence
     embeddings: np.ndarray
+    images: Any  # [N, 1, S, S] model inputs
 
     @property
     def labels(self) -> np.ndarray: ...
@@ -99,8 +100,8 @@ def prepare_model_folder(
         model.config.image_size, meta, probe_thresholds,  # type: ignore[attr-defined]
     )  # fmt: skip
     op.study_unit = study_unit(valid.patients, [slot(r.sequence, r.level) for r in valid.records])
-    guard = InputGuard.fit(train.embeddings, valid.embeddings)
-    test_in = guard.accepts(guard.score(test.embeddings))
+    guard = InputGuard.fit(guard_features(train), guard_features(valid))
+    test_in = guard.accepts(guard.score(guard_features(test)))
     logit = op.logit(test.embeddings)
     before = Predictions(test.labels, 1.0 / (1.0 + np.exp(-logit)), test.patients, dict(probe_thresholds))
     keys = ("ece", "brier", "balanced_accuracy", "accuracy")
@@ -126,9 +127,9 @@ def prepare_model_folder(
         "calibration": calibration,
         "input_guard": {
             "method": guard.method,
-            "threshold": guard.threshold,
+            "thresholds": {name: view.threshold for name, view in guard.views.items()},
             "in_rate_valid": guard.in_rate,
-            "fitted_on": f"{guard.n_fit} train images; threshold at the valid images' {guard.in_rate:.0%} quantile",
+            "fitted_on": f"{guard.n_fit} train images; thresholds on valid so that {guard.in_rate:.0%} pass",
             "flagged_test_fraction": float(1.0 - test_in.mean()),
             "header_checks": "DICOM: Modality MR, axial plane from ImageOrientationPatient, BodyPartExamined "
             "(when present) a lumbar/spine term",
@@ -148,3 +149,8 @@ def prepare_model_folder(
             "probe": {lv: {k: after[lv][k] for k in ("accuracy", "balanced_accuracy")} for lv in ("image", "patient")},
         }
     return ModelFolderUpdate(Path(model_dir), op, bank, guard, figures)
+
+
+def guard_features(split: Split) -> dict[str, np.ndarray]:
+    """The input guard's views of a split: unit embeddings and pooled model inputs."""
+    return {"embedding": split.embeddings, "pixels": pooled_pixels(np.asarray(split.images))}

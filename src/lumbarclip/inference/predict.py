@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from lumbarclip.data.imageio import image_format, load_image
 from lumbarclip.data.privacy import SALT_ENV, pseudonymise
-from lumbarclip.decision import InputGuard, slot, unit_mismatch
+from lumbarclip.decision import InputGuard, pooled_pixels, slot, unit_mismatch
 from lumbarclip.errors import InputError
 from lumbarclip.inference.operating_point import OperatingPoint, PreprocessSpec, load_operating_point, read_card
 from lumbarclip.inference.reportbank import ReportBank
@@ -208,7 +208,8 @@ class Predictor:
             logit.append(lg)
         embeddings, logits = np.concatenate(emb), np.concatenate(logit)
         prob = self.operating_point.calibrate(logits)
-        ood = self.guard.score(embeddings)
+        ratios = self.guard.ratios({"embedding": embeddings, "pixels": pooled_pixels(images)})
+        ood = np.max(np.stack(list(ratios.values())), axis=0)
         guard_ok = self.guard.accepts(ood)
         inside = np.array([bool(ok) and item.refusal is None for ok, item in zip(guard_ok, kept)])
         study_ids = [
@@ -227,7 +228,6 @@ class Predictor:
                 "level": item.level,
                 "in_distribution": bool(inside[n]),
                 "ood_score": round(float(ood[n]), 4),
-                "ood_threshold": round(self.guard.threshold, 4),
             }
             if inside[n]:
                 line |= {
@@ -242,8 +242,7 @@ class Predictor:
                     "p_abnormal": None,
                     "label": None,
                     "reason": "not assessed: "
-                    + (item.refusal or f"unlike the images the model was evaluated on (input guard score "
-                       f"{ood[n]:.1f} > {self.guard.threshold:.1f})"),
+                    + (item.refusal or _guard_reason({name: float(r[n]) for name, r in ratios.items()})),
                 }  # fmt: skip
             if overlays:
                 line["saliency"] = str(overlays[n])
@@ -420,6 +419,13 @@ def _named_item(path: Path, folder: Path, reason: str) -> _Item:
         seq, level = match.group(1).upper(), DISC_LEVELS[match.group(3)]
         return _Item(path, key, seq, level, reason=f"{reason}; sequence and level from the file name")
     return _Item(path, f"file:{path.resolve()}", reason=reason)
+
+
+def _guard_reason(ratios: dict[str, float]) -> str:
+    """Which of the guard's views put the image outside, e.g. 'unlike the images the model was
+    evaluated on (input guard: embedding 2.3x, pixels 1.4x its threshold)'."""
+    over = ", ".join(f"{name} {r:.1f}x" for name, r in ratios.items() if r > 1.0)
+    return f"unlike the images the model was evaluated on (input guard: {over} its threshold)"
 
 
 def _maybe_dicom(path: Path) -> bool:
