@@ -9,7 +9,7 @@ from sklearn.covariance import LedoitWolf
 
 from _model_folder import make_model_folder
 from lumbarclip.data.imageio import write_dicom
-from lumbarclip.decision import InputGuard, Mahalanobis, pooled_pixels, slot, study_unit, unit_mismatch
+from lumbarclip.decision import InputGuard, Mahalanobis, edge_energy, pooled_pixels, slot, study_unit, unit_mismatch
 from lumbarclip.inference.embed import embed_images
 from lumbarclip.inference.operating_point import load_operating_point
 from lumbarclip.inference.predict import Predictor
@@ -44,6 +44,14 @@ def test_pooled_pixels_are_area_means():
     assert pooled.shape == (1, 256)
     assert pooled[0, 0] == pytest.approx(img[0, 0, :4, :4].mean())
     assert pooled[0, 17] == pytest.approx(img[0, 0, 4:8, 4:8].mean())
+
+
+def test_edge_energy_is_the_pooled_gradient_magnitude():
+    ramp = np.tile(np.arange(64, dtype=float) / 63, (64, 1)).reshape(1, 1, 64, 64)  # d/dx = 1/63, d/dy = 0
+    np.testing.assert_allclose(edge_energy(ramp), np.full((1, 64), 1 / 63))
+    noise = np.random.default_rng(0).random((1, 1, 64, 64))
+    assert edge_energy(noise).min() > 10 * edge_energy(ramp).max()  # what lets the guard refuse noise
+    assert edge_energy(np.zeros((1, 1, 64, 64))).max() == 0.0
 
 
 def test_study_unit_is_the_commonest_shape_and_mismatch_says_why():

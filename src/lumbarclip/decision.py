@@ -63,10 +63,13 @@ class Mahalanobis:
         return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", diff, self.precision, diff), 0.0))
 
 
-#: The guard's views of an image: its unit embedding, and its model input pooled to a
-#: `POOL` x `POOL` grid (the embedding alone accepts e.g. a small axial head MR or flat images).
-VIEWS: tuple[str, str] = ("embedding", "pixels")
+#: The guard's views of an image: its unit embedding, its model input pooled to a `POOL` x `POOL`
+#: grid, and its local gradient magnitude pooled to `EDGE_POOL` x `EDGE_POOL`. The embedding
+#: alone accepts a small axial head MR; embedding and layout together still accept pure noise,
+#: whose gradients are far larger than any phantom's, and flat images, whose are zero.
+VIEWS: tuple[str, ...] = ("embedding", "pixels", "edges")
 POOL = 16
+EDGE_POOL = 8
 
 
 def pooled_pixels(images: np.ndarray, side: int = POOL) -> np.ndarray:
@@ -79,6 +82,19 @@ def pooled_pixels(images: np.ndarray, side: int = POOL) -> np.ndarray:
     return (pooled / area).reshape(len(arr), -1)
 
 
+def edge_energy(images: np.ndarray, side: int = EDGE_POOL) -> np.ndarray:
+    """[N, side*side] pooled gradient magnitude of [N, 1, S, S] model inputs."""
+    arr = np.asarray(images, dtype=np.float64)
+    gy = np.abs(np.diff(arr, axis=-2))[..., :, :-1]
+    gx = np.abs(np.diff(arr, axis=-1))[..., :-1, :]
+    return pooled_pixels(np.sqrt(gx**2 + gy**2), side)
+
+
+def guard_views(embeddings: np.ndarray, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The input guard's features of images: unit embeddings [N, D] and model inputs [N, 1, S, S]."""
+    return {"embedding": np.asarray(embeddings), "pixels": pooled_pixels(images), "edges": edge_energy(images)}
+
+
 @dataclass
 class InputGuard:
     """An image is in distribution when every view's Mahalanobis distance to the training images
@@ -89,8 +105,9 @@ class InputGuard:
     in_rate: float = GUARD_IN_RATE
     n_fit: int = 0
     method: str = (
-        "Mahalanobis (Ledoit-Wolf) to the train images, on the unit embedding and on the model input "
-        f"pooled to {POOL}x{POOL}; per-view thresholds on valid"
+        "Mahalanobis (Ledoit-Wolf) to the train images, on the unit embedding, the model input "
+        f"pooled to {POOL}x{POOL} and its gradient magnitude pooled to {EDGE_POOL}x{EDGE_POOL}; per-view "
+        "thresholds on valid"
     )
 
     @classmethod

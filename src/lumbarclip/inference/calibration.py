@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lumbarclip.decision import GUARD_ARRAYS, GUARD_FILE, InputGuard, pooled_pixels, slot, study_unit
+from lumbarclip.decision import GUARD_ARRAYS, GUARD_FILE, InputGuard, guard_views, slot, study_unit
 from lumbarclip.inference.operating_point import (
     CARD_FILE,
     OPERATING_POINT_ARRAYS,
@@ -153,4 +153,4 @@ def prepare_model_folder(
 
 def guard_features(split: Split) -> dict[str, np.ndarray]:
     """The input guard's views of a split: unit embeddings and pooled model inputs."""
-    return {"embedding": split.embeddings, "pixels": pooled_pixels(np.asarray(split.images))}
+    return guard_views(split.embeddings, np.asarray(split.images))

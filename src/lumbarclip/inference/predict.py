@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from lumbarclip.data.imageio import image_format, load_image
 from lumbarclip.data.privacy import SALT_ENV, pseudonymise
-from lumbarclip.decision import InputGuard, pooled_pixels, slot, unit_mismatch
+from lumbarclip.decision import InputGuard, guard_views, slot, unit_mismatch
 from lumbarclip.errors import InputError
 from lumbarclip.inference.operating_point import OperatingPoint, PreprocessSpec, load_operating_point, read_card
 from lumbarclip.inference.reportbank import ReportBank
@@ -208,7 +208,7 @@ class Predictor:
             logit.append(lg)
         embeddings, logits = np.concatenate(emb), np.concatenate(logit)
         prob = self.operating_point.calibrate(logits)
-        ratios = self.guard.ratios({"embedding": embeddings, "pixels": pooled_pixels(images)})
+        ratios = self.guard.ratios(guard_views(embeddings, images))
         ood = np.max(np.stack(list(ratios.values())), axis=0)
         guard_ok = self.guard.accepts(ood)
         inside = np.array([bool(ok) and item.refusal is None for ok, item in zip(guard_ok, kept)])
