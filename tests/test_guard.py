@@ -9,7 +9,7 @@ from sklearn.covariance import LedoitWolf
 
 from _model_folder import make_model_folder
 from lumbarclip.data.imageio import write_dicom
-from lumbarclip.decision import InputGuard, Mahalanobis, edge_energy, pooled_pixels, slot, study_unit, unit_mismatch
+from lumbarclip.decision import InputGuard, Mahalanobis, intensity_histogram, pooled_pixels, slot, study_unit, unit_mismatch
 from lumbarclip.inference.embed import embed_images
 from lumbarclip.inference.operating_point import load_operating_point
 from lumbarclip.inference.predict import Predictor
@@ -46,12 +46,13 @@ def test_pooled_pixels_are_area_means():
     assert pooled[0, 17] == pytest.approx(img[0, 0, 4:8, 4:8].mean())
 
 
-def test_edge_energy_is_the_pooled_gradient_magnitude():
-    ramp = np.tile(np.arange(64, dtype=float) / 63, (64, 1)).reshape(1, 1, 64, 64)  # d/dx = 1/63, d/dy = 0
-    np.testing.assert_allclose(edge_energy(ramp), np.full((1, 64), 1 / 63))
+def test_intensity_histogram_shares_per_bin():
+    img = np.concatenate([np.zeros(48), np.full(16, 0.99)]).reshape(1, 1, 8, 8)
+    hist = intensity_histogram(img, (0.0, 1.0), bins=4)
+    np.testing.assert_allclose(hist, [[0.75, 0.0, 0.0, 0.25]])
     noise = np.random.default_rng(0).random((1, 1, 64, 64))
-    assert edge_energy(noise).min() > 10 * edge_energy(ramp).max()  # what lets the guard refuse noise
-    assert edge_energy(np.zeros((1, 1, 64, 64))).max() == 0.0
+    assert intensity_histogram(noise, (0.0, 1.0), bins=4).min() > 0.2  # flat spread, unlike a phantom's
+    assert intensity_histogram(np.full((1, 1, 8, 8), 5.0), (0.0, 1.0), bins=4)[0, -1] == 1.0  # clipped into range
 
 
 def test_study_unit_is_the_commonest_shape_and_mismatch_says_why():

@@ -64,12 +64,13 @@ class Mahalanobis:
 
 
 #: The guard's views of an image: its unit embedding, its model input pooled to a `POOL` x `POOL`
-#: grid, and its local gradient magnitude pooled to `EDGE_POOL` x `EDGE_POOL`. The embedding
-#: alone accepts a small axial head MR; embedding and layout together still accept pure noise,
-#: whose gradients are far larger than any phantom's, and flat images, whose are zero.
-VIEWS: tuple[str, ...] = ("embedding", "pixels", "edges")
+#: grid (layout), and the histogram of its model input values in `BINS` bins (contrast). The
+#: embedding alone accepts a small axial head MR; embedding and layout together still accept
+#: pure noise and flat images, whose intensity histograms are unlike any phantom's
+#: (`bench/ood.py`).
+VIEWS: tuple[str, ...] = ("embedding", "pixels", "histogram")
 POOL = 16
-EDGE_POOL = 8
+BINS = 16
 
 
 def pooled_pixels(images: np.ndarray, side: int = POOL) -> np.ndarray:
@@ -82,17 +83,22 @@ def pooled_pixels(images: np.ndarray, side: int = POOL) -> np.ndarray:
     return (pooled / area).reshape(len(arr), -1)
 
 
-def edge_energy(images: np.ndarray, side: int = EDGE_POOL) -> np.ndarray:
-    """[N, side*side] pooled gradient magnitude of [N, 1, S, S] model inputs."""
-    arr = np.asarray(images, dtype=np.float64)
-    gy = np.abs(np.diff(arr, axis=-2))[..., :, :-1]
-    gx = np.abs(np.diff(arr, axis=-1))[..., :-1, :]
-    return pooled_pixels(np.sqrt(gx**2 + gy**2), side)
+def intensity_histogram(images: np.ndarray, value_range: tuple[float, float], bins: int = BINS) -> np.ndarray:
+    """[N, bins] share of each image's model-input values per bin over `value_range` (the
+    normalised image of [0, 1] windowed intensities)."""
+    lo, hi = value_range
+    flat = np.clip(np.asarray(images, dtype=np.float64).reshape(len(images), -1), lo, hi)
+    return np.stack([np.histogram(row, bins=bins, range=(lo, hi))[0] / row.size for row in flat]) if len(flat) else np.zeros((0, bins))
 
 
-def guard_views(embeddings: np.ndarray, images: np.ndarray) -> dict[str, np.ndarray]:
-    """The input guard's features of images: unit embeddings [N, D] and model inputs [N, 1, S, S]."""
-    return {"embedding": np.asarray(embeddings), "pixels": pooled_pixels(images), "edges": edge_energy(images)}
+def guard_views(embeddings: np.ndarray, images: np.ndarray, value_range: tuple[float, float]) -> dict[str, np.ndarray]:
+    """The input guard's features: unit embeddings [N, D], model inputs [N, 1, S, S] and the
+    range their values can take (from preprocess.json)."""
+    return {
+        "embedding": np.asarray(embeddings),
+        "pixels": pooled_pixels(images),
+        "histogram": intensity_histogram(images, value_range),
+    }
 
 
 @dataclass
@@ -106,8 +112,7 @@ class InputGuard:
     n_fit: int = 0
     method: str = (
         "Mahalanobis (Ledoit-Wolf) to the train images, on the unit embedding, the model input "
-        f"pooled to {POOL}x{POOL} and its gradient magnitude pooled to {EDGE_POOL}x{EDGE_POOL}; per-view "
-        "thresholds on valid"
+        f"pooled to {POOL}x{POOL} and its {BINS}-bin intensity histogram; per-view thresholds on valid"
     )
 
     @classmethod
@@ -144,6 +149,7 @@ class InputGuard:
             "in_rate": self.in_rate,
             "n_fit": self.n_fit,
             "pool": POOL,
+            "bins": BINS,
             "arrays": GUARD_ARRAYS,
         }
         (model_dir / GUARD_FILE).write_text(json.dumps(doc, indent=2) + "\n")
@@ -162,8 +168,8 @@ class InputGuard:
                 name: Mahalanobis(arrays[f"{name}.mean"], arrays[f"{name}.precision"], float(t))
                 for name, t in doc["thresholds"].items()
             }
-            if not set(views) <= set(VIEWS) or int(doc.get("pool", POOL)) != POOL:
-                raise ValueError(f"views {sorted(views)} / pool {doc.get('pool')} unknown to this version")
+            if not set(views) <= set(VIEWS) or int(doc.get("pool", POOL)) != POOL or int(doc.get("bins", BINS)) != BINS:
+                raise ValueError(f"views {sorted(views)}, pool {doc.get('pool')}, bins {doc.get('bins')} unknown to this version")
             return cls(views, float(doc["in_rate"]), int(doc["n_fit"]), doc["method"])
         except (json.JSONDecodeError, KeyError, ValueError, TypeError) as err:
             raise InputError(f"{paths[0]}: unreadable input guard ({err}); re-write it with {GUARD_WRITER}") from None

@@ -100,8 +100,9 @@ def prepare_model_folder(
         model.config.image_size, meta, probe_thresholds,  # type: ignore[attr-defined]
     )  # fmt: skip
     op.study_unit = study_unit(valid.patients, [slot(r.sequence, r.level) for r in valid.records])
-    guard = InputGuard.fit(guard_features(train), guard_features(valid))
-    test_in = guard.accepts(guard.score(guard_features(test)))
+    value_range = op.preprocess.input_range
+    guard = InputGuard.fit(guard_features(train, value_range), guard_features(valid, value_range))
+    test_in = guard.accepts(guard.score(guard_features(test, value_range)))
     logit = op.logit(test.embeddings)
     before = Predictions(test.labels, 1.0 / (1.0 + np.exp(-logit)), test.patients, dict(probe_thresholds))
     keys = ("ece", "brier", "balanced_accuracy", "accuracy")
@@ -151,6 +152,6 @@ def prepare_model_folder(
     return ModelFolderUpdate(Path(model_dir), op, bank, guard, figures)
 
 
-def guard_features(split: Split) -> dict[str, np.ndarray]:
-    """The input guard's views of a split: unit embeddings and pooled model inputs."""
-    return guard_views(split.embeddings, np.asarray(split.images))
+def guard_features(split: Split, value_range: tuple[float, float]) -> dict[str, np.ndarray]:
+    """The input guard's views of a split (`lumbarclip.decision.guard_views`)."""
+    return guard_views(split.embeddings, np.asarray(split.images), value_range)

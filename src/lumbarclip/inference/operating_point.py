@@ -50,6 +50,12 @@ class PreprocessSpec:
     resize: str = "bilinear, antialiased"
     stack: str = "a volume or multi-frame file gives its middle slice"
 
+    @property
+    def input_range(self) -> tuple[float, float]:
+        """The values a model input can take: `value_range` normalised by mean and std."""
+        lo, hi = self.value_range
+        return ((lo - self.mean) / self.std, (hi - self.mean) / self.std)
+
     @classmethod
     def of_model(cls, image_size: int) -> PreprocessSpec:
         """The spec of the package's evaluation transform at `image_size`."""
