@@ -8,9 +8,10 @@ written by `lumbarclip evaluate`; a model folder without them still
 loads with `LumbarCLIP.from_pretrained`, only diagnosis needs them.
 
 Calibration is Platt scaling of the classifier's logit: p = sigmoid(a * logit + b), fitted on
-valid by L2-penalised logistic regression (`lumbarclip.decision.fit_platt`). The probe is trained with balanced class weights, so
-its raw probabilities are shifted towards 0.5 against the 85% abnormal prior; the intercept
-`b` corrects that, which temperature scaling (b = 0) cannot.
+valid by L2-penalised logistic regression (`lumbarclip.decision.fit_platt`; unpenalised, a
+small separable valid set sends the slope to infinity). The probe is trained with balanced
+class weights, so its raw probabilities are shifted towards 0.5 against the 85% abnormal prior;
+the intercept `b` corrects that, which temperature scaling (b = 0) cannot.
 """
 
 from __future__ import annotations
