@@ -178,3 +178,64 @@ def test_destination_parsing():
     for bad in ("127.0.0.1:4242", "host:port:AET", ":4242:X", "h:1:"):
         with pytest.raises(InputError):
             Destination.parse(bad)
+
+
+def test_uid_that_is_a_path_is_refused_and_nothing_written_outside(tmp_path, studies):
+    rec = Recorder()
+    node = start_node(tmp_path, rec)
+    (uid, files), _ = studies.items()
+    import tempfile
+
+    target = Path(tempfile.mkdtemp(prefix="lc")) / "evil.dcm"  # short: a UID has at most 64 chars
+    try:
+        assoc = associate(node)
+        for bad in (str(target), "../../../outside/evil", "1.2.3.04", "1.2.x"):
+            ds = pydicom.dcmread(files[0])
+            ds.SOPInstanceUID = bad
+            ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+            assert assoc.send_c_store(ds).Status == STATUS_MALFORMED, bad
+        ds = pydicom.dcmread(files[0])
+        ds.StudyInstanceUID = "../" + str(ds.StudyInstanceUID)
+        assert assoc.send_c_store(ds).Status == STATUS_MALFORMED
+        for f in files:  # a good study still goes through; a repeated instance replaces itself
+            assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
+        assert assoc.send_c_store(pydicom.dcmread(files[0])).Status == 0
+        assoc.release()
+        assert node.wait_idle(30, n_records=1)
+    finally:
+        node.stop()
+    assert not list(target.parent.iterdir())  # nothing written at the sender's path
+    shutil.rmtree(target.parent)
+    assert not list(tmp_path.glob("**/evil*")) and not list(tmp_path.glob("**/outside"))
+    assert node.skipped["malformed"] == 5
+    assert len(rec.calls) == 1 and len(rec.calls[0]["sops"]) == len(files)
+
+
+def test_stored_files_are_named_by_hash_and_written_whole(tmp_path, studies):
+    from lumbarclip.pacs.node import instance_file_name, write_atomic
+
+    (uid, files), _ = studies.items()
+    ds = pydicom.dcmread(files[0])
+    name = instance_file_name(str(ds.SOPInstanceUID))
+    assert name.endswith(".dcm") and str(ds.SOPInstanceUID) not in name and len(name) == 36
+    write_atomic(ds, tmp_path / name)
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary file left behind
+    assert pydicom.dcmread(tmp_path / name).SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_recovery_reads_every_file_and_keeps_a_study_with_one_bad_file(tmp_path, studies, caplog):
+    (uid, files), _ = studies.items()
+    folder = tmp_path / "work" / "incoming" / "P1-cc"
+    folder.mkdir(parents=True)
+    (folder / "0000bad.dcm").write_bytes(b"not dicom")  # sorts first: the old code gave up here
+    for f in files:
+        shutil.copy(f, folder)
+    rec = Recorder()
+    with caplog.at_level(logging.WARNING, logger="lumbarclip.pacs.node"):
+        node = start_node(tmp_path, rec)
+        try:
+            assert node.wait_idle(30, n_records=1)
+        finally:
+            node.stop()
+    assert len(rec.calls) == 1 and len(rec.calls[0]["sops"]) == len(files)
+    assert any("unreadable" in r.getMessage() for r in caplog.records)

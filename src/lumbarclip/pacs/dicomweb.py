@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 
 from lumbarclip.data.privacy import pseudonymise
 from lumbarclip.errors import InputError
-from lumbarclip.pacs.node import ACCEPTED_MODALITIES, check_instance
+from lumbarclip.pacs.node import ACCEPTED_MODALITIES, check_instance, instance_file_name
 from lumbarclip.pacs.sr import read_report
 
 log = logging.getLogger("lumbarclip.pacs")
@@ -52,7 +52,7 @@ def pull_study(
                 if check_instance(ds) != "ok":
                     skipped += 1
                     continue
-                path = Path(tmp) / f"{ds.SOPInstanceUID}.dcm"
+                path = Path(tmp) / instance_file_name(str(ds.SOPInstanceUID))
                 ds.save_as(path, enforce_file_format=True)
                 files.append(path)
         log.info("study %s: %d instances retrieved, %d skipped", tag, len(files), skipped)

@@ -13,7 +13,9 @@ their keyed hash (`lumbarclip.data.privacy`), never by patient name, ID, date or
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import secrets
 import shutil
 import signal
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
@@ -124,8 +127,10 @@ class StudyAssembler:
                 folder = self.root / "incoming" / f"{tag}-{secrets.token_hex(4)}"
                 folder.mkdir(parents=True, exist_ok=True)
                 pending = self._pending[study_uid] = _Pending(folder, time.monotonic())
-            ds.save_as(pending.folder / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
-            pending.count += 1
+            path = pending.folder / instance_file_name(str(ds.SOPInstanceUID))
+            new = not path.exists()  # the same SOPInstanceUID again replaces that instance only
+            write_atomic(ds, path)
+            pending.count += int(new)
             pending.last = time.monotonic()
         return tag
 
@@ -135,10 +140,26 @@ class StudyAssembler:
         recovered = 0
         for folder in sorted((self.root / "incoming").glob("*")):
             files = sorted(folder.glob("*.dcm"))
-            try:
-                uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-            except Exception:  # empty or unreadable: left for a person to look at
+            uids, unreadable = set(), []
+            for f in files:  # every file is tried: one bad file does not hide the study
+                try:
+                    uids.add(str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID))
+                except Exception:
+                    unreadable.append(f)
+            if unreadable:  # kept for inspection, out of the study's files
+                (folder / "unreadable").mkdir(exist_ok=True)
+                for f in unreadable:
+                    shutil.move(str(f), folder / "unreadable" / f.name)
+                log.warning(
+                    "recovery: %d of %d files in %s are unreadable; moved to its unreadable/ folder",
+                    len(unreadable), len(files), folder.name,
+                )  # fmt: skip
+                files = [f for f in files if f not in unreadable]
+            if len(uids) != 1:  # empty, all unreadable, or mixed: left for a person to look at
+                if files:
+                    log.warning("recovery: %s holds %d studies; left for inspection", folder.name, len(uids))
                 continue
+            uid = uids.pop()
             with self._lock:
                 pending = self._pending.get(uid)
                 if pending is None:
@@ -167,10 +188,42 @@ class StudyAssembler:
             return len(self._pending)
 
 
-def check_instance(ds: Dataset) -> str:
-    """What to do with an incoming data set: "ok", "not_mr" (skip) or "malformed" (refuse)."""
+def instance_file_name(sop_instance_uid: str) -> str:
+    """A received instance's file name: a hash of its UID, never the header value itself (a
+    sender controls it, e.g. '/etc/x' or '../../x')."""
+    return hashlib.sha256(sop_instance_uid.encode("utf-8", "surrogateescape")).hexdigest()[:32] + ".dcm"
+
+
+def write_atomic(ds: Dataset, path: Path) -> None:
+    """Write `ds` to `path` so that it is either absent or complete and on disk: a temporary
+    name in the same folder, fsync, rename, fsync of the folder. Done before the success status."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        if not ds.get("StudyInstanceUID") or not ds.get("SOPInstanceUID"):
+        with open(tmp, "wb") as fh:
+            ds.save_as(fh, enforce_file_format=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _valid_uid(value: object) -> bool:
+    return bool(value) and UID(str(value)).is_valid
+
+
+def check_instance(ds: Dataset) -> str:
+    """What to do with an incoming data set: "ok", "not_mr" (skip) or "malformed" (refuse).
+    Study, series and instance UIDs must be valid DICOM UIDs (digits and dots, <= 64 chars)."""
+    try:
+        if not _valid_uid(ds.get("StudyInstanceUID")) or not _valid_uid(ds.get("SOPInstanceUID")):
+            return "malformed"
+        if "SeriesInstanceUID" in ds and not _valid_uid(ds.get("SeriesInstanceUID")):
             return "malformed"
         if str(ds.get("Modality", "")).upper() not in ACCEPTED_MODALITIES:
             return "not_mr"
