@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -239,3 +240,34 @@ def test_recovery_reads_every_file_and_keeps_a_study_with_one_bad_file(tmp_path,
             node.stop()
     assert len(rec.calls) == 1 and len(rec.calls[0]["sops"]) == len(files)
     assert any("unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_worker_survives_a_failure_in_its_own_error_handler(tmp_path, studies, monkeypatch, caplog):
+    import lumbarclip.pacs.node as node_module
+
+    (ua, fa), (ub, fb) = studies.items()
+    rec = Recorder(fail_study=ua)
+
+    def no_move(*args, **kwargs):  # keeping the failed study's files fails too
+        raise OSError("disk full")
+
+    monkeypatch.setattr(node_module.shutil, "move", no_move)
+    node = start_node(tmp_path, rec, quiet=0.5)
+    with caplog.at_level(logging.ERROR, logger="lumbarclip.pacs.node"):
+        try:
+            assoc = associate(node)
+            for f in fa:
+                assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
+            assoc.release()
+            deadline = time.monotonic() + 30
+            while not any("could not record its failure" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the failing study was never handled"
+                time.sleep(0.1)
+            assoc = associate(node)  # the node still takes and analyses the next study
+            for f in fb:
+                assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
+            assoc.release()
+            assert node.wait_idle(30, n_records=2)
+        finally:
+            node.stop()
+    assert [c["studies"] for c in rec.calls] == [{ua}, {ub}]  # the second study after the handler's failure

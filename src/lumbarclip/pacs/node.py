@@ -385,7 +385,12 @@ class PacsNode:
                 self._busy = False
                 self._stop.wait(self.config.poll_s)
                 continue
-            self._handle(*item)
+            try:
+                self._handle(*item)
+            except Exception:  # the failure handling itself failed (disk full, ...): log, go on
+                log.exception("study %s: could not record its failure; the worker goes on", item[0])
+            finally:
+                self._busy = False
 
     def _handle(self, tag: str, pending: _Pending) -> None:
         self._busy = True
