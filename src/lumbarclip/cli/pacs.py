@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     listen.add_argument("--port", type=int, default=11112, help="DICOM port (default 11112)")
     listen.add_argument(
-        "--quiet", type=float, default=5.0, help="seconds without a new instance after which a study is complete (default 5)"
+        "--quiet", type=float, default=60.0, help="seconds without a new instance after which a study is complete (default 60, as Orthanc's StableAge)"
     )
     listen.add_argument("--dest", help="HOST:PORT:AET to C-STORE results to, e.g. 127.0.0.1:4242:ORTHANC")
     listen.add_argument("--out", help="also save result files in this folder")

@@ -71,7 +71,7 @@ class NodeConfig:
     ae_title: str = "LUMBARCLIP"
     host: str = "127.0.0.1"
     port: int = 11112
-    quiet_s: float = 5.0
+    quiet_s: float = 60.0  # Orthanc's own StableAge default
     work_dir: Path = Path("pacs-work")
     salt: str = field(default_factory=lambda: secrets.token_hex(16))
     poll_s: float = 0.1
