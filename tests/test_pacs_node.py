@@ -44,7 +44,7 @@ class Recorder:
         self.fail_study = fail_study
         self.lock = threading.Lock()
 
-    def __call__(self, folder: Path) -> list:
+    def __call__(self, folder: Path, previous=()) -> list:
         files = sorted(folder.glob("*.dcm"))
         uids = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
         sops = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
@@ -55,18 +55,18 @@ class Recorder:
         return []
 
 
-def start_node(tmp_path: Path, processor, quiet: float = 1.5) -> PacsNode:
+def start_node(tmp_path: Path, processor, quiet: float = 1.5, deliver=lambda ds: [], **config) -> PacsNode:
     # quiet time longer than any pause between two C-STOREs on a loaded CI machine
-    config = NodeConfig(port=0, quiet_s=quiet, work_dir=tmp_path / "work", salt="test-salt")
-    return PacsNode(config, processor, deliver=lambda ds: []).start()
+    config = NodeConfig(port=0, quiet_s=quiet, work_dir=tmp_path / "work", salt="test-salt", **config)
+    return PacsNode(config, processor, deliver=deliver).start()
 
 
-def associate(node: PacsNode, *contexts):
-    ae = AE(ae_title="TESTSCU")
+def associate(node: PacsNode, *contexts, calling: str = "TESTSCU", established: bool = True):
+    ae = AE(ae_title=calling)
     for c in contexts or (MRImageStorage,):
         ae.add_requested_context(c)
     assoc = ae.associate("127.0.0.1", node.port, ae_title="LUMBARCLIP")
-    assert assoc.is_established
+    assert assoc.is_established == established
     return assoc
 
 
@@ -271,3 +271,185 @@ def test_worker_survives_a_failure_in_its_own_error_handler(tmp_path, studies, m
         finally:
             node.stop()
     assert [c["studies"] for c in rec.calls] == [{ua}, {ub}]  # the second study after the handler's failure
+
+
+def test_calling_ae_allow_list_and_association_bound(tmp_path, studies):
+    node = start_node(tmp_path, Recorder(), allow_ae=("GOODSCU",), max_associations=1)
+    try:
+        stranger = associate(node, calling="TESTSCU", established=False)
+        assert stranger.is_rejected
+        first = associate(node, calling="GOODSCU")
+        second = associate(node, calling="GOODSCU", established=False)  # over the bound
+        assert second.is_rejected
+        first.release()
+        time.sleep(0.5)  # the server notices the release
+        associate(node, calling="GOODSCU").release()
+    finally:
+        node.stop()
+    with pytest.raises(InputError, match="1 association"):
+        NodeConfig(max_associations=0)
+
+
+class FlakyDelivery:
+    """Refuses the first `failures` deliveries (the destination PACS is down), then accepts."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls, self.delivered = failures, 0, []
+
+    def __call__(self, datasets) -> list[str]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError("destination down")
+        self.delivered.append([str(ds.SOPInstanceUID) for ds in datasets])
+        return self.delivered[-1]
+
+
+def fake_report(folder: Path, previous=()) -> list:
+    """Stand-in processor: one SR-like result per study, naming its predecessors."""
+    ds = pydicom.Dataset()
+    ds.Modality = "SR"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.StudyInstanceUID = str(pydicom.dcmread(sorted(folder.glob("*.dcm"))[0], stop_before_pixels=True).StudyInstanceUID)
+    ds.NumberOfStudyRelatedInstances = len(list(folder.glob("*.dcm")))
+    ds.ContentDescription = ",".join(str(p.SOPInstanceUID) for p in previous)[:64]
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    return [ds]
+
+
+def send(node: PacsNode, files) -> None:
+    assoc = associate(node)
+    for f in files:
+        assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
+    assoc.release()
+
+
+def test_undeliverable_results_are_kept_and_retried_with_backoff(tmp_path, studies):
+    (uid, files), _ = studies.items()
+    flaky = FlakyDelivery(failures=2)
+    node = start_node(tmp_path, fake_report, quiet=0.3, deliver=flaky, retry_s=0.3, retry_max_s=0.6)
+    try:
+        send(node, files)
+        deadline = time.monotonic() + 30
+        while not (node.records and node.records[0].ok) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        node.stop()
+    (record,) = node.records
+    assert record.ok and record.attempts == 3 and flaky.calls == 3
+    assert record.sent == flaky.delivered[0] and len(record.sent) == 1
+    assert not list((tmp_path / "work" / "outbox").iterdir())  # removed once delivered
+    assert NodeConfig(retry_s=30, retry_max_s=100).backoff(1) == 30
+    assert [NodeConfig(retry_s=30, retry_max_s=100).backoff(k) for k in (2, 3, 4)] == [60, 100, 100]
+
+
+def test_undelivered_results_survive_a_restart(tmp_path, studies):
+    (uid, files), _ = studies.items()
+    down = FlakyDelivery(failures=10**6)
+    node = start_node(tmp_path, fake_report, quiet=0.3, deliver=down, retry_s=60)
+    try:
+        send(node, files)
+        assert node.wait_idle(30, n_records=1)
+    finally:
+        node.stop()
+    assert not node.records[0].ok and down.calls == 1
+    (kept,) = (tmp_path / "work" / "outbox").iterdir()
+    made = [str(pydicom.dcmread(f).SOPInstanceUID) for f in kept.glob("*.dcm")]
+    up = FlakyDelivery(failures=0)  # the next run delivers what the last could not, unanalysed again
+    processed = Recorder()
+    node = start_node(tmp_path, processed, deliver=up)
+    try:
+        deadline = time.monotonic() + 30
+        while not up.delivered and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        node.stop()
+    assert up.delivered == [made] and processed.calls == []
+
+
+def test_late_instance_gives_an_amended_report_of_the_merged_study(tmp_path, studies):
+    (uid, files), _ = studies.items()
+    got = FlakyDelivery(failures=0)
+    calls = []
+
+    def processor(folder, previous=()):
+        calls.append((len(list(folder.glob("*.dcm"))), [str(p.SOPInstanceUID) for p in previous]))
+        return fake_report(folder, previous)
+
+    node = start_node(tmp_path, processor, quiet=0.3, deliver=got)
+    try:
+        send(node, files[:-1])
+        assert node.wait_idle(30, n_records=1)
+        send(node, files[-1:])  # arrives after the study was analysed and its SR sent
+        assert node.wait_idle(30, n_records=2)
+    finally:
+        node.stop()
+    (first,), (second,) = got.delivered
+    assert calls == [(len(files) - 1, []), (len(files), [first])]  # merged study, predecessor named
+    assert node.records[1].amends == [first] and node.records[1].n_instances == len(files)
+    (kept,) = (tmp_path / "work" / "done").iterdir()
+    assert len(list(kept.glob("*.dcm"))) == len(files) and len(list((kept / "sr").glob("*.dcm"))) == 2
+
+
+def test_kept_studies_are_purged_after_keep_time(tmp_path, studies):
+    (uid, files), _ = studies.items()
+    node = start_node(tmp_path, fake_report, quiet=0.3, keep_s=100)
+    try:
+        send(node, files)
+        assert node.wait_idle(30, n_records=1)
+        assert uid in node.delivered
+        assert node.delivered.purge(now=time.time() + 50) == 0
+        assert node.delivered.purge(now=time.time() + 200) == 1
+    finally:
+        node.stop()
+    assert uid not in node.delivered and not list((tmp_path / "work" / "done").iterdir())
+
+
+_KILLABLE_NODE = """
+import sys, time
+from pathlib import Path
+from lumbarclip.pacs.node import NodeConfig, PacsNode
+node = PacsNode(NodeConfig(port=0, quiet_s=3600, work_dir=Path(sys.argv[1]), salt="s"), lambda f, p=(): [], lambda d: [])
+node.start()
+print(node.port, flush=True)
+time.sleep(3600)
+"""
+
+
+def test_kill_during_receive_loses_no_acknowledged_instance(tmp_path, studies):
+    """SIGKILL the node while an association is sending: every instance it acknowledged is
+    analysed by the next run on the same work folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (uid, files), _ = studies.items()
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE_NODE, str(tmp_path / "work")], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(MRImageStorage)
+        assoc = ae.associate("127.0.0.1", port, ae_title="LUMBARCLIP")
+        assert assoc.is_established
+        acknowledged = set()
+        for f in files[: len(files) // 2 + 1]:
+            ds = pydicom.dcmread(f)
+            assert assoc.send_c_store(ds).Status == 0
+            acknowledged.add(str(ds.SOPInstanceUID))
+        os.kill(proc.pid, signal.SIGKILL)  # mid-association, nothing released
+        proc.wait(10)
+        assoc.abort()
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    rec = Recorder()
+    node = start_node(tmp_path, rec, quiet=0.2)
+    try:
+        assert node.wait_idle(30, n_records=1)
+    finally:
+        node.stop()
+    assert len(rec.calls) == 1 and rec.calls[0]["sops"] == acknowledged

@@ -54,7 +54,7 @@ def stored_reports(orthanc, orthanc_study: str) -> list[pydicom.Dataset]:  # noq
 def test_orthanc_to_node_and_back(orthanc, cohort, tmp_path):  # noqa: F811
     """The wiring alone (stand-in diagnosis): Orthanc C-STOREs to the node, the SR returns."""
 
-    def process(folder):
+    def process(folder, previous=()):
         files = sorted(folder.glob("*.dcm"))
         sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
         study = {"label": 1, "p_abnormal": len(files) / 100, "threshold": 0.5}

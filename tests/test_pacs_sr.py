@@ -164,3 +164,22 @@ def test_verdict_sr_validates_with_dciodvfy(study, tmp_path):
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert _dciodvfy_errors(path) == []
+
+
+def test_amended_sr_names_its_predecessor_and_validates(study, tmp_path):
+    files, sources = study
+    model = ModelInfo.from_card({"name": "tiny", "version": "1.2"})
+    first = pydicom.dcmread(roundtrip(build_report(sources[:-1], {"label": "normal", "p_abnormal": 0.2, "threshold": 0.4}, fake_images(files[:-1]), sources[:-1], model)))
+    amended = build_report(
+        sources, {"label": "abnormal", "p_abnormal": 0.7, "threshold": 0.4}, fake_images(files), sources, model, [first]
+    )
+    (study_ref,) = amended.PredecessorDocumentsSequence
+    assert study_ref.StudyInstanceUID == first.StudyInstanceUID
+    (series_ref,) = study_ref.ReferencedSeriesSequence
+    assert series_ref.SeriesInstanceUID == first.SeriesInstanceUID
+    (sop_ref,) = series_ref.ReferencedSOPSequence
+    assert (sop_ref.ReferencedSOPInstanceUID, sop_ref.ReferencedSOPClassUID) == (first.SOPInstanceUID, first.SOPClassUID)
+    assert amended.SOPInstanceUID != first.SOPInstanceUID
+    path = tmp_path / "amended.dcm"
+    amended.save_as(path, enforce_file_format=True)
+    assert _dciodvfy_errors(path) == []

@@ -33,9 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "listen",
         help="DICOM node: receive studies, analyse, C-STORE the SR to --dest",
         description="Receive MR studies by C-STORE (C-ECHO answered); malformed instances "
-        "are refused, non-MR ones acknowledged and skipped, both logged. Each complete study is analysed in turn; a failing "
-        "study is logged and kept under WORK/failed/, the node goes on. Stop with Ctrl-C (pending "
-        "studies are finished first).",
+        "are refused, non-MR ones acknowledged and skipped, both logged. An instance is "
+        "acknowledged only once it is on disk. Each complete study is analysed in turn; a failing "
+        "study is logged and kept under WORK/failed/, the node goes on. Results that cannot be "
+        "delivered stay in WORK/outbox/ and are retried with backoff (and at the next start). "
+        "Stop with Ctrl-C (pending studies are finished first).",
     )
     _model_options(listen)
     listen.add_argument("--ae-title", default="LUMBARCLIP", help="our AE title (default LUMBARCLIP)")
@@ -44,6 +46,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     listen.add_argument(
         "--quiet", type=float, default=60.0, help="seconds without a new instance after which a study is complete (default 60, as Orthanc's StableAge)"
     )
+    listen.add_argument(
+        "--allow-ae", action="append", default=[], metavar="AET",
+        help="accept associations only from this calling AE title (repeat for several; default: any)",
+    )  # fmt: skip
+    listen.add_argument(
+        "--max-associations", type=int, default=10, help="associations at once; more are rejected (default 10)"
+    )
+    listen.add_argument(
+        "--retry", type=float, default=30.0,
+        help="seconds before a failed delivery is tried again; doubles each time up to 1 h (default 30)",
+    )  # fmt: skip
+    listen.add_argument(
+        "--keep-hours", type=float, default=24.0,
+        help="hours a delivered study is kept so that a late instance gives an amended SR of the "
+        "whole study (default 24; 0 keeps nothing)",
+    )  # fmt: skip
     listen.add_argument("--dest", help="HOST:PORT:AET to C-STORE results to, e.g. 127.0.0.1:4242:ORTHANC")
     listen.add_argument("--out", help="also save result files in this folder")
     listen.add_argument("--work", default="pacs-work", help="folder for studies being received (default pacs-work)")
@@ -104,7 +122,11 @@ def run_listen(args: argparse.Namespace) -> int:
     analyser, salt = _setup(args)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    config = NodeConfig(args.ae_title, args.host, args.port, args.quiet, Path(args.work), salt)
+    config = NodeConfig(
+        args.ae_title, args.host, args.port, args.quiet, Path(args.work), salt,
+        allow_ae=tuple(args.allow_ae), max_associations=args.max_associations,
+        retry_s=args.retry, retry_max_s=max(3600.0, args.retry), keep_s=args.keep_hours * 3600,
+    )  # fmt: skip
 
     def deliver(datasets):
         if out is not None:

@@ -7,7 +7,7 @@ _EXPORTS = {
     "PacsNode": "node",
     "NodeConfig": "node",
     "Destination": "node",
-    "StudyAssembler": "node",
+    "StudyAssembler": "store",
     "send_datasets": "node",
     "StudyAnalyser": "analyse",
     "build_report": "sr",

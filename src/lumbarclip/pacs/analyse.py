@@ -5,6 +5,7 @@ Secondary Capture overlays. The same analyser serves the listening node and the 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +40,15 @@ class StudyAnalyser:
             analyser.predictor.findings()
         return analyser
 
-    def __call__(self, folder: Path) -> list[Dataset]:
-        return self.analyse(folder)
+    def __call__(self, folder: Path, previous: Sequence[Dataset] = ()) -> list[Dataset]:
+        return self.analyse(folder, previous)
 
-    def analyse(self, folder: str | Path) -> list[Dataset]:
+    def analyse(self, folder: str | Path, previous: Sequence[Dataset] = ()) -> list[Dataset]:
         """Diagnose the study whose instances are the `*.dcm` files in `folder`: Predictor
         picks the series and slices as for any study folder. InputError when the files span
         several studies. A study with nothing the model takes gets a "not assessed" SR with the
-        reasons (input guard, header checks, no axial T1/T2 series)."""
+        reasons (input guard, header checks, no axial T1/T2 series). `previous`: SRs already sent
+        for this study, which the new one names as predecessors (an amended report)."""
         folder = Path(folder)
         paths = sorted(folder.glob("*.dcm"))
         if not paths:
@@ -67,7 +69,9 @@ class StudyAnalyser:
                 study = {"label": None, "p_abnormal": None, "reason": "; ".join(reasons) or "no image to assess"}
             image_sources = [headers[str(Path(img["path"]))] for img in result.images]
             out: list[Dataset] = [
-                build_report(list(headers.values()), study, result.images, image_sources, self.model)
+                build_report(
+                    list(headers.values()), study, result.images, image_sources, self.model, previous
+                )
             ]
             if self.overlays:
                 pairs = [

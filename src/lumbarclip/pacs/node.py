@@ -9,13 +9,17 @@ arrived for `quiet_s` seconds. One worker thread then processes complete studies
 time (the model is loaded once and CPU-bound); an exception in one study is logged, its files
 are kept under `failed/`, and the worker goes on with the next. Logs name studies only by
 their keyed hash (`lumbarclip.data.privacy`), never by patient name, ID, date or UID.
+
+The work folder holds every state a study can be in, so that a killed node loses nothing
+it acknowledged: `incoming/` (received, written and fsynced before the success status),
+`outbox/` (results not yet delivered, retried with exponential backoff), `done/` (a delivered
+study's instances and SRs, kept `keep_s` so that a late instance re-analyses the merged study
+and yields an amended SR that names the earlier one) and `failed/`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import secrets
 import shutil
 import signal
@@ -25,14 +29,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from lumbarclip.data.privacy import pseudonymise
 from lumbarclip.errors import InputError
+from lumbarclip.pacs.store import (
+    DeliveredStudies,
+    Outbox,
+    OutboxItem,
+    StudyAssembler,
+    _Pending,
+    instance_file_name,
+    write_atomic,
+)
+
+__all__ = [
+    "ACCEPTED_MODALITIES", "Destination", "NodeConfig", "PacsNode", "StudyAssembler", "StudyRecord",
+    "check_instance", "instance_file_name", "send_datasets", "write_atomic",
+]  # fmt: skip
 
 log = logging.getLogger("lumbarclip.pacs")
 
@@ -43,8 +59,10 @@ STATUS_OK, STATUS_MALFORMED = 0x0000, 0xC000
 #: Modalities the node analyses.
 ACCEPTED_MODALITIES = ("MR",)
 
-#: Turns a complete study (a folder holding its instances) into the result datasets to send back.
-Processor = Callable[[Path], Sequence[Dataset]]
+#: Turns a complete study (a folder holding its instances) into the result datasets to send back;
+#: the second argument holds the SRs already delivered for the study (empty the first time), which
+#: the new SR names as its predecessors.
+Processor = Callable[[Path, Sequence[Dataset]], Sequence[Dataset]]
 
 
 @dataclass(frozen=True)
@@ -75,13 +93,31 @@ class NodeConfig:
     work_dir: Path = Path("pacs-work")
     salt: str = field(default_factory=lambda: secrets.token_hex(16))
     poll_s: float = 0.1
+    allow_ae: tuple[str, ...] = ()  # calling AE titles accepted; empty: any
+    max_associations: int = 10  # more at once are rejected (A-ASSOCIATE-RJ, transient)
+    retry_s: float = 30.0  # first wait before delivering again; doubles up to retry_max_s
+    retry_max_s: float = 3600.0
+    keep_s: float = 86400.0  # how long a delivered study is kept for late instances; 0: not kept
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.ae_title) <= 16:
             raise InputError(f"AE title must be 1..16 characters; got {self.ae_title!r}")
+        for title in self.allow_ae:
+            if not 1 <= len(title) <= 16:
+                raise InputError(f"allowed AE title must be 1..16 characters; got {title!r}")
         if self.quiet_s < 0:
             raise InputError(f"quiet time must be >= 0 seconds; got {self.quiet_s}")
+        if self.max_associations < 1:
+            raise InputError(f"at least 1 association must be allowed; got {self.max_associations}")
+        if self.retry_s <= 0 or self.retry_max_s < self.retry_s:
+            raise InputError(f"retry waits must satisfy 0 < retry ({self.retry_s}) <= max ({self.retry_max_s})")
+        if self.keep_s < 0:
+            raise InputError(f"keep time must be >= 0 seconds; got {self.keep_s}")
         self.work_dir = Path(self.work_dir)
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after `attempts` failed deliveries: retry_s, 2x, 4x, ... capped."""
+        return min(self.retry_s * 2 ** max(attempts - 1, 0), self.retry_max_s)
 
 
 @dataclass
@@ -92,125 +128,11 @@ class StudyRecord:
     n_instances: int
     last_received: float  # time.monotonic() of the study's last instance
     finished: float = 0.0  # time.monotonic() when results were delivered (or it failed)
-    ok: bool = False
+    ok: bool = False  # analysed and delivered
     error: str = ""
     sent: list[str] = field(default_factory=list)  # SOPInstanceUIDs of the results
-
-
-@dataclass
-class _Pending:
-    folder: Path
-    last: float
-    count: int = 0
-
-
-class StudyAssembler:
-    """Per-study folders of received instances, and which studies have gone quiet."""
-
-    def __init__(self, root: Path, salt: str) -> None:
-        self.root = Path(root)
-        self.salt = salt
-        self._pending: dict[str, _Pending] = {}
-        self._lock = threading.Lock()
-
-    def tag(self, study_uid: str) -> str:
-        """The study's name in logs and folders: a keyed hash, never the UID itself."""
-        return pseudonymise(study_uid, self.salt)
-
-    def add(self, ds: Dataset) -> str:
-        """Store one instance under its study; returns the study's tag."""
-        study_uid = str(ds.StudyInstanceUID)
-        tag = self.tag(study_uid)
-        with self._lock:
-            pending = self._pending.get(study_uid)
-            if pending is None:
-                folder = self.root / "incoming" / f"{tag}-{secrets.token_hex(4)}"
-                folder.mkdir(parents=True, exist_ok=True)
-                pending = self._pending[study_uid] = _Pending(folder, time.monotonic())
-            path = pending.folder / instance_file_name(str(ds.SOPInstanceUID))
-            new = not path.exists()  # the same SOPInstanceUID again replaces that instance only
-            write_atomic(ds, path)
-            pending.count += int(new)
-            pending.last = time.monotonic()
-        return tag
-
-    def recover(self) -> int:
-        """Queue again the studies an earlier run received but never finished (its process
-        was killed): each folder left under incoming/ becomes a pending study. Returns how many."""
-        recovered = 0
-        for folder in sorted((self.root / "incoming").glob("*")):
-            files = sorted(folder.glob("*.dcm"))
-            uids, unreadable = set(), []
-            for f in files:  # every file is tried: one bad file does not hide the study
-                try:
-                    uids.add(str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID))
-                except Exception:
-                    unreadable.append(f)
-            if unreadable:  # kept for inspection, out of the study's files
-                (folder / "unreadable").mkdir(exist_ok=True)
-                for f in unreadable:
-                    shutil.move(str(f), folder / "unreadable" / f.name)
-                log.warning(
-                    "recovery: %d of %d files in %s are unreadable; moved to its unreadable/ folder",
-                    len(unreadable), len(files), folder.name,
-                )  # fmt: skip
-                files = [f for f in files if f not in unreadable]
-            if len(uids) != 1:  # empty, all unreadable, or mixed: left for a person to look at
-                if files:
-                    log.warning("recovery: %s holds %d studies; left for inspection", folder.name, len(uids))
-                continue
-            uid = uids.pop()
-            with self._lock:
-                pending = self._pending.get(uid)
-                if pending is None:
-                    self._pending[uid] = _Pending(folder, time.monotonic(), len(files))
-                else:  # two unfinished batches of one study become one
-                    for f in files:
-                        shutil.move(str(f), pending.folder / f.name)
-                    shutil.rmtree(folder, ignore_errors=True)
-                    pending.count = len(list(pending.folder.glob("*.dcm")))
-            recovered += 1
-        return recovered
-
-    def pop_quiet(self, quiet_s: float, now: float | None = None) -> tuple[str, _Pending] | None:
-        """The study quiet the longest (at least `quiet_s`), removed from the pending set.
-        An instance of it arriving later starts a new batch of that study."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            due = [(p.last, uid) for uid, p in self._pending.items() if now - p.last >= quiet_s]
-            if not due:
-                return None
-            _, uid = min(due)
-            return self.tag(uid), self._pending.pop(uid)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
-
-def instance_file_name(sop_instance_uid: str) -> str:
-    """A received instance's file name: a hash of its UID, never the header value itself (a
-    sender controls it, e.g. '/etc/x' or '../../x')."""
-    return hashlib.sha256(sop_instance_uid.encode("utf-8", "surrogateescape")).hexdigest()[:32] + ".dcm"
-
-
-def write_atomic(ds: Dataset, path: Path) -> None:
-    """Write `ds` to `path` so that it is either absent or complete and on disk: a temporary
-    name in the same folder, fsync, rename, fsync of the folder. Done before the success status."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    attempts: int = 0  # delivery attempts so far
+    amends: list[str] = field(default_factory=list)  # SOPInstanceUIDs of the SRs it replaces
 
 
 def _valid_uid(value: object) -> bool:
@@ -273,7 +195,11 @@ class PacsNode:
         self.process = process
         self.deliver = deliver
         self.assembler = StudyAssembler(config.work_dir, config.salt)
+        self.outbox = Outbox(config.work_dir)
+        self.delivered = DeliveredStudies(config.work_dir, config.keep_s)
         self.records: list[StudyRecord] = []
+        self._in_outbox: dict[str, StudyRecord] = {}  # outbox folder name -> its study's record
+        self._last_purge = 0.0
         self.skipped: dict[str, int] = {"not_mr": 0, "malformed": 0}
         self._skip_lock = threading.Lock()  # associations run in threads of their own
         self._busy = False
@@ -281,6 +207,8 @@ class PacsNode:
         self._worker: threading.Thread | None = None
         self._server = None
         self._ae = AE(ae_title=config.ae_title)
+        self._ae.require_calling_aet = list(config.allow_ae)  # others: A-ASSOCIATE-RJ
+        self._ae.maximum_associations = config.max_associations
         self._ae.supported_contexts = StoragePresentationContexts
         self._ae.add_supported_context(Verification)
 
@@ -321,6 +249,12 @@ class PacsNode:
         recovered = self.assembler.recover()
         if recovered:
             log.info("re-queued %d unfinished studies left in %s", recovered, self.config.work_dir)
+        undelivered = self.outbox.items()
+        for item in undelivered:  # a restart is when the operator has fixed the destination
+            self.outbox.reschedule(item, time.time())
+        if undelivered:
+            log.info("%d studies' results are still to be delivered; retrying them now", len(undelivered))
+        self.delivered.load()
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: STATUS_OK)]
         self._server = self._ae.start_server(
             (self.config.host, self.config.port), block=False, evt_handlers=handlers
@@ -380,6 +314,11 @@ class PacsNode:
     def _work(self) -> None:
         while not self._stop.is_set():
             self._busy = True  # before the pop, so wait_idle never sees a study in no state
+            try:
+                self._retry_due()
+                self._purge()
+            except Exception:  # e.g. an unreadable outbox file: logged, the node goes on
+                log.exception("retrying deliveries failed; the worker goes on")
             item = self.assembler.pop_quiet(self.config.quiet_s)
             if item is None:
                 self._busy = False
@@ -392,25 +331,73 @@ class PacsNode:
             finally:
                 self._busy = False
 
+    def _purge(self) -> None:
+        if time.monotonic() - self._last_purge >= 60.0:
+            self._last_purge = time.monotonic()
+            if n := self.delivered.purge():
+                log.info("deleted %d delivered studies kept longer than %.0f s", n, self.config.keep_s)
+
     def _handle(self, tag: str, pending: _Pending) -> None:
+        """Analyse one complete study (merged with what was delivered for it before), put the
+        results in the outbox, keep the study for late instances, then try to deliver."""
         self._busy = True
         record = StudyRecord(tag, pending.count, pending.last)
         try:
-            log.info("study %s complete: %d instances", tag, pending.count)
-            results = list(self.process(pending.folder))
-            record.sent = self.deliver(results)
-            record.ok = True
-            shutil.rmtree(pending.folder, ignore_errors=True)
-            log.info("study %s done: %d result instances sent", tag, len(record.sent))
+            previous = self.delivered.merge_into(pending.uid, pending.folder) if pending.uid else []
+            record.n_instances = len(list(pending.folder.glob("*.dcm")))
+            record.amends = [str(ds.SOPInstanceUID) for ds in previous]
+            log.info(
+                "study %s complete: %d instances%s", tag, record.n_instances,
+                f" (amends {len(previous)} earlier report(s))" if previous else "",
+            )  # fmt: skip
+            results = list(self.process(pending.folder, previous))
+            item = self.outbox.put(tag, results)
+            reports = [ds for ds in results if str(ds.get("Modality", "")) == "SR"]
+            self.delivered.keep(pending.uid, tag, pending.folder, reports)
         except Exception as err:  # one study's failure never stops the node
             record.error = f"{type(err).__name__}: {err}"
+            record.finished = time.monotonic()
+            self.records.append(record)
             kept = self.config.work_dir / "failed" / pending.folder.name
             kept.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(pending.folder), kept)
             # our own InputErrors name no header value; other messages might, so only their type
             reason = str(err) if isinstance(err, InputError) else type(err).__name__
             log.error("study %s failed (%s); its files are kept in %s", tag, reason, kept)
+            return
+        finally:
+            self._busy = False
+        self.records.append(record)
+        self._in_outbox[item.folder.name] = record
+        self._deliver(item)
+
+    def _deliver(self, item: OutboxItem) -> None:
+        """One delivery attempt; on failure the results stay in the outbox with a backoff."""
+        record = self._in_outbox.get(item.folder.name)
+        if record is None:  # left by an earlier run
+            record = self._in_outbox[item.folder.name] = StudyRecord(item.tag, 0, 0.0)
+            self.records.append(record)
+        record.attempts = item.attempts + 1
+        try:
+            record.sent = self.deliver(self.outbox.load(item))
+        except Exception as err:
+            wait = self.config.backoff(record.attempts)
+            self.outbox.failed(item, wait)
+            record.error = f"delivery failed: {type(err).__name__}"
+            log.warning(
+                "study %s: delivery attempt %d failed (%s); results kept in %s, next try in %.0f s",
+                item.tag, record.attempts, type(err).__name__, item.folder, wait,
+            )  # fmt: skip
+        else:
+            self.outbox.delivered(item)
+            del self._in_outbox[item.folder.name]
+            record.ok, record.error = True, ""
+            log.info("study %s done: %d result instances sent", item.tag, len(record.sent))
         finally:
             record.finished = time.monotonic()
-            self.records.append(record)
-            self._busy = False
+
+    def _retry_due(self) -> None:
+        for item in self.outbox.due():
+            if self._stop.is_set():
+                return
+            self._deliver(item)

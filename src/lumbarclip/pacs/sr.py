@@ -117,9 +117,12 @@ def build_report(
     images: Sequence[dict],
     image_sources: Sequence[Dataset],
     model: ModelInfo,
+    previous: Sequence[Dataset] = (),
 ) -> hd.sr.ComprehensiveSR:
     """The Comprehensive SR of one study. `sources` are all received instances of the study
-    (evidence), `images[i]` is Predictor's result for the image read from `image_sources[i]`."""
+    (evidence), `images[i]` is Predictor's result for the image read from `image_sources[i]`.
+    `previous`: the SRs this one replaces (Predecessor Documents Sequence), e.g. after a late
+    instance made the study larger."""
     items: list[Any] = [
         # kept short: viewers such as Orthanc Explorer hide text values longer than 256 chars
         hd.sr.TextContentItem(INTENDED_USE_NAME, INTENDED_USE, relationship_type="CONTAINS"),
@@ -185,6 +188,7 @@ def build_report(
         software_versions=model.version,
         content_qualification="RESEARCH",
         coding_schemes=[hd.coding_schemes.CodingSchemeIdentificationItem(SCHEME, name="LumbarCLIP")],
+        previous_versions=list(previous) or None,
     )
 
 
