@@ -1,12 +1,16 @@
-"""`lumbarclip ablate`: the grid, the seed aggregation of the Markdown table, bad input, and
+"""`lumbarclip ablate`: the grid, the seed aggregation of the Markdown table (a t-interval over
+seeds, checked against the textbook formula), bad input, and
 (slow) a real tiny grid that resumes without retraining."""
 
 import csv
+import math
+import statistics
 
 import pytest
+from scipy import stats as scipy_stats
 
 from lumbarclip.cli import main
-from lumbarclip.experiments import LOSS_VARIANTS, AblationGrid, _row_metrics, markdown_table
+from lumbarclip.experiments import LOSS_VARIANTS, AblationGrid, _row_metrics, markdown_table, seed_interval
 
 
 def _metrics(bacc, lo, hi):
@@ -47,24 +51,36 @@ def test_builtin_variants_build_valid_configs():
     assert configs["resnet", "hard"].loss.kind == "hard"
 
 
-def test_markdown_aggregates_seeds_with_std_and_mean_ci():
+def test_markdown_aggregates_seeds_with_std_and_a_t_interval_over_seeds():
+    seeds = [(0.6, 0.5, 0.7), (0.8, 0.7, 0.9), (0.75, 0.7, 0.8)]
     rows = [
         {"vision": "r", "head": "linear", "loss": "soft", "seed": s, **_row_metrics(_metrics(b, lo, hi))}
-        for s, (b, lo, hi) in enumerate([(0.6, 0.5, 0.7), (0.8, 0.7, 0.9)])
+        for s, (b, lo, hi) in enumerate(seeds)
     ]
     rows.append(
         {"vision": "r", "head": "mlp", "loss": "soft", "seed": 0, **_row_metrics(_metrics(0.5, 0.4, 0.6))}
     )
-    assert rows[0]["probe_patient_bacc_lo"] == 0.5 and rows[0]["probe_image_bacc_lo"] is None
+    assert rows[0]["probe_patient_bacc_lo"] == 0.5 and rows[0]["probe_image_bacc_lo"] is None  # per-run CI in the CSV
     table = markdown_table(rows).splitlines()
     assert len(table) == 2 + 2  # header, rule, one line per (vision, head, loss)
     linear = table[2].split(" | ")
     header = table[0].split(" | ")
-    cell = linear[header.index("probe_patient_bacc")]
-    assert cell == "0.700 ± 0.141 [0.60, 0.80]"  # std of (0.6, 0.8) with ddof=1; CI bounds averaged
+    # written out: mean 0.7167, sample std 0.1041, t(0.975, df=2) = 4.3027 -> 0.7167 -/+ 0.2586
+    assert linear[header.index("probe_patient_bacc")] == "0.717 ± 0.104 [0.46, 0.98]"
+    assert linear[header.index("i2t_r@1")] == "0.200 ± 0.000 [0.20, 0.20]"  # every column, identical seeds
     assert (
-        table[3].split(" | ")[header.index("probe_patient_bacc")] == "0.500 [0.40, 0.60]"
-    )  # one seed: no std
+        table[3].split(" | ")[header.index("probe_patient_bacc")] == "0.500"
+    )  # one seed: no std, no interval (the run's bootstrap CI is not a spread over seeds)
+
+
+@pytest.mark.parametrize("values", [[0.61, 0.74], [0.55, 0.7, 0.62, 0.81, 0.66], [3.0, -1.0, 2.5]])
+def test_seed_interval_is_the_t_interval_of_the_mean(values):
+    n, mean, std = len(values), statistics.mean(values), statistics.stdev(values)
+    half = scipy_stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)  # textbook formula, not t.interval
+    assert seed_interval(values) == pytest.approx((mean - half, mean + half), abs=1e-12)
+    naive = (mean - 1.96 * std / math.sqrt(n), mean + 1.96 * std / math.sqrt(n))
+    assert seed_interval(values)[0] < naive[0]  # wider than a normal interval at few seeds
+    assert seed_interval(values[:1]) is None
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,10 @@ timm model name). Every cell trains with the training API on the same manifest, 
 the test split (linear probe, zero-shot, retrieval with patient-bootstrap CIs, findings-level
 retrieval and per-finding zero-shot when the manifest has findings; no baselines or label
 efficiency: they do not depend on the grid, run `evaluate` on one cell for them), and becomes a
-row of ablation.csv. ablation.md aggregates the seeds: mean ± sample std, and [lo, hi] = the
-per-run 95% CI bounds averaged over seeds.
+row of ablation.csv (with each run's own patient-bootstrap CI). ablation.md aggregates the
+seeds: mean ± sample std and [lo, hi] = the 95% Student-t interval of the mean over the per-seed
+values (`seed_interval`). Averaging per-run CI bounds instead would show the spread of one
+test set's resampling and hide the spread between seeds, the variance an ablation compares.
 
 A cell already trained with the same config (train_summary.json, config.yaml) is not trained
 again, and its newer eval-test/metrics.json is reused, so an interrupted grid resumes where it
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from scipy import stats
 from tqdm.auto import tqdm
 
 from lumbarclip.data.manifest import read_manifest
@@ -248,6 +251,19 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else None
 
 
+def seed_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval of the mean over per-seed values (df = seeds - 1): what a rerun with
+    new seeds would likely average to. None for fewer than two seeds (no spread to measure)."""
+    arr = np.asarray(values, dtype=float)
+    if len(arr) < 2:
+        return None
+    sem = float(stats.sem(arr))
+    if sem == 0.0:  # identical seeds: scipy's interval is nan at scale 0
+        return float(arr.mean()), float(arr.mean())
+    lo, hi = stats.t.interval(confidence, len(arr) - 1, loc=arr.mean(), scale=sem)
+    return float(lo), float(hi)
+
+
 def _number(value: object) -> float | None:
     """A CSV cell (str), a metrics value or None as a float; blanks and None are missing."""
     return None if value is None or value == "" else float(value)  # type: ignore[arg-type]
@@ -255,7 +271,8 @@ def _number(value: object) -> float | None:
 
 def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None) -> str:
     """Seeds aggregated per (vision, head, loss): `mean ± std [lo, hi]` for each column (all
-    of `COLUMNS`, or the named ones). Rows may come from `run_ablation` or ablation.csv."""
+    of `COLUMNS`, or the named ones), [lo, hi] the `seed_interval` (two or more seeds). Rows
+    may come from `run_ablation` or ablation.csv."""
     chosen = [c for c in COLUMNS if columns is None or c[0] in columns]
     groups: dict[tuple[object, ...], list[Mapping[str, object]]] = {}
     for row in rows:
@@ -264,22 +281,16 @@ def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, members in groups.items():
         cells = [*map(str, key), str(len(members))]
-        for name, _, ci_key in chosen:
+        for name, _, _ in chosen:
             values = [v for m in members if (v := _number(m.get(name))) is not None]
             if not values:
                 cells.append("n/a")
                 continue
             mean, std = _mean_std(values)
             text = f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
-            if ci_key:
-                bounds = [
-                    (_number(m[f"{name}_lo"]), _number(m[f"{name}_hi"]))
-                    for m in members
-                    if _number(m.get(f"{name}_lo")) is not None
-                ]
-                if bounds:
-                    lo, hi = np.mean(bounds, axis=0)
-                    text += f" [{lo:.2f}, {hi:.2f}]"
+            interval = seed_interval(values)
+            if interval:
+                text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
