@@ -1,11 +1,15 @@
-"""ONNX export of the image scorer: parity with PyTorch on 16 images, dynamic batch, and the
+"""ONNX export of the image scorer: parity with PyTorch on 16 images, dynamic batch, stale
+exports refused (sha256 of the files the graph bakes in), and the
 export folder is a model folder of its own."""
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from _model_folder import make_model_folder
 from lumbarclip.errors import InputError
@@ -76,8 +80,6 @@ def test_export_cli(exported, tmp_path):
 
 
 def test_predictor_onnx_runtime_matches_torch(exported, tmp_path):
-    from PIL import Image
-
     from lumbarclip.inference.predict import Predictor
 
     model_dir, path = exported
@@ -96,3 +98,85 @@ def test_predictor_onnx_runtime_matches_torch(exported, tmp_path):
         assert abs(a["p_abnormal"] - b["p_abnormal"]) <= 1e-4
     for a, b in zip(torch_res.studies, onnx_res.studies, strict=True):
         assert abs(a["p_abnormal_mean_raw"] - b["p_abnormal_mean_raw"]) <= 1e-4
+
+
+def _retrained_probe(model_dir):
+    """The operating point refitted as `evaluate --overwrite` would: new probe weights."""
+    op = load_operating_point(model_dir)
+    op.weights = -op.weights
+    op.bias = 0.7
+    op.save(model_dir)
+
+
+def test_stale_export_refused_naming_the_command(exported, tmp_path, capsys):
+    from lumbarclip.cli import main
+    from lumbarclip.inference.onnx import load_onnx_scorer
+    from lumbarclip.inference.predict import Predictor
+
+    source, _ = exported
+    model_dir = tmp_path / "model"
+    shutil.copytree(source, model_dir)  # the model folder with its export in onnx/
+    record = json.loads((model_dir / "onnx" / "export.json").read_text())
+    baked = {"config.json", "model.safetensors", "operating_point.safetensors", "preprocess.json"}
+    assert set(record["sha256"]) == baked
+    assert isinstance(load_onnx_scorer(model_dir), OnnxImageScorer)
+    _retrained_probe(model_dir)
+    stale = (
+        f"{model_dir / 'onnx' / ONNX_FILE} is stale: operating_point.safetensors changed since export; "
+        f"re-run `lumbarclip export --model {model_dir} --format onnx --overwrite`"
+    )
+    with pytest.raises(InputError, match=re.escape(stale)):
+        Predictor.load(model_dir, runtime="onnx")
+    assert main(["predict", "--model", str(model_dir), "--runtime", "onnx", "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert "is stale: operating_point.safetensors changed" in err and len(err.strip().splitlines()) == 1
+    # the export folder holds copies of the files it was built from, so it is still consistent...
+    export_dir = model_dir / "onnx"
+    assert isinstance(load_onnx_scorer(export_dir), OnnxImageScorer)
+    # ...until they change there; the command then names the folder it was exported from
+    (export_dir / "preprocess.json").write_text((export_dir / "preprocess.json").read_text().replace("0.25", "0.3"))
+    command = f"lumbarclip export --model {source.resolve()} --format onnx --out {export_dir} --overwrite"
+    with pytest.raises(InputError, match=re.escape(f"preprocess.json changed since export; re-run `{command}`")):
+        load_onnx_scorer(export_dir)
+    # calibration and thresholds are applied outside the graph: changing them alone is not stale
+    op = load_operating_point(source)
+    op.calibration = {"a": 2.0, "b": -0.5}
+    op.save(export_dir)
+    (export_dir / "preprocess.json").write_bytes((source / "preprocess.json").read_bytes())
+    assert isinstance(load_onnx_scorer(export_dir), OnnxImageScorer)
+
+
+def test_export_without_hashes_refused(exported, tmp_path):
+    from lumbarclip.inference.onnx import load_onnx_scorer
+
+    source, _ = exported
+    model_dir = tmp_path / "model"
+    shutil.copytree(source, model_dir)
+    record_path = model_dir / "onnx" / "export.json"
+    record = json.loads(record_path.read_text())
+    del record["sha256"]
+    record_path.write_text(json.dumps(record))
+    unknown = r"export.json records no sha256 of the files it was exported from"
+    with pytest.raises(InputError, match=rf"{unknown}; re-run `lumbarclip export --model .* --overwrite`"):
+        load_onnx_scorer(model_dir)
+
+
+def test_reexport_after_new_probe_matches_torch(exported, tmp_path):
+    """The fix the refusal names: export again, and the ONNX runtime agrees with PyTorch on the
+    new probe."""
+    from lumbarclip.inference.predict import Predictor
+
+    source, _ = exported
+    model_dir = tmp_path / "model"
+    shutil.copytree(source, model_dir)
+    _retrained_probe(model_dir)
+    export_onnx(model_dir, overwrite=True)
+    rng = np.random.default_rng(3)
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"img{i}.png")
+        Image.fromarray((rng.random((48, 48)) * 255).astype(np.uint8)).save(files[-1])
+    torch_res = Predictor.load(model_dir, runtime="torch").predict(files, top_k=0)
+    onnx_res = Predictor.load(model_dir, runtime="onnx").predict(files, top_k=0)
+    for a, b in zip(torch_res.images, onnx_res.images, strict=True):
+        assert abs(a["p_abnormal"] - b["p_abnormal"]) <= 1e-4

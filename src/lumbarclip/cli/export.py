@@ -16,7 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "uncalibrated `logit` [N], dynamic batch. The model folder's other files are copied beside "
         "it, so OUT is a model folder for `predict --runtime onnx`. The export is kept only if "
         "onnxruntime matches PyTorch within 1e-4 on 16 images (recorded in OUT/export.json). "
-        "Needs the operating point written by `lumbarclip evaluate`.",
+        "export.json also records the sha256 of the files the graph is built from (config.json, "
+        "model.safetensors, operating_point.safetensors, preprocess.json); `predict --runtime onnx` "
+        "refuses the export once any of them changes (e.g. after `evaluate --overwrite`): re-run "
+        "export with --overwrite. Needs the operating point written by `lumbarclip evaluate`.",
     )
     p.add_argument("--model", required=True, help="model folder (with operating_point.json)")
     p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default: onnx)")

@@ -1,17 +1,31 @@
-"""Image tensors for the towers: pad to square, resize, normalise; train-time augmentation.
+"""Image tensors for the towers: the one preprocessing of evaluation and prediction, and
+train-time augmentation.
 
-Input is what `imageio.load_image` returns: a float32 2-D array in [0, 1]. Horizontal flips are
-off by default because reports name sides (Rt/Lt) and a flip would contradict the text.
+Input is what `imageio.load_image` returns: a float32 2-D array in [0, 1]. `preprocess` turns it
+into the model input exactly as `preprocess.json` (`PreprocessSpec`) says; evaluation (the
+datamodule's and `inference.embed.load_images`' eval transform), `Predictor.predict` (hence
+`predict`, `serve` and `pacs`) and the ONNX runtime, which is fed by `Predictor.predict`, all call
+it, so a model is served on the very tensors it was evaluated on. Horizontal flips are off by
+default because reports name sides (Rt/Lt) and a flip would contradict the text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
+
+from lumbarclip.data.imageio import LoadedImage, read_image
+from lumbarclip.errors import InputError
+
+if TYPE_CHECKING:
+    from lumbarclip.inference.operating_point import PreprocessSpec
 
 MEAN, STD = 0.5, 0.25
 
@@ -28,10 +42,75 @@ def to_square_tensor(pixels: np.ndarray, size: int) -> torch.Tensor:
     return t
 
 
+def size_refusal(
+    shape: tuple[int, int], spec: PreprocessSpec, spacing_mm: tuple[float, float] | None = None
+) -> str | None:
+    """Why an image of `shape` (rows, columns) is not a model input under `spec`, or None.
+
+    Every image is zero-padded to a centred square and resized to `spec.image_size`, so any size
+    becomes the input size the model was evaluated at; what preprocessing cannot undo is refused:
+    - too small: the resize would enlarge the image more than `spec.max_upscale` times (its long
+      side is under image_size / max_upscale), and the model would grade interpolation;
+    - too elongated: long side / short side over `spec.max_aspect`; padding keeps the aspect, so
+      such a scan fills under 1/max_aspect of the input, unlike the square scans evaluated;
+    - non-square pixels: row / column pixel spacing (when the file states it) differ by more than
+      the factor `spec.max_pixel_aspect`; preprocessing treats pixels as square, so the anatomy
+      would be stretched by that factor.
+    """
+    rows, cols = shape
+    long, short = max(rows, cols), min(rows, cols)
+    if long * spec.max_upscale < spec.image_size:
+        return (
+            f"image is {cols} x {rows} pixels; the model takes {spec.image_size} px and preprocess.json "
+            f"allows enlarging at most {spec.max_upscale:g}x (long side >= {spec.image_size / spec.max_upscale:g} px)"
+        )
+    if long > spec.max_aspect * short:
+        return (
+            f"image is {cols} x {rows} pixels, aspect {long / short:.2f}:1; preprocess.json allows at most "
+            f"{spec.max_aspect:g}:1 (it pads to a square, the scan would fill too little of it)"
+        )
+    if spacing_mm is not None and min(spacing_mm) > 0:
+        stretch = max(spacing_mm) / min(spacing_mm)
+        if stretch > spec.max_pixel_aspect:
+            return (
+                f"pixels are {spacing_mm[0]:g} x {spacing_mm[1]:g} mm (rows x columns), stretch {stretch:.2f}; "
+                f"preprocess.json treats pixels as square and allows at most {spec.max_pixel_aspect:g}"
+            )
+    return None
+
+
+def preprocess(pixels: np.ndarray, spec: PreprocessSpec, spacing_mm: tuple[float, float] | None = None) -> torch.Tensor:
+    """[channels, S, S] model input of a [0, 1] image, exactly as `preprocess.json` says: the
+    size check (`size_refusal`), centred zero-padding to a square, antialiased bilinear resize to
+    `spec.image_size`, then (x - mean) / std. InputError with the one-line reason when refused."""
+    reason = size_refusal((int(pixels.shape[0]), int(pixels.shape[1])), spec, spacing_mm)
+    if reason:
+        raise InputError(reason)
+    tensor = (to_square_tensor(pixels, spec.image_size) - spec.mean) / spec.std
+    expected = (spec.channels, spec.image_size, spec.image_size)
+    if tuple(tensor.shape) != expected:
+        raise InputError(
+            f"preprocess.json: the model takes {list(expected)} inputs, preprocessing makes {list(tensor.shape)}"
+        )
+    return tensor
+
+
+def load_model_input(path: str | Path, spec: PreprocessSpec) -> tuple[torch.Tensor, LoadedImage]:
+    """An image file read and preprocessed (`preprocess`, with the file's pixel spacing), and
+    what was read; InputError naming the file when it is unreadable or refused."""
+    image = read_image(path)
+    try:
+        return preprocess(image.pixels, spec, image.spacing_mm), image
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
+
+
 def eval_transform(image_size: int) -> Callable[[np.ndarray], torch.Tensor]:
-    """Deterministic preprocessing used for validation, evaluation and inference."""
-    normalize = v2.Normalize([MEAN], [STD])
-    return lambda pixels: normalize(to_square_tensor(pixels, image_size))
+    """`preprocess` with the spec evaluation writes to preprocess.json (`PreprocessSpec.of_model`):
+    the deterministic transform of validation and evaluation."""
+    from lumbarclip.inference.operating_point import PreprocessSpec
+
+    return partial(preprocess, spec=PreprocessSpec.of_model(image_size))
 
 
 def train_transform(image_size: int, flip: bool = False) -> Callable[[np.ndarray], torch.Tensor]:

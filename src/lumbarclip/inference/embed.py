@@ -9,15 +9,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lumbarclip.data.imageio import load_image
-from lumbarclip.data.transforms import eval_transform
+from lumbarclip.data.transforms import load_model_input
+from lumbarclip.inference.operating_point import PreprocessSpec
 from lumbarclip.models import LumbarCLIP
 
 
 def load_images(paths: Sequence[str | Path], image_size: int, progress: bool = True) -> torch.Tensor:
-    """[N, 1, S, S] images read and preprocessed exactly as the model sees them at evaluation."""
-    transform = eval_transform(image_size)
-    images = [transform(load_image(p)) for p in tqdm(paths, desc="load images", disable=not progress, leave=False)]
+    """[N, 1, S, S] images read and preprocessed as evaluation writes it to preprocess.json and
+    as `predict` reads them; InputError naming the first file preprocessing refuses."""
+    spec = PreprocessSpec.of_model(image_size)
+    bar = tqdm(paths, desc="load images", disable=not progress, leave=False)
+    images = [load_model_input(p, spec)[0] for p in bar]
     return torch.stack(images) if images else torch.zeros(0, 1, image_size, image_size)
 
 

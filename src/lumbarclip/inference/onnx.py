@@ -10,10 +10,19 @@ the default `out_dir` is `MODEL/onnx`, where `Predictor.load(MODEL, runtime="onn
 
 The export is checked before it is kept: on 16 seeded random images onnxruntime must match
 PyTorch within `PARITY_TOL` on both outputs, and the measured differences go to `export.json`.
+
+The graph bakes in the weights and the probe, so an export goes stale when they change (e.g.
+`evaluate --overwrite` refits the probe). `export.json` records the sha256 of every file the
+graph was built from or depends on (`BAKED_FILES`), and `load_onnx_scorer`, which
+`Predictor.load(..., runtime="onnx")` uses, refuses an export whose model folder no longer has
+those files with a one-line error naming the export command to re-run. The calibration and
+thresholds of `operating_point.json` are applied in numpy at prediction, outside the graph, so
+they may change without a new export.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -30,6 +39,9 @@ PARITY_TOL = 1e-4
 #: Names a model folder's copy leaves out: the export itself and anything already exported.
 _NOT_COPIED = {ONNX_SUBDIR, ONNX_FILE, EXPORT_RECORD}
 EXPORT_COMMAND = "lumbarclip export --model MODEL --format onnx"
+#: The model folder's files the exported graph is built from (architecture, weights, the probe's
+#: weights and bias) or depends on (the input it expects): a change to any makes it stale.
+BAKED_FILES: tuple[str, ...] = ("config.json", "model.safetensors", "operating_point.safetensors", "preprocess.json")
 
 
 def onnx_model_path(model_dir: str | Path) -> Path:
@@ -60,6 +72,7 @@ def export_onnx(
         raise InputError(f"{target}: exists; pass --overwrite to replace it")
     if out_dir.resolve() == model_dir.resolve():
         raise InputError(f"{out_dir}: the export folder must differ from the model folder (default MODEL/onnx)")
+    sources = baked_hashes(model_dir)  # before loading: a file changed meanwhile reads as stale
     model = LumbarCLIP.from_pretrained(model_dir)
     scorer = ImageScorer(model, load_operating_point(model_dir)).eval()
     size = scorer.image_size
@@ -95,6 +108,8 @@ def export_onnx(
         "onnxruntime": _ort().__version__,
         "parity_max_abs_diff": diffs,
         "parity_images": 16,
+        "model": str(model_dir.resolve()),
+        "sha256": sources,
     }
     (out_dir / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return target
@@ -114,6 +129,51 @@ def parity(scorer: object, onnx_scorer: OnnxImageScorer, n: int = 16, seed: int 
         "embedding": float(np.abs(emb_o - emb_t.numpy()).max()),
         "logit": float(np.abs(logit_o - logit_t.numpy()).max()),
     }
+
+
+def baked_hashes(model_dir: Path) -> dict[str, str | None]:
+    """sha256 of each of `BAKED_FILES` in `model_dir` (None where absent)."""
+    out: dict[str, str | None] = {}
+    for name in BAKED_FILES:
+        path = model_dir / name
+        if not path.is_file():
+            out[name] = None
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):  # weights can be GBs: never all in RAM
+                digest.update(block)
+        out[name] = digest.hexdigest()
+    return out
+
+
+def load_onnx_scorer(model_dir: str | Path) -> OnnxImageScorer:
+    """The model folder's exported scorer (`onnx_model_path`), refused when stale: when any of
+    `BAKED_FILES` in `model_dir`, whose operating point scores its logits, differs from the file
+    the export was built from (sha256 in `export.json`)."""
+    model_dir = Path(model_dir)
+    path = onnx_model_path(model_dir)
+    record_path = path.parent / EXPORT_RECORD
+    try:
+        record = json.loads(record_path.read_text())
+        recorded, source = dict(record["sha256"]), str(record["model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(
+            f"{path}: cannot tell whether it is stale, {record_path.name} records no sha256 of the files "
+            "it was exported from; "
+            f"re-run `{EXPORT_COMMAND.replace('MODEL', str(model_dir))} --overwrite`"
+        ) from None
+    changed = [name for name, digest in baked_hashes(model_dir).items() if recorded.get(name) != digest]
+    if changed:
+        # an export in the model folder's onnx/ is re-run from that folder; an export folder
+        # used as the model folder is re-run from the folder it was exported from
+        command = (
+            f"lumbarclip export --model {model_dir} --format onnx --overwrite"
+            if path.parent != model_dir
+            else f"lumbarclip export --model {source} --format onnx --out {model_dir} --overwrite"
+        )
+        raise InputError(f"{path} is stale: {', '.join(changed)} changed since export; re-run `{command}`")
+    return OnnxImageScorer(path)
 
 
 class OnnxImageScorer:

@@ -39,7 +39,8 @@ CLASS_NAMES: tuple[str, str] = ("normal", "abnormal")
 
 @dataclass
 class PreprocessSpec:
-    """How an image file becomes the model's input (see `lumbarclip.data.transforms`)."""
+    """How an image file becomes the model's input, and which files it refuses; the fields
+    `lumbarclip.data.transforms.preprocess` runs on (`size_refusal` says what the limits mean)."""
 
     image_size: int
     mean: float
@@ -50,6 +51,9 @@ class PreprocessSpec:
     padding: str = "zero-pad the short side to a centred square"
     resize: str = "bilinear, antialiased"
     stack: str = "a volume or multi-frame file gives its middle slice"
+    max_upscale: float = 4.0  # the resize enlarges an image at most this much
+    max_aspect: float = 2.0  # long side / short side
+    max_pixel_aspect: float = 1.1  # larger / smaller pixel spacing, where the file states it
 
     @property
     def input_range(self) -> tuple[float, float]:

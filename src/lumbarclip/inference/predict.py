@@ -10,6 +10,12 @@ picks the axial T1/T2 disc-level slices (the Mendeley adapter's rule), saying wh
 its other images are each scored. Files named like the public dataset (`T1_0002_D3.png`) give
 their sequence, level and patient from the name.
 
+Every image is preprocessed by `data.transforms.preprocess`, the function evaluation uses, as the
+model folder's `preprocess.json` says; an image that preprocessing refuses (too small to enlarge
+to the model's size, too elongated, non-square pixels: `data.transforms.size_refusal`) goes to
+`skipped` with the reason, as do unreadable files. This is the one place `predict`, `serve` and
+`pacs` turn files into model inputs.
+
 Before any verdict each image passes the input guard (`lumbarclip.decision.InputGuard`, fitted
 at evaluation) and, for DICOM, the header checks (`inference.study.header_refusal`: MR, axial,
 lumbar). An image that fails either gets `"in_distribution": false`, `"label": null`, no
@@ -41,11 +47,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lumbarclip.data.imageio import image_format, load_image
+from lumbarclip.data.imageio import image_format
 from lumbarclip.data.privacy import SALT_ENV, pseudonymise
+from lumbarclip.data.transforms import load_model_input
 from lumbarclip.decision import InputGuard, guard_views, slot, unit_mismatch
 from lumbarclip.errors import InputError
-from lumbarclip.inference.operating_point import OperatingPoint, PreprocessSpec, load_operating_point, read_card
+from lumbarclip.inference.operating_point import OperatingPoint, load_operating_point, read_card
 from lumbarclip.inference.reportbank import ReportBank
 
 RUNTIMES: tuple[str, ...] = ("torch", "onnx")
@@ -141,9 +148,9 @@ class Predictor:
                 return emb.numpy(), logit.numpy()
 
         else:
-            from lumbarclip.inference.onnx import OnnxImageScorer, onnx_model_path
+            from lumbarclip.inference.onnx import load_onnx_scorer
 
-            scorer = OnnxImageScorer(onnx_model_path(model_dir))
+            scorer = load_onnx_scorer(model_dir)
         return cls(model_dir, op, scorer, runtime, card, bank, guard, model, salt)
 
     @property
@@ -191,13 +198,13 @@ class Predictor:
         tensors, kept, pixels = [], [], []
         for item in tqdm(items, desc="load images", unit="image", disable=not progress, leave=False):
             try:
-                raw = load_image(item.path)
+                tensor, image = load_model_input(item.path, spec)
             except InputError as err:
                 result.skipped.append({"input": str(item.path), "reason": _reason(err, item.path)})
                 continue
-            tensors.append(preprocess(raw, spec))
+            tensors.append(tensor)
             kept.append(item)
-            pixels.append(raw)
+            pixels.append(image.pixels)
         if not kept:
             return result
         images = torch.stack(tensors).numpy()
@@ -398,13 +405,6 @@ class Predictor:
                 key = uid if uid.startswith("file:") else f"uid:{uid}"
                 items.append(_Item(c.path, key, c.sequence, c.level, c.series_number, reason, tuple(notes)))
         return items
-
-
-def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
-    """[1, S, S] model input of a [0, 1] image, exactly as `preprocess.json` says."""
-    from lumbarclip.data.transforms import to_square_tensor
-
-    return (to_square_tensor(pixels, spec.image_size) - spec.mean) / spec.std
 
 
 def _named_item(path: Path, folder: Path, reason: str) -> _Item:
