@@ -1,9 +1,14 @@
 """`evaluate_run` and `lumbarclip evaluate` on a tiny synthetic cohort and a tiny (untrained)
-model: every contract key, values in range, CIs from scipy's bootstrap, leaks refused."""
+model: every contract key, values in range, CIs from scipy's bootstrap, leaks refused (also
+from the hashed training patient ids of train_summary.json), a warning when they cannot be
+checked, and a model card from the test split only."""
 
 import csv
+import hashlib
 import json
+import logging
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +16,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from lumbarclip.cli import main
+from lumbarclip.errors import InputError
 from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run
+from lumbarclip.evaluation.integrity import TrainingPatients
+from lumbarclip.inference.operating_point import CARD_FILE
 from lumbarclip.evaluation.supervised import SupervisedConfig, classifier_proba, train_classifier
 from lumbarclip.models import ModelConfig, create_model, create_vision_tower
 from lumbarclip.synth.cohort import CohortConfig, make_cohort
@@ -134,6 +142,64 @@ def test_cli_refuses_a_leaky_split(cohort, capsys):
     assert not out.exists()
 
 
+def _run_copy(root, name, summary=None):
+    """A run folder holding a copy of the tiny model and, when given, a train_summary.json."""
+    (root / name / "model").mkdir(parents=True)
+    for part in ("config.json", "model.safetensors", "text"):  # the model alone, not what evaluate added
+        copy = shutil.copytree if (root / "run" / "model" / part).is_dir() else shutil.copy
+        copy(root / "run" / "model" / part, root / name / "model" / part)
+    if summary is not None:
+        (root / name / "train_summary.json").write_text(json.dumps(summary))
+    return root / name
+
+
+def _sha256(patient_id):
+    return hashlib.sha256(patient_id.encode("utf-8")).hexdigest()
+
+
+def test_test_split_writes_the_card_and_says_overlap_was_not_checked(cohort, evaluated):
+    root, _ = cohort
+    metrics, _ = evaluated
+    assert (root / "run" / "model" / CARD_FILE).is_file()
+    assert not metrics["integrity"]["pretraining_overlap_checked"]  # the fixture's run has no train_summary.json
+    assert any("train_summary.json not found" in w and "NOT checked" in w for w in metrics["integrity"]["warnings"])
+
+
+def test_overlap_with_hashed_training_patients_is_refused(cohort):
+    root, manifest = cohort
+    rows = list(csv.DictReader(manifest.open()))
+    test_patient = next(r["patient_id"] for r in rows if r["split"] == "test")
+    # the ids only as digests, and no manifest to fall back on: the digests alone catch the leak
+    run = _run_copy(root, "hashed", {"train_patients_sha256": [_sha256("someone-else"), _sha256(test_patient)]})
+    with pytest.raises(InputError, match=f"e.g. {test_patient}\\).*training data"):
+        evaluate_run(run, manifest, options=EvalOptions(progress=False))
+    assert not (run / "eval-test").exists()
+
+
+def test_run_without_hashed_ids_falls_back_to_its_manifest_and_says_so(cohort, tmp_path):
+    _, manifest = cohort
+    (tmp_path / "train_summary.json").write_text(json.dumps({"manifest": str(manifest)}))
+    training = TrainingPatients.from_run(tmp_path)
+    train_ids = {r["patient_id"] for r in csv.DictReader(manifest.open()) if r["split"] == "train"}
+    assert training.hashes == {_sha256(p) for p in train_ids}
+    assert "no hashed training patient ids" in training.warning and "as it is now" in training.warning
+
+
+def test_valid_split_writes_no_card_and_warns_when_overlap_cannot_be_checked(cohort, capsys, caplog):
+    root, manifest = cohort
+    run = _run_copy(root, "valid-run", {"manifest": str(root / "moved-away.csv")})  # no hashed ids
+    args = ["evaluate", "--run", str(run), "--data", str(manifest), "--split", "valid", "--no-finetune"]
+    args += ["--no-scratch", "--no-label-efficiency", "--no-report", "--bootstrap", "20", "--no-progress"]
+    with caplog.at_level(logging.WARNING):
+        assert main(args) == 0
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("no hashed training patient ids" in m and "NOT checked" in m for m in logged)
+    printed = capsys.readouterr().out
+    assert "WARNING:" in printed and "NOT checked" in printed
+    assert (run / "eval-valid" / "metrics.json").is_file()
+    assert not (run / "model" / CARD_FILE).exists()
+
+
 def test_supervised_classifier_learns_and_keeps_the_best_epoch():
     generator = torch.Generator().manual_seed(0)
     labels = np.r_[np.zeros(24), np.ones(40)].astype(int)
@@ -166,6 +232,9 @@ def test_train_then_evaluate_end_to_end(cohort, capsys):
         ],
     )
     run = train(config, manifest, root / "trained", progress=False)
+    train_ids = {r["patient_id"] for r in csv.DictReader(manifest.open()) if r["split"] == "train"}
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["train_patients_sha256"] == sorted(_sha256(p) for p in train_ids)
     assert (
         main(
             [
@@ -196,3 +265,5 @@ def test_train_then_evaluate_end_to_end(cohort, capsys):
     )
     check_intervals(metrics)
     assert (run / "eval-test" / "report.html").stat().st_size > 10_000
+    assert metrics["integrity"]["pretraining_overlap_checked"]
+    assert not any("NOT checked" in w or "hashed" in w for w in metrics["integrity"]["warnings"])

@@ -23,7 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "training patients, patient-bootstrap 95% CIs. Writes OUT/metrics.json and OUT/report.html "
         "(OUT defaults to RUN/eval-SPLIT) and prints a summary table. Also writes what "
         "`lumbarclip predict` needs into the model folder: the probe's operating point with Platt "
-        "calibration and thresholds fitted on valid, preprocess.json and card.json.",
+        "calibration and thresholds fitted on valid, preprocess.json and card.json (with --split test "
+        "only: valid is where choices are made, test is scored once and is what the card reports). "
+        "Warns when the run records no hashed training patient ids (RUN/train_summary.json) to check "
+        "the evaluated patients against.",
     )
     p.add_argument("--run", required=True, help="run folder (holding model/) or a model folder")
     p.add_argument("--data", required=True, help="manifest CSV with train, valid and the evaluated split")
@@ -61,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-model-folder",
         action="store_true",
         help="do not write the operating point (operating_point.json/.safetensors), preprocess.json "
-        "and card.json into the model folder (written by default; kept unless --overwrite)",
+        "and card.json into the model folder (written by default with --split test; kept unless --overwrite)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace metrics.json/report.html in --out")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

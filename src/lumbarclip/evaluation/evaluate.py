@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import yaml
 from lumbarclip.data.manifest import ImageRecord, read_manifest
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.baselines import majority_proba, raw_pixel_features
-from lumbarclip.evaluation.integrity import integrity_checks, outcome_warnings
+from lumbarclip.evaluation.integrity import TrainingPatients, integrity_checks, outcome_warnings
 from lumbarclip.evaluation.metrics import CI_METHOD
 from lumbarclip.evaluation.predictions import LEVELS, Predictions
 from lumbarclip.evaluation.probe import LinearProbe, fit_probe, subsample_patients
@@ -38,6 +39,7 @@ PATIENT_RULE = (
     "patient P(abnormal) = mean of its images' P(abnormal); patient label = max of its image labels"
 )
 OUTPUTS: tuple[str, ...] = ("metrics.json", "report.html")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,7 +61,7 @@ class EvalOptions:
     report: bool = True
     embedding_map: str = "pca"
     progress: bool = True
-    model_folder: bool = True  # write the operating point, preprocess.json and card.json beside the model
+    model_folder: bool = True  # write the operating point, preprocess.json and card.json beside the model (test only)
     report_bank: bool = False  # also store the training reports (texts as given: opt-in)
 
 
@@ -182,7 +184,9 @@ def evaluate_run(
     overwrite: bool = False,
 ) -> dict[str, object]:
     """Evaluate a trained model on `split` of a manifest; writes OUT/metrics.json (and
-    OUT/report.html) where OUT defaults to RUN/eval-SPLIT. Returns the metrics dict."""
+    OUT/report.html) where OUT defaults to RUN/eval-SPLIT. Returns the metrics dict. Only the
+    test split writes the model folder (operating point, card.json): a card must not carry
+    scores from valid, where thresholds and C were chosen."""
     opts = options or EvalOptions()
     if split not in ("valid", "test"):
         raise InputError(f"--split must be valid or test, got {split!r}")
@@ -193,8 +197,11 @@ def evaluate_run(
         raise InputError(f"{out / existing[0]}: already exists; choose another --out or pass --overwrite")
     manifest = read_manifest(manifest_path)
     prompts = opts.prompts or default_prompts()
+    training = TrainingPatients.from_run(run_root)
+    if training.warning:
+        log.warning(training.warning)  # at once, not only in the summary printed at the end
     integrity = integrity_checks(
-        manifest, split, _classifier_inputs(opts), prompts, _pretrain_patients(run_root), _all_finding_prompts()
+        manifest, split, _classifier_inputs(opts), prompts, finding_prompts=_all_finding_prompts(), training=training
     )
     for name in ("train", "valid", split):
         if not manifest.split(name):
@@ -231,7 +238,7 @@ def evaluate_run(
     finding_zero_shot = _findings_level(model, test, texts, text_emb, study, retrieval, opts)
     timer.lap("probe_zero_shot_retrieval")
     folder = None
-    if opts.model_folder:
+    if opts.model_folder and split == "test":  # the card carries the once-scored test figures only
         from lumbarclip.inference.calibration import prepare_model_folder
 
         folder = prepare_model_folder(
@@ -445,19 +452,6 @@ def _classifier_inputs(opts: EvalOptions) -> dict[str, list[str]]:
     if opts.finetune:
         inputs["finetune"] = ["image"]
     return inputs
-
-
-def _pretrain_patients(run_root: Path) -> set[str] | None:
-    """Training patients of the manifest the model was trained on, when the run records it
-    (`train_summary.json` key "manifest"); None when unknown."""
-    summary = run_root / "train_summary.json"
-    if not summary.is_file():
-        return None
-    source = json.loads(summary.read_text()).get("manifest")
-    if not source or not Path(source).is_file():
-        return None
-    records = read_manifest(source, check_files=False).records
-    return {r.patient_id for r in records if r.split == "train"}
 
 
 def _run_precision(run_root: Path) -> str:

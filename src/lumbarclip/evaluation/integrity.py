@@ -2,27 +2,96 @@
 and the report shows them first.
 
 Fatal (an `InputError`): a patient in more than one split, or an evaluated split holding
-patients the model was pre-trained on. Warnings: a classifier that reads text at test time
-(the failure of the paper's best model), an empty or one-class split, a zero-shot prompt
-that is a verbatim report of the evaluated split, a per-finding prompt that equals a sentence
-of a training report (the text tower would recognise it rather than read it), scoring on the
-split used for selection, skipped manifest rows.
+patients the model was pre-trained on (matched on the sha256 digests of patient ids that
+`train` records in train_summary.json, so the check survives a moved or edited manifest).
+Warnings: a pre-training overlap that could not be checked (no train_summary.json or no
+digests in it), a classifier that reads text at test time (the failure of the paper's best
+model), an empty or one-class split, a zero-shot prompt that is a verbatim report of the
+evaluated split, a per-finding prompt that equals a sentence of a training report (the text
+tower would recognise it rather than read it), scoring on the split used for selection,
+skipped manifest rows.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
-from lumbarclip.data.manifest import Manifest, check_manifest, check_patient_overlap
+from lumbarclip.data.manifest import Manifest, check_manifest, check_patient_overlap, read_manifest
 from lumbarclip.errors import InputError
 
 #: Test-time inputs a classifier may have without a warning; anything else is text about the case.
 IMAGE_ONLY_INPUTS: frozenset[str] = frozenset({"image", "class prompts"})
+#: train_summary.json key: sorted sha256 hex digests of the training patient ids.
+TRAIN_PATIENTS_KEY = "train_patients_sha256"
 
 
-def check_pretraining_overlap(pretrain_patients: set[str], manifest: Manifest, split: str) -> None:
-    """Refuse to score a model on patients it saw during contrastive pre-training."""
-    shared = sorted(pretrain_patients & {r.patient_id for r in manifest.split(split)})
+def hash_patient_id(patient_id: str) -> str:
+    """sha256 hex digest of a patient id: enough to recognise the patient again without
+    writing the id itself into the run folder. Unkeyed, so not a pseudonym: short ids can be
+    recovered by hashing every candidate (use `data.privacy` for that)."""
+    return hashlib.sha256(patient_id.encode("utf-8")).hexdigest()
+
+
+def hash_patient_ids(patient_ids: Iterable[str]) -> list[str]:
+    """Sorted unique `hash_patient_id` digests."""
+    return sorted({hash_patient_id(pid) for pid in patient_ids})
+
+
+def train_patient_hashes(manifest: Manifest | None, manifest_path: str | None) -> list[str] | None:
+    """What `train` records under `TRAIN_PATIENTS_KEY`: the hashed train-split patients of the
+    manifest it trained on, or of the manifest a shard folder was written from (None when that
+    file is gone, and `evaluate` then warns that it cannot check)."""
+    if manifest is None and manifest_path and Path(manifest_path).is_file():
+        manifest = read_manifest(manifest_path, check_files=False)
+    return hash_patient_ids(r.patient_id for r in manifest.split("train")) if manifest is not None else None
+
+
+@dataclass(frozen=True)
+class TrainingPatients:
+    """What a run folder says about the patients its model was trained on: their hashed ids
+    (None when unknown) and, when the check is weaker or impossible, a warning for the user."""
+
+    hashes: frozenset[str] | None
+    warning: str | None = None
+
+    @classmethod
+    def from_run(cls, run_root: Path) -> TrainingPatients:
+        """From RUN/train_summary.json: its hashed ids, else the train split of the manifest it
+        names (as that file is now, which may have changed), else unknown."""
+        summary_path = run_root / "train_summary.json"
+        unchecked = "overlap of the evaluated patients with the model's training patients NOT checked"
+        if not summary_path.is_file():
+            return cls(None, f"{summary_path} not found: {unchecked}")
+        summary = json.loads(summary_path.read_text())
+        if summary.get(TRAIN_PATIENTS_KEY) is not None:
+            return cls(frozenset(summary[TRAIN_PATIENTS_KEY]))
+        source = summary.get("manifest")
+        if not source or not Path(source).is_file():
+            return cls(
+                None, f"{summary_path} records no hashed training patient ids and no readable manifest: {unchecked}"
+            )
+        records = read_manifest(source, check_files=False).records
+        return cls(
+            frozenset(hash_patient_ids(r.patient_id for r in records if r.split == "train")),
+            f"{summary_path} records no hashed training patient ids: overlap checked against the train "
+            f"split of {source} as it is now, which may differ from what the model was trained on",
+        )
+
+
+def check_pretraining_overlap(
+    pretrain_patients: Iterable[str], manifest: Manifest, split: str, hashed: bool = False
+) -> None:
+    """Refuse to score a model on patients it saw during contrastive pre-training;
+    `hashed`: `pretrain_patients` are `hash_patient_ids` digests rather than ids."""
+    known = set(pretrain_patients)
+    shared = sorted(
+        pid for pid in {r.patient_id for r in manifest.split(split)}
+        if (hash_patient_id(pid) if hashed else pid) in known
+    )  # fmt: skip
     if shared:
         raise InputError(
             f"{manifest.path}: {len(shared)} {split} patient(s) (e.g. {shared[0]}) "
@@ -53,13 +122,17 @@ def integrity_checks(
     prompts: Mapping[int, list[str]] | None = None,
     pretrain_patients: set[str] | None = None,
     finding_prompts: Iterable[str] | None = None,
+    training: TrainingPatients | None = None,
 ) -> dict[str, object]:
-    """Run every check; fatal ones raise, the rest become `warnings` in the returned dict."""
+    """Run every check; fatal ones raise, the rest become `warnings` in the returned dict.
+    `pretrain_patients` (ids) and `training` (a run's hashed ids) both name training patients."""
     overlap = check_patient_overlap(manifest)
     if pretrain_patients is not None:
         check_pretraining_overlap(pretrain_patients, manifest, split)
+    if training is not None and training.hashes is not None:
+        check_pretraining_overlap(training.hashes, manifest, split, hashed=True)
     report = check_manifest(manifest)
-    warnings = []
+    warnings = [training.warning] if training is not None and training.warning else []
     for name, inputs in classifier_inputs.items():
         text = sorted(set(inputs) - IMAGE_ONLY_INPUTS)
         if text:
@@ -90,7 +163,8 @@ def integrity_checks(
         warnings.append(f"{len(report.skipped)} manifest row(s) were skipped (see `lumbarclip data check`)")
     return {
         "patient_overlap": overlap,
-        "pretraining_overlap_checked": pretrain_patients is not None,
+        "pretraining_overlap_checked": pretrain_patients is not None
+        or (training is not None and training.hashes is not None),
         "class_balance": report.splits,
         "skipped_rows": len(report.skipped),
         "classifier_inputs": {k: sorted(v) for k, v in classifier_inputs.items()},

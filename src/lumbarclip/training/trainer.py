@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lumbarclip._lightning import quiet_lightning
 from lumbarclip.data.datamodule import PairDataModule
 from lumbarclip.errors import InputError
+from lumbarclip.evaluation.integrity import TRAIN_PATIENTS_KEY, train_patient_hashes
 from lumbarclip.models import create_model
 from lumbarclip.reports import class_prompts
 from lumbarclip.training.config import TrainConfig, load_config, save_config
@@ -166,6 +167,7 @@ def train(
         model.save_pretrained(run / "model")
     summary = {
         "manifest": data.manifest_path,  # evaluate refuses to score patients the model trained on
+        TRAIN_PATIENTS_KEY: train_patient_hashes(data.manifest, data.manifest_path),  # the same, if the manifest moves
         "data": str(data.source_path),
         "best_epoch": export.best_epoch if export else trainer.current_epoch - 1,
         "monitor": tc.monitor,
