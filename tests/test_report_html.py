@@ -2,6 +2,8 @@
 decodable inline PNG, and it loads in headless Chromium without console errors."""
 
 import base64
+import collections
+import dataclasses
 import io
 import re
 import shutil
@@ -15,20 +17,24 @@ from PIL import Image
 from lumbarclip.data.manifest import ImageRecord, Manifest
 from lumbarclip.evaluation.integrity import integrity_checks
 from lumbarclip.evaluation.predictions import Predictions
-from lumbarclip.evaluation.report import ReportInputs, write_report
+from lumbarclip.evaluation.report import ReportInputs, SaliencyGallery, render_report, write_report
 from lumbarclip.evaluation.retrieval import retrieval_metrics
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DATA_IMG = re.compile(r"<img[^>]*src=['\"]data:image/png;base64,([A-Za-z0-9+/=]+)['\"]")
 
 
+#: Patient ids that look like hospital record numbers; none may reach the page.
+RAW_IDS = [f"MRN-{4711 + 37 * i}" for i in range(8)]
+
+
 @pytest.fixture(scope="module")
-def report_path(tmp_path_factory) -> Path:
+def report_inputs(tmp_path_factory) -> ReportInputs:
     tmp = tmp_path_factory.mktemp("report")
     rng = np.random.default_rng(0)
     n_patients, per = 8, 3
     labels = np.repeat((np.arange(n_patients) % 4 != 0).astype(int), per)
-    pids = np.repeat([f"P{i}" for i in range(n_patients)], per)
+    pids = np.repeat(RAW_IDS[::-1], per)  # not in sorted order: the numbering must sort them
     records = []
     for i, (pid, label) in enumerate(zip(pids, labels, strict=True)):
         path = tmp / f"img{i}.png"
@@ -57,19 +63,21 @@ def report_path(tmp_path_factory) -> Path:
             {"linear_probe": ["image"], "fusion": ["report"]},
         ),
     }
-    return write_report(
-        ReportInputs(
-            metrics=metrics,
-            predictions={"linear_probe": probe, "zero_shot": zero},
-            records=records,
-            image_emb=image_emb,
-            text_emb=text_emb,
-            text_labels=labels[::per],
-            class_emb=text_emb[:2],
-            meta={"split": "test"},
-        ),
-        tmp / "report.html",
+    return ReportInputs(
+        metrics=metrics,
+        predictions={"linear_probe": probe, "zero_shot": zero},
+        records=records,
+        image_emb=image_emb,
+        text_emb=text_emb,
+        text_labels=labels[::per],
+        class_emb=text_emb[:2],
+        meta={"split": "test"},
     )
+
+
+@pytest.fixture(scope="module")
+def report_path(report_inputs, tmp_path_factory) -> Path:
+    return write_report(report_inputs, tmp_path_factory.mktemp("page") / "report.html")
 
 
 def test_report_is_self_contained_with_decodable_figures(report_path):
@@ -117,3 +125,30 @@ def test_report_renders_in_headless_chromium(report_path, tmp_path):
     assert len(DATA_IMG.findall(dom)) == 5 + 24
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
     assert not console, console
+
+
+def test_patients_named_by_pseudonym_never_by_id(report_inputs, report_path):
+    page = report_path.read_text(encoding="utf-8")
+    for raw in RAW_IDS:
+        assert raw not in page
+    assert not re.search(r"MRN-\d", page)
+    # all 24 images are in the gallery: each of the 8 patients' 3 images under one pseudonym,
+    # numbered in the sorted order of the ids (worked out here, not by the report code)
+    alts = re.findall(r"<figure><img alt='([^']*)' src='data:", page)
+    assert collections.Counter(alts) == {f"patient {k}": 3 for k in range(1, 9)}
+    number = {pid: k for k, pid in enumerate(sorted(RAW_IDS), start=1)}
+    captions = re.findall(r"<figcaption>(patient \d+) (L4-L5 T2)<br>true (\w+),", page)
+    label_of = {number[r.patient_id]: ("abnormal" if r.label else "normal") for r in report_inputs.records}
+    assert len(captions) == 24
+    assert all(label_of[int(who.split()[1])] == truth for who, _, truth in captions)
+
+
+def test_saliency_captions_pseudonymised(report_inputs):
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(png, format="PNG")
+    first, last = sorted(RAW_IDS)[0], sorted(RAW_IDS)[-1]
+    gallery = SaliencyGallery([(png.getvalue(), f"{first} L4-L5 T2: hit"), (png.getvalue(), f"{last} ")])
+    page = render_report(dataclasses.replace(report_inputs, saliency=gallery))
+    assert not any(raw in page for raw in RAW_IDS)
+    assert "<figcaption>patient 1 L4-L5 T2: hit</figcaption>" in page
+    assert "<figcaption>patient 8 </figcaption>" in page

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +95,7 @@ def render_report(inputs: ReportInputs) -> str:
     metrics = inputs.metrics
     main = next(iter(inputs.predictions))
     main_threshold = inputs.predictions[main].thresholds["image"]
+    names = pseudonyms(r.patient_id for r in inputs.records)
     sections = [
         _section("Integrity checks", _integrity_html(metrics.get("integrity", {}))),
         _section(
@@ -116,11 +117,13 @@ def render_report(inputs: ReportInputs) -> str:
         _section("Per-finding zero-shot", _finding_zero_shot_html(metrics.get("finding_zero_shot", {}))),
         _section(
             f"Gallery: {_label(main)} (abnormal when P >= {main_threshold:.2f}), worst errors first",
-            _gallery_html(inputs.predictions[main], inputs.records),
+            _gallery_html(inputs.predictions[main], inputs.records, names),
         ),
     ]
     if inputs.saliency is not None:
-        sections.append(_section("Saliency: where the model sees abnormality", _saliency_html(inputs.saliency)))
+        sections.append(
+            _section("Saliency: where the model sees abnormality", _saliency_html(inputs.saliency, names))
+        )
     meta = "".join(f"<div>{html.escape(str(k))}: {html.escape(str(v))}</div>" for k, v in inputs.meta.items())
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -452,8 +455,18 @@ def _thumbnail_uri(path: Path, size: int = 160) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _gallery_html(pred: Predictions, records: Sequence[ImageRecord], size: int = GALLERY_SIZE) -> str:
-    """Images sorted by |label - P(abnormal)|, largest first: the most confident mistakes lead."""
+def pseudonyms(patient_ids: Iterable[str]) -> dict[str, str]:
+    """"patient 1".."patient N" for the distinct ids in sorted order: the page is shared with
+    people who may not see patient identifiers, and a sorted numbering is stable for the same
+    set of patients without being reversible from the page alone."""
+    return {pid: f"patient {n}" for n, pid in enumerate(sorted(set(patient_ids)), start=1)}
+
+
+def _gallery_html(
+    pred: Predictions, records: Sequence[ImageRecord], names: Mapping[str, str], size: int = GALLERY_SIZE
+) -> str:
+    """Images sorted by |label - P(abnormal)|, largest first: the most confident mistakes lead.
+    Patients are named by `names` (pseudonyms), never by their id."""
     if not records:
         return "<p class='meta'>No images given.</p>"
     order = np.argsort(-np.abs(pred.y_true - pred.prob), kind="stable")[:size]
@@ -463,16 +476,19 @@ def _gallery_html(pred: Predictions, records: Sequence[ImageRecord], size: int =
         called = int(pred.prob[i] >= pred.thresholds["image"])
         verdict = "right" if called == pred.y_true[i] else "wrong"
         where = " ".join(x for x in (rec.level, rec.sequence) if x)
+        who = html.escape(names[rec.patient_id])
         cells.append(
-            f"<figure><img alt='{html.escape(rec.patient_id)}' src='{_thumbnail_uri(rec.image_path)}'>"
-            f"<figcaption>{html.escape(rec.patient_id)} {html.escape(where)}<br>"
+            f"<figure><img alt='{who}' src='{_thumbnail_uri(rec.image_path)}'>"
+            f"<figcaption>{who} {html.escape(where)}<br>"
             f"true {CLASS_NAMES[pred.y_true[i]]}, "
             f"P(abn) {pred.prob[i]:.2f} <span class='{verdict}'>{verdict}</span></figcaption></figure>"
         )
     return f"<div class='gallery'>{''.join(cells)}</div>"
 
 
-def _saliency_html(gallery: SaliencyGallery) -> str:
+def _saliency_html(gallery: SaliencyGallery, names: Mapping[str, str]) -> str:
+    """The pointing game and the overlays; a caption that starts with a patient id (as the
+    saliency gallery writes them) starts with the patient's pseudonym instead."""
     parts = [f"<p class='meta'>{html.escape(gallery.description)}</p>"] if gallery.description else []
     game = gallery.pointing_game
     if game:
@@ -490,7 +506,16 @@ def _saliency_html(gallery: SaliencyGallery) -> str:
         )
     cells = [
         f"<figure><img alt='saliency overlay' src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        f"<figcaption>{html.escape(_pseudonymised(caption, names))}</figcaption></figure>"
         for png, caption in gallery.overlays
     ]
     return "".join(parts) + f"<div class='gallery'>{''.join(cells)}</div>"
+
+
+def _pseudonymised(caption: str, names: Mapping[str, str]) -> str:
+    """`caption` with a leading patient id replaced by its pseudonym (longest id first, so one
+    id that prefixes another cannot match in its place)."""
+    for pid in sorted(names, key=len, reverse=True):
+        if caption == pid or caption.startswith(pid + " ") or caption.startswith(pid + ":"):
+            return names[pid] + caption[len(pid):]
+    return caption
