@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import tempfile
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -212,3 +214,198 @@ def test_no_names_or_header_values_in_logs_and_uploads_deleted(client, tmp_path,
     for secret in (SECRET_NAME, SECRET_ID, "Jane_Doe"):
         assert secret not in logged
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def lying_zip(member: str, size: int, declared: int) -> bytes:
+    """A zip whose one deflated member of `size` zero bytes claims `declared` bytes in both its
+    local header and its central directory entry (CRC left as the true one)."""
+    data = bytearray(zip_of({member: bytes(size)}))
+    local = data.index(b"PK\x03\x04")
+    central = data.index(b"PK\x01\x02")
+    assert int.from_bytes(data[local + 22 : local + 26], "little") == size  # uncompressed size fields
+    assert int.from_bytes(data[central + 24 : central + 28], "little") == size
+    data[local + 22 : local + 26] = declared.to_bytes(4, "little")
+    data[central + 24 : central + 28] = declared.to_bytes(4, "little")
+    return bytes(data)
+
+
+def test_zip_whose_header_understates_the_size_is_stopped_at_the_budget(model_dir, predictor, tmp_path, monkeypatch):
+    from lumbarclip.serve.uploads import UploadError, UploadLimits, save_uploads
+
+    bomb = lying_zip("IM1.dcm", 8 * 2**20, declared=1000)
+    # zipfile alone trusts the header: it yields at most the declared bytes, or fails the CRC
+    with zipfile.ZipFile(io.BytesIO(bomb)) as zf:
+        info = zf.getinfo("IM1.dcm")
+        assert info.file_size == 1000 and info.compress_size < 20_000
+        try:
+            assert len(zf.read("IM1.dcm")) <= 1000
+        except zipfile.BadZipFile:
+            pass
+    # the service inflates the raw stream and counts: refused at the 1 MB budget, nothing kept
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    small = client_for(model_dir, predictor, max_upload_mb=0.1)  # unzipped limit 1 MB
+    res = small.post("/predict", files=[("files", ("bomb.zip", bomb, "application/zip"))])
+    assert res.status_code == 413, res.text
+    detail = res.json()["detail"]
+    assert "bomb.zip" in detail and str(int(0.1 * 2**20) * 10) in detail and "\n" not in detail
+    assert list((tmp_path / "tmp").iterdir()) == []
+    # the same call without the service around it: no half-written file either
+    folder = tmp_path / "direct"
+    folder.mkdir()
+    limits = UploadLimits(max_unzipped_bytes=2**20)
+    with pytest.raises(UploadError) as err:
+        save_uploads([("ok.png", png_bytes(0)), ("bomb.zip", bomb)], folder, limits)
+    assert err.value.status == 413
+    assert [p.name for p in folder.rglob("*") if p.is_file()] == ["ok.png"]
+    still_serves(small)
+
+
+def test_zip_header_lies_within_the_budget_and_corrupt_streams_are_422(client, tmp_path):
+    dcm = dicom_bytes(tmp_path)
+    # a header that claims more than the entry holds, and one that claims less (within budget)
+    for declared in (len(dcm) + 10, 4000):
+        data = bytearray(zip_of({"IM1.dcm": dcm}))
+        for offset in (data.index(b"PK\x03\x04") + 22, data.index(b"PK\x01\x02") + 24):
+            data[offset : offset + 4] = declared.to_bytes(4, "little")
+        res = client.post("/predict", files=[("files", ("lie.zip", bytes(data), "application/zip"))])
+        assert res.status_code == 422 and f"says {declared}" in res.json()["detail"], res.text
+    # flipped bytes inside the deflate stream: a zlib error or a CRC mismatch, never a 500
+    data = bytearray(zip_of({"IM1.dcm": dcm}))
+    start = data.index(b"PK\x03\x04") + 30 + len("IM1.dcm") + 40
+    data[start : start + 8] = bytes(b ^ 0x5A for b in data[start : start + 8])
+    res = client.post("/predict", files=[("files", ("flip.zip", bytes(data), "application/zip"))])
+    assert res.status_code == 422 and "flip.zip" in res.json()["detail"], res.text
+    still_serves(client)
+
+
+def test_stored_zip_entries_are_read(client, tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("a/scan.png", png_bytes(2))
+    res = client.post("/predict", files=[("files", ("stored.zip", buf.getvalue(), "application/zip"))])
+    assert res.status_code == 200, res.text
+    assert [i["path"] for i in res.json()["images"]] == ["stored.zip:a/scan.png"]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_BZIP2) as zf:
+        zf.writestr("scan.png", png_bytes(2))
+    res = client.post("/predict", files=[("files", ("bz.zip", buf.getvalue(), "application/zip"))])
+    assert res.status_code == 422 and "compression method 12" in res.json()["detail"]
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_503_with_retry_after_beyond_max_concurrent(model_dir, predictor, limit, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lumbarclip.serve import app as serve_app
+
+    entered, release = threading.Semaphore(0), threading.Event()
+    real_save = serve_app.save_uploads
+
+    def held_save(*args, **kwargs):  # each upload waits here, inside its slot, until released
+        entered.release()
+        assert release.wait(30), "the test never released the uploads"
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(serve_app, "save_uploads", held_save)
+    busy = client_for(model_dir, predictor, max_concurrent=limit)
+    assert busy.get("/health").json()["max_concurrent"] == limit
+
+    def send(seed: int):
+        return busy.post("/predict", files=[("files", (f"s{seed}.png", png_bytes(seed), "image/png"))])
+
+    with ThreadPoolExecutor(limit) as pool:
+        held = [pool.submit(send, seed) for seed in range(limit)]
+        for _ in range(limit):  # every slot is taken by an upload in progress
+            assert entered.acquire(timeout=30)
+        started = time.perf_counter()
+        res = send(9)
+        assert time.perf_counter() - started < 5  # answered at once, not queued
+        assert res.status_code == 503 and int(res.headers["Retry-After"]) > 0
+        assert str(limit) in res.json()["detail"]
+        assert busy.get("/health").status_code == 200  # only uploads are limited
+        release.set()
+        assert [f.result(timeout=60).status_code for f in held] == [200] * limit
+    assert send(9).status_code == 200  # the slots are free again
+    with pytest.raises(ValueError, match="max_concurrent"):
+        serve_app.create_app(model_dir, predictor=predictor, max_concurrent=0)
+
+
+def test_top_k_zero_gives_no_findings_and_no_reports(client):
+    res = client.post("/predict?top_k=0", files=[("files", ("ok.png", png_bytes(4), "image/png"))])
+    assert res.status_code == 200, res.text
+    (row,) = res.json()["images"]
+    assert not row.get("top_findings") and not row.get("nearest_reports")
+    assert client.post("/predict?top_k=-1", files=[("files", ("ok.png", png_bytes(4), "image/png"))]).status_code == 422
+
+
+BANK_TEXTS = [f"L{i} disc bulge, patient Smith^{i}" for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def banked(tmp_path_factory):
+    """Two model folders with the same weights and bank texts: one bank written by the synthetic
+    writer's path, one from user reports."""
+    from lumbarclip.inference.predict import Predictor
+    from lumbarclip.inference.reportbank import SYNTHETIC_REPORTS, USER_REPORTS, ReportBank
+
+    emb = np.random.default_rng(1).normal(size=(len(BANK_TEXTS), 16))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    out = {}
+    for source in (SYNTHETIC_REPORTS, USER_REPORTS):
+        folder = make_model_folder(tmp_path_factory.mktemp(source))
+        ReportBank(emb, BANK_TEXTS, [0, 1, 1, 0], source).save(folder)
+        out[source] = (folder, Predictor.load(folder))
+    return out
+
+
+def nearest_texts(client: TestClient) -> list[str]:
+    res = client.post("/predict?top_k=2", files=[("files", ("ok.png", png_bytes(5), "image/png"))])
+    assert res.status_code == 200, res.text
+    assert res.json()["images"][0]["top_findings"]  # findings stay on either way
+    return [r["text"] for row in res.json()["images"] for r in row.get("nearest_reports", [])]
+
+
+def test_user_reports_shown_only_with_show_reports(banked):
+    folder, predictor = banked["user"]
+    hidden = client_for(folder, predictor)
+    assert hidden.get("/health").json()["nearest_reports"] is False
+    res = hidden.post("/predict?top_k=3", files=[("files", ("ok.png", png_bytes(5), "image/png"))])
+    assert res.status_code == 200 and "nearest_reports" not in res.json()["images"][0]
+    assert "Smith" not in res.text and "disc bulge" not in res.text
+    shown = client_for(folder, predictor, show_reports=True)
+    assert shown.get("/health").json()["nearest_reports"] is True
+    texts = nearest_texts(shown)
+    assert len(texts) == 2 and set(texts) <= set(BANK_TEXTS)
+
+
+def test_synthetic_reports_shown_by_default(banked, tmp_path):
+    folder, predictor = banked["synthetic"]
+    client = client_for(folder, predictor)
+    assert client.get("/health").json()["nearest_reports"] is True
+    texts = nearest_texts(client)
+    (tmp_path / "ok.png").write_bytes(png_bytes(5))  # the library on the same file agrees
+    direct = predictor.predict([tmp_path / "ok.png"], top_k=2, progress=False).images[0]["nearest_reports"]
+    assert texts == [r["text"] for r in direct] and len(texts) == 2
+
+
+def test_serve_cli_flags(monkeypatch, model_dir):
+    import argparse
+
+    import uvicorn
+
+    from lumbarclip.cli import serve as cli_serve
+
+    parser = argparse.ArgumentParser()
+    cli_serve.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model", str(model_dir)])
+    assert args.max_concurrent == 2 and args.show_reports is False
+    args = parser.parse_args(["serve", "--model", str(model_dir), "--max-concurrent", "3", "--show-reports"])
+    assert args.max_concurrent == 3 and args.show_reports is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--model", str(model_dir), "--max-concurrent", "0"])
+    seen = {}
+    monkeypatch.setattr("lumbarclip.serve.create_app", lambda model, **kw: seen.update(kw) or "app")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    assert args.func(args) == 0
+    assert seen["max_concurrent"] == 3 and seen["show_reports"] is True

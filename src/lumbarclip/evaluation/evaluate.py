@@ -245,7 +245,7 @@ def evaluate_run(
             model, model_dir, probe.pipeline, run.train, run.valid, test, classes.numpy(),
             preds[MAIN].thresholds, opts.report_bank,
             {"fitted_on": "valid", "manifest": Path(manifest.path).name, "probe_C": probe.C},
-            opts.batch_size,
+            opts.batch_size, manifest.path,
         )  # fmt: skip
         timer.lap("operating_point")
 

@@ -24,7 +24,9 @@ from lumbarclip.inference.operating_point import (
     fit_operating_point,
     write_card,
 )
-from lumbarclip.inference.reportbank import BANK_ARRAYS, BANK_TEXTS, ReportBank, build_report_bank
+from lumbarclip.inference.reportbank import (
+    BANK_ARRAYS, BANK_TEXTS, USER_REPORTS, ReportBank, build_report_bank, reports_source,
+)
 
 MODEL_FOLDER_FILES: tuple[str, ...] = (
     OPERATING_POINT_FILE, OPERATING_POINT_ARRAYS, PREPROCESS_FILE, CARD_FILE, GUARD_FILE, GUARD_ARRAYS,
@@ -88,10 +90,12 @@ def prepare_model_folder(
     report_bank: bool,
     meta: dict[str, object],
     batch_size: int = 64,
+    manifest_path: Path | None = None,
 ) -> ModelFolderUpdate:
     """Fit the operating point on valid, measure calibration on `test` before (the probe's own
     probability at the probe's thresholds) and after Platt scaling (same decisions), and build the report bank
-    from the TRAINING reports when `report_bank`."""
+    from the TRAINING reports when `report_bank`, its source found from `manifest_path`
+    (`reports_source`; user reports when not given)."""
     from lumbarclip.evaluation.metrics import classification_metrics
     from lumbarclip.evaluation.predictions import Predictions
 
@@ -139,12 +143,14 @@ def prepare_model_folder(
     bank = None
     if report_bank:
         texts = sorted({(r.patient_id, r.report): r.label for r in train.records}.items())
-        bank = build_report_bank(model, [t for (_, t), _ in texts], [lab for _, lab in texts], batch_size)
+        source = reports_source(manifest_path, [pair for pair, _ in texts]) if manifest_path else USER_REPORTS
+        bank = build_report_bank(model, [t for (_, t), _ in texts], [lab for _, lab in texts], batch_size, source)
         top1 = bank.top1_labels(test.embeddings).astype(float)
         nearest = Predictions(test.labels, top1, test.patients, {"image": 0.5, "patient": 0.5}).metrics()
         figures["report_bank"] = {
             "reports": len(bank),
             "source": "unique (patient, report) pairs of the train split",
+            "texts": source,
             "rule": "image: label of the most similar report; patient: mean of its images' top-1 labels >= 0.5",
             "top1_label_agreement": {lv: {k: nearest[lv][k] for k in ("accuracy", "balanced_accuracy")} for lv in ("image", "patient")},
             "probe": {lv: {k: after[lv][k] for k in ("accuracy", "balanced_accuracy")} for lv in ("image", "patient")},

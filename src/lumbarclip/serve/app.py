@@ -2,15 +2,19 @@
 
 - `POST /predict`: multipart field `files` (one or more image files, or a zip of a DICOM
   series); query `saliency=1` adds overlay PNGs and `previews=1` the slices themselves, both as
-  data URLs; `top_k` (1-10) nearest reports. The answer is predict's JSON (`images`,
-  `studies`, `skipped`) with each path replaced by the name the client sent.
+  data URLs; `top_k` (0-10) findings and nearest reports. The answer is predict's JSON
+  (`images`, `studies`, `skipped`) with each path replaced by the name the client sent.
+  Nearest reports are shown only when the model folder's report bank holds the built-in
+  synthetic notes, or the server was started with `show_reports`: a bank built from user
+  reports may hold names or dates, so by default no report text leaves the server.
 - `GET /health`, `GET /model` (card.json), `GET /` the page (`static/index.html`).
 
 Refusals, each a JSON `{"detail": reason}` after which the server serves on: 413 for a body
 over `max_upload_mb` (checked on Content-Length and again while reading) or a zip expanding
-too far, 415 for a type no reader takes, 422 when no uploaded file could be read. Uploads
-live in a temporary folder deleted when the answer is sent. The model runs one request at a
-time (two shared cores gain nothing from more). Logs hold counts and timings only: no file
+too far, 415 for a type no reader takes, 422 when no uploaded file could be read, 503 with
+`Retry-After` (at once, nothing queued) while `max_concurrent` uploads are being processed.
+Uploads live in a temporary folder deleted when the answer is sent. The model runs one request
+at a time (two shared cores gain nothing from more). Logs hold counts and timings only: no file
 names, no DICOM header values.
 """
 
@@ -35,6 +39,7 @@ from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lumbarclip.errors import InputError
+from lumbarclip.inference.reportbank import SYNTHETIC_REPORTS
 from lumbarclip.serve.uploads import SavedUploads, UploadError, UploadLimits, display_name, save_uploads
 
 STATIC = Path(__file__).parent / "static"
@@ -73,10 +78,23 @@ class BodyLimit:
         return {"detail": f"upload larger than the limit of {self.max_bytes / 2**20:g} MB"}
 
 
+#: Seconds a client is asked to wait (Retry-After) when every upload slot is taken.
+RETRY_AFTER_S = 5
+
+
 def create_app(
-    model_dir: str | Path, max_upload_mb: float = 50, runtime: str = "torch", predictor: Any = None
+    model_dir: str | Path,
+    max_upload_mb: float = 50,
+    runtime: str = "torch",
+    predictor: Any = None,
+    max_concurrent: int = 2,
+    show_reports: bool = False,
 ) -> FastAPI:
-    """The service for one model folder; the model is loaded here, once (or `predictor` given)."""
+    """The service for one model folder; the model is loaded here, once (or `predictor` given).
+    At most `max_concurrent` uploads are held in memory and on disk at a time, so a burst cannot
+    exhaust the server; `show_reports` shows nearest reports even from a bank of user reports."""
+    if max_concurrent < 1:
+        raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
     if predictor is None:
         from lumbarclip.inference.predict import Predictor
 
@@ -85,6 +103,9 @@ def create_app(
     max_bytes = int(max_upload_mb * 2**20)
     limits = UploadLimits(max_upload_bytes=max_bytes, max_unzipped_bytes=10 * max_bytes)
     model_lock = threading.Lock()
+    slots = threading.BoundedSemaphore(max_concurrent)
+    bank = predictor.bank
+    reports = bank is not None and (show_reports or bank.source == SYNTHETIC_REPORTS)
     card = predictor.card
     app = FastAPI(title="LumbarCLIP", summary="Image-only diagnosis of axial lumbar spine MRI", version="1")
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
@@ -97,7 +118,10 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "runtime": runtime, "max_upload_mb": max_upload_mb}
+        return {
+            "status": "ok", "runtime": runtime, "max_upload_mb": max_upload_mb,
+            "max_concurrent": max_concurrent, "nearest_reports": reports,
+        }
 
     @app.get("/model")
     def model_card() -> dict[str, Any]:
@@ -110,6 +134,18 @@ def create_app(
         previews: bool = Query(False, description="add each slice as a PNG data URL"),
         top_k: int = Query(3, ge=0, le=10, description="findings and nearest reports per image (0: none)"),
     ) -> Response:
+        if not slots.acquire(blocking=False):
+            log.info("predict refused: 503 (%d uploads in progress)", max_concurrent)
+            return JSONResponse(
+                {"detail": f"busy: {max_concurrent} uploads are being analysed; retry in {RETRY_AFTER_S} s"},
+                status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        try:
+            return await _handle(request, saliency, previews, top_k)
+        finally:
+            slots.release()
+
+    async def _handle(request: Request, saliency: bool, previews: bool, top_k: int) -> Response:
         started = time.perf_counter()
         async with request.form(max_files=limits.max_files + 1) as form:
             uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
@@ -119,10 +155,11 @@ def create_app(
         n_bytes = sum(len(d) for _, d in files)
         try:
             with tempfile.TemporaryDirectory(prefix="lumbarclip-upload-") as tmp:
-                saved = save_uploads(files, Path(tmp), limits)
+                saved = await run_in_threadpool(save_uploads, files, Path(tmp), limits)  # unzipping blocks
                 del files
                 body = await run_in_threadpool(
-                    _run_predictor, predictor, model_lock, saved, Path(tmp), saliency, previews, top_k, study
+                    _run_predictor, predictor, model_lock, saved, Path(tmp), saliency, previews, top_k, study,
+                    reports,
                 )
         except UploadError as err:
             log.info("predict refused: %d (%d files, %d bytes)", err.status, len(uploads), n_bytes)
@@ -150,9 +187,11 @@ def _run_predictor(
     previews: bool,
     top_k: int,
     study: str | None = None,
+    reports: bool = False,
 ) -> dict[str, Any]:
     """predict's answer for the stored uploads, paths turned back into the client's names. One
-    upload is not one study: files are grouped by their identity unless `study` names one."""
+    upload is not one study: files are grouped by their identity unless `study` names one.
+    Nearest reports are dropped from each image unless `reports`."""
     saliency_dir = tmp / "saliency" if saliency else None
     if saliency_dir:
         saliency_dir.mkdir()
@@ -166,6 +205,8 @@ def _run_predictor(
         row = dict(row)
         stored = str(row["path"])
         row["path"] = saved.display(stored)
+        if not reports:
+            row.pop("nearest_reports", None)
         if row.get("saliency"):
             row["saliency"] = _data_url(Path(row["saliency"]).read_bytes())
         if previews:

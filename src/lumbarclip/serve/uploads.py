@@ -6,17 +6,23 @@ numbered on a clash), so a name still tells the predictor what it can (the publi
 `T1_0002_D3.png`) but can never become a path elsewhere: no traversal, no overwrite. A zip's
 folders are kept the same way, one sanitised component at a time (studies in separate folders
 stay apart). Zips are refused when they are encrypted, hold links, or would expand past
-`UploadLimits.max_unzipped_bytes` (counted while decompressing, not trusted from the header) or
-`max_zip_entries` entries.
+`UploadLimits.max_unzipped_bytes` or `max_zip_entries` entries. Entries are inflated here from
+their raw deflate stream (zlib with `max_length`), because zipfile stops at the size the header
+declares: every produced byte is counted, so a header that understates the size is caught at
+the budget (413), and a refused zip leaves no file behind.
 """
 
 from __future__ import annotations
 
-import re
 import io
+import itertools
+import re
+import shutil
 import stat
+import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -115,19 +121,27 @@ def _suffix(name: str, kind: str) -> str:
 
 
 def save_uploads(files: list[tuple[str, bytes]], folder: Path, limits: UploadLimits) -> SavedUploads:
-    """Write uploads (display name, content) under `folder`, unzipping zips into a subfolder each."""
+    """Write uploads (display name, content) under `folder`, unzipping zips into a subfolder each.
+
+    All zips of one request share one `max_unzipped_bytes` budget; a refused zip leaves nothing
+    of itself behind (its subfolder is removed before the UploadError leaves)."""
     if not files:
         raise UploadError(422, "no files: send one or more files in the multipart field 'files'")
     if len(files) > limits.max_files:
         raise UploadError(413, f"{len(files)} files in one request; at most {limits.max_files}")
     saved = SavedUploads()
     kinds = [kind_of(name, data[:132]) for name, data in files]  # 415 before anything is written
+    budget = [limits.max_unzipped_bytes]
     for i, ((name, data), kind) in enumerate(zip(files, kinds, strict=True)):
         if not data:
             raise UploadError(422, f"{name}: empty file (0 bytes)")
         if kind == "zip":
             target = folder / f"zip{i:03d}"
-            _unzip(name, data, target, limits, saved)
+            try:
+                _unzip(name, data, target, limits, saved, budget)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
             saved.inputs.append(target)
             saved.names[str(target)] = name
         else:
@@ -139,7 +153,9 @@ def save_uploads(files: list[tuple[str, bytes]], folder: Path, limits: UploadLim
     return saved
 
 
-def _unzip(name: str, data: bytes, target: Path, limits: UploadLimits, saved: SavedUploads) -> None:
+def _unzip(
+    name: str, data: bytes, target: Path, limits: UploadLimits, saved: SavedUploads, budget: list[int]
+) -> None:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, OSError) as err:
@@ -148,22 +164,23 @@ def _unzip(name: str, data: bytes, target: Path, limits: UploadLimits, saved: Sa
     if len(entries) > limits.max_zip_entries:
         raise UploadError(413, f"{name}: {len(entries)} entries; at most {limits.max_zip_entries}")
     declared = sum(e.file_size for e in entries)
-    if declared > limits.max_unzipped_bytes:
+    if declared > budget[0]:
         raise UploadError(413, f"{name}: expands to {declared} bytes; at most {limits.max_unzipped_bytes}")
     target.mkdir()
     try:
-        kept = _extract(name, archive, entries, target, limits, saved)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
+        kept = _extract(name, data, entries, target, limits, saved, budget)
+    except zlib.error as err:
         raise UploadError(422, f"{name}: corrupt zip ({str(err)[:200]})") from None
     if not kept:
         raise UploadError(422, f"{name}: no image files in the zip")
 
 
 def _extract(
-    name: str, archive: zipfile.ZipFile, entries: list[zipfile.ZipInfo], target: Path,
-    limits: UploadLimits, saved: SavedUploads,
+    name: str, data: bytes, entries: list[zipfile.ZipInfo], target: Path,
+    limits: UploadLimits, saved: SavedUploads, budget: list[int],
 ) -> int:
-    budget = limits.max_unzipped_bytes
+    """Inflate each kept entry into `target`, taking every byte out of `budget[0]` as it is
+    produced: the header's sizes are not trusted (`_inflate`)."""
     kept = 0
     for j, entry in enumerate(entries):
         entry_name = display_name(entry.filename, f"entry{j}")
@@ -174,25 +191,69 @@ def _extract(
             raise UploadError(422, f"{shown}: a link inside the zip is refused")
         if _ZIP_JUNK.search(entry.filename):
             continue
-        with archive.open(entry) as src:
-            head = src.read(132)
-            try:
-                kind = kind_of(entry.filename, head)
-            except UploadError as err:
-                saved.skipped.append({"input": shown, "reason": err.reason.split(": ", 1)[1]})
-                continue
-            if kind == "zip":
-                saved.skipped.append({"input": shown, "reason": "a zip inside the zip is not opened"})
-                continue
-            path = safe_name(entry.filename, kind, _safe_folder(target, entry.filename))
-            with path.open("wb") as out:
-                chunk = head
-                while chunk:
-                    budget -= len(chunk)
-                    if budget < 0:  # the header understated the size: a zip bomb
-                        raise UploadError(413, f"{name}: expands past {limits.max_unzipped_bytes} bytes")
-                    out.write(chunk)
-                    chunk = src.read(_CHUNK)
+        chunks = _inflate(shown, data, entry)
+        head = b""
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= 132:
+                break
+        try:
+            kind = kind_of(entry.filename, head[:132])
+        except UploadError as err:
+            saved.skipped.append({"input": shown, "reason": err.reason.split(": ", 1)[1]})
+            continue
+        if kind == "zip":
+            saved.skipped.append({"input": shown, "reason": "a zip inside the zip is not opened"})
+            continue
+        path = safe_name(entry.filename, kind, _safe_folder(target, entry.filename))
+        written = 0
+        with path.open("wb") as out:
+            for chunk in itertools.chain((head,), chunks):
+                budget[0] -= len(chunk)
+                if budget[0] < 0:
+                    raise UploadError(413, f"{name}: expands past {limits.max_unzipped_bytes} bytes unzipped")
+                out.write(chunk)
+                written += len(chunk)
+        if written != entry.file_size:  # within budget, but the header lied: not a zip to trust
+            raise UploadError(422, f"{shown}: {written} bytes unzipped, the header says {entry.file_size}")
         saved.names[str(path)] = shown
         kept += 1
     return kept
+
+
+def _inflate(shown: str, data: bytes, entry: zipfile.ZipInfo) -> Iterator[bytes]:
+    """The entry's bytes, at most `_CHUNK` at a time, read from its raw stream here rather than
+    through zipfile, which stops at the size the header declares (so a header that understates
+    the size would hide how far the entry really expands). The CRC is checked at the end."""
+    start = entry.header_offset
+    local = data[start : start + 30]
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise UploadError(422, f"{shown}: corrupt zip (no local header at offset {start})")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    begin = start + 30 + name_len + extra_len
+    raw = memoryview(data)[begin : begin + entry.compress_size]
+    crc = 0
+    if entry.compress_type == zipfile.ZIP_STORED:
+        for pos in range(0, len(raw), _CHUNK):
+            chunk = bytes(raw[pos : pos + _CHUNK])
+            crc = zlib.crc32(chunk, crc)
+            yield chunk
+    elif entry.compress_type == zipfile.ZIP_DEFLATED:
+        inflater, pos = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while not inflater.eof:
+            if inflater.unconsumed_tail:
+                feed: bytes | memoryview = inflater.unconsumed_tail
+            elif pos < len(raw):
+                feed, pos = raw[pos : pos + _CHUNK], pos + _CHUNK
+            else:
+                raise UploadError(422, f"{shown}: corrupt zip (compressed data ends early)")
+            chunk = inflater.decompress(feed, _CHUNK)
+            crc = zlib.crc32(chunk, crc)
+            if chunk:
+                yield chunk
+    else:
+        raise UploadError(
+            422, f"{shown}: zip compression method {entry.compress_type} is not supported; use deflate or store"
+        )
+    if crc != entry.CRC:
+        raise UploadError(422, f"{shown}: corrupt zip (CRC mismatch)")

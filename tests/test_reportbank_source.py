@@ -1,0 +1,89 @@
+"""Where a report bank's texts came from: recorded in the bank, read back, and worked out from
+the manifest's cohort only when every report is a note `lumbarclip synth` wrote; any doubt
+means user reports."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from lumbarclip.data.manifest import read_manifest
+from lumbarclip.inference.reportbank import (
+    BANK_ARRAYS, BANK_TEXTS, SYNTHETIC_REPORTS, USER_REPORTS, ReportBank, reports_source,
+)
+
+
+def unit_rows(n: int, d: int = 4) -> np.ndarray:
+    emb = np.random.default_rng(0).normal(size=(n, d))
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("source", [SYNTHETIC_REPORTS, USER_REPORTS])
+def test_source_round_trips(tmp_path, source):
+    ReportBank(unit_rows(3), ["a", "b", "c"], [0, 1, 0], source).save(tmp_path)
+    assert ReportBank.load(tmp_path).source == source
+
+
+def test_a_bank_without_a_recorded_source_is_user_reports(tmp_path):
+    save_file({"embeddings": unit_rows(2).astype(np.float32), "labels": np.array([0, 1])}, str(tmp_path / BANK_ARRAYS))
+    (tmp_path / BANK_TEXTS).write_text('{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n')
+    assert ReportBank.load(tmp_path).source == USER_REPORTS
+    assert ReportBank(unit_rows(1), ["a"], [0]).source == USER_REPORTS
+    with pytest.raises(ValueError, match="source"):
+        ReportBank(unit_rows(1), ["a"], [0], "hospital")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from lumbarclip.synth.cohort import CohortConfig, make_cohort
+
+    manifest = make_cohort(
+        tmp_path_factory.mktemp("cohort"), CohortConfig(n_patients=6, size=16), progress=False, workers=1
+    )
+    pairs = sorted({(r.patient_id, r.report) for r in read_manifest(manifest).records})
+    return manifest, pairs
+
+
+def test_the_synthetic_writers_cohort_is_synthetic(cohort):
+    manifest, pairs = cohort
+    assert len(pairs) == 6
+    assert reports_source(manifest, pairs) == SYNTHETIC_REPORTS
+    assert reports_source(manifest, pairs[:2]) == SYNTHETIC_REPORTS  # a split's subset
+
+
+def test_anything_else_is_user_reports(cohort, tmp_path):
+    manifest, pairs = cohort
+    pid, text = pairs[0]
+    assert reports_source(manifest, [(pid, text + " Patient John Smith.")]) == USER_REPORTS  # edited note
+    assert reports_source(manifest, [(pairs[1][0], text)]) == USER_REPORTS  # note of another patient
+    assert reports_source(manifest, []) == USER_REPORTS
+    (tmp_path / "manifest.csv").write_bytes(manifest.read_bytes())  # no findings.jsonl beside it
+    assert reports_source(tmp_path / "manifest.csv", pairs) == USER_REPORTS
+    # a twin's findings.jsonl: real notes, each record with the parsed findings
+    lines = (manifest.parent / "findings.jsonl").read_text().splitlines()
+    twin = [json.dumps({**json.loads(line), "parsed": {}}) for line in lines]
+    (tmp_path / "findings.jsonl").write_text("\n".join(twin) + "\n")
+    assert reports_source(tmp_path / "manifest.csv", pairs) == USER_REPORTS
+    (tmp_path / "findings.jsonl").write_text("not json\n")
+    assert reports_source(tmp_path / "manifest.csv", pairs) == USER_REPORTS
+
+
+@pytest.mark.slow
+def test_evaluate_records_a_synthetic_cohorts_bank_and_serve_shows_it(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run
+    from lumbarclip.models import ModelConfig, create_model
+    from lumbarclip.serve import create_app
+    from lumbarclip.synth.cohort import CohortConfig, make_cohort
+
+    manifest = make_cohort(tmp_path / "cohort", CohortConfig(n_patients=24, size=32, abnormal_rate=0.5), progress=False)
+    model = create_model(ModelConfig(vision="test_resnet", image_size=32, embed_dim=16, text_unfrozen_layers=0))
+    model_dir = model.save_pretrained(tmp_path / "run" / "model")
+    options = EvalOptions(finetune=False, from_scratch=False, label_efficiency=False, raw_pixels=False,
+                          bootstrap=20, progress=False, report=False, report_bank=True)  # fmt: skip
+    metrics = evaluate_run(tmp_path / "run", manifest, options=options)
+    assert metrics["report_bank"]["texts"] == SYNTHETIC_REPORTS
+    assert ReportBank.load(model_dir).source == SYNTHETIC_REPORTS
+    assert TestClient(create_app(model_dir)).get("/health").json()["nearest_reports"] is True
