@@ -117,15 +117,18 @@ class LumbarCLIP(nn.Module):
         return (self.config.text_pooling, self.config.max_tokens, weights)
 
     def _pool_text_cached(self, texts: list[str]) -> torch.Tensor:
-        """A frozen tower gives each sentence one fixed vector: compute it once per sentence."""
+        """A frozen tower gives each sentence one fixed vector: compute it once per sentence, on
+        its own and in float32 (autocast off). Batched, a vector would depend on the padding of
+        the batch that first held the sentence and on the precision in force, so a resumed run
+        (empty cache, other batches) would train on other text vectors than the run it resumes."""
         key = self._text_cache_key()
         if key != self._pooled_cache_key:
             self._pooled_cache.clear()
             self._pooled_cache_key = key
         missing = [t for t in dict.fromkeys(texts) if t not in self._pooled_cache]
         if missing:
-            with torch.no_grad():
-                self._pooled_cache.update(zip(missing, self._pool_text(missing).float()))
+            with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+                self._pooled_cache.update((t, self._pool_text([t])[0].float()) for t in missing)
         return torch.stack([self._pooled_cache[t] for t in texts]).to(self.device)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
