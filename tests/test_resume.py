@@ -1,7 +1,8 @@
 """A run killed with SIGKILL (mid-epoch, right after the epoch-end checkpoint, or during
 validation) and resumed with `lumbarclip train --resume RUN` ends with the weights, BatchNorm
-statistics and exported model of the same run never interrupted."""
+statistics, exported model and metrics log of the same run never interrupted."""
 
+import csv
 import json
 import os
 import signal
@@ -73,6 +74,12 @@ def _final_state(run) -> dict[str, torch.Tensor]:
     return ckpt["state_dict"]
 
 
+def _metrics(run) -> list[tuple[str, str, dict[str, float]]]:
+    """(epoch, step, logged values) of each row of `RUN/logs/metrics.csv`."""
+    with (run / "logs" / "metrics.csv").open(newline="") as f:
+        return [(r.pop("epoch"), r.pop("step"), {k: float(v) for k, v in r.items() if v}) for r in csv.DictReader(f)]
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     return make_cohort(tmp_path_factory.mktemp("cohort"), CohortConfig(n_patients=12, size=32), progress=False)
@@ -89,11 +96,14 @@ def reference(cohort, tmp_path_factory):
     [
         ("mid-epoch", "step.ckpt", 9 - 1, 1),  # killed at step 9 of 18; step checkpoint at 8
         ("epoch-end", "epoch.ckpt", STEPS_PER_EPOCH, 0),  # killed as epoch 0's checkpoint is on disk
-        # killed validating epoch 1: the newest checkpoint is the step one at its last batch
-        ("validation", "step.ckpt", 2 * STEPS_PER_EPOCH, 1),
+        # killed validating epoch 1: no step checkpoint at an epoch's last batch (step 12; Lightning
+        # would skip the validation on resume), so the newest is the one at step 10
+        ("validation", "step.ckpt", 2 * STEPS_PER_EPOCH - 2, 1),
     ],
 )
-def test_killed_run_resumes_to_the_uninterrupted_weights(cohort, reference, tmp_path, where, resumed_from, global_step, epoch):
+def test_killed_run_resumes_to_the_uninterrupted_weights(
+    cohort, reference, tmp_path, where, resumed_from, global_step, epoch
+):
     run = tmp_path / "killed"
     script = textwrap.dedent(KILLED_RUN.format(where=where, step=9, overrides=TINY))
     killed = subprocess.run([sys.executable, "-c", script, str(cohort), str(run)], env=_env(), capture_output=True)
@@ -120,6 +130,10 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(cohort, reference, tmp_
     ref_m, res_m = load_file(reference / "model" / "model.safetensors"), load_file(run / "model" / "model.safetensors")
     assert max((ref_m[k] - res_m[k]).abs().max().item() for k in ref_m) <= 1e-6
     assert json.loads((reference / "train_summary.json").read_text())["best_epoch"] == summary["best_epoch"]
+    # the log holds every row once: those before the checkpoint kept, the later ones logged again
+    ref_log, res_log = _metrics(reference), _metrics(run)
+    assert [row[:2] + (sorted(row[2]),) for row in res_log] == [row[:2] + (sorted(row[2]),) for row in ref_log]
+    assert all(res[2] == pytest.approx(ref[2], rel=1e-5) for ref, res in zip(ref_log, res_log))
 
 
 def test_frozen_text_vectors_do_not_depend_on_their_batch():

@@ -4,11 +4,13 @@ safetensors, Lightning checkpoints to resume from, and the run's record.
 Run folder: `config.yaml` and `run.json` (written first: all `--resume` needs), `checkpoints/`
 (`step.ckpt` every `trainer.checkpoint_every_n_steps` optimizer steps, `epoch.ckpt` at each
 epoch end; Lightning checkpoints of plain tensors and numbers, loaded with
-`weights_only=True`), `model/` (the exported model), `logs/metrics.csv`, `train_summary.json`.
+`weights_only=True`), `model/` (the exported model), `logs/metrics.csv` (whole across resumes),
+`train_summary.json`.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from collections.abc import Sequence
@@ -75,6 +77,46 @@ class ExportBest(Callback):
         self.best, self.best_epoch = state_dict["best"], state_dict["best_epoch"]
 
 
+class RunLogger(CSVLogger):
+    """`RUN/logs/metrics.csv`, kept whole across a resume: Lightning's CSV writer deletes the
+    file it finds, so a resumed run reads it first and writes back the rows of the steps before
+    its checkpoint (`MetricsBeforeCheckpoint`); the resumed run logs the later steps again.
+    Each row is written as it is logged (a row still buffered at a kill, such as the learning
+    rate logged at an epoch's start, would be lost: a mid-epoch resume does not log it again)."""
+
+    def __init__(self, run: Path, resume: bool) -> None:
+        super().__init__(run, name="logs", version="", flush_logs_every_n_steps=1)
+        path = Path(self.log_dir) / "metrics.csv"
+        self.previous: list[dict[str, str]] = []
+        if resume and path.is_file():
+            with path.open(newline="") as f:
+                self.previous = list(csv.DictReader(f))
+
+    def restore(self, before_step: int) -> None:
+        """Write back the rows logged at steps before `before_step` (creating the writer deletes the file)."""
+        kept, self.previous = [r for r in self.previous if int(r["step"]) < before_step], []
+        if kept:
+            self.experiment.metrics = kept
+            self.experiment.save()
+
+
+class MetricsBeforeCheckpoint(Callback):
+    """Restores the metric rows of a resumed run's steps before its checkpoint (a row's step is
+    the optimizer step count when it was logged: the checkpoint's `global_step` and later ones
+    are logged again; see `RunLogger`)."""
+
+    def __init__(self, logger: RunLogger) -> None:
+        self.logger = logger
+        self.before_step: int | None = None
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.before_step = checkpoint["global_step"]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.before_step is not None and trainer.is_global_zero:  # after loading, before the first log
+            self.logger.restore(self.before_step)
+
+
 def prepare_run_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
     """A run folder that holds no earlier model or checkpoint unless `overwrite` is set."""
     run = Path(out_dir)
@@ -98,12 +140,23 @@ def latest_checkpoint(run: Path) -> Path:
     return found[-1]
 
 
+class StepCheckpoint(ModelCheckpoint):
+    """Every n optimizer steps, but not at an epoch's last batch: Lightning resumes from a
+    checkpoint taken there as if that epoch's validation had run (it skips it), so a run killed
+    during that validation would never validate the epoch (nor export it if best). A kill there
+    resumes from the step checkpoint before, or from the epoch-end one that follows validation."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            super().on_train_batch_end(trainer, *args, **kwargs)
+
+
 def _checkpointing(run: Path, every_n_steps: int) -> list[ModelCheckpoint]:
     """Two rolling files: the last `every_n_steps` step and the last epoch end."""
     common = dict(dirpath=run / CHECKPOINTS, save_top_k=1, monitor=None, enable_version_counter=False)
     callbacks = [ModelCheckpoint(filename="epoch", every_n_epochs=1, save_on_train_epoch_end=True, **common)]
     if every_n_steps > 0:
-        callbacks.append(ModelCheckpoint(filename="step", every_n_train_steps=every_n_steps, **common))
+        callbacks.append(StepCheckpoint(filename="step", every_n_train_steps=every_n_steps, **common))
     return callbacks
 
 
@@ -136,6 +189,7 @@ def train(
     module = CLIPModule(model, config, class_prompts())
     export = ExportBest(run / "model", config.trainer.monitor, mode) if mode else None
     tc = config.trainer
+    logger = RunLogger(run, resume)
     with quiet_lightning():
         trainer = L.Trainer(
             default_root_dir=run,
@@ -150,8 +204,9 @@ def train(
             accumulate_grad_batches=tc.accumulate_grad_batches,
             gradient_clip_val=config.optim.grad_clip or None,
             log_every_n_steps=tc.log_every_n_steps,
-            logger=CSVLogger(run, name="logs", version=""),
-            callbacks=[LearningRateMonitor(logging_interval="epoch"), *_checkpointing(run, tc.checkpoint_every_n_steps)]
+            logger=logger,
+            callbacks=[LearningRateMonitor(logging_interval="epoch"), MetricsBeforeCheckpoint(logger)]
+            + _checkpointing(run, tc.checkpoint_every_n_steps)
             + ([export] if export else [])
             + list(callbacks),
             enable_progress_bar=progress,
