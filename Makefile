@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The core install trains, evaluates and predicts (`make demo`); the tests add every extra.
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 # Pinned so that pip takes the local wheels on the development machines; any machine resolves them.
 TORCH := torch==2.14.1 torchvision==0.29.1
 OUT ?= demo-out
@@ -15,16 +17,20 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(TEST_STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/lumbarclip demo --out $(OUT)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -m 'not slow'
 
 clean:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from lumbarclip.errors import InputError
+from lumbarclip.extras import require_extra
 
 #: Command modules under `lumbarclip.cli`, in the order `--help` lists them.
 COMMANDS: tuple[str, ...] = (
@@ -27,6 +28,9 @@ COMMANDS: tuple[str, ...] = (
     "export",
     "serve",
 )
+
+#: Commands that need an optional extra (`lumbarclip.extras`); `--help` works without it.
+COMMAND_EXTRAS: dict[str, str] = {"serve": "serve", "pacs": "pacs", "export": "onnx"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in COMMAND_EXTRAS:
+            require_extra(COMMAND_EXTRAS[args.command], f"lumbarclip {args.command}")
+        if getattr(args, "runtime", None) == "onnx":
+            require_extra("onnx", "--runtime onnx")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from lumbarclip.errors import InputError
+from lumbarclip.extras import require_extra
 
 ONNX_FILE = "image_scorer.onnx"
 ONNX_SUBDIR = "onnx"
@@ -221,8 +222,7 @@ def _copy_model_files(model_dir: Path, out_dir: Path) -> None:
 
 
 def _ort():  # noqa: ANN202 - the module, imported late so importing this file stays light
-    try:
-        import onnxruntime
-    except ImportError:
-        raise InputError("the ONNX runtime needs the package onnxruntime (pip install onnxruntime)") from None
+    require_extra("onnx", "the ONNX runtime")
+    import onnxruntime
+
     return onnxruntime
