@@ -16,8 +16,8 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
 from lumbarclip.data.manifest import read_manifest
+from lumbarclip.decision import aggregate_patients
 from lumbarclip.evaluation.baselines import raw_pixel_features
-from lumbarclip.evaluation.predictions import aggregate_patients
 from lumbarclip.evaluation.probe import fit_probe
 from lumbarclip.inference import load_images
 

@@ -25,16 +25,16 @@ from sklearn.preprocessing import StandardScaler
 from torchmetrics.functional.classification import binary_calibration_error
 
 from lumbarclip.data.manifest import ImageRecord, Manifest
+from lumbarclip.decision import aggregate_patients, choose_threshold
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.integrity import check_patient_overlap, integrity_checks, outcome_warnings
 from lumbarclip.evaluation.metrics import (
     METRIC_KEYS,
     bootstrap_ci,
-    choose_threshold,
     classification_metrics,
     expected_calibration_error,
 )
-from lumbarclip.evaluation.predictions import Predictions, aggregate_patients
+from lumbarclip.evaluation.predictions import Predictions
 from lumbarclip.evaluation.probe import fit_probe, subsample_patients
 from lumbarclip.evaluation.retrieval import retrieval_metrics
 from lumbarclip.evaluation.zeroshot import load_prompts

@@ -1,6 +1,7 @@
-"""Decision rules shared by evaluation and prediction: Platt calibration, the input guard (is an
-image like the ones the model was evaluated on?) and the study unit (is a group of images shaped
-like the patients the study-level map and threshold were fitted on?).
+"""Decision rules shared by evaluation and prediction: the patient rule, the validation-chosen
+threshold, Platt calibration and its maps, the input guard (is an image like the ones the model
+was evaluated on?) and the study unit (is a group of images shaped like the patients the
+study-level map and threshold were fitted on?).
 
 Nothing here knows about models or files: embeddings, logits and labels in, decisions out.
 """
@@ -8,6 +9,7 @@ Nothing here knows about models or files: embeddings, logits and labels in, deci
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+from scipy.special import expit
+from scipy.special import logit as _logit
 
 from lumbarclip.errors import InputError
 
@@ -26,6 +30,56 @@ GUARD_IN_RATE = 0.99
 GUARD_FILE = "input_guard.json"
 GUARD_ARRAYS = "input_guard.safetensors"
 GUARD_WRITER = "lumbarclip evaluate --run MODEL --data MANIFEST --overwrite"
+
+
+def aggregate_patients(
+    patient_ids: np.ndarray, y_true: np.ndarray, prob: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(patient ids sorted, patient labels, patient probabilities). The patient rule: a patient's
+    probability is the MEAN of its images' P(abnormal) (each slice votes with its confidence; one
+    odd slice cannot flip a patient alone), and a patient is abnormal when any of its images is
+    labelled abnormal (labels are per patient in practice, so this only matters for hand-made
+    manifests)."""
+    ids, inverse = np.unique(np.asarray(patient_ids).astype(str), return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(ids))
+    mean_prob = np.bincount(inverse, weights=np.asarray(prob, dtype=float), minlength=len(ids)) / counts
+    labels = np.zeros(len(ids), dtype=int)
+    np.maximum.at(labels, inverse, np.asarray(y_true, dtype=int))
+    return ids, labels, mean_prob
+
+
+def choose_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """The threshold that maximises balanced accuracy (Youden's J) on validation data.
+
+    It sits half-way between the chosen score and the next lower one, so that test scores near
+    the boundary are not decided by one validation case. 0.5 when validation has one class.
+    """
+    from sklearn.metrics import roc_curve
+
+    y_true, prob = np.asarray(y_true, dtype=int), np.asarray(prob, dtype=float)
+    if len(np.unique(y_true)) < 2:
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(y_true, prob, drop_intermediate=False)
+    best = int(np.argmax(tpr - fpr))
+    if not math.isfinite(thresholds[best]):  # the "predict nothing abnormal" point
+        return float(np.nextafter(prob.max(), np.inf))
+    lower = thresholds[best + 1] if best + 1 < len(thresholds) else prob.min()
+    return float((thresholds[best] + lower) / 2) if lower < thresholds[best] else float(thresholds[best])
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """P(abnormal) of logits, in float64."""
+    return expit(np.asarray(z, dtype=np.float64))
+
+
+def to_logit(p: np.ndarray | float) -> np.ndarray:
+    """Logits of probabilities, clipped away from 0 and 1 so that a certain mean stays finite."""
+    return _logit(np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12))
+
+
+def platt_map(params: dict[str, float], z: np.ndarray) -> np.ndarray:
+    """A Platt map ({"a", "b"} from `fit_platt`) applied to logits: sigmoid(a * z + b)."""
+    return sigmoid(params["a"] * np.asarray(z, dtype=np.float64) + params["b"])
 
 
 def fit_platt(logit: np.ndarray, y_true: np.ndarray, C: float = PLATT_C) -> dict[str, float]:

@@ -239,7 +239,7 @@ def evaluate_run(
     timer.lap("probe_zero_shot_retrieval")
     folder = None
     if opts.model_folder and split == "test":  # the card carries the once-scored test figures only
-        from lumbarclip.inference.calibration import prepare_model_folder
+        from lumbarclip.evaluation.model_folder import prepare_model_folder
 
         folder = prepare_model_folder(
             model, model_dir, probe.pipeline, run.train, run.valid, test, classes.numpy(),

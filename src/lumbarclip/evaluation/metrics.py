@@ -1,5 +1,5 @@
-"""Binary classification metrics of the metrics.json contract, calibration, validation-chosen
-thresholds and patient-level bootstrap confidence intervals.
+"""Binary classification metrics of the metrics.json contract, calibration and patient-level
+bootstrap confidence intervals (the validation-chosen threshold is `lumbarclip.decision`'s).
 
 Probabilities are P(abnormal). Degenerate inputs never crash: a ranking metric (AUROC, AUPRC)
 is `None` when `y_true` holds one class only, and so is an interval scipy cannot compute.
@@ -7,14 +7,13 @@ is `None` when `y_true` holds one class only, and so is an interval scipy cannot
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 LABELS: tuple[int, int] = (0, 1)
 #: Metrics that are numbers (the ones a confidence interval is computed for).
@@ -93,23 +92,6 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: floa
         "ece": expected_calibration_error(y_true, prob),
         "brier": float(np.mean((prob - y_true) ** 2)),
     }
-
-
-def choose_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
-    """The threshold that maximises balanced accuracy (Youden's J) on validation data.
-
-    It sits half-way between the chosen score and the next lower one, so that test scores near
-    the boundary are not decided by one validation case. 0.5 when validation has one class.
-    """
-    y_true, prob = np.asarray(y_true, dtype=int), np.asarray(prob, dtype=float)
-    if len(np.unique(y_true)) < 2:
-        return 0.5
-    fpr, tpr, thresholds = roc_curve(y_true, prob, drop_intermediate=False)
-    best = int(np.argmax(tpr - fpr))
-    if not math.isfinite(thresholds[best]):  # the "predict nothing abnormal" point
-        return float(np.nextafter(prob.max(), np.inf))
-    lower = thresholds[best + 1] if best + 1 < len(thresholds) else prob.min()
-    return float((thresholds[best] + lower) / 2) if lower < thresholds[best] else float(thresholds[best])
 
 
 def bootstrap_ci(

@@ -1,10 +1,5 @@
-"""A classifier's predictions on one split, their patient-level aggregate and their scores.
-
-Patient rule: a patient's probability is the MEAN of its images' P(abnormal) (each slice
-votes with its confidence; one odd slice cannot flip a patient alone), and a patient is
-abnormal when any of its images is labelled abnormal (labels are per patient in practice, so
-this only matters for hand-made manifests).
-"""
+"""A classifier's predictions on one split, their patient-level aggregate (the patient rule of
+`lumbarclip.decision.aggregate_patients`) and their scores."""
 
 from __future__ import annotations
 
@@ -12,26 +7,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from lumbarclip.evaluation.metrics import (
-    SCALAR_METRICS,
-    bootstrap_ci,
-    choose_threshold,
-    classification_metrics,
-)
+from lumbarclip.decision import aggregate_patients, choose_threshold
+from lumbarclip.evaluation.metrics import SCALAR_METRICS, bootstrap_ci, classification_metrics
 
 LEVELS: tuple[str, str] = ("image", "patient")
-
-
-def aggregate_patients(
-    patient_ids: np.ndarray, y_true: np.ndarray, prob: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(patient ids sorted, patient labels, patient probabilities) by the module's rule."""
-    ids, inverse = np.unique(np.asarray(patient_ids).astype(str), return_inverse=True)
-    counts = np.bincount(inverse, minlength=len(ids))
-    mean_prob = np.bincount(inverse, weights=np.asarray(prob, dtype=float), minlength=len(ids)) / counts
-    labels = np.zeros(len(ids), dtype=int)
-    np.maximum.at(labels, inverse, np.asarray(y_true, dtype=int))
-    return ids, labels, mean_prob
 
 
 @dataclass
@@ -52,7 +31,7 @@ class Predictions:
             raise ValueError("y_true, prob and patient_ids must have the same length")
 
     def by_patient(self) -> Predictions:
-        """One row per patient, aggregated by the module's rule."""
+        """One row per patient, aggregated by the patient rule."""
         ids, labels, prob = aggregate_patients(self.patient_ids, self.y_true, self.prob)
         return Predictions(labels, prob, ids, dict(self.thresholds))
 

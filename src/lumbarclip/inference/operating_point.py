@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from scipy.special import expit, logit as _logit_raw
 
-from lumbarclip.decision import fit_platt
+from lumbarclip.decision import aggregate_patients, choose_threshold, fit_platt, platt_map, sigmoid, to_logit
 from lumbarclip.errors import InputError
 
 OPERATING_POINT_FILE = "operating_point.json"
@@ -100,10 +99,18 @@ class OperatingPoint:
     #: The slots ('T2 L4-L5', ...) of the patients the study map and threshold were fitted on;
     #: a study of another shape gets no study verdict (`lumbarclip.decision.unit_mismatch`).
     study_unit: list[str] = field(default_factory=list)
+    #: Per-finding gate fitted on valid (`lumbarclip.evaluation.findings.valid_gate`): predict
+    #: shows a finding kind's score only when it is in findings["validated"].
+    findings: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.weights = np.asarray(self.weights, dtype=np.float32).reshape(-1)
         self.class_embeddings = np.asarray(self.class_embeddings, dtype=np.float32)
+
+    @property
+    def validated_findings(self) -> list[str]:
+        """The finding kinds whose scores may be shown (none for a folder without the gate)."""
+        return list(self.findings.get("validated", []))  # type: ignore[arg-type]
 
     @property
     def abnormal_embedding(self) -> np.ndarray:
@@ -122,11 +129,11 @@ class OperatingPoint:
 
     def calibrate(self, logit: np.ndarray) -> np.ndarray:
         """[N] calibrated P(abnormal) of uncalibrated logits; the one function both runtimes use."""
-        return _sigmoid(self.calibration["a"] * np.asarray(logit, dtype=np.float64) + self.calibration["b"])
+        return platt_map(self.calibration, logit)
 
     def calibrate_patient(self, mean_prob: np.ndarray) -> np.ndarray:
         """[P] calibrated P(abnormal) of studies from the mean of their images' sigmoid(logit)."""
-        return _sigmoid(self.patient_calibration["a"] * _logit(mean_prob) + self.patient_calibration["b"])
+        return platt_map(self.patient_calibration, to_logit(mean_prob))
 
     def label(self, prob: np.ndarray | float, level: str = "image") -> np.ndarray:
         """1 (abnormal) where the calibrated probability reaches the level's threshold."""
@@ -158,6 +165,7 @@ class OperatingPoint:
             "abnormal when p_abnormal >= the level's threshold",
             "arrays": OPERATING_POINT_ARRAYS,
             "study_unit": list(self.study_unit),
+            "findings": self.findings,
             "meta": self.meta,
         }
         (model_dir / OPERATING_POINT_FILE).write_text(json.dumps(doc, indent=2) + "\n")
@@ -184,6 +192,7 @@ class OperatingPoint:
             classifier=doc.get("classifier", "linear_probe"),
             meta=doc.get("meta", {}),
             study_unit=list(doc.get("study_unit", [])),
+            findings=dict(doc.get("findings") or {}),
         )
 
 
@@ -236,20 +245,17 @@ def fit_operating_point(
     probabilities (evaluation's, chosen on valid); mapped through the monotone calibration they
     give identical decisions. Without them (or if a map is not increasing) the thresholds
     maximise balanced accuracy on valid's calibrated probabilities."""
-    from lumbarclip.evaluation.metrics import choose_threshold
-    from lumbarclip.evaluation.predictions import aggregate_patients
-
     weights, bias = probe_weights(pipeline)
     logit = np.asarray(valid_embeddings, dtype=np.float64) @ weights.astype(np.float64) + bias
-    _, patient_labels, patient_mean = aggregate_patients(valid_patients, valid_labels, _sigmoid(logit))
+    _, patient_labels, patient_mean = aggregate_patients(valid_patients, valid_labels, sigmoid(logit))
     op = OperatingPoint(
         weights, bias, fit_platt(logit, valid_labels), {}, class_embeddings, PreprocessSpec.of_model(image_size),
-        patient_calibration=fit_platt(_logit(patient_mean), patient_labels), meta=meta or {},
+        patient_calibration=fit_platt(to_logit(patient_mean), patient_labels), meta=meta or {},
     )  # fmt: skip
     raw = raw_thresholds or {}
     image_prob, patient_prob = op.calibrate(logit), op.calibrate_patient(patient_mean)
     op.thresholds = {
-        "image": float(op.calibrate(_logit(raw["image"]))[()])
+        "image": float(op.calibrate(to_logit(raw["image"]))[()])
         if "image" in raw and op.calibration["a"] > 0
         else choose_threshold(valid_labels, image_prob),
         "patient": float(op.calibrate_patient(raw["patient"])[()])
@@ -257,14 +263,6 @@ def fit_operating_point(
         else choose_threshold(patient_labels, patient_prob),
     }
     return op
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return expit(np.asarray(z, dtype=np.float64))
-
-
-def _logit(p: np.ndarray | float) -> np.ndarray:
-    return _logit_raw(np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12))
 
 
 HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "auroc", "f1_macro")
@@ -328,6 +326,7 @@ def build_card(
             "shape; otherwise image verdicts only, with the reason",
         },
         "input_guard": guard,
+        "findings": _card_findings(op, metrics),
         "model": {k: config.get(k) for k in ("vision", "head", "embed_dim", "image_size", "text")},
         "evaluation": {
             "split": meta.get("split"),
@@ -344,4 +343,23 @@ def build_card(
             name: _version(name) for name in ("lumbarclip", "torch", "timm", "transformers", "scikit-learn", "onnxruntime")
         },
         "source": "arXiv 2509.20813 (LumbarCLIP)",
+    }
+
+
+def _card_findings(op: OperatingPoint, metrics: dict[str, object]) -> dict[str, object]:
+    """The card's per-finding section: the valid AUROC that gates each kind, which kinds are
+    shown, and the test figures (zero-shot, pixel ceiling, prompt-pair cosine) beside them."""
+    fz = metrics.get("finding_zero_shot") or {}
+    ceiling = fz.get("pixel_ceiling") or {}  # type: ignore[union-attr]
+    return {
+        "valid_auroc": op.findings.get("valid_auroc", {}),
+        "min_valid_auroc": op.findings.get("min_valid_auroc"),
+        "validated": op.validated_findings,
+        "not_validated": op.findings.get("not_validated", []),
+        "rule": "a finding kind's score is shown only when its zero-shot AUROC on the valid split reaches "
+        "min_valid_auroc; the others are listed once as not validated for this model",
+        "test_zero_shot_macro_auroc": fz.get("macro_auroc"),  # type: ignore[union-attr]
+        "test_zero_shot_auroc": {k: v.get("auroc") for k, v in (fz.get("per_kind") or {}).items()},  # type: ignore[union-attr]
+        "pixel_ceiling_macro_auroc": ceiling.get("macro_auroc"),
+        "prompt_pair_cosine": fz.get("prompt_pair_cosine"),  # type: ignore[union-attr]
     }

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from lumbarclip.decision import GUARD_ARRAYS, GUARD_FILE, InputGuard, guard_views, slot, study_unit
+from lumbarclip.evaluation.metrics import classification_metrics
+from lumbarclip.evaluation.predictions import Predictions
 from lumbarclip.inference.operating_point import (
     CARD_FILE,
     OPERATING_POINT_ARRAYS,
@@ -96,9 +98,6 @@ def prepare_model_folder(
     probability at the probe's thresholds) and after Platt scaling (same decisions), and build the report bank
     from the TRAINING reports when `report_bank`, its source found from `manifest_path`
     (`reports_source`; user reports when not given)."""
-    from lumbarclip.evaluation.metrics import classification_metrics
-    from lumbarclip.evaluation.predictions import Predictions
-
     op = fit_operating_point(
         probe_pipeline, valid.embeddings, valid.labels, valid.patients, class_embeddings,
         model.config.image_size, meta, probe_thresholds,  # type: ignore[attr-defined]
