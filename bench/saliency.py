@@ -31,16 +31,10 @@ import torch
 
 from lumbarclip.data.imageio import load_image
 from lumbarclip.data.manifest import read_manifest
+from lumbarclip.evaluation.pointing import lesion_region, pointing_game, read_lesions
 from lumbarclip.evaluation.zeroshot import default_prompts
 from lumbarclip.inference import class_embeddings, load_images
-from lumbarclip.inference.saliency import (
-    DEFAULT_LAYERS,
-    DEFAULT_METHOD,
-    lesion_region,
-    pointing_game,
-    read_lesions,
-    saliency_maps,
-)
+from lumbarclip.inference.saliency import DEFAULT_LAYERS, DEFAULT_METHOD, saliency_maps
 from lumbarclip.models import LumbarCLIP
 
 

@@ -9,16 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from lumbarclip.inference.saliency import (
-    METHODS,
-    dilate,
-    lesion_region,
-    overlay,
-    peak,
-    pointing_game,
-    saliency_maps,
-    save_overlay,
-)
+from lumbarclip.evaluation.pointing import dilate, lesion_region, peak, pointing_game
+from lumbarclip.inference.saliency import METHODS, overlay, saliency_maps, save_overlay
 from lumbarclip.models import LumbarCLIP, ModelConfig, create_model
 
 TOWERS = {
@@ -180,9 +172,9 @@ def test_every_listed_method_runs(models):
 def test_report_section_on_a_synthetic_cohort(models, tmp_path):
     """The gallery scores every abnormal image with a visible lesion and renders in report.html."""
     from lumbarclip.data.manifest import read_manifest
+    from lumbarclip.evaluation.pointing import read_lesions, saliency_gallery
     from lumbarclip.evaluation.report import _saliency_html
     from lumbarclip.inference import load_images
-    from lumbarclip.inference.saliency import read_lesions, saliency_gallery
     from lumbarclip.synth import CohortConfig, make_cohort
 
     manifest = make_cohort(tmp_path / "c", CohortConfig(n_patients=4, seed=1, size=48, abnormal_rate=1.0), progress=False)
@@ -194,7 +186,7 @@ def test_report_section_on_a_synthetic_cohort(models, tmp_path):
     assert gallery.pointing_game["n_images"] == n_lesions > 3
     assert len(gallery.overlays) == 3 and all(png[:4] == b"\x89PNG" for png, _ in gallery.overlays)
     assert all(caption.endswith(("hit", "miss")) for _, caption in gallery.overlays)
-    page = _saliency_html(gallery)
+    page = _saliency_html(gallery, {})
     assert page.count("data:image/png;base64,") == 3 and "centre prior" in page
     (tmp_path / "c" / "findings.jsonl").unlink()  # real data: no lesions, no pointing game
     plain = saliency_gallery(model, records, images, torch.randn(8), manifest, size=2)

@@ -305,7 +305,7 @@ def evaluate_run(
     integrity["warnings"] += outcome_warnings(metrics, MAIN)
     out.mkdir(parents=True, exist_ok=True)
     if opts.report:
-        from lumbarclip.inference.saliency import saliency_gallery
+        from lumbarclip.evaluation.pointing import saliency_gallery
 
         write_report(
             ReportInputs(

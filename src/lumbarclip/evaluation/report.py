@@ -59,7 +59,7 @@ td:first-child,th:first-child{text-align:left}
 @dataclass
 class SaliencyGallery:
     """Saliency overlays of a few abnormal images and, where the lesions are known (synthetic
-    cohorts), the pointing game on all of them; built by `inference.saliency.saliency_gallery`."""
+    cohorts), the pointing game on all of them; built by `evaluation.pointing.saliency_gallery`."""
 
     overlays: Sequence[tuple[bytes, str]]  # PNG bytes, caption
     description: str = ""
@@ -432,18 +432,33 @@ def _findings_match_html(match: Mapping[str, object] | None, query: str = "image
 
 
 def _finding_zero_shot_html(fz: Mapping[str, object]) -> str:
+    """Per kind: test zero-shot AUROC with its CI, the pixel ceiling (what the images show), the
+    valid AUROC that gates whether predict shows the kind, and the prompt-pair cosine."""
     if not fz:
         return "<p class='meta'>Not computed (the manifest has no findings column).</p>"
+    ceiling = (fz.get("pixel_ceiling") or {}).get("per_kind", {})  # type: ignore[union-attr]
+    gate = fz.get("valid_auroc") or {}
+    cosine = (fz.get("prompt_pair_cosine") or {}).get("per_kind", {})  # type: ignore[union-attr]
+    shown = set(fz.get("validated") or [])  # type: ignore[arg-type]
     rows = []
     for kind, block in fz["per_kind"].items():  # type: ignore[union-attr]
         ci = block["ci95"]
-        rows.append([_label(kind), block["auroc"], f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "n/a", block["positives"], block["negatives"]])
+        rows.append([
+            _label(kind), block["auroc"], f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "n/a", block["positives"],
+            block["negatives"], (ceiling.get(kind) or {}).get("auroc"), gate.get(kind),  # type: ignore[union-attr]
+            "yes" if kind in shown else "no", cosine.get(kind),
+        ])  # fmt: skip
     note = (
         f"<p class='meta'>Image level, each image scored against the prompts of its own disc level; "
         f"macro AUROC {_fmt(fz.get('macro_auroc'))} over the {len(fz.get('macro_kinds', []))} kinds "  # type: ignore[arg-type]
-        f"with &gt;= {fz.get('min_positives')} positive images. {html.escape(str(fz.get('rule', '')))}.</p>"
+        f"with &gt;= {fz.get('min_positives')} positive images (pixel ceiling "
+        f"{_fmt((fz.get('pixel_ceiling') or {}).get('macro_auroc'))}). {html.escape(str(fz.get('rule', '')))}. "  # type: ignore[union-attr]
+        f"Pixel ceiling: {html.escape(str((fz.get('pixel_ceiling') or {}).get('rule', 'not computed')))}. "  # type: ignore[union-attr]
+        f"Shown: predict, the page and the SR show a kind only when its valid AUROC is &gt;= "
+        f"{fz.get('min_valid_auroc', 'n/a')}. Cosine: between the positive and negative prompt ensembles.</p>"
     )
-    return _table(["finding", "AUROC", "95% CI", "positives", "negatives"], rows) + note
+    headers = ["finding", "AUROC", "95% CI", "positives", "negatives", "pixel ceiling", "valid AUROC", "shown", "cos(pos, neg)"]
+    return _table(headers, rows) + note
 
 
 def _thumbnail_uri(path: Path, size: int = 160) -> str:

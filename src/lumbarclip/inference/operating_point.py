@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-
 from lumbarclip.decision import aggregate_patients, choose_threshold, fit_platt, platt_map, sigmoid, to_logit
 from lumbarclip.errors import InputError
 
