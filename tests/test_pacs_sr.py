@@ -1,5 +1,6 @@
 """The SR and Secondary Captures: written with highdicom, read back with highdicom and with
-plain pydicom (tags walked by hand), against the values they were built from."""
+plain pydicom (tags walked by hand), against the values they were built from; the SR's TID 1500
+structure and codes, and dciodvfy (dicom3tools) finding no error in any of them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
-from lumbarclip.pacs.sr import INTENDED_USE, ModelInfo, build_overlays, build_report, level_findings, read_report
+from lumbarclip.pacs.sr import INTENDED_USE, SCHEME, ModelInfo, build_overlays, build_report, level_findings, read_report
 from lumbarclip.synth.cohort import CohortConfig, make_cohort
 
 
@@ -26,7 +27,8 @@ def study(tmp_path_factory):
 
 
 def fake_images(files):
-    """Predictor-shaped per-image results: level from the file name, two findings each."""
+    """Predictor-shaped per-image results: level from the file name, two findings each (a disc
+    bulge, private code; a protrusion, SNOMED CT)."""
     levels = {"D3": "L3-L4", "D4": "L4-L5", "D5": "L5-S1"}
     out = []
     for i, f in enumerate(files):
@@ -37,8 +39,8 @@ def fake_images(files):
                 "level": level,
                 "p_abnormal": 0.1 * i,
                 "top_findings": [
-                    {"finding": "disc_bulge", "level": level, "score": 0.30 + 0.05 * i},
-                    {"finding": "thecal_sac_compression", "level": level, "score": 0.2},
+                    {"finding": "bulge", "level": level, "score": 0.30 + 0.05 * i},
+                    {"finding": "protrusion", "level": level, "score": 0.2},
                 ],
             }
         )
@@ -68,7 +70,7 @@ def test_sr_reads_back_with_highdicom_and_pydicom(study):
     assert (got["model_name"], got["model_version"]) == ("tiny", "1.2")
     assert "Not for diagnostic use" in got["intended_use"] and len(got["intended_use"]) <= 256
     assert got["levels"] == level_findings(images)
-    assert got["levels"]["L4-L5"]["disc_bulge"] == pytest.approx(max(0.30 + 0.05 * i for i, im in enumerate(images) if im["level"] == "L4-L5"))
+    assert got["levels"]["L4-L5"]["bulge"] == pytest.approx(max(0.30 + 0.05 * i for i, im in enumerate(images) if im["level"] == "L4-L5"))
 
     buf.seek(0)
     ds = pydicom.dcmread(buf)  # and plain pydicom, walking the tags
@@ -83,13 +85,30 @@ def test_sr_reads_back_with_highdicom_and_pydicom(study):
         for sop in series.ReferencedSOPSequence
     }
     assert evidence == {s.SOPInstanceUID for s in sources}
-    items = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in ds.ContentSequence}
-    assert items["Study verdict"].ConceptCodeSequence[0].CodeValue == "263654008"  # SCT Abnormal
-    assert items["Intended use"].TextValue == INTENDED_USE
-    assert float(items["Calibrated probability of abnormality"].MeasuredValueSequence[0].FloatingPointValue) == result["p_abnormal"]
-    refs = [c.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for c in items["Source images"].ContentSequence]
-    assert sorted(refs) == sorted(s.SOPInstanceUID for s in sources)
-    assert got["images"] == refs
+    assert (ds.ContentTemplateSequence[0].TemplateIdentifier, ds.ConceptNameCodeSequence[0].CodeValue) == ("1500", "126000")
+    assert [item.CodingSchemeDesignator for item in ds.CodingSchemeIdentificationSequence] == [SCHEME]
+    root = {code(i.ConceptNameCodeSequence): i for i in ds.ContentSequence}
+    library = [c.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for g in root["DCM", "111028"].ContentSequence for c in g.ContentSequence]
+    assert sorted(library) == sorted(s.SOPInstanceUID for s in sources) and got["images"] == library
+    study_group, *level_groups = root["DCM", "126010"].ContentSequence  # Imaging Measurements
+    items = {code(i.ConceptNameCodeSequence): i for i in study_group.ContentSequence}
+    assert items["DCM", "112039"].TextValue == "study"  # Tracking Identifier
+    assert code(items["DCM", "121073"].ConceptCodeSequence) == ("SCT", "263654008")  # Impression: Abnormal
+    assert float(items["DCM", "122157"].MeasuredValueSequence[0].FloatingPointValue) == result["p_abnormal"]  # Probability
+    assert float(items["DCM", "122411"].MeasuredValueSequence[0].FloatingPointValue) == result["threshold"]  # Threshold Value
+    assert (items["DCM", "111001"].TextValue, items["DCM", "111003"].TextValue) == ("tiny", "1.2")  # Algorithm Name/Version
+    assert items[SCHEME, "INTENDED_USE"].TextValue == INTENDED_USE
+    assert code(items["SCT", "363698007"].ConceptCodeSequence) == ("SCT", "122496007")  # Finding site: lumbar spine
+    sites = {code(g.ContentSequence[i].ConceptCodeSequence) for g in level_groups for i in range(len(g.ContentSequence)) if code(g.ContentSequence[i].ConceptNameCodeSequence) == ("SCT", "363698007")}
+    assert sites == {("SCT", "62551000"), ("SCT", "84020006"), ("SCT", "715056000")}  # L3/L4, L4/L5, L5/S1 disc
+    kinds = {code(i.ConceptCodeSequence) for g in level_groups for i in g.ContentSequence if code(i.ConceptNameCodeSequence) == ("DCM", "121071")}
+    assert kinds == {("SCT", "73589001"), (SCHEME, "BULGE")}  # herniation (protrusion); the bulge is private
+    assert len(level_groups) == sum(len(scores) for scores in got["levels"].values())
+    assert len(hd.sr.srread(roundtrip(sr)).content.get_image_measurement_groups()) == 1 + len(level_groups)
+
+
+def code(sequence) -> tuple[str, str]:
+    return sequence[0].CodingSchemeDesignator, sequence[0].CodeValue
 
 
 def test_normal_verdict_and_minimal_headers(study):
@@ -149,6 +168,7 @@ def test_not_assessed_sr_gives_reason_and_no_probability(study, tmp_path):
     sr = build_report(sources, result, images, sources, ModelInfo.from_card({"name": "tiny", "version": "1.2"}))
     back = read_report(pydicom.dcmread(roundtrip(sr)))
     assert back["verdict"] == "not assessed" and "p_abnormal" not in back and "threshold" not in back
+    assert "not_validated" not in back
     assert back["reason"] == result["reason"]
     assert back["images_not_assessed"].startswith("2 of 6: not assessed: unlike the images")
     assert set(back["levels"]) == {"L3-L4", "L4-L5", "L5-S1"}  # the four assessed images' findings
@@ -183,3 +203,31 @@ def test_amended_sr_names_its_predecessor_and_validates(study, tmp_path):
     path = tmp_path / "amended.dcm"
     amended.save_as(path, enforce_file_format=True)
     assert _dciodvfy_errors(path) == []
+
+
+def test_kinds_not_validated_get_one_note_and_no_score(study, tmp_path):
+    files, sources = study
+    images = fake_images(files)
+    images[0]["not_validated"] = ["protrusion"]  # scored by the images all the same: left out
+    result = {"label": 1, "p_abnormal": 0.6, "threshold": 0.4, "not_validated": ["extrusion"]}
+    sr = build_report(sources, result, images, sources, ModelInfo.from_card({"name": "tiny", "version": "1.2"}))
+    ds = pydicom.dcmread(roundtrip(sr))
+    back = read_report(ds)
+    assert back["not_validated"] == ["extrusion", "protrusion"]
+    assert back["levels"] == level_findings(images, ["protrusion"]) and all(set(s) == {"bulge"} for s in back["levels"].values())
+    study_group = next(i for i in ds.ContentSequence if code(i.ConceptNameCodeSequence) == ("DCM", "126010")).ContentSequence[0]
+    notes = [i.TextValue for i in study_group.ContentSequence if i.ValueType == "TEXT" and i.TextValue.startswith("Not validated")]
+    assert notes == ["Not validated for this model: extrusion, protrusion"]
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert _dciodvfy_errors(path) == []
+
+
+def test_secondary_capture_validates_with_dciodvfy(study, tmp_path):
+    _, sources = study
+    png = tmp_path / "overlay.png"
+    Image.fromarray(np.full((64, 64, 3), 127, np.uint8)).save(png)
+    for i, sc in enumerate(build_overlays(sources[:2], [png, png])):
+        path = tmp_path / f"sc{i}.dcm"
+        sc.save_as(path, enforce_file_format=True)
+        assert _dciodvfy_errors(path) == []

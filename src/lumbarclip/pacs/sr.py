@@ -2,26 +2,31 @@
 Secondary Capture images of the saliency overlays, so that a PACS viewer shows the result
 beside the images it was computed from.
 
-SR content tree (root "Diagnostic imaging report", LOINC 18748-4):
-- TEXT  Intended use: research use only, not for diagnostic use
-- TEXT  Algorithm Name / Algorithm Version (DCM 111001 / 111003), from the model card
-- CODE  Study verdict -> Abnormal (SCT 263654008) or Normal (SCT 17621005), or Not assessed
-  (99LUMBARCLIP) when the model gives no study verdict, then TEXT Reason: why (input guard,
-  header checks, a study not shaped like the evaluated unit)
-- NUM   Calibrated probability of abnormality, Decision threshold (only with a verdict)
-- TEXT  Images not assessed: how many of the analysed images the input guard or the header
-  checks left out, and why
-- CONTAINER Findings at disc level (one per level): TEXT Finding site, NUM one per finding
-  (zero-shot score), IMAGE the source images at that level
-- CONTAINER Source images: IMAGE one per analysed image
-Concepts without a standard code use the private scheme 99LUMBARCLIP (declared in the
-CodingSchemeIdentificationSequence). `read_report` reads these values back.
+The SR is a TID 1500 Measurement Report (highdicom templates), so that any TID 1500 reader
+(viewers, highdicom, dcmqi) finds the values where the standard puts them:
+- Observation context: the model as device observer (name, manufacturer LumbarCLIP); procedure
+  reported: MRI (LN 25056-3); Image Library: one entry per analysed image.
+- Imaging Measurements, measurement group "study" (TID 1501): finding site Lumbar spine
+  (SCT 122496007), Algorithm Identification (model name and version), the analysed images as
+  source images, qualitative evaluation Impression (DCM 121073) = Abnormal (SCT 263654008),
+  Normal (SCT 17621005) or Not evaluated (SCT 373121007, the model gave no study verdict);
+  measurements Probability (DCM 122157, the calibrated probability of abnormality) and
+  Threshold Value (DCM 122411), only with a verdict; TEXT items: Intended use (research use
+  only), Reason (why not evaluated), Images not assessed (how many of the analysed images the
+  input guard or the header checks left out, and why), Findings not validated (the finding
+  kinds this model was not validated for, which get no score).
+- One measurement group per disc level and finding kind: Finding (DCM 121071) = the kind,
+  finding site = the disc (SCT L1/L2 .. L5/S1 disc), measurement Probability = the zero-shot
+  score (highest over the level's images), the level's images as source images.
+Concepts with no standard code (the TEXT items above, most finding kinds) use the private
+scheme 99LUMBARCLIP, declared in the CodingSchemeIdentificationSequence. `read_report` reads
+these values back.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ import numpy as np
 from highdicom.sr import CodedConcept
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 SCHEME = "99LUMBARCLIP"
@@ -42,27 +48,55 @@ INTENDED_USE = (
 SR_SERIES_NUMBER = 990
 SC_SERIES_NUMBER = 991
 
-TITLE = CodedConcept("18748-4", "LN", "Diagnostic imaging report")
-ALGORITHM_NAME = CodedConcept("111001", "DCM", "Algorithm Name")
-ALGORITHM_VERSION = CodedConcept("111003", "DCM", "Algorithm Version")
-FINDING_SITE = CodedConcept("363698007", "SCT", "Finding site")
-SOURCE = CodedConcept("260753009", "SCT", "Source")
+PROCEDURE = codes.cid100.MRIUnspecifiedBodyRegion
+IMAGING_MEASUREMENTS = codes.DCM.ImagingMeasurements
+FINDING = codes.DCM.Finding
+FINDING_SITE = codes.SCT.FindingSite
+TRACKING_ID = codes.DCM.TrackingIdentifier
+IMPRESSION = codes.DCM.Impression
+PROBABILITY = codes.DCM.Probability
+THRESHOLD = codes.DCM.ThresholdValue
+ALGORITHM_NAME = codes.DCM.AlgorithmName
+ALGORITHM_VERSION = codes.DCM.AlgorithmVersion
+IMAGE_LIBRARY = codes.DCM.ImageLibrary
+LUMBAR_SPINE = CodedConcept("122496007", "SCT", "Lumbar spine")
 ABNORMAL = CodedConcept("263654008", "SCT", "Abnormal")
 NORMAL = CodedConcept("17621005", "SCT", "Normal")
+NOT_EVALUATED = CodedConcept("373121007", "SCT", "Not evaluated")
+VERDICTS = {ABNORMAL.value: "abnormal", NORMAL.value: "normal", NOT_EVALUATED.value: "not assessed"}
 NO_UNITS = CodedConcept("1", "UCUM", "no units")
 INTENDED_USE_NAME = CodedConcept("INTENDED_USE", SCHEME, "Intended use")
-VERDICT = CodedConcept("VERDICT", SCHEME, "Study verdict")
-PROBABILITY = CodedConcept("P_ABNORMAL", SCHEME, "Calibrated probability of abnormality")
-THRESHOLD = CodedConcept("THRESHOLD", SCHEME, "Decision threshold")
-LEVEL_FINDINGS = CodedConcept("LEVEL_FINDINGS", SCHEME, "Findings at disc level")
-SOURCE_IMAGES = CodedConcept("SOURCE_IMAGES", SCHEME, "Source images")
-NOT_ASSESSED = CodedConcept("NOT_ASSESSED", SCHEME, "Not assessed")
 REASON = CodedConcept("REASON", SCHEME, "Reason")
 IMAGES_NOT_ASSESSED = CodedConcept("IMG_NOT_ASSESSED", SCHEME, "Images not assessed")
+NOT_VALIDATED = CodedConcept("NOT_VALIDATED", SCHEME, "Findings not validated")
+NOT_VALIDATED_TEXT = "Not validated for this model: "
+STUDY_GROUP = "study"
+
+#: Disc levels as SNOMED CT body structures (the finding site of a level's findings).
+LEVEL_SITES: dict[str, CodedConcept] = {
+    "L1-L2": CodedConcept("80064006", "SCT", "L1/L2 disc"),
+    "L2-L3": CodedConcept("67459009", "SCT", "L2/L3 disc"),
+    "L3-L4": CodedConcept("62551000", "SCT", "L3/L4 disc"),
+    "L4-L5": CodedConcept("84020006", "SCT", "L4/L5 disc"),
+    "L5-S1": CodedConcept("715056000", "SCT", "L5/S1 disc"),
+}
+#: Finding kinds with a SNOMED CT disorder code; the others are private (`finding_code`).
+STANDARD_FINDINGS: dict[str, CodedConcept] = {
+    "protrusion": CodedConcept("73589001", "SCT", "Herniation of intervertebral disc"),
+    "canal_narrowing": CodedConcept("76107001", "SCT", "Spinal stenosis"),
+}
 
 
-def _finding_code(kind: str) -> CodedConcept:
-    return CodedConcept(kind.upper()[:16], SCHEME, kind.replace("_", " "))
+def finding_code(kind: str) -> CodedConcept:
+    """The code of a finding kind: SNOMED CT where one exists, else private (16-char value)."""
+    return STANDARD_FINDINGS.get(kind) or CodedConcept(kind.upper()[:16], SCHEME, kind.replace("_", " "))
+
+
+def _finding_kind(code: Dataset) -> str:
+    for kind, concept in STANDARD_FINDINGS.items():
+        if code.CodeValue == concept.value and code.CodingSchemeDesignator == concept.scheme_designator:
+            return kind
+    return str(code.CodeMeaning).replace(" ", "_")
 
 
 def is_abnormal(label: Any) -> bool:
@@ -72,20 +106,28 @@ def is_abnormal(label: Any) -> bool:
     return bool(label)
 
 
-def level_findings(images: Sequence[dict]) -> dict[str, dict[str, float]]:
-    """Per disc level, each finding's highest score over the level's images (T1 and T2)."""
+def not_validated(study: dict, images: Iterable[dict]) -> list[str]:
+    """Finding kinds the model was not validated for, as the study or any image names them."""
+    kinds = [*(study.get("not_validated") or [])]
+    for image in images:
+        kinds += image.get("not_validated") or []
+    return list(dict.fromkeys(str(k) for k in kinds))
+
+
+def level_findings(images: Sequence[dict], exclude: Iterable[str] = ()) -> dict[str, dict[str, float]]:
+    """Per disc level, each finding's highest score over the level's images (T1 and T2);
+    kinds in `exclude` (not validated for the model) get no score."""
+    skip = set(exclude)
     out: dict[str, dict[str, float]] = {}
     for image in images:
         for item in image.get("top_findings") or []:
             level = item.get("level") or image.get("level")
-            if not level:
+            kind = str(item["finding"])
+            if not level or kind in skip:
                 continue
             scores = out.setdefault(str(level), {})
-            kind = str(item["finding"])
             scores[kind] = max(scores.get(kind, 0.0), float(item["score"]))
     return dict(sorted(out.items()))
-
-
 @dataclass(frozen=True)
 class ModelInfo:
     """Name and version written into the report, from the model's card.json."""
@@ -123,60 +165,43 @@ def build_report(
     (evidence), `images[i]` is Predictor's result for the image read from `image_sources[i]`.
     `previous`: the SRs this one replaces (Predecessor Documents Sequence), e.g. after a late
     instance made the study larger."""
-    items: list[Any] = [
-        # kept short: viewers such as Orthanc Explorer hide text values longer than 256 chars
-        hd.sr.TextContentItem(INTENDED_USE_NAME, INTENDED_USE, relationship_type="CONTAINS"),
-        hd.sr.TextContentItem(ALGORITHM_NAME, model.name, relationship_type="CONTAINS"),
-        hd.sr.TextContentItem(ALGORITHM_VERSION, model.version, relationship_type="CONTAINS"),
-    ]
-    if study.get("label") is None:  # no study verdict: say so and why, give no probability
-        items += [
-            hd.sr.CodeContentItem(VERDICT, NOT_ASSESSED, relationship_type="CONTAINS"),
-            hd.sr.TextContentItem(REASON, _short(str(study.get("reason") or "no study verdict")), relationship_type="CONTAINS"),
-        ]
-    else:
-        items += [
-            hd.sr.CodeContentItem(
-                VERDICT, ABNORMAL if is_abnormal(study["label"]) else NORMAL, relationship_type="CONTAINS"
-            ),
-            hd.sr.NumContentItem(
-                PROBABILITY, float(study["p_abnormal"]), NO_UNITS, relationship_type="CONTAINS"
-            ),
-            hd.sr.NumContentItem(
-                THRESHOLD, float(study["threshold"]), NO_UNITS, relationship_type="CONTAINS"
-            ),
-        ]
-    outside = [image for image in images if image.get("in_distribution") is False]
-    if outside:
-        why = "; ".join(dict.fromkeys(str(image.get("reason") or "outside the input guard") for image in outside))
-        items.append(hd.sr.TextContentItem(
-            IMAGES_NOT_ASSESSED, _short(f"{len(outside)} of {len(images)}: {why}"), relationship_type="CONTAINS"
-        ))  # fmt: skip
+    algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version, manufacturer=MANUFACTURER)
     refs = {ds.SOPInstanceUID: ds for ds in image_sources}
+    groups = [_study_group(study, images, list(refs.values()), algorithm)]
     by_level: dict[str, list[Dataset]] = {}
     for image, ds in zip(images, image_sources):
         if image.get("level"):
             by_level.setdefault(str(image["level"]), []).append(ds)
-    for level, scores in level_findings(images).items():
-        container = hd.sr.ContainerContentItem(LEVEL_FINDINGS, relationship_type="CONTAINS")
-        children: list[Any] = [
-            hd.sr.TextContentItem(FINDING_SITE, level, relationship_type="CONTAINS")
-        ]
-        children += [
-            hd.sr.NumContentItem(_finding_code(kind), score, NO_UNITS, relationship_type="CONTAINS")
-            for kind, score in sorted(scores.items(), key=lambda kv: -kv[1])
-        ]
-        children += [_image_item(ds) for ds in by_level.get(level, [])]
-        container.ContentSequence = hd.sr.ContentSequence(children)
-        items.append(container)
-    library = hd.sr.ContainerContentItem(SOURCE_IMAGES, relationship_type="CONTAINS")
-    library.ContentSequence = hd.sr.ContentSequence([_image_item(ds) for ds in refs.values()])
-    items.append(library)
-    root = hd.sr.ContainerContentItem(TITLE)
-    root.ContentSequence = hd.sr.ContentSequence(items)
+    for level, scores in level_findings(images, not_validated(study, images)).items():
+        site = hd.sr.FindingSite(LEVEL_SITES.get(level, LUMBAR_SPINE))
+        for kind, score in sorted(scores.items(), key=lambda kv: -kv[1]):
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{level} {kind}"),
+                finding_type=finding_code(kind),
+                finding_sites=[site],
+                algorithm_id=algorithm,
+                measurements=[hd.sr.Measurement(PROBABILITY, score, NO_UNITS)],
+                source_images=_source_images(by_level.get(level, [])),
+            ))  # fmt: skip
+    observer = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=generate_uid(entropy_srcs=[MANUFACTURER, model.name, model.version]),
+        name=model.name,
+        manufacturer_name=MANUFACTURER,
+        model_name=model.name,
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=hd.sr.ObserverContext(
+                observer_type=codes.DCM.Device, observer_identifying_attributes=observer
+            )
+        ),
+        procedure_reported=PROCEDURE,
+        imaging_measurements=groups,
+        referenced_images=list(refs.values()) or None,
+    )
     return hd.sr.ComprehensiveSR(
         evidence=[with_type2_defaults(sources[0]), *sources[1:]],
-        content=root,
+        content=report[0],
         series_instance_uid=hd.UID(),
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=hd.UID(),
@@ -190,6 +215,45 @@ def build_report(
         coding_schemes=[hd.coding_schemes.CodingSchemeIdentificationItem(SCHEME, name="LumbarCLIP")],
         previous_versions=list(previous) or None,
     )
+
+
+def _study_group(
+    study: dict, images: Sequence[dict], image_sources: Sequence[Dataset], algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The study's measurement group: verdict, probability and threshold (or why there is no
+    verdict), and the notes a reader needs to weigh them (intended use, images left out,
+    finding kinds not validated)."""
+    if study.get("label") is None:  # no study verdict: say so and why, give no probability
+        verdict, measurements = NOT_EVALUATED, []
+    else:
+        verdict = ABNORMAL if is_abnormal(study["label"]) else NORMAL
+        measurements = [
+            hd.sr.Measurement(PROBABILITY, float(study["p_abnormal"]), NO_UNITS),
+            hd.sr.Measurement(THRESHOLD, float(study["threshold"]), NO_UNITS),
+        ]
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=STUDY_GROUP),
+        finding_sites=[hd.sr.FindingSite(LUMBAR_SPINE)],
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(IMPRESSION, verdict)],
+        source_images=_source_images(image_sources),
+    )
+    # kept short: viewers such as Orthanc Explorer hide text values longer than 256 chars
+    notes = [(INTENDED_USE_NAME, INTENDED_USE)]
+    if study.get("label") is None:
+        notes.append((REASON, _short(str(study.get("reason") or "no study verdict"))))
+    outside = [image for image in images if image.get("in_distribution") is False]
+    if outside:
+        why = "; ".join(dict.fromkeys(str(image.get("reason") or "outside the input guard") for image in outside))
+        notes.append((IMAGES_NOT_ASSESSED, _short(f"{len(outside)} of {len(images)}: {why}")))
+    kinds = not_validated(study, images)
+    if kinds:
+        notes.append((NOT_VALIDATED, _short(NOT_VALIDATED_TEXT + ", ".join(kinds))))
+    group[0].ContentSequence.extend(
+        hd.sr.TextContentItem(name, value, relationship_type="CONTAINS") for name, value in notes
+    )
+    return group
 
 
 #: Patient and General Study attributes of type 2 (required, may be empty) that highdicom copies
@@ -214,53 +278,74 @@ def with_type2_defaults(ds: Dataset) -> Dataset:
     return out
 
 
-def _image_item(ds: Dataset) -> hd.sr.ImageContentItem:
-    return hd.sr.ImageContentItem(
-        SOURCE, ds.SOPClassUID, ds.SOPInstanceUID, relationship_type="CONTAINS"
-    )
+def _source_images(datasets: Sequence[Dataset]) -> list[hd.sr.SourceImageForMeasurementGroup] | None:
+    return [hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID) for ds in datasets] or None
 
 
-def _named(item: Dataset, code: CodedConcept) -> bool:
+def _named(item: Dataset, code: CodedConcept | Any) -> bool:
     name = item.ConceptNameCodeSequence[0]
     return name.CodeValue == code.value and name.CodingSchemeDesignator == code.scheme_designator
 
 
+def _image_uids(item: Dataset) -> list[str]:
+    """SOP Instance UIDs of the IMAGE items under `item`, depth first (the Image Library)."""
+    out: list[str] = []
+    for child in item.get("ContentSequence", []):
+        if child.ValueType == "IMAGE":
+            out.append(str(child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+        elif child.ValueType == "CONTAINER":
+            out += _image_uids(child)
+    return out
+
+
 def read_report(ds: Dataset) -> dict[str, Any]:
     """The values `build_report` wrote, read back from the SR dataset (tests, pull mode)."""
-    sr = hd.sr.ComprehensiveSR.from_dataset(ds) if not isinstance(ds, hd.sr.ComprehensiveSR) else ds
     out: dict[str, Any] = {"levels": {}, "images": []}
-    for item in sr.ContentSequence:
-        if _named(item, VERDICT):
-            out["verdict"] = item.ConceptCodeSequence[0].CodeMeaning.lower()
-        elif _named(item, REASON):
-            out["reason"] = item.TextValue
-        elif _named(item, IMAGES_NOT_ASSESSED):
-            out["images_not_assessed"] = item.TextValue
-        elif _named(item, PROBABILITY):
-            out["p_abnormal"] = hd.sr.NumContentItem.from_dataset(item).value
-        elif _named(item, THRESHOLD):
-            out["threshold"] = hd.sr.NumContentItem.from_dataset(item).value
-        elif _named(item, ALGORITHM_NAME):
-            out["model_name"] = item.TextValue
-        elif _named(item, ALGORITHM_VERSION):
-            out["model_version"] = item.TextValue
-        elif _named(item, INTENDED_USE_NAME):
-            out["intended_use"] = item.TextValue
-        elif _named(item, LEVEL_FINDINGS):
-            level, scores = "", {}
-            for child in item.ContentSequence:
-                if _named(child, FINDING_SITE):
-                    level = child.TextValue
-                elif child.ValueType == "NUM":
-                    kind = child.ConceptNameCodeSequence[0].CodeMeaning.replace(" ", "_")
-                    scores[kind] = hd.sr.NumContentItem.from_dataset(child).value
-            out["levels"][level] = scores
-        elif _named(item, SOURCE_IMAGES):
-            out["images"] = [
-                child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-                for child in item.ContentSequence
-            ]
+    for item in ds.ContentSequence:
+        if _named(item, IMAGE_LIBRARY):
+            out["images"] = _image_uids(item)
+        elif _named(item, IMAGING_MEASUREMENTS):
+            for group in item.ContentSequence:
+                _read_group(group, out)
     return out
+
+
+def _read_group(group: Dataset, out: dict[str, Any]) -> None:
+    """One measurement group into `out`: the study's values, or one level's finding score."""
+    values: dict[str, Any] = {}
+    for child in group.ContentSequence:
+        name = child.ConceptNameCodeSequence[0]
+        if child.ValueType == "TEXT":
+            values[(name.CodingSchemeDesignator, name.CodeValue)] = str(child.TextValue)
+        elif child.ValueType == "CODE":
+            values[(name.CodingSchemeDesignator, name.CodeValue)] = child.ConceptCodeSequence[0]
+        elif child.ValueType == "NUM":
+            values[(name.CodingSchemeDesignator, name.CodeValue)] = hd.sr.NumContentItem.from_dataset(child).value
+
+    def get(code: Any) -> Any:
+        return values.get((code.scheme_designator, code.value))
+
+    tracking = get(TRACKING_ID)
+    if tracking == STUDY_GROUP:
+        out["verdict"] = VERDICTS.get(get(IMPRESSION).CodeValue, str(get(IMPRESSION).CodeMeaning).lower())
+        for key, code in (
+            ("p_abnormal", PROBABILITY), ("threshold", THRESHOLD), ("model_name", ALGORITHM_NAME),
+            ("model_version", ALGORITHM_VERSION), ("intended_use", INTENDED_USE_NAME), ("reason", REASON),
+            ("images_not_assessed", IMAGES_NOT_ASSESSED),
+        ):  # fmt: skip
+            if get(code) is not None:
+                out[key] = get(code)
+        if get(NOT_VALIDATED):
+            out["not_validated"] = get(NOT_VALIDATED).removeprefix(NOT_VALIDATED_TEXT).split(", ")
+        return
+    site, finding = get(FINDING_SITE), get(FINDING)
+    if finding is None or get(PROBABILITY) is None:
+        return
+    level = next(
+        (lvl for lvl, code in LEVEL_SITES.items() if site is not None and site.CodeValue == code.value),
+        str(tracking).split(" ")[0],
+    )
+    out["levels"].setdefault(level, {})[_finding_kind(finding)] = get(PROBABILITY)
 
 
 def patient_orientation(ds: Dataset) -> tuple[str, str]:
@@ -286,21 +371,24 @@ def build_overlays(
     out = []
     for number, (ds, png) in enumerate(zip(image_sources, overlay_pngs), start=1):
         rgb = np.asarray(Image.open(png).convert("RGB"), dtype=np.uint8)
-        out.append(
-            hd.sc.SCImage.from_ref_dataset(
-                ref_dataset=ds,
-                pixel_array=rgb,
-                photometric_interpretation="RGB",
-                bits_allocated=8,
-                coordinate_system="PATIENT",
-                patient_orientation=patient_orientation(ds),
-                series_instance_uid=series_uid,
-                series_number=SC_SERIES_NUMBER,
-                sop_instance_uid=generate_uid(),
-                instance_number=number,
-                manufacturer=MANUFACTURER,
-                series_description="LumbarCLIP saliency - not for diagnostic use",
-                transfer_syntax_uid="1.2.840.10008.1.2.1",
-            )
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=ds,
+            pixel_array=rgb,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            patient_orientation=patient_orientation(ds),
+            series_instance_uid=series_uid,
+            series_number=SC_SERIES_NUMBER,
+            sop_instance_uid=generate_uid(),
+            instance_number=number,
+            manufacturer=MANUFACTURER,
+            series_description="LumbarCLIP saliency - not for diagnostic use",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
         )
+        # the lumbar spine is an unpaired structure: said so, General Series needs no Laterality
+        sc.ImageLaterality = "U"
+        if "BodyPartExamined" in ds:
+            sc.BodyPartExamined = ds.BodyPartExamined
+        out.append(sc)
     return out
