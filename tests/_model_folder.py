@@ -13,6 +13,10 @@ from lumbarclip.inference.operating_point import OperatingPoint, PreprocessSpec,
 from lumbarclip.models import ModelConfig, create_model
 
 
+#: The finding kinds the tiny folder's gate lets through (the rest are "not validated").
+VALIDATED = ("bulge", "canal_narrowing", "desiccation")
+
+
 def make_model_folder(folder: Path, image_size: int = 32, embed_dim: int = 16, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = create_model(ModelConfig(vision="resnet18", image_size=image_size, embed_dim=embed_dim))
@@ -27,6 +31,7 @@ def make_model_folder(folder: Path, image_size: int = 32, embed_dim: int = 16, s
         class_embeddings=classes / np.linalg.norm(classes, axis=1, keepdims=True),
         preprocess=PreprocessSpec.of_model(image_size),
         study_unit=[f"{seq} {lv}" for seq in ("T1", "T2") for lv in ("L3-L4", "L4-L5", "L5-S1")],
+        findings={"validated": list(VALIDATED), "valid_auroc": dict.fromkeys(VALIDATED, 0.9)},
     ).save(folder)
     # A guard that accepts everything: these tests are about the plumbing; tests/test_guard.py
     # fits a real one.

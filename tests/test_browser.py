@@ -93,6 +93,12 @@ def test_page_uploads_png_and_dicom(server, tmp_path):
             assert shown == {"NOT ASSESSED"}
             reasons = [verdicts.nth(i).locator("[data-testid=reason]").inner_text() for i in range(verdicts.count())]
             assert all(r.startswith("no study verdict") for r in reasons)
+            from _model_folder import VALIDATED
+
+            note = page.locator("[data-testid=not-validated]")  # once, naming every ungated kind
+            assert note.count() == 1 and "not validated for this model" in note.inner_text()
+            assert "root compression" in note.inner_text() and "bulge" not in note.inner_text()
+            assert {f["finding"] for r in want.images for f in r.get("top_findings", [])} <= set(VALIDATED)
             cards = page.locator("[data-testid=image-card]")
             assert cards.count() == 3
             names = sorted(cards.nth(i).locator(".name").inner_text() for i in range(3))

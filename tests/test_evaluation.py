@@ -267,3 +267,28 @@ def test_train_then_evaluate_end_to_end(cohort, capsys):
     assert (run / "eval-test" / "report.html").stat().st_size > 10_000
     assert metrics["integrity"]["pretraining_overlap_checked"]
     assert not any("NOT checked" in w or "hashed" in w for w in metrics["integrity"]["warnings"])
+
+
+def test_findings_figures_and_the_gate_reach_metrics_card_and_operating_point(evaluated):
+    from lumbarclip.evaluation.findings import MIN_VALID_AUROC
+    from lumbarclip.findings import LEVEL_KINDS
+    from lumbarclip.inference.operating_point import load_operating_point
+
+    metrics, out = evaluated
+    fz = metrics["finding_zero_shot"]
+    assert "macro_auroc" in fz and set(fz["per_kind"]) == set(LEVEL_KINDS)
+    ceiling = fz["pixel_ceiling"]
+    assert "macro_auroc" in ceiling and ceiling["per_kind"]
+    assert all(v["auroc"] is None or 0 <= v["auroc"] <= 1 for v in ceiling["per_kind"].values())
+    cosine = fz["prompt_pair_cosine"]["per_kind"]
+    assert set(cosine) == set(LEVEL_KINDS) and all(-1 <= c <= 1 for c in cosine.values())
+    validated = [k for k, a in fz["valid_auroc"].items() if a is not None and a >= MIN_VALID_AUROC]
+    assert fz["validated"] == validated
+    model_dir = out.parent / "model"
+    card = json.loads((model_dir / CARD_FILE).read_text())
+    assert card["findings"]["valid_auroc"] == fz["valid_auroc"]  # card.json: findings.valid_auroc.<kind>
+    assert card["findings"]["validated"] == validated
+    assert card["findings"]["pixel_ceiling_macro_auroc"] == ceiling["macro_auroc"]
+    assert load_operating_point(model_dir).validated_findings == validated
+    html = (out / "report.html").read_text()
+    assert "pixel ceiling" in html and "valid AUROC" in html and "cos(pos, neg)" in html

@@ -110,3 +110,65 @@ def test_integrity_flags_a_prompt_equal_to_a_training_sentence():
     assert prompt_overlap(["disc bulge at L4-L5", "disc bulge at L5-S1"], reports) == ["disc bulge at L4-L5"]
     assert prompt_overlap(["desiccated  l5-s1 disc."], reports) == ["desiccated  l5-s1 disc."]
     assert prompt_overlap(["disc bulge"], reports) == []  # a part of a sentence is not flagged
+
+
+def _gate_records(n_patients: int, bulge_every: int = 2):
+    from lumbarclip.findings import Findings, LevelFindings
+
+    records = []
+    for i in range(n_patients):
+        lf = LevelFindings("L4-L5", disc="bulge", severity="mild") if i % bulge_every == 0 else LevelFindings("L4-L5")
+        records.append(_record(f"p{i}", "L4-L5", Findings(levels={"L4-L5": lf})))
+    return records
+
+
+def test_valid_gate_shows_only_kinds_above_the_bar_with_enough_positives():
+    from sklearn.metrics import roc_auc_score
+
+    from lumbarclip.evaluation.findings import level_truth, valid_gate
+
+    records = _gate_records(40)
+    truth, _ = level_truth(records)
+    y = truth[:, LEVEL_KINDS.index("bulge")]
+    rng = np.random.default_rng(1)
+    scores = {k: rng.random(len(records)) for k in LEVEL_KINDS}
+    scores["bulge"] = y + rng.normal(0, 0.3, len(y))  # separable enough
+    gate = valid_gate(scores, records, min_auroc=0.8, min_positives=10)
+    assert gate["valid_auroc"]["bulge"] == pytest.approx(roc_auc_score(y, scores["bulge"]))
+    assert gate["validated"] == ["bulge"] and gate["valid_positives"]["bulge"] == 20
+    assert gate["valid_auroc"]["extrusion"] is None  # no positive: never validated
+    assert set(gate["not_validated"]) == set(LEVEL_KINDS) - {"bulge"}
+    few = valid_gate(scores, records, min_auroc=0.8, min_positives=21)  # 20 positives: too few to trust
+    assert few["validated"] == [] and few["valid_auroc"]["bulge"] is None
+
+
+def test_pair_cosine_is_the_cosine_of_the_two_ensembles(model):
+    classifier = FindingClassifier.build(model)
+    cos = classifier.pair_cosine(["L4-L5"])
+    k = classifier.kinds.index("bulge")
+    neg, pos = classifier.classes["L4-L5"][k]
+    assert cos["bulge"] == pytest.approx(float(torch.nn.functional.cosine_similarity(neg, pos, dim=0)), abs=1e-6)
+    both = classifier.pair_cosine(["L4-L5", "L5-S1"])["bulge"]
+    assert both == pytest.approx((cos["bulge"] + classifier.pair_cosine(["L5-S1"])["bulge"]) / 2, abs=1e-6)
+
+
+def test_pixel_ceiling_learns_a_finding_drawn_in_the_pixels():
+    """A tiny tower on 16 px images where 'bulge' is a bright square: the ceiling sees it."""
+    from lumbarclip.evaluation.findings import level_truth, pixel_ceiling
+    from lumbarclip.evaluation.supervised import SupervisedConfig
+    from lumbarclip.models import create_vision_tower
+
+    torch.manual_seed(0)
+    splits = []
+    for n in (80, 40, 40):
+        records = _gate_records(n)
+        truth, _ = level_truth(records)
+        y = torch.as_tensor(truth[:, LEVEL_KINDS.index("bulge")], dtype=torch.float32)
+        images = torch.randn(n, 1, 16, 16) * 0.3
+        images[:, :, 4:12, 4:12] += 2.0 * y[:, None, None, None]
+        splits.append((images, records))
+    tower = create_vision_tower("test_resnet", img_size=16)
+    out = pixel_ceiling(*splits, tower, SupervisedConfig(epochs=6, batch_size=16, head_lr=1e-2, tower_lr=1e-2), seed=0)
+    assert out["per_kind"]["bulge"]["auroc"] > 0.95 and out["per_kind"]["bulge"]["positives"] == 20
+    assert out["macro_kinds"] == ["bulge"] and out["macro_auroc"] == out["per_kind"]["bulge"]["auroc"]
+    assert "extrusion" not in out["per_kind"]  # never positive in train: not trained, not scored

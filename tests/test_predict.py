@@ -228,3 +228,36 @@ def test_missing_operating_point_names_file_and_command(model_dir, tmp_path, cap
         Predictor.load(bare)
     assert main(["predict", "--model", str(bare), "x.png"]) == 2
     assert "lumbarclip evaluate" in capsys.readouterr().err
+
+
+def test_only_validated_findings_are_shown(model_dir, predictor, tmp_path):
+    """Scores only for kinds that passed the valid-AUROC gate, in the classifier's own order;
+    the other kinds listed once per study as not validated; no gate at all: no findings."""
+    import shutil
+
+    from _model_folder import VALIDATED
+    from lumbarclip.findings import LEVEL_KINDS
+    from lumbarclip.inference.findings import FindingClassifier
+
+    paths = []
+    for i, name in enumerate(("T2_0003_D4.png", "T1_0003_D4.png")):
+        paths.append(tmp_path / name)
+        Image.fromarray(_pixels(i).astype(np.uint16)).save(paths[-1])
+    result = predictor.predict(paths, top_k=len(LEVEL_KINDS))
+    model = LumbarCLIP.from_pretrained(model_dir)
+    scores = FindingClassifier.build(model).scores(embed_images(model, paths, progress=False), ["L4-L5"] * 2)
+    for n, line in enumerate(result.images):
+        shown = {f["finding"]: f["score"] for f in line["top_findings"]}
+        assert set(shown) == set(VALIDATED)
+        for kind, score in shown.items():
+            assert score == pytest.approx(scores[kind][n], abs=1e-4)
+    (study,) = result.studies
+    assert study["not_validated"] == [k for k in LEVEL_KINDS if k not in VALIDATED]
+    op = load_operating_point(model_dir)
+    op.findings = {}
+    ungated = tmp_path / "ungated"
+    shutil.copytree(model_dir, ungated)
+    op.save(ungated)
+    bare = Predictor.load(ungated).predict(paths, top_k=3)  # no gate recorded: nothing is shown
+    assert all(line["top_findings"] == [] for line in bare.images)
+    assert bare.studies[0]["not_validated"] == list(LEVEL_KINDS)

@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-finetune", action="store_true", help="skip fine-tuning the pre-trained tower")
     p.add_argument("--no-scratch", action="store_true", help="skip the supervised from-scratch baseline")
     p.add_argument(
+        "--no-pixel-ceiling", action="store_true",
+        help="skip the per-finding supervised tower on pixels (what the images show of each finding)",
+    )  # fmt: skip
+    p.add_argument(
         "--no-label-efficiency", action="store_true", help="skip the 1/10/100%% label-efficiency runs"
     )
     p.add_argument(
@@ -83,6 +87,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         prompts=load_prompts(args.prompts) if args.prompts else None,
         finetune=not args.no_finetune,
         from_scratch=not args.no_scratch,
+        pixel_ceiling=not args.no_pixel_ceiling,
         label_efficiency=not args.no_label_efficiency,
         supervised=SupervisedConfig(epochs=args.epochs),
         bootstrap=args.bootstrap,

@@ -51,6 +51,7 @@ class EvalOptions:
     raw_pixels: bool = True
     finetune: bool = True
     from_scratch: bool = True
+    pixel_ceiling: bool = True  # per-finding supervised tower on pixels: what the images show
     label_efficiency: bool = True
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
@@ -235,8 +236,11 @@ def evaluate_run(
     retrieval = retrieval_metrics(test.embeddings, test.patients, text_emb, text_patients)
     study = study_embeddings(test.embeddings, test.patients)
     retrieval["study"] = retrieval_metrics(study[1], study[0], text_emb, text_patients)
-    finding_zero_shot = _findings_level(model, test, texts, text_emb, study, retrieval, opts)
+    finding_zero_shot = _findings_level(model, run, texts, text_emb, study, retrieval, opts)
     timer.lap("probe_zero_shot_retrieval")
+    if finding_zero_shot and opts.pixel_ceiling and test.images is not None:
+        finding_zero_shot["pixel_ceiling"] = _pixel_ceiling(model, run, opts)
+        timer.lap("pixel_ceiling")
     folder = None
     if opts.model_folder and split == "test":  # the card carries the once-scored test figures only
         from lumbarclip.evaluation.model_folder import prepare_model_folder
@@ -333,6 +337,7 @@ def evaluate_run(
         timer.lap("report")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     if folder:
+        folder.operating_point.findings = {k: finding_zero_shot[k] for k in GATE_KEYS if k in finding_zero_shot}
         for note in folder.write(metrics, asdict(model.config), overwrite):
             print(f"WARNING: {note}", file=sys.stderr)
     return metrics
@@ -379,7 +384,14 @@ def format_summary(metrics: dict[str, object]) -> str:
         lines.append(
             f"per-finding zero-shot macro AUROC {_num(fz.get('macro_auroc'))} "  # type: ignore[union-attr]
             f"over {len(fz.get('macro_kinds', []))} kinds with >= {fz.get('min_positives')} positives"  # type: ignore[union-attr]
+            + (f"; pixel ceiling {_num(fz['pixel_ceiling'].get('macro_auroc'))}" if fz.get("pixel_ceiling") else "")  # type: ignore[union-attr,index]
+            + (f"; prompt-pair cosine {_num(fz['prompt_pair_cosine']['mean'])}" if fz.get("prompt_pair_cosine") else "")  # type: ignore[union-attr,index]
         )
+        if "validated" in fz:  # type: ignore[operator]
+            lines.append(
+                f"findings shown by predict (valid AUROC >= {fz.get('min_valid_auroc')}): "  # type: ignore[union-attr]
+                + (", ".join(fz["validated"]) or "none")  # type: ignore[index]
+            )
     for warning in (metrics.get("integrity") or {}).get("warnings", []):  # type: ignore[union-attr]
         lines.append(f"WARNING: {warning}")
     return "\n".join(lines)
@@ -413,21 +425,28 @@ def _all_finding_prompts() -> list[str]:
     ]
 
 
+#: The parts of `finding_zero_shot` that the operating point keeps as its per-finding gate.
+GATE_KEYS = ("valid_auroc", "valid_positives", "validated", "not_validated", "min_valid_auroc", "min_valid_positives")
+
+
 def _findings_level(
     model: LumbarCLIP,
-    test: SplitData,
+    run: Downstream,
     texts: list[tuple[str, str]],
     text_emb: np.ndarray,
     study: tuple[np.ndarray, np.ndarray],
     retrieval: dict[str, object],
     opts: EvalOptions,
 ) -> dict[str, object]:
-    """Findings-match retrieval (added to `retrieval`) and per-finding zero-shot AUROC; empty
-    when the manifest has no findings column."""
-    from lumbarclip.evaluation.findings import finding_sets, per_finding_zero_shot
+    """Findings-match retrieval (added to `retrieval`), per-finding zero-shot AUROC on test, the
+    per-kind gate measured on valid (which kinds predict may show) and the cosine between each
+    kind's positive and negative prompt ensembles; empty when the manifest has no findings."""
+    from lumbarclip.evaluation.findings import finding_sets, per_finding_zero_shot, valid_gate
     from lumbarclip.evaluation.retrieval import findings_match_metrics
+    from lumbarclip.findings import LEVELS
     from lumbarclip.inference.findings import FindingClassifier
 
+    test, valid = run.test, run.valid
     image_sets = finding_sets(test.records)
     if image_sets is None:
         return {}
@@ -438,8 +457,28 @@ def _findings_level(
     retrieval["study"]["findings_match"] = findings_match_metrics(  # type: ignore[index]
         study_emb, [by_patient[p] for p in study_ids], text_emb, text_sets
     )
-    scores = FindingClassifier.build(model).scores(test.embeddings, [r.level or None for r in test.records])
-    return per_finding_zero_shot(scores, test.records, opts.bootstrap, opts.seed)
+    classifier = FindingClassifier.build(model)
+    scores = classifier.scores(test.embeddings, [r.level or None for r in test.records])
+    out = per_finding_zero_shot(scores, test.records, opts.bootstrap, opts.seed)
+    if finding_sets(valid.records) is not None:
+        out |= valid_gate(classifier.scores(valid.embeddings, [r.level or None for r in valid.records]), valid.records)
+    imaged = sorted({r.level for r in test.records if r.level in LEVELS}) or list(LEVELS)
+    cosine = classifier.pair_cosine(imaged)
+    out["prompt_pair_cosine"] = {"per_kind": cosine, "mean": float(np.mean(list(cosine.values())))}
+    return out
+
+
+def _pixel_ceiling(model: LumbarCLIP, run: Downstream, opts: EvalOptions) -> dict[str, object]:
+    """`evaluation.findings.pixel_ceiling` with the model's vision tower, freshly initialised."""
+    from lumbarclip.evaluation.findings import pixel_ceiling
+    from lumbarclip.models import create_vision_tower
+
+    cfg = model.config
+    tower = create_vision_tower(cfg.vision, **{"img_size": cfg.image_size, **cfg.vision_kwargs})
+    return pixel_ceiling(
+        (run.train.images, run.train.records), (run.valid.images, run.valid.records),
+        (run.test.images, run.test.records), tower, opts.supervised, opts.seed, opts.progress,
+    )  # fmt: skip
 
 
 def _classifier_inputs(opts: EvalOptions) -> dict[str, list[str]]:

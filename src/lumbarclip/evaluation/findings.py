@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from sklearn.metrics import roc_auc_score
 
 from lumbarclip.data.manifest import ImageRecord
 from lumbarclip.evaluation.metrics import bootstrap_ci
+from lumbarclip.evaluation.supervised import SupervisedConfig, classifier_proba, train_classifier
 from lumbarclip.findings import LEVEL_KINDS, Findings, finding_set, level_kinds
 
 #: Kinds with at least this many positive images enter the macro AUROC.
@@ -90,4 +92,75 @@ def per_finding_zero_shot(
         "n_images_without_level_or_findings": int(len(records) - len(idx)),
         "rule": "P(finding) = softmax over (negative, positive) prompt ensembles at the image's level; "
         "truth = the patient's findings at that level",
+    }
+
+
+#: A finding kind is shown by predict, the page and the SR only when its zero-shot AUROC on the
+#: valid split reaches this, measured on at least `MIN_VALID_POSITIVES` positive valid images.
+MIN_VALID_AUROC = 0.80
+MIN_VALID_POSITIVES = 10
+
+
+def valid_gate(
+    scores: dict[str, np.ndarray],
+    records: Sequence[ImageRecord],
+    min_auroc: float = MIN_VALID_AUROC,
+    min_positives: int = MIN_VALID_POSITIVES,
+) -> dict[str, object]:
+    """Which finding kinds are validated: each kind's AUROC on the valid split (None when it has
+    fewer than `min_positives` positive images there, too few to trust) against `min_auroc`."""
+    kinds = [k for k in LEVEL_KINDS if k in scores]
+    truth, usable = level_truth(records, kinds)
+    auroc: dict[str, float | None] = {}
+    positives: dict[str, int] = {}
+    for j, kind in enumerate(kinds):
+        y = truth[usable, j]
+        positives[kind] = int(y.sum())
+        auroc[kind] = _auroc(y, scores[kind][usable]) if y.sum() >= min_positives else None
+    validated = [k for k in kinds if auroc[k] is not None and auroc[k] >= min_auroc]  # type: ignore[operator]
+    return {
+        "valid_auroc": auroc,
+        "valid_positives": positives,
+        "validated": validated,
+        "not_validated": [k for k in kinds if k not in validated],
+        "min_valid_auroc": min_auroc,
+        "min_valid_positives": min_positives,
+    }
+
+
+def pixel_ceiling(
+    train: tuple[torch.Tensor, Sequence[ImageRecord]],
+    valid: tuple[torch.Tensor, Sequence[ImageRecord]],
+    test: tuple[torch.Tensor, Sequence[ImageRecord]],
+    tower: torch.nn.Module,
+    config: SupervisedConfig,
+    seed: int = 0,
+    progress: bool = False,
+    min_positives: int = MIN_POSITIVES,
+) -> dict[str, object]:
+    """What the pixels show of each finding: the vision tower (random init, the model's
+    architecture and size) with one output per kind, trained on the train split's per-level
+    truth (epoch kept by valid loss), scored on test. Its AUROC per kind bounds what an image
+    embedding, and so zero-shot, can reach."""
+    kinds = list(LEVEL_KINDS)
+    parts = []
+    for images, records in (train, valid, test):
+        truth, usable = level_truth(records, kinds)
+        parts.append((images[torch.from_numpy(usable)], truth[usable]))
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = parts
+    trained = [j for j in range(len(kinds)) if 0 < y_tr[:, j].sum() < len(y_tr)]
+    module = train_classifier(tower, (x_tr, y_tr[:, trained]), (x_va, y_va[:, trained]), config, seed, progress)
+    prob = classifier_proba(module, x_te).reshape(len(x_te), -1)
+    per_kind = {}
+    for col, j in enumerate(trained):
+        per_kind[kinds[j]] = {"auroc": _auroc(y_te[:, j], prob[:, col]), "positives": int(y_te[:, j].sum())}
+    counted = [k for k, v in per_kind.items() if v["positives"] >= min_positives and v["auroc"] is not None]
+    return {
+        "per_kind": per_kind,
+        "macro_auroc": float(np.mean([per_kind[k]["auroc"] for k in counted])) if counted else None,
+        "macro_kinds": counted,
+        "n_train_images": int(len(x_tr)),
+        "epochs": config.epochs,
+        "rule": "the model's vision tower from random init with one sigmoid output per finding kind, trained "
+        "on the train split's per-level truth (class-weighted BCE, epoch kept by valid loss), scored on test",
     }

@@ -33,17 +33,22 @@ class SupervisedConfig:
 
 
 class TowerClassifier(L.LightningModule):
-    """Vision tower -> linear logit of abnormal, trained with class-weighted BCE."""
+    """Vision tower -> linear logits, trained with class-weighted BCE: one output (abnormal) or
+    several independent ones (per-finding labels, the pixel ceiling of findings)."""
 
-    def __init__(self, tower: nn.Module, config: SupervisedConfig, pos_weight: float) -> None:
+    def __init__(self, tower: nn.Module, config: SupervisedConfig, pos_weight: float | np.ndarray) -> None:
         super().__init__()
+        self.multi = np.ndim(pos_weight) > 0  # labels [N, K] (even K = 1) rather than [N]
+        weight = torch.as_tensor(np.atleast_1d(np.asarray(pos_weight, dtype=np.float32)))
+        self.n_outputs = len(weight)
         self.tower = tower.train()  # a copied pre-trained tower arrives in eval mode
-        self.head = nn.Linear(tower.num_features, 1)
+        self.head = nn.Linear(tower.num_features, self.n_outputs)
         self.config = config
-        self.loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+        self.loss = nn.BCEWithLogitsLoss(pos_weight=weight if self.multi else weight[0])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.tower(images)).squeeze(-1)
+        logits = self.head(self.tower(images))
+        return logits if self.multi else logits.squeeze(-1)
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, labels = batch
@@ -75,10 +80,11 @@ def train_classifier(
     seed: int = 0,
     progress: bool = True,
 ) -> TowerClassifier:
-    """Train tower + head on (images, labels); returns the best-validation-loss weights."""
+    """Train tower + head on (images, labels [N] or [N, K] of 0/1); returns the
+    best-validation-loss weights. Each output's positives are weighted by its negatives/positives."""
     L.seed_everything(seed, verbose=False)
     y_train = np.asarray(train[1])
-    pos_weight = float((y_train == 0).sum() / max((y_train == 1).sum(), 1))
+    pos_weight = (y_train == 0).sum(0) / np.maximum((y_train == 1).sum(0), 1)
     module = TowerClassifier(tower, config, pos_weight)
     loaders = [
         DataLoader(
@@ -109,7 +115,7 @@ def train_classifier(
 
 @torch.no_grad()
 def classifier_proba(module: TowerClassifier, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """P(abnormal) for each image, in evaluation mode on the module's device."""
+    """P(abnormal) for each image ([N], or [N, K] for K outputs), in evaluation mode."""
     module = module.eval()
     device = next(module.parameters()).device
     probs = [

@@ -135,3 +135,11 @@ class FindingClassifier:
             logits = self.logit_scale * torch.einsum("nd,kcd->knc", emb[rows], self.classes[key])
             out[:, rows] = logits.softmax(dim=-1)[..., 1].double().numpy()
         return {kind: out[i] for i, kind in enumerate(self.kinds)}
+
+    def pair_cosine(self, levels: Sequence[str] = LEVELS) -> dict[str, float]:
+        """{kind: cosine between its positive and negative ensemble embeddings}, averaged over
+        `levels`: near 1 when the text side cannot tell "disc bulge" from "no disc bulge"."""
+        return {
+            kind: float(np.mean([float(self.classes[lv][k, 0] @ self.classes[lv][k, 1]) for lv in levels]))
+            for k, kind in enumerate(self.kinds)
+        }

@@ -62,6 +62,12 @@ function renderStudies(studies) {
       ),
     );
   }
+  // Finding kinds whose valid AUROC missed the model's gate: named once, never scored.
+  const unvalidated = [...new Set(studies.flatMap((s) => s.not_validated || []))];
+  if (unvalidated.length) {
+    box.append(el("p", { class: "meta", "data-testid": "not-validated",
+      text: `Findings not validated for this model (never scored here): ${unvalidated.map((k) => k.replaceAll("_", " ")).join(", ")}` }));
+  }
   $("studies-section").hidden = studies.length === 0;
 }
 
