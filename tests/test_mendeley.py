@@ -15,7 +15,8 @@ from PIL import Image
 from lumbarclip import cli
 from lumbarclip.data.imageio import load_image, write_dicom
 from lumbarclip.data.manifest import read_manifest
-from lumbarclip.data.mendeley import build_mendeley_manifest, classify_sequence, scan_images
+from lumbarclip.data.mendeley import build_mendeley_manifest, scan_images
+from lumbarclip.data.study import classify_sequence
 from lumbarclip.data.notes import patient_key
 from lumbarclip.data.privacy import SALT_ENV, pseudonymise
 from lumbarclip.data.splits import split_patients

@@ -14,10 +14,17 @@ from _model_folder import make_model_folder
 from lumbarclip.data.config import DataConfig
 from lumbarclip.data.datamodule import PairDataModule
 from lumbarclip.data.imageio import write_dicom
-from lumbarclip.data.transforms import eval_transform, load_model_input, preprocess, size_refusal
+from lumbarclip.data.transforms import (
+    PREPROCESS_FILE,
+    PreprocessSpec,
+    eval_transform,
+    load_model_input,
+    preprocess,
+    size_refusal,
+)
 from lumbarclip.errors import InputError
 from lumbarclip.inference.embed import load_images
-from lumbarclip.inference.operating_point import PREPROCESS_FILE, PreprocessSpec, load_operating_point
+from lumbarclip.inference.operating_point import load_operating_point
 from lumbarclip.inference.predict import Predictor
 
 SIZE = 32

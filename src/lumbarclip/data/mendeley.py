@@ -5,7 +5,7 @@ Images, in either of the two shapes users download (folders may be nested):
       disc D3/D4/D5 = L3-L4/L4-L5/L5-S1;
   (b) raw per-patient folders (`0002/...`, the outermost all-digit folder names the patient)
       of DICOM `.ima`/`.dcm` files. The axial T1/T2 series and its disc-level slices are
-      chosen by `lumbarclip.inference.study` (the rule `lumbarclip predict` uses on a study;
+      chosen by `lumbarclip.data.study` (the rule `lumbarclip predict` uses on a study;
       its docstring states it). A patient with PNGs uses them, not the DICOMs.
 The manifest points at the chosen files directly (no image is copied).
 
@@ -37,8 +37,8 @@ from lumbarclip.data.manifest import ManifestReport, check_manifest, read_manife
 from lumbarclip.data.notes import NotesTable, PatientNote, patient_key, read_notes, read_split_file
 from lumbarclip.data.privacy import pseudonymise
 from lumbarclip.data.splits import SPLIT_FRACTIONS, split_patients
+from lumbarclip.data.study import SliceHeader, choose_slices, slice_header
 from lumbarclip.errors import InputError
-from lumbarclip.inference.study import SliceHeader, choose_slices, classify_sequence, slice_header
 from lumbarclip.reports import parse_report
 
 #: Disc number in the PNG names -> level.
@@ -143,7 +143,7 @@ def _folder_patient(path: Path, root: Path) -> str | None:
 def _patient_dicom_slices(
     files: list[Path], ignored: Counter[str], bar: tqdm
 ) -> tuple[list[SliceRef], str]:
-    """The chosen slices of one patient's DICOM files (`lumbarclip.inference.study`'s rule),
+    """The chosen slices of one patient's DICOM files (`lumbarclip.data.study`'s rule),
     or [] and the reason."""
     heads: list[SliceHeader] = []
     for path in files:

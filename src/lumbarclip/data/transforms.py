@@ -11,10 +11,11 @@ default because reports name sides (Rt/Lt) and a flip would contradict the text.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,10 +25,57 @@ from torchvision.transforms import v2
 from lumbarclip.data.imageio import LoadedImage, read_image
 from lumbarclip.errors import InputError
 
-if TYPE_CHECKING:
-    from lumbarclip.inference.operating_point import PreprocessSpec
-
 MEAN, STD = 0.5, 0.25
+PREPROCESS_FILE = "preprocess.json"
+#: The command that writes preprocess.json into a model folder, named when it is missing.
+PREPROCESS_WRITER = "lumbarclip evaluate --run MODEL --data MANIFEST"
+
+
+@dataclass
+class PreprocessSpec:
+    """How an image file becomes the model's input, and which files it refuses; the fields
+    `preprocess` runs on (`size_refusal` says what the limits mean)."""
+
+    image_size: int
+    mean: float
+    std: float
+    channels: int = 1
+    value_range: tuple[float, float] = (0.0, 1.0)
+    intensity: str = "percentile 0.5-99.5 window to [0, 1] (lumbarclip.data.imageio.normalise)"
+    padding: str = "zero-pad the short side to a centred square"
+    resize: str = "bilinear, antialiased"
+    stack: str = "a volume or multi-frame file gives its middle slice"
+    max_upscale: float = 4.0  # the resize enlarges an image at most this much
+    max_aspect: float = 2.0  # long side / short side
+    max_pixel_aspect: float = 1.1  # larger / smaller pixel spacing, where the file states it
+
+    @property
+    def input_range(self) -> tuple[float, float]:
+        """The values a model input can take: `value_range` normalised by mean and std."""
+        lo, hi = self.value_range
+        return ((lo - self.mean) / self.std, (hi - self.mean) / self.std)
+
+    @classmethod
+    def of_model(cls, image_size: int) -> PreprocessSpec:
+        """The spec of the package's evaluation transform at `image_size`."""
+        return cls(image_size=image_size, mean=MEAN, std=STD)
+
+    def save(self, model_dir: Path) -> Path:
+        path = Path(model_dir) / PREPROCESS_FILE
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, model_dir: Path) -> PreprocessSpec:
+        path = Path(model_dir) / PREPROCESS_FILE
+        if not path.is_file():
+            raise InputError(f"{path}: missing; write it with {PREPROCESS_WRITER}")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError(f"{path}: not valid JSON ({err})") from None
+        data["value_range"] = tuple(data.get("value_range", (0.0, 1.0)))
+        return cls(**data)
 
 
 def to_square_tensor(pixels: np.ndarray, size: int) -> torch.Tensor:
@@ -108,8 +156,6 @@ def load_model_input(path: str | Path, spec: PreprocessSpec) -> tuple[torch.Tens
 def eval_transform(image_size: int) -> Callable[[np.ndarray], torch.Tensor]:
     """`preprocess` with the spec evaluation writes to preprocess.json (`PreprocessSpec.of_model`):
     the deterministic transform of validation and evaluation."""
-    from lumbarclip.inference.operating_point import PreprocessSpec
-
     return partial(preprocess, spec=PreprocessSpec.of_model(image_size))
 
 

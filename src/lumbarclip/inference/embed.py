@@ -9,8 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lumbarclip.data.transforms import load_model_input
-from lumbarclip.inference.operating_point import PreprocessSpec
+from lumbarclip.data.transforms import PreprocessSpec, load_model_input
 from lumbarclip.models import LumbarCLIP
 
 

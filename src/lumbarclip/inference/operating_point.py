@@ -23,59 +23,16 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from lumbarclip.data.transforms import PREPROCESS_FILE, PreprocessSpec
 from lumbarclip.decision import aggregate_patients, choose_threshold, fit_platt, platt_map, sigmoid, to_logit
 from lumbarclip.errors import InputError
 
 OPERATING_POINT_FILE = "operating_point.json"
 OPERATING_POINT_ARRAYS = "operating_point.safetensors"
-PREPROCESS_FILE = "preprocess.json"
 CARD_FILE = "card.json"
 #: The command that writes the operating point, named in every "missing" message.
 WRITER_COMMAND = "lumbarclip evaluate --run MODEL --data MANIFEST"
 CLASS_NAMES: tuple[str, str] = ("normal", "abnormal")
-
-
-@dataclass
-class PreprocessSpec:
-    """How an image file becomes the model's input, and which files it refuses; the fields
-    `lumbarclip.data.transforms.preprocess` runs on (`size_refusal` says what the limits mean)."""
-
-    image_size: int
-    mean: float
-    std: float
-    channels: int = 1
-    value_range: tuple[float, float] = (0.0, 1.0)
-    intensity: str = "percentile 0.5-99.5 window to [0, 1] (lumbarclip.data.imageio.normalise)"
-    padding: str = "zero-pad the short side to a centred square"
-    resize: str = "bilinear, antialiased"
-    stack: str = "a volume or multi-frame file gives its middle slice"
-    max_upscale: float = 4.0  # the resize enlarges an image at most this much
-    max_aspect: float = 2.0  # long side / short side
-    max_pixel_aspect: float = 1.1  # larger / smaller pixel spacing, where the file states it
-
-    @property
-    def input_range(self) -> tuple[float, float]:
-        """The values a model input can take: `value_range` normalised by mean and std."""
-        lo, hi = self.value_range
-        return ((lo - self.mean) / self.std, (hi - self.mean) / self.std)
-
-    @classmethod
-    def of_model(cls, image_size: int) -> PreprocessSpec:
-        """The spec of the package's evaluation transform at `image_size`."""
-        from lumbarclip.data.transforms import MEAN, STD
-
-        return cls(image_size=image_size, mean=MEAN, std=STD)
-
-    def save(self, model_dir: Path) -> Path:
-        path = Path(model_dir) / PREPROCESS_FILE
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, model_dir: Path) -> PreprocessSpec:
-        data = _read_json(Path(model_dir) / PREPROCESS_FILE)
-        data["value_range"] = tuple(data.get("value_range", (0.0, 1.0)))
-        return cls(**data)
 
 
 @dataclass

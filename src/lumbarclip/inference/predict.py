@@ -5,7 +5,7 @@
     for line in result.lines(): print(json.dumps(line))
 
 Inputs: a file is scored as given (DICOM, PNG/JPEG/TIFF, NIfTI's middle slice). A folder is
-searched recursively: its DICOM files are grouped by study, and `inference.study.choose_slices`
+searched recursively: its DICOM files are grouped by study, and `data.study.choose_slices`
 picks the axial T1/T2 disc-level slices (the Mendeley adapter's rule), saying which and why;
 its other images are each scored. Files named like the public dataset (`T1_0002_D3.png`) give
 their sequence, level and patient from the name.
@@ -17,7 +17,7 @@ to the model's size, too elongated, non-square pixels: `data.transforms.size_ref
 `pacs` turn files into model inputs.
 
 Before any verdict each image passes the input guard (`lumbarclip.decision.InputGuard`, fitted
-at evaluation) and, for DICOM, the header checks (`inference.study.header_refusal`: MR, axial,
+at evaluation) and, for DICOM, the header checks (`data.study.header_refusal`: MR, axial,
 lumbar). An image that fails either gets `"in_distribution": false`, `"label": null`, no
 `p_abnormal` and a `reason`. The others get the calibrated P(abnormal) and a label at the image
 threshold.
@@ -355,7 +355,7 @@ class Predictor:
 
     def _file(self, path: Path, result: PredictResult) -> _Item | None:
         """One file given by the user, scored whatever its orientation."""
-        from lumbarclip.inference.study import header_refusal, slice_header
+        from lumbarclip.data.study import header_refusal, slice_header
 
         try:
             kind = image_format(path)
@@ -372,7 +372,7 @@ class Predictor:
 
     def _folder(self, folder: Path, result: PredictResult, progress: bool) -> list[_Item]:
         """A series or study folder: DICOM studies -> chosen slices; other images each."""
-        from lumbarclip.inference.study import SliceHeader, choose_slices, header_refusal, slice_header
+        from lumbarclip.data.study import SliceHeader, choose_slices, header_refusal, slice_header
 
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
         images = [p for p in files if p.name.lower().endswith(IMAGE_SUFFIXES)]
