@@ -1,0 +1,40 @@
+"""The docs build strictly (broken links, missing pages and missing snippets fail), and the
+README stays a front page: short, with both set-up commands on its first screen."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def test_readme_is_a_front_page():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines; move detail into docs/"
+    first_screen = "\n".join(lines[:40])
+    assert "make demo" in first_screen
+    assert "make test" in first_screen
+
+
+def test_readme_demo_table_is_generated():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "docs_tables.py"), "--check"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_mkdocs_build_strict(tmp_path):
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert (tmp_path / "site" / "index.html").exists()
+    demo = (tmp_path / "site" / "results" / "demo" / "index.html").read_text()
+    assert "linear_probe" in demo and "f2ecd7a" in demo
