@@ -46,15 +46,15 @@ def provenance(meta: dict, parent: dict | None = None) -> str:
     """One line: command, commit, seed, machine (and source/note when given)."""
     parent = parent or {}
     merged = {k: meta.get(k, parent.get(k)) for k in PROVENANCE_KEYS}
-    parts = [f"Command: `{merged['command']}`"]
-    parts.append(f"commit `{merged['commit']}`" if merged["commit"] else "commit not recorded")
-    if merged["seed"] is not None:
-        parts.append(f"seed {merged['seed']}")
-    parts.append(f"machine: {merged['machine']}")
-    text = "; ".join(parts) + "."
+    parts = [f"**Command** `{merged['command']}`"]
+    parts.append(f"**commit** `{merged['commit']}`" if merged["commit"] else "**commit** not recorded")
+    seed = merged["seed"]
+    parts.append(f"**seed** {seed}" if seed is not None else "**seed** none (deterministic)")
+    parts.append(f"**machine** {merged['machine']}")
+    text = " · ".join(parts) + "."
     extra = meta.get("note") or (meta.get("source") if parent == {} else None)
     if extra:
-        text += f" {extra[0].upper()}{extra[1:]}."
+        text += f" Source: {extra}."
     return text + "\n"
 
 
