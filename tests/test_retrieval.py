@@ -1,5 +1,7 @@
 """Findings-match retrieval: relevance by Jaccard, mAP and Recall@K against hand computations."""
 
+from itertools import combinations
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,14 @@ def test_report_sections_show_findings_match_and_per_finding_auroc():
     page = _finding_zero_shot_html(fz)
     assert "0.912" in page and "0.850-0.960" in page and ">30<" in page
     assert "Not computed" in _finding_zero_shot_html({})
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 7])
+def test_chance_recall_is_the_share_of_top_k_sets_that_hold_a_relevant_item(k):
+    """The hypergeometric chance level against a count over every top-k set of 6 items."""
+    relevant = np.array([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1], [1, 1, 1, 1, 1, 0]], dtype=bool)
+    out = ranked_relevance_metrics(np.zeros(relevant.shape), relevant, (k,))
+    n = relevant.shape[1]
+    sets = list(combinations(range(n), min(k, n)))
+    brute = np.mean([np.mean([row[list(top)].any() for top in sets]) for row in relevant])
+    assert out[f"chance_r@{k}"] == pytest.approx(brute)

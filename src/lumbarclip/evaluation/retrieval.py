@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import hypergeom
 from sklearn.metrics import average_precision_score
 
 from lumbarclip.findings import jaccard
@@ -98,7 +99,7 @@ def ranked_relevance_metrics(
     out["chance_map"] = float(rel.mean(axis=1).mean())
     for k in ks:
         out[f"r@{k}"] = float(hits[:, :k].any(axis=1).mean())
-        out[f"chance_r@{k}"] = float(np.mean([1 - _miss(n, int(m), k) for m in rel.sum(axis=1)]))
+        out[f"chance_r@{k}"] = float(np.mean(1 - _miss(n, rel.sum(axis=1), k)))
     return out
 
 
@@ -121,12 +122,10 @@ def findings_match_metrics(
     }
 
 
-def _miss(n: int, m: int, k: int) -> float:
-    """C(n - m, k) / C(n, k) in product form: a random top-k misses all m relevant of n items."""
-    miss = 1.0
-    for j in range(min(k, n)):
-        miss *= max(n - m - j, 0) / (n - j)
-    return miss
+def _miss(n: int, m: np.ndarray, k: int) -> np.ndarray:
+    """Per count in `m`: the probability that a random top-k of n items holds none of the m
+    relevant ones, C(n - m, k) / C(n, k) (hypergeometric, no successes in min(k, n) draws)."""
+    return hypergeom.pmf(0, n, np.asarray(m, dtype=int), min(k, n))
 
 
 def _chance(query_ids: np.ndarray, item_ids: np.ndarray, k: int) -> float:
@@ -137,4 +136,4 @@ def _chance(query_ids: np.ndarray, item_ids: np.ndarray, k: int) -> float:
         return 0.0
     ids, counts = np.unique(item_ids, return_counts=True)
     per_id = dict(zip(ids, counts, strict=True))
-    return float(1 - np.mean([_miss(n, per_id.get(q, 0), k) for q in query_ids]))
+    return float(1 - np.mean(_miss(n, np.array([per_id.get(q, 0) for q in query_ids]), k)))
