@@ -99,9 +99,10 @@ def test_sr_reads_back_with_highdicom_and_pydicom(study):
     assert (items["DCM", "111001"].TextValue, items["DCM", "111003"].TextValue) == ("tiny", "1.2")  # Algorithm Name/Version
     assert items[SCHEME, "INTENDED_USE"].TextValue == INTENDED_USE
     assert code(items["SCT", "363698007"].ConceptCodeSequence) == ("SCT", "122496007")  # Finding site: lumbar spine
-    sites = {code(g.ContentSequence[i].ConceptCodeSequence) for g in level_groups for i in range(len(g.ContentSequence)) if code(g.ContentSequence[i].ConceptNameCodeSequence) == ("SCT", "363698007")}
+    coded = [(code(i.ConceptNameCodeSequence), code(i.ConceptCodeSequence)) for g in level_groups for i in g.ContentSequence if i.ValueType == "CODE"]
+    sites = {value for name, value in coded if name == ("SCT", "363698007")}  # Finding Site
     assert sites == {("SCT", "62551000"), ("SCT", "84020006"), ("SCT", "715056000")}  # L3/L4, L4/L5, L5/S1 disc
-    kinds = {code(i.ConceptCodeSequence) for g in level_groups for i in g.ContentSequence if code(i.ConceptNameCodeSequence) == ("DCM", "121071")}
+    kinds = {value for name, value in coded if name == ("DCM", "121071")}  # Finding
     assert kinds == {("SCT", "73589001"), (SCHEME, "BULGE")}  # herniation (protrusion); the bulge is private
     assert len(level_groups) == sum(len(scores) for scores in got["levels"].values())
     assert len(hd.sr.srread(roundtrip(sr)).content.get_image_measurement_groups()) == 1 + len(level_groups)
@@ -231,3 +232,10 @@ def test_secondary_capture_validates_with_dciodvfy(study, tmp_path):
         path = tmp_path / f"sc{i}.dcm"
         sc.save_as(path, enforce_file_format=True)
         assert _dciodvfy_errors(path) == []
+
+
+def test_level_without_a_snomed_disc_reads_back_by_name(study):
+    files, sources = study
+    images = [{"level": "T12-L1", "top_findings": [{"finding": "canal_narrowing", "score": 0.7}]}]
+    sr = build_report(sources, {"label": 1, "p_abnormal": 0.9, "threshold": 0.5}, images, sources[:1], ModelInfo("tiny", "1"))
+    assert read_report(pydicom.dcmread(roundtrip(sr)))["levels"] == {"T12-L1": {"canal_narrowing": 0.7}}

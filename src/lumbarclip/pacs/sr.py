@@ -37,6 +37,7 @@ from highdicom.sr import CodedConcept
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 SCHEME = "99LUMBARCLIP"
@@ -218,7 +219,10 @@ def build_report(
 
 
 def _study_group(
-    study: dict, images: Sequence[dict], image_sources: Sequence[Dataset], algorithm: hd.sr.AlgorithmIdentification
+    study: dict,
+    images: Sequence[dict],
+    image_sources: Sequence[Dataset],
+    algorithm: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """The study's measurement group: verdict, probability and threshold (or why there is no
     verdict), and the notes a reader needs to weigh them (intended use, images left out,
@@ -279,10 +283,11 @@ def with_type2_defaults(ds: Dataset) -> Dataset:
 
 
 def _source_images(datasets: Sequence[Dataset]) -> list[hd.sr.SourceImageForMeasurementGroup] | None:
+    """A measurement group's images (None for none: highdicom rejects an empty list)."""
     return [hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID) for ds in datasets] or None
 
 
-def _named(item: Dataset, code: CodedConcept | Any) -> bool:
+def _named(item: Dataset, code: CodedConcept | Code) -> bool:
     name = item.ConceptNameCodeSequence[0]
     return name.CodeValue == code.value and name.CodingSchemeDesignator == code.scheme_designator
 
@@ -312,17 +317,18 @@ def read_report(ds: Dataset) -> dict[str, Any]:
 
 def _read_group(group: Dataset, out: dict[str, Any]) -> None:
     """One measurement group into `out`: the study's values, or one level's finding score."""
-    values: dict[str, Any] = {}
+    values: dict[tuple[str, str], Any] = {}
     for child in group.ContentSequence:
         name = child.ConceptNameCodeSequence[0]
+        key = (str(name.CodingSchemeDesignator), str(name.CodeValue))
         if child.ValueType == "TEXT":
-            values[(name.CodingSchemeDesignator, name.CodeValue)] = str(child.TextValue)
+            values[key] = str(child.TextValue)
         elif child.ValueType == "CODE":
-            values[(name.CodingSchemeDesignator, name.CodeValue)] = child.ConceptCodeSequence[0]
-        elif child.ValueType == "NUM":
-            values[(name.CodingSchemeDesignator, name.CodeValue)] = hd.sr.NumContentItem.from_dataset(child).value
+            values[key] = child.ConceptCodeSequence[0]
+        elif child.ValueType == "NUM":  # FloatingPointValue: the exact float written
+            values[key] = hd.sr.NumContentItem.from_dataset(child).value
 
-    def get(code: Any) -> Any:
+    def get(code: CodedConcept | Code) -> Any:
         return values.get((code.scheme_designator, code.value))
 
     tracking = get(TRACKING_ID)
@@ -343,7 +349,7 @@ def _read_group(group: Dataset, out: dict[str, Any]) -> None:
         return
     level = next(
         (lvl for lvl, code in LEVEL_SITES.items() if site is not None and site.CodeValue == code.value),
-        str(tracking).split(" ")[0],
+        str(tracking).rsplit(" ", 1)[0],  # "<level> <kind>": a level with no SNOMED CT disc
     )
     out["levels"].setdefault(level, {})[_finding_kind(finding)] = get(PROBABILITY)
 
