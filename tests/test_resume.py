@@ -22,6 +22,7 @@ TINY = [
     "model.vision=test_resnet",
     "model.image_size=32",
     "model.embed_dim=16",
+    "model.vision_kwargs={drop_rate: 0.2}",  # dropout: training draws from the global random stream
     "data.batch_size=8",
     "trainer.max_epochs=3",
     # bf16 as the cpu-demo preset trains: text vectors computed in a batch differ there by ~1e-2

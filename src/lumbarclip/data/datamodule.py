@@ -178,7 +178,12 @@ class PairDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: ImageTextDataset | ShardPairs, train: bool) -> DataLoader:
         workers = self.data.num_workers
-        common = dict(num_workers=workers, collate_fn=collate_pairs)
+        # A loader draws its workers' base seed from `generator` each time it is iterated; from the
+        # global generator, that draw would move the dropout stream at each epoch's (and each
+        # validation's) start, so a run resumed mid-epoch, which iterates its loader again after
+        # the checkpoint's random state is restored, would draw other dropout masks. The data do
+        # not depend on these seeds: every sample is drawn from its own (see `EpochSampler`).
+        common = dict(num_workers=workers, collate_fn=collate_pairs, generator=torch.Generator().manual_seed(self.seed))
         if isinstance(dataset, ShardPairs):  # batches are formed in the stream
             epoch, skip = self._resume_point(len(dataset) * self.data.batch_size) if train and self.trainer else (0, 0)
             return StreamLoader(dataset, epoch, skip, batch_size=None, **common)
