@@ -3,8 +3,8 @@
 # few hundred steps of the real engine (`lumbarclip.training.train`, Lightning, bf16-mixed).
 # Never needed by the tests.
 #
-#   bench/gpu.sh                     # 300 steps on a 224 px synthetic cohort (rendered once)
-#   STEPS=500 BATCH=64 bench/gpu.sh --set model.vision_pretrained=/path/resnet50.safetensors
+#   scripts/gpu.sh                   # 300 steps on a 224 px synthetic cohort (rendered once)
+#   STEPS=500 BATCH=64 scripts/gpu.sh --set model.vision_pretrained=/path/resnet50.safetensors
 #
 # Settings (environment): STEPS (300 timed steps, after WARMUP=20 untimed ones), BATCH (preset: 32),
 # PATIENTS (300; 6 images each), SIZE (224), TEXT (minilm: the packaged offline tower; the preset's
@@ -15,7 +15,7 @@
 # `--set model.vision_pretrained=timm|FILE` is given (timm's ImageNet weights need the network).
 #
 # CPU dry run (seconds; checks the script, not a GPU figure):
-#   DEVICE=cpu STEPS=3 WARMUP=1 PATIENTS=12 SIZE=32 VISION=resnet18 BATCH=8 WORKERS=0 bench/gpu.sh
+#   DEVICE=cpu STEPS=3 WARMUP=1 PATIENTS=12 SIZE=32 VISION=resnet18 BATCH=8 WORKERS=0 scripts/gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -32,7 +32,7 @@ overrides=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --set) overrides+=("$2"); shift 2 ;;
-    *) echo "bench/gpu.sh: unknown argument $1 (use --set key=value)" >&2; exit 2 ;;
+    *) echo "scripts/gpu.sh: unknown argument $1 (use --set key=value)" >&2; exit 2 ;;
   esac
 done
 

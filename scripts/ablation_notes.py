@@ -5,7 +5,7 @@ needs train/valid/test, so the 77 valid patients become the test split and 60 tr
 (stratified by lbp, seed 0) the valid split. Writes a CSV outside the project for
 `lumbarclip twin --notes` (the notes are never copied into the repository):
 
-    python bench/ablation_notes.py --notes-dir ../shared/data/mendeley-notes --out OUT/notes-ablation.csv
+    python scripts/ablation_notes.py --notes-dir ../shared/data/mendeley-notes --out OUT/notes-ablation.csv
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The paper's ablation grid (vision x head x loss x seed) on the real-notes twin, in one shot on a
 # lent GPU machine. Run from the repo root with the ignored folder .devcarry carried (made by
-# `python bench/devcarry.py --notes NOTES --out .devcarry`):
-#   .devcarry/notes.csv   the notes CSV (bench/ablation_notes.py); never committed
+# `python scripts/devcarry.py --notes NOTES --out .devcarry`):
+#   .devcarry/notes.csv   the notes CSV (scripts/ablation_notes.py); never committed
 #   .devcarry/minilm/     the MiniLM text tower with fp16 weights (config dtype float32)
 #   .devcarry/whl/        wheels the image lacks (pydicom, nibabel: data/imageio imports them)
 # Steps: install the wheels into $SITE, render the twin into $WORK, start one `ablate` process per
@@ -18,7 +18,7 @@
 # seed; cell: one per vision x head x loss x seed), CARRY (.devcarry), WORK (a new temporary
 # folder: the twin and the runs), SITE (a new temporary folder: the wheels).
 # Locally (CPU, tiny): OUT=$(mktemp -d) PYTHON=.venv/bin/python ACCEL=cpu EPOCHS=1 SIZE=32 \
-#   VISIONS=resnet SEEDS=0 HEADS=linear LOSSES=hard nice -n 15 bash bench/gpu_ablation.sh
+#   VISIONS=resnet SEEDS=0 HEADS=linear LOSSES=hard nice -n 15 bash scripts/gpu_ablation.sh
 set -o pipefail
 SECONDS=0
 T0=$(date +%s)

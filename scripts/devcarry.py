@@ -1,11 +1,11 @@
-"""Build the ignored folder that `bench/gpu_ablation.sh` carries to a lent GPU machine.
+"""Build the ignored folder that `scripts/gpu_ablation.sh` carries to a lent GPU machine.
 
 A device call may carry 64 MiB: the packaged MiniLM (88 MB) goes as fp16 safetensors (its
 config.json says float32, so transformers loads it back at full width), the notes CSV of
-`bench/ablation_notes.py`, and the pure-Python wheels the GPU image lacks (pydicom and nibabel,
+`scripts/ablation_notes.py`, and the pure-Python wheels the GPU image lacks (pydicom and nibabel,
 imported by `data/imageio.py`), fetched by pip for Python 3.12:
 
-    python bench/devcarry.py --notes notes.csv --out .devcarry
+    python scripts/devcarry.py --notes notes.csv --out .devcarry
     echo .devcarry/ >> .git/info/exclude    # never committed
 """
 
@@ -27,7 +27,7 @@ WHEELS = ("pydicom==3.0.2", "nibabel==5.4.2")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--notes", type=Path, required=True, help="notes CSV from bench/ablation_notes.py")
+    parser.add_argument("--notes", type=Path, required=True, help="notes CSV from scripts/ablation_notes.py")
     parser.add_argument("--out", type=Path, default=Path(".devcarry"))
     args = parser.parse_args()
     source = Path(resolve_text_tower("minilm"))

@@ -3,7 +3,7 @@ same-patient retrieval, findings-match retrieval, per-finding zero-shot (AUROC, 
 bootstrap resamples) and the binary zero-shot balanced accuracy. `lumbarclip evaluate` computes
 the same inside metrics.json plus the linear probe; this is the cheap check when CPU is short.
 
-    python bench/findings_level.py MODEL_DIR MANIFEST SPLIT OUT.json
+    python scripts/findings_level.py MODEL_DIR MANIFEST SPLIT OUT.json
 """
 
 from __future__ import annotations
