@@ -38,3 +38,25 @@ def test_mkdocs_build_strict(tmp_path):
     assert (tmp_path / "site" / "index.html").exists()
     demo = (tmp_path / "site" / "results" / "demo" / "index.html").read_text()
     assert "linear_probe" in demo and "f2ecd7a" in demo
+
+
+def test_readme_links_resolve():
+    import re
+
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README.read_text())
+    local = [t for t in targets if not t.startswith(("http://", "https://"))]
+    assert local
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, missing
+
+
+def test_result_files_say_where_their_figures_come_from():
+    import json
+
+    data = ROOT / "docs" / "results" / "data"
+    headed = [p for p in sorted(data.glob("*.json")) if p.name != "demo-metrics.json"]
+    assert headed
+    for path in headed:
+        meta = json.loads(path.read_text())
+        for key in ("command", "commit", "seed", "machine"):
+            assert key in meta, f"{path.name} has no {key!r}"
