@@ -66,8 +66,9 @@ def pull_study(
         "n_instances": len(files),
         "skipped": skipped,
         "verdict": report["verdict"],
-        "p_abnormal": report["p_abnormal"],
-        "threshold": report["threshold"],
+        "p_abnormal": report.get("p_abnormal"),  # absent when the study was not assessed
+        "threshold": report.get("threshold"),
+        "reason": report.get("reason"),
         "sr": str(results[0].SOPInstanceUID),
         "n_results": len(results),
         "stored": stow,
