@@ -17,7 +17,7 @@ Settings (variant x target) are compared on valid, the default split; test is sc
 one chosen setting: `--split test` refuses more than one, and `--select` picks the setting with
 the best valid hit rate (first --truth and --margin) and then scores only that one on test.
 
-Target (issue 7): hit rate >= 0.70 and >= 2x the better baseline on the demo model.
+Target: hit rate >= 0.70 and >= 2x the better baseline on the demo model.
 """
 
 from __future__ import annotations
