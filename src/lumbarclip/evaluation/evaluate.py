@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from lumbarclip.data.manifest import ImageRecord, read_manifest
+from lumbarclip.data.manifest import ImageRecord, Manifest, read_manifest
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.baselines import majority_proba, raw_pixel_features
 from lumbarclip.evaluation.integrity import TrainingPatients, integrity_checks, outcome_warnings
@@ -189,55 +189,23 @@ def evaluate_run(
     test split writes the model folder (operating point, card.json): a card must not carry
     scores from valid, where thresholds and C were chosen."""
     opts = options or EvalOptions()
-    if split not in ("valid", "test"):
-        raise InputError(f"--split must be valid or test, got {split!r}")
-    model_dir, run_root = resolve_model_dir(run_dir)
-    out = Path(out_dir) if out_dir else run_root / f"eval-{split}"
-    existing = [name for name in OUTPUTS if (out / name).exists()]
-    if existing and not overwrite:
-        raise InputError(f"{out / existing[0]}: already exists; choose another --out or pass --overwrite")
-    manifest = read_manifest(manifest_path)
+    model_dir, run_root, out, manifest = _resolve_inputs(run_dir, manifest_path, split, out_dir, overwrite)
     prompts = opts.prompts or default_prompts()
-    training = TrainingPatients.from_run(run_root)
-    if training.warning:
-        log.warning(training.warning)  # at once, not only in the summary printed at the end
-    integrity = integrity_checks(
-        manifest, split, _classifier_inputs(opts), prompts, finding_prompts=_all_finding_prompts(), training=training
-    )
-    for name in ("train", "valid", split):
-        if not manifest.split(name):
-            raise InputError(
-                f"{manifest.path}: the {name} split is empty; evaluation needs train, valid and {split}"
-            )
+    integrity = _check_integrity(manifest, split, run_root, prompts, opts)
     if opts.supervised.precision is None:
         opts = replace(opts, supervised=replace(opts.supervised, precision=_run_precision(run_root)))
 
-    from lumbarclip.inference import class_embeddings, embed_texts, encode_images, load_images
-
     timer = _Timer()
-    model = LumbarCLIP.from_pretrained(model_dir)
-    splits = {}
-    for name in ("train", "valid", split):
-        records = manifest.split(name)
-        images = load_images([r.image_path for r in records], model.config.image_size, opts.progress)
-        splits[name] = SplitData(records, encode_images(model, images, opts.batch_size), images)
-    run = Downstream(model, splits["train"], splits["valid"], splits[split], opts)
-    test = run.test
+    run = _load_and_embed(model_dir, manifest, split, opts)
+    model, test = run.model, run.test
     timer.lap("load_and_embed")
 
     preds: dict[str, Predictions] = {}
     preds[MAIN], probe = run.probe(lambda s: s.embeddings)
-    with torch.no_grad():
-        classes = class_embeddings(model, prompts).cpu()
-    preds["zero_shot"] = test.predictions(zero_shot_abnormal_proba(model, test.embeddings, classes))
-    texts = sorted({(r.patient_id, r.report) for r in test.records})  # each patient's report(s), once
-    text_emb = embed_texts(model, [t for _, t in texts], opts.batch_size)
-    text_patients = np.array([p for p, _ in texts])
-    retrieval = retrieval_metrics(test.embeddings, test.patients, text_emb, text_patients)
-    study = study_embeddings(test.embeddings, test.patients)
-    retrieval["study"] = retrieval_metrics(study[1], study[0], text_emb, text_patients)
-    finding_zero_shot = _findings_level(model, run, texts, text_emb, study, retrieval, opts)
+    text = _text_side(run, prompts, opts)
+    preds["zero_shot"] = text.zero_shot
     timer.lap("probe_zero_shot_retrieval")
+    finding_zero_shot = text.finding_zero_shot
     if finding_zero_shot and opts.pixel_ceiling and test.images is not None:
         finding_zero_shot["pixel_ceiling"] = _pixel_ceiling(model, run, opts)
         timer.lap("pixel_ceiling")
@@ -246,22 +214,14 @@ def evaluate_run(
         from lumbarclip.evaluation.model_folder import prepare_model_folder
 
         folder = prepare_model_folder(
-            model, model_dir, probe.pipeline, run.train, run.valid, test, classes.numpy(),
+            model, model_dir, probe.pipeline, run.train, run.valid, test, text.classes.numpy(),
             preds[MAIN].thresholds, opts.report_bank,
             {"fitted_on": "valid", "manifest": Path(manifest.path).name, "probe_C": probe.C},
             opts.batch_size, manifest.path,
         )  # fmt: skip
         timer.lap("operating_point")
 
-    baselines = {"majority": test.predictions(majority_proba(run.train.labels, len(test.records)))}
-    pixels_c = None
-    if opts.raw_pixels:
-        baselines["raw_pixels"], pixels_probe = run.probe(lambda s: raw_pixel_features(s.images))
-        pixels_c = pixels_probe.C
-    timer.lap("simple_baselines")
-    if opts.from_scratch:
-        baselines["from_scratch"] = run.from_scratch()
-        timer.lap("from_scratch")
+    baselines, pixels_c = _baselines(run, timer)
     if opts.finetune:
         preds["finetune"] = run.finetune()
         timer.lap("finetune")
@@ -280,7 +240,7 @@ def evaluate_run(
         **preds[MAIN].metrics(),
         "classifier": MAIN,
         "zero_shot": preds["zero_shot"].metrics(),
-        "retrieval": retrieval,
+        "retrieval": text.retrieval,
         "finding_zero_shot": finding_zero_shot,
         "ci95": ci95,
         "baselines": {name: p.metrics() for name, p in baselines.items()},
@@ -288,52 +248,14 @@ def evaluate_run(
         "integrity": integrity,
         **(folder.metrics if folder else {}),
         **({"finetune": preds["finetune"].metrics()} if "finetune" in preds else {}),
-        "meta": {
-            "split": split,
-            "out": str(out),
-            "manifest": str(manifest.path),
-            "model": str(model_dir),
-            "vision": model.config.vision,
-            "probe_C": probe.C,
-            "raw_pixels_C": pixels_c,
-            "patient_rule": PATIENT_RULE,
-            "zero_shot_rule": "argmax over class prompt ensembles (threshold 0.5, nothing tuned)",
-            "threshold_rule": "maximise balanced accuracy on the valid split, per level",
-            "bootstrap_resamples": opts.bootstrap,
-            "ci_method": CI_METHOD,
-            "seed": opts.seed,
-            "supervised": asdict(opts.supervised),
-            "seconds": timer.laps,
-        },
+        "meta": _meta(split, out, manifest.path, model_dir, model, probe.C, pixels_c, opts, timer),
     }
     integrity["warnings"] += outcome_warnings(metrics, MAIN)
     out.mkdir(parents=True, exist_ok=True)
     if opts.report:
-        from lumbarclip.evaluation.pointing import saliency_gallery
-
-        write_report(
-            ReportInputs(
-                metrics=metrics,
-                predictions={**preds, **{k: v for k, v in baselines.items() if k != "majority"}},
-                records=test.records,
-                image_emb=test.embeddings,
-                text_emb=text_emb,
-                text_labels=np.array([int(test.labels[test.patients == p].max()) for p, _ in texts]),
-                class_emb=classes.numpy(),
-                title=f"LumbarCLIP evaluation: {run_root.name} on {split}",
-                meta={
-                    "model": model_dir,
-                    "manifest": manifest.path,
-                    "split": split,
-                    "patient rule": PATIENT_RULE,
-                },
-                embedding_map=opts.embedding_map,
-                saliency=saliency_gallery(
-                    model, test.records, test.images, classes[1] - classes[0], manifest.path, seed=opts.seed
-                ),
-            ),
-            out / "report.html",
-        )
+        shown = {**preds, **{k: v for k, v in baselines.items() if k != "majority"}}
+        title = f"LumbarCLIP evaluation: {run_root.name} on {split}"
+        _write_report(run, metrics, shown, text, title, model_dir, manifest.path, split, out)
         timer.lap("report")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     if folder:
@@ -341,6 +263,173 @@ def evaluate_run(
         for note in folder.write(metrics, asdict(model.config), overwrite):
             print(f"WARNING: {note}", file=sys.stderr)
     return metrics
+
+
+def _resolve_inputs(
+    run_dir: str | Path, manifest_path: str | Path, split: str, out_dir: str | Path | None, overwrite: bool
+) -> tuple[Path, Path, Path, Manifest]:
+    """(model folder, run folder, output folder, manifest), refusing a bad split or outputs
+    that would be overwritten before anything loads."""
+    if split not in ("valid", "test"):
+        raise InputError(f"--split must be valid or test, got {split!r}")
+    model_dir, run_root = resolve_model_dir(run_dir)
+    out = Path(out_dir) if out_dir else run_root / f"eval-{split}"
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing and not overwrite:
+        raise InputError(f"{out / existing[0]}: already exists; choose another --out or pass --overwrite")
+    return model_dir, run_root, out, read_manifest(manifest_path)
+
+
+def _check_integrity(
+    manifest: Manifest, split: str, run_root: Path, prompts: dict[int, list[str]], opts: EvalOptions
+) -> dict[str, object]:
+    """The integrity block of metrics.json (fatal findings raise here, before any model loads);
+    refuses a manifest whose train, valid or evaluated split is empty."""
+    training = TrainingPatients.from_run(run_root)
+    if training.warning:
+        log.warning(training.warning)  # at once, not only in the summary printed at the end
+    integrity = integrity_checks(
+        manifest, split, _classifier_inputs(opts), prompts, finding_prompts=_all_finding_prompts(), training=training
+    )
+    for name in ("train", "valid", split):
+        if not manifest.split(name):
+            raise InputError(
+                f"{manifest.path}: the {name} split is empty; evaluation needs train, valid and {split}"
+            )
+    return integrity
+
+
+def _load_and_embed(model_dir: Path, manifest: Manifest, split: str, opts: EvalOptions) -> Downstream:
+    """The model and the preprocessed images and embeddings of train, valid and `split`."""
+    from lumbarclip.inference import encode_images, load_images
+
+    model = LumbarCLIP.from_pretrained(model_dir)
+    splits = {}
+    for name in ("train", "valid", split):
+        records = manifest.split(name)
+        images = load_images([r.image_path for r in records], model.config.image_size, opts.progress)
+        splits[name] = SplitData(records, encode_images(model, images, opts.batch_size), images)
+    return Downstream(model, splits["train"], splits["valid"], splits[split], opts)
+
+
+@dataclass
+class _TextSide:
+    """What the text tower gives on the evaluated split: the zero-shot classifier's class
+    embeddings and predictions, each patient's report(s) once with their embeddings, retrieval
+    and per-finding zero-shot scores."""
+
+    classes: torch.Tensor  # [2, D] normal / abnormal class embeddings
+    zero_shot: Predictions
+    texts: list[tuple[str, str]]  # (patient id, report)
+    text_emb: np.ndarray
+    retrieval: dict[str, object]
+    finding_zero_shot: dict[str, object]
+
+
+def _text_side(run: Downstream, prompts: dict[int, list[str]], opts: EvalOptions) -> _TextSide:
+    """Zero-shot classification, image <-> report retrieval (per image and per study) and the
+    findings level, all on the evaluated split."""
+    from lumbarclip.inference import class_embeddings, embed_texts
+
+    model, test = run.model, run.test
+    with torch.no_grad():
+        classes = class_embeddings(model, prompts).cpu()
+    zero_shot = test.predictions(zero_shot_abnormal_proba(model, test.embeddings, classes))
+    texts = sorted({(r.patient_id, r.report) for r in test.records})  # each patient's report(s), once
+    text_emb = embed_texts(model, [t for _, t in texts], opts.batch_size)
+    text_patients = np.array([p for p, _ in texts])
+    retrieval = retrieval_metrics(test.embeddings, test.patients, text_emb, text_patients)
+    study = study_embeddings(test.embeddings, test.patients)
+    retrieval["study"] = retrieval_metrics(study[1], study[0], text_emb, text_patients)
+    finding_zero_shot = _findings_level(model, run, texts, text_emb, study, retrieval, opts)
+    return _TextSide(classes, zero_shot, texts, text_emb, retrieval, finding_zero_shot)
+
+
+def _baselines(run: Downstream, timer: _Timer) -> tuple[dict[str, Predictions], float | None]:
+    """The majority class, a probe on raw pixels and the vision tower trained from scratch (as
+    `run.opts` asks), and the raw-pixel probe's C."""
+    opts, test = run.opts, run.test
+    baselines = {"majority": test.predictions(majority_proba(run.train.labels, len(test.records)))}
+    pixels_c = None
+    if opts.raw_pixels:
+        baselines["raw_pixels"], pixels_probe = run.probe(lambda s: raw_pixel_features(s.images))
+        pixels_c = pixels_probe.C
+    timer.lap("simple_baselines")
+    if opts.from_scratch:
+        baselines["from_scratch"] = run.from_scratch()
+        timer.lap("from_scratch")
+    return baselines, pixels_c
+
+
+def _meta(
+    split: str,
+    out: Path,
+    manifest_path: str | Path,
+    model_dir: Path,
+    model: LumbarCLIP,
+    probe_c: float,
+    pixels_c: float | None,
+    opts: EvalOptions,
+    timer: _Timer,
+) -> dict[str, object]:
+    """The `meta` block of metrics.json: what was evaluated, the rules used and the seconds of each step."""
+    return {
+        "split": split,
+        "out": str(out),
+        "manifest": str(manifest_path),
+        "model": str(model_dir),
+        "vision": model.config.vision,
+        "probe_C": probe_c,
+        "raw_pixels_C": pixels_c,
+        "patient_rule": PATIENT_RULE,
+        "zero_shot_rule": "argmax over class prompt ensembles (threshold 0.5, nothing tuned)",
+        "threshold_rule": "maximise balanced accuracy on the valid split, per level",
+        "bootstrap_resamples": opts.bootstrap,
+        "ci_method": CI_METHOD,
+        "seed": opts.seed,
+        "supervised": asdict(opts.supervised),
+        "seconds": timer.laps,
+    }
+
+
+def _write_report(
+    run: Downstream,
+    metrics: dict[str, object],
+    predictions: dict[str, Predictions],
+    text: _TextSide,
+    title: str,
+    model_dir: Path,
+    manifest_path: str | Path,
+    split: str,
+    out: Path,
+) -> None:
+    """OUT/report.html of the evaluated split, with the saliency gallery."""
+    from lumbarclip.evaluation.pointing import saliency_gallery
+
+    test = run.test
+    write_report(
+        ReportInputs(
+            metrics=metrics,
+            predictions=predictions,
+            records=test.records,
+            image_emb=test.embeddings,
+            text_emb=text.text_emb,
+            text_labels=np.array([int(test.labels[test.patients == p].max()) for p, _ in text.texts]),
+            class_emb=text.classes.numpy(),
+            title=title,
+            meta={
+                "model": model_dir,
+                "manifest": manifest_path,
+                "split": split,
+                "patient rule": PATIENT_RULE,
+            },
+            embedding_map=run.opts.embedding_map,
+            saliency=saliency_gallery(
+                run.model, test.records, test.images, text.classes[1] - text.classes[0], manifest_path, seed=run.opts.seed
+            ),
+        ),
+        out / "report.html",
+    )
 
 
 def format_summary(metrics: dict[str, object]) -> str:
