@@ -16,7 +16,6 @@ _EXPORTS = {
     "OnnxImageScorer": "onnx",
     "export_onnx": "onnx",
     "OperatingPoint": "operating_point",
-    "PreprocessSpec": "operating_point",
     "load_operating_point": "operating_point",
     "Predictor": "predict",
     "PredictResult": "predict",
