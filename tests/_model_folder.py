@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.decision import InputGuard, Mahalanobis
-from lumbarclip.inference.operating_point import OperatingPoint, PreprocessSpec, write_card
+from lumbarclip.inference.operating_point import OperatingPoint, write_card
 from lumbarclip.models import ModelConfig, create_model
 
 

@@ -14,12 +14,11 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from lumbarclip.decision import PLATT_C
+from lumbarclip.data.transforms import PreprocessSpec
+from lumbarclip.decision import PLATT_C, fit_platt
 from lumbarclip.inference.operating_point import (
     OperatingPoint,
-    PreprocessSpec,
     fit_operating_point,
-    fit_platt,
     load_operating_point,
     probe_weights,
 )
