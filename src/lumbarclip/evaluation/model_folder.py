@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from lumbarclip.data.transforms import PREPROCESS_FILE
 from lumbarclip.decision import GUARD_ARRAYS, GUARD_FILE, InputGuard, guard_views, slot, study_unit
 from lumbarclip.evaluation.metrics import classification_metrics
 from lumbarclip.evaluation.predictions import Predictions
@@ -20,7 +21,6 @@ from lumbarclip.inference.operating_point import (
     CARD_FILE,
     OPERATING_POINT_ARRAYS,
     OPERATING_POINT_FILE,
-    PREPROCESS_FILE,
     OperatingPoint,
     build_card,
     fit_operating_point,
