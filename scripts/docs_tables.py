@@ -106,14 +106,32 @@ def demo_tables(meta: dict) -> dict[str, str]:
                          _f(st["chance_i2t_r@5"])])
     retrieval = md_table(["retrieval", "value", "chance"], ret_rows)
     fz = m["finding_zero_shot"]
-    fz_rows = [[f"`{k}`", _f(v["auroc"]),
-                f"[{_f(v['ci95'][0])}, {_f(v['ci95'][1])}]" if v.get("ci95") else "-",
-                v["positives"], v["negatives"]]
-               for k, v in fz["per_kind"].items()]
-    findings = md_table(["finding kind", "zero-shot AUROC", "95% CI", "positives", "negatives"], fz_rows)
+    ceiling = (fz.get("pixel_ceiling") or {}).get("per_kind", {})
+    gate = fz.get("valid_auroc") or {}
+    cosine = (fz.get("prompt_pair_cosine") or {}).get("per_kind", {})
+
+    def opt(value: float | None) -> str:
+        return _f(value) if value is not None else "-"
+
+    fz_rows = []
+    for k, v in fz["per_kind"].items():
+        row = [f"`{k}`", opt(v["auroc"]),
+               f"[{_f(v['ci95'][0])}, {_f(v['ci95'][1])}]" if v.get("ci95") else "-",
+               v["positives"], v["negatives"]]
+        if "valid_auroc" in fz:  # metrics from a version with the pixel ceiling and the gate
+            row += [opt((ceiling.get(k) or {}).get("auroc")), opt(gate.get(k)),
+                    "yes" if k in fz.get("validated", []) else "no", opt(cosine.get(k))]
+        fz_rows.append(row)
+    columns = ["finding kind", "zero-shot AUROC (test)", "95% CI", "positives", "negatives"]
+    if "valid_auroc" in fz:
+        columns += ["pixel ceiling (test)", "valid AUROC (gate)", "shown by predict", "cos(pos, neg)"]
+    findings = md_table(columns, fz_rows)
     macro = fz.get("macro_auroc")
     if macro is not None:
-        findings += f"\nMacro AUROC over kinds with >= 20 positives: {_f(macro)}.\n"
+        findings += f"\nMacro AUROC over kinds with >= 20 positives: {_f(macro)}"
+        if (fz.get("pixel_ceiling") or {}).get("macro_auroc") is not None:
+            findings += f"; pixel ceiling {_f(fz['pixel_ceiling']['macro_auroc'])}"
+        findings += ".\n"
     integ = m["integrity"]["class_balance"]
     split_rows = [[s, v["images"], v["patients"], v["patients_normal"], v["patients_abnormal"]]
                   for s, v in integ.items()]

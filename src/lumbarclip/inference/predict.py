@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from lumbarclip.data.imageio import image_format
 from lumbarclip.data.privacy import SALT_ENV, pseudonymise
 from lumbarclip.data.transforms import load_model_input
-from lumbarclip.decision import InputGuard, guard_views, slot, unit_mismatch
+from lumbarclip.decision import InputGuard, guard_views, sigmoid, slot, unit_mismatch
 from lumbarclip.errors import InputError
 from lumbarclip.inference.operating_point import OperatingPoint, load_operating_point, read_card
 from lumbarclip.inference.reportbank import ReportBank
@@ -263,9 +263,7 @@ class Predictor:
         """One line per study. A verdict only from its in-distribution images, and only when they
         have the evaluated unit's shape: then evaluation's patient rule (mean of the images' probe
         probabilities) through the patient-level map, at the patient threshold."""
-        from scipy.special import expit
-
-        raw = expit(np.asarray(logits, dtype=np.float64))
+        raw = sigmoid(np.asarray(logits, dtype=np.float64))
         threshold = self.operating_point.thresholds["patient"]
         out = []
         for sid in dict.fromkeys(study_ids):
@@ -284,6 +282,7 @@ class Predictor:
                 "threshold": round(threshold, 6),
                 "rule": None,
                 "selection": selection,
+                "not_validated": self.not_validated,
             }
             mismatch = unit_mismatch(self.operating_point.study_unit, [slot(kept[n].sequence, kept[n].level) for n in good])
             if not good:
@@ -301,11 +300,20 @@ class Predictor:
             out.append(line)
         return out
 
+    @property
+    def not_validated(self) -> list[str]:
+        """Finding kinds whose scores are never shown: their valid AUROC missed the gate."""
+        from lumbarclip.findings import LEVEL_KINDS
+
+        shown = set(self.operating_point.validated_findings)
+        return [k for k in LEVEL_KINDS if k not in shown]
+
     def _top_findings(self, embeddings: np.ndarray, levels: list[str | None], k: int) -> list[list[dict[str, object]]]:
-        if not k:
+        """The `k` best-scoring VALIDATED finding kinds of each image, at its level."""
+        if not k or not self.operating_point.validated_findings:
             return [[] for _ in levels]
         scores = self.findings().scores(embeddings, levels)  # type: ignore[union-attr]
-        kinds = list(scores)
+        kinds = [kind for kind in scores if kind in self.operating_point.validated_findings]
         table = np.stack([scores[kind] for kind in kinds], axis=1)  # [N, K]
         out = []
         for row, level in zip(table, levels):
