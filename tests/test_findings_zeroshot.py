@@ -38,10 +38,14 @@ def test_prompts_are_not_report_sentences():
     for i in range(300):
         for s in split_sentences(write_report(sample_findings(rng, abnormal=i % 2 == 1), pyrng)):
             sentences.add(s.strip().rstrip(".").lower())
+    from lumbarclip.inference.findings import NORMAL_PROMPTS
+
     for level in LEVELS:
         for pair in render_prompts(finding_prompts(), level).values():
             for p in pair["positive"] + pair["negative"]:
                 assert p.lower() not in sentences
+        for p in NORMAL_PROMPTS:
+            assert p.format(level=level).lower() not in sentences
 
 
 def test_scores_match_hand_computation(model):
@@ -172,3 +176,25 @@ def test_pixel_ceiling_learns_a_finding_drawn_in_the_pixels():
     assert out["per_kind"]["bulge"]["auroc"] > 0.95 and out["per_kind"]["bulge"]["positives"] == 20
     assert out["macro_kinds"] == ["bulge"] and out["macro_auroc"] == out["per_kind"]["bulge"]["auroc"]
     assert "extrusion" not in out["per_kind"]  # never positive in train: not trained, not scored
+
+
+def test_normal_contrast_matches_hand_computation(model):
+    """contrast="normal": the positive ensemble against the shared "normal at this level" one."""
+    from lumbarclip.inference.findings import NORMAL_PROMPTS
+
+    clf = FindingClassifier.build(model, contrast="normal")
+    emb = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1).numpy()
+    got = clf.scores(emb, ["L3-L4", None])
+    scale = float(model.logit_scale.detach())
+    for i, level in enumerate(["L3-L4", None]):
+        normal = embed_texts(model, [p.format(level=level or UNKNOWN_LEVEL) for p in NORMAL_PROMPTS]).mean(0)
+        normal /= np.linalg.norm(normal)
+        for kind in ("bulge", "desiccation"):
+            pos = embed_texts(model, render_prompts(finding_prompts(), level)[kind]["positive"]).mean(0)
+            pos /= np.linalg.norm(pos)
+            logits = scale * np.array([emb[i] @ normal, emb[i] @ pos])
+            assert got[kind][i] == pytest.approx(np.exp(logits[1]) / np.exp(logits).sum(), rel=1e-4, abs=1e-6)
+    negative = clf.with_contrast("negative").scores(emb, ["L3-L4", None])
+    assert np.allclose(negative["bulge"], FindingClassifier.build(model).scores(emb, ["L3-L4", None])["bulge"])
+    with pytest.raises(ValueError, match="contrast"):
+        clf.with_contrast("opposite")

@@ -507,15 +507,23 @@ class _Timer:
 def _all_finding_prompts() -> list[str]:
     """Every per-finding prompt at every level (for the integrity check)."""
     from lumbarclip.findings import LEVELS
-    from lumbarclip.inference.findings import finding_prompts, render_prompts
+    from lumbarclip.inference.findings import NORMAL_PROMPTS, finding_prompts, render_prompts
 
     return [
         p for lv in LEVELS for pair in render_prompts(finding_prompts(), lv).values() for p in pair["positive"] + pair["negative"]
-    ]
+    ] + [p.format(level=lv) for lv in LEVELS for p in NORMAL_PROMPTS]
 
 
 #: The parts of `finding_zero_shot` that the operating point keeps as its per-finding gate.
-GATE_KEYS = ("valid_auroc", "valid_positives", "validated", "not_validated", "min_valid_auroc", "min_valid_positives")
+GATE_KEYS = (
+    "contrast", "valid_auroc", "valid_positives", "validated", "not_validated", "min_valid_auroc", "min_valid_positives",
+)  # fmt: skip
+
+
+def _macro(aurocs: dict[str, float | None]) -> float | None:
+    """Mean AUROC over the kinds that have one (enough positives)."""
+    values = [a for a in aurocs.values() if a is not None]
+    return float(np.mean(values)) if values else None
 
 
 def _findings_level(
@@ -529,11 +537,13 @@ def _findings_level(
 ) -> dict[str, object]:
     """Findings-match retrieval (added to `retrieval`), per-finding zero-shot AUROC on test, the
     per-kind gate measured on valid (which kinds predict may show) and the cosine between each
-    kind's positive and negative prompt ensembles; empty when the manifest has no findings."""
+    kind's positive and negative prompt ensembles; empty when the manifest has no findings. The
+    contrast of the zero-shot score (`inference.findings.CONTRASTS`) is the one with the better
+    valid macro AUROC; test is scored with it only."""
     from lumbarclip.evaluation.findings import finding_sets, per_finding_zero_shot, valid_gate
     from lumbarclip.evaluation.retrieval import findings_match_metrics
     from lumbarclip.findings import LEVELS
-    from lumbarclip.inference.findings import FindingClassifier
+    from lumbarclip.inference.findings import CONTRASTS, FindingClassifier
 
     test, valid = run.test, run.valid
     image_sets = finding_sets(test.records)
@@ -546,11 +556,18 @@ def _findings_level(
     retrieval["study"]["findings_match"] = findings_match_metrics(  # type: ignore[index]
         study_emb, [by_patient[p] for p in study_ids], text_emb, text_sets
     )
-    classifier = FindingClassifier.build(model)
+    base = FindingClassifier.build(model)
+    gates: dict[str, dict[str, object]] = {}
+    if finding_sets(valid.records) is not None:  # the contrast is chosen on valid, test scored once
+        valid_levels = [r.level or None for r in valid.records]
+        gates = {c: valid_gate(base.with_contrast(c).scores(valid.embeddings, valid_levels), valid.records) for c in CONTRASTS}
+    valid_macro = {c: _macro(g["valid_auroc"]) for c, g in gates.items()}  # type: ignore[arg-type]
+    contrast = max(CONTRASTS, key=lambda c: valid_macro.get(c) or -1.0)  # a tie keeps "negative"
+    classifier = base.with_contrast(contrast)
     scores = classifier.scores(test.embeddings, [r.level or None for r in test.records])
     out = per_finding_zero_shot(scores, test.records, opts.bootstrap, opts.seed)
-    if finding_sets(valid.records) is not None:
-        out |= valid_gate(classifier.scores(valid.embeddings, [r.level or None for r in valid.records]), valid.records)
+    out |= gates.get(contrast, {})
+    out |= {"contrast": contrast, "valid_macro_auroc_by_contrast": valid_macro}
     imaged = sorted({r.level for r in test.records if r.level in LEVELS}) or list(LEVELS)
     cosine = classifier.pair_cosine(imaged)
     out["prompt_pair_cosine"] = {"per_kind": cosine, "mean": float(np.mean(list(cosine.values())))}

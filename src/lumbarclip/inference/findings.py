@@ -7,7 +7,10 @@ is not the text tower recognising a sentence it was trained on; the evaluation's
 (`evaluation.integrity.prompt_overlap`) flags any prompt equal to a training sentence anyway.
 
 An image is scored against the prompts of its own level: P(finding) is the softmax over
-{positive, negative} of logit_scale * cosine, as in the binary zero-shot classifier.
+{positive, contrast} of logit_scale * cosine, as in the binary zero-shot classifier. The
+contrast is the kind's negative ensemble ("no disc bulge at L4-L5") or, with
+`contrast="normal"`, one "normal at this level" ensemble shared by all kinds; `evaluate` picks
+the one with the better valid macro AUROC and the operating point keeps it for `predict`.
 """
 
 from __future__ import annotations
@@ -72,6 +75,16 @@ _PROMPTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+#: The "normal at this level" ensemble, the other contrast for every kind.
+NORMAL_PROMPTS: tuple[str, ...] = (
+    "normal disc level at {level}",
+    "unremarkable {level} intervertebral disc",
+    "no abnormality at the {level} level",
+)
+#: How a kind's positive ensemble is contrasted: its own negative, or the shared normal one.
+CONTRASTS: tuple[str, ...] = ("negative", "normal")
+
+
 def finding_prompts() -> dict[str, dict[str, list[str]]]:
     """{kind: {"positive": [...], "negative": [...]}} for every kind of `LEVEL_KINDS`, each
     prompt holding a `{level}` placeholder (a fresh copy; callers may edit it)."""
@@ -95,11 +108,14 @@ class FindingClassifier:
     #: level (or "" for unknown) -> [K, 2, D]: per kind, (negative, positive) class embedding
     classes: dict[str, torch.Tensor]
     logit_scale: float
+    #: level (or "") -> [D]: the "normal at this level" ensemble (`NORMAL_PROMPTS`)
+    normal: dict[str, torch.Tensor] | None = None
+    contrast: str = "negative"
 
     @classmethod
     @torch.no_grad()
     def build(
-        cls, model: LumbarCLIP, prompts: dict[str, dict[str, list[str]]] | None = None
+        cls, model: LumbarCLIP, prompts: dict[str, dict[str, list[str]]] | None = None, contrast: str = "negative"
     ) -> FindingClassifier:
         """Embed every prompt once, in one batched pass of the text tower (one call per ensemble
         was 132 small forwards: minutes on a busy CPU): (len(LEVELS) + 1) levels x kinds x 2."""
@@ -117,11 +133,27 @@ class FindingClassifier:
                         raise ValueError(f"finding {kind!r} has no {side} prompts")
                     spans.append((level, i, c, len(texts), len(texts) + len(rendered[kind][side])))
                     texts += rendered[kind][side]
+        normal_spans = {}
+        for level in (*LEVELS, ""):
+            normal_spans[level] = (len(texts), len(texts) + len(NORMAL_PROMPTS))
+            texts += [p.format(level=level or UNKNOWN_LEVEL) for p in NORMAL_PROMPTS]
+        if contrast not in CONTRASTS:
+            raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
         emb = torch.from_numpy(embed_texts(model, texts, batch_size=256))
         classes = {level: torch.zeros(len(kinds), 2, emb.shape[1]) for level in (*LEVELS, "")}
         for level, i, c, start, stop in spans:  # CLIP's prompt ensemble: normalised mean
             classes[level][i, c] = torch.nn.functional.normalize(emb[start:stop].mean(0), dim=-1)
-        return cls(kinds, classes, float(model.logit_scale.detach().float().cpu()))
+        normal = {
+            level: torch.nn.functional.normalize(emb[start:stop].mean(0), dim=-1)
+            for level, (start, stop) in normal_spans.items()
+        }
+        return cls(kinds, classes, float(model.logit_scale.detach().float().cpu()), normal, contrast)
+
+    def with_contrast(self, contrast: str) -> FindingClassifier:
+        """The same embeddings scored with another contrast (no text tower pass)."""
+        if contrast not in CONTRASTS:
+            raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
+        return FindingClassifier(self.kinds, self.classes, self.logit_scale, self.normal, contrast)
 
     def scores(self, image_emb: np.ndarray, levels: Sequence[str | None]) -> dict[str, np.ndarray]:
         """{kind: P(finding) per image [N]} with each image scored at its own level."""
@@ -132,7 +164,11 @@ class FindingClassifier:
         keys = np.array([lv if lv in self.classes and lv else "" for lv in levels])
         for key in set(keys.tolist()):
             rows = np.flatnonzero(keys == key)
-            logits = self.logit_scale * torch.einsum("nd,kcd->knc", emb[rows], self.classes[key])
+            pairs = self.classes[key]
+            if self.contrast == "normal":
+                pairs = pairs.clone()
+                pairs[:, 0] = self.normal[key]  # type: ignore[index]
+            logits = self.logit_scale * torch.einsum("nd,kcd->knc", emb[rows], pairs)
             out[:, rows] = logits.softmax(dim=-1)[..., 1].double().numpy()
         return {kind: out[i] for i, kind in enumerate(self.kinds)}
 

@@ -167,7 +167,8 @@ class Predictor:
         if self._findings is None:
             from lumbarclip.inference.findings import FindingClassifier
 
-            self._findings = FindingClassifier.build(self.model)  # type: ignore[arg-type]
+            contrast = str(self.operating_point.findings.get("contrast", "negative"))
+            self._findings = FindingClassifier.build(self.model, contrast=contrast)  # type: ignore[arg-type]
         return self._findings
 
     # --- the work -----------------------------------------------------------------------------
