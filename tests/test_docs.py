@@ -3,6 +3,7 @@ README stays a front page: short, with both set-up commands on its first screen.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,7 +38,8 @@ def test_mkdocs_build_strict(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert (tmp_path / "site" / "index.html").exists()
     demo = (tmp_path / "site" / "results" / "demo" / "index.html").read_text()
-    assert "linear_probe" in demo and "f2ecd7a" in demo
+    commit = json.loads((ROOT / "docs" / "results" / "data" / "demo.json").read_text())["commit"]
+    assert "linear_probe" in demo and commit in demo  # the generated table and its provenance
 
 
 def test_readme_links_resolve():

@@ -20,9 +20,10 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -131,20 +132,27 @@ def instance_file_name(sop_instance_uid: str) -> str:
 
 
 def write_atomic(ds: Dataset, path: Path) -> None:
-    """Write `ds` to `path` so that it is either absent or complete and on disk: a temporary
-    name in the same folder, fsync, rename, fsync of the folder. Done before the success status."""
+    """Write `ds` to `path` so that it is either absent or complete and on disk (`_replace`).
+    Done before the success status."""
+    _replace(path, lambda fh: ds.save_as(fh, enforce_file_format=True))
+
+
+def _write_json_atomic(data: dict, path: Path) -> None:
+    _replace(path, lambda fh: fh.write(json.dumps(data).encode()))
+
+
+def _replace(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write` to a temporary name in `path`'s folder, fsync, rename over `path`, fsync the folder."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
-
-
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -153,19 +161,6 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
 
 
 def _read_sorted(folder: Path) -> list[Dataset]:
