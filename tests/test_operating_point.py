@@ -22,7 +22,7 @@ from lumbarclip.inference.operating_point import (
     load_operating_point,
     probe_weights,
 )
-from lumbarclip.inference.reportbank import ReportBank
+from lumbarclip.inference.reportbank import SYNTHETIC_REPORTS, ReportBank
 
 
 def _ece(y, p, bins=10):
@@ -136,6 +136,13 @@ def test_evaluate_writes_a_model_folder_predict_can_use(tmp_path):
     assert headline["ci95"] == metrics["ci95"]["patient.balanced_accuracy"]
     bank = ReportBank.load(model_dir)
     assert len(bank) == metrics["report_bank"]["reports"] == 16  # 24 patients: 16 in train
+    # the built-in writer's reports, checked pair by pair: serve may show them without a flag
+    assert metrics["report_bank"]["texts"] == bank.source == SYNTHETIC_REPORTS
+    from fastapi.testclient import TestClient
+
+    from lumbarclip.serve import create_app
+
+    assert TestClient(create_app(model_dir)).get("/health").json()["nearest_reports"] is True
     images = sorted((tmp_path / "cohort" / "images").glob("*.png"))[:6]
     result = Predictor.load(model_dir).predict(images, top_k=1)
     assert len(result.images) == 6 and all(len(line["nearest_reports"]) == 1 for line in result.images)

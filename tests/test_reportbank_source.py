@@ -67,23 +67,3 @@ def test_anything_else_is_user_reports(cohort, tmp_path):
     assert reports_source(tmp_path / "manifest.csv", pairs) == USER_REPORTS
     (tmp_path / "findings.jsonl").write_text("not json\n")
     assert reports_source(tmp_path / "manifest.csv", pairs) == USER_REPORTS
-
-
-@pytest.mark.slow
-def test_evaluate_records_a_synthetic_cohorts_bank_and_serve_shows_it(tmp_path):
-    from fastapi.testclient import TestClient
-
-    from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run
-    from lumbarclip.models import ModelConfig, create_model
-    from lumbarclip.serve import create_app
-    from lumbarclip.synth.cohort import CohortConfig, make_cohort
-
-    manifest = make_cohort(tmp_path / "cohort", CohortConfig(n_patients=24, size=32, abnormal_rate=0.5), progress=False)
-    model = create_model(ModelConfig(vision="test_resnet", image_size=32, embed_dim=16, text_unfrozen_layers=0))
-    model_dir = model.save_pretrained(tmp_path / "run" / "model")
-    options = EvalOptions(finetune=False, from_scratch=False, label_efficiency=False, raw_pixels=False,
-                          bootstrap=20, progress=False, report=False, report_bank=True)  # fmt: skip
-    metrics = evaluate_run(tmp_path / "run", manifest, options=options)
-    assert metrics["report_bank"]["texts"] == SYNTHETIC_REPORTS
-    assert ReportBank.load(model_dir).source == SYNTHETIC_REPORTS
-    assert TestClient(create_app(model_dir)).get("/health").json()["nearest_reports"] is True
