@@ -213,6 +213,7 @@ PHI = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DA:UserWarning")  # the test sends it on purpose
 def test_no_header_identity_reaches_any_output(tmp_path, monkeypatch, capsys, caplog):
     good = write_dicom(tmp_path / "good.dcm", gradient(), **PHI)
     bad = write_dicom(tmp_path / "bad.dcm", gradient(), **PHI)

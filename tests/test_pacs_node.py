@@ -181,6 +181,8 @@ def test_destination_parsing():
             Destination.parse(bad)
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")  # the test sends it on purpose
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning")  # the test sends it on purpose
 def test_uid_that_is_a_path_is_refused_and_nothing_written_outside(tmp_path, studies):
     rec = Recorder()
     node = start_node(tmp_path, rec)
