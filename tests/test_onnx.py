@@ -79,15 +79,20 @@ def test_export_cli(exported, tmp_path):
     assert main(["export", "--model", str(model_dir), "--format", "onnx", "--out", str(out)]) == 2
 
 
+def _pngs(folder, n, shape, dtype, seed):
+    """`n` random gray PNGs of `shape`, full range of `dtype`."""
+    rng = np.random.default_rng(seed)
+    files = [folder / f"img{i}.png" for i in range(n)]
+    for f in files:
+        Image.fromarray((rng.random(shape) * np.iinfo(dtype).max).astype(dtype)).save(f)
+    return files
+
+
 def test_predictor_onnx_runtime_matches_torch(exported, tmp_path):
     from lumbarclip.inference.predict import Predictor
 
     model_dir, path = exported
-    rng = np.random.default_rng(0)
-    files = []
-    for i in range(4):
-        files.append(tmp_path / f"img{i}.png")
-        Image.fromarray((rng.random((40, 52)) * 65535).astype(np.uint16)).save(files[-1])
+    files = _pngs(tmp_path, 4, (40, 52), np.uint16, seed=0)
     torch_res = Predictor.load(model_dir, runtime="torch").predict(files, top_k=0)
     onnx_pred = Predictor.load(model_dir, runtime="onnx")
     assert isinstance(onnx_pred.scorer, OnnxImageScorer)
@@ -171,11 +176,7 @@ def test_reexport_after_new_probe_matches_torch(exported, tmp_path):
     shutil.copytree(source, model_dir)
     _retrained_probe(model_dir)
     export_onnx(model_dir, overwrite=True)
-    rng = np.random.default_rng(3)
-    files = []
-    for i in range(3):
-        files.append(tmp_path / f"img{i}.png")
-        Image.fromarray((rng.random((48, 48)) * 255).astype(np.uint8)).save(files[-1])
+    files = _pngs(tmp_path, 3, (48, 48), np.uint8, seed=3)
     torch_res = Predictor.load(model_dir, runtime="torch").predict(files, top_k=0)
     onnx_res = Predictor.load(model_dir, runtime="onnx").predict(files, top_k=0)
     for a, b in zip(torch_res.images, onnx_res.images, strict=True):

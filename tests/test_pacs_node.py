@@ -136,10 +136,7 @@ def test_crash_in_one_study_loses_no_other(tmp_path, studies, caplog):
         assoc.release()
         assert node.wait_idle(30, n_records=2)
         # the node still accepts and processes after the failure
-        assoc = associate(node)
-        for f in fgood:
-            assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
-        assoc.release()
+        send(node, fgood)
         assert node.wait_idle(30, n_records=3)
     finally:
         node.stop()
@@ -265,10 +262,7 @@ def test_worker_survives_a_failure_in_its_own_error_handler(tmp_path, studies, m
             while not any("could not record its failure" in r.getMessage() for r in caplog.records):
                 assert time.monotonic() < deadline, "the failing study was never handled"
                 time.sleep(0.1)
-            assoc = associate(node)  # the node still takes and analyses the next study
-            for f in fb:
-                assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
-            assoc.release()
+            send(node, fb)  # the node still takes and analyses the next study
             assert node.wait_idle(30, n_records=2)
         finally:
             node.stop()
