@@ -69,7 +69,7 @@ def test_sentence_pool_keeps_the_images_level():
 
 def test_level_sentences_and_level_labels(records):
     ds = ImageTextDataset(
-        records, eval_transform(32), split_sentences=split_sentences, label_source="level", level_sentences=True
+        records, eval_transform(32), split_sentences=split_sentences, label_source="level", sentences="level"
     )
     for i, record in enumerate(records):
         assert ds[i].text in sentence_pool(split_sentences(record.report), record.level)
@@ -81,3 +81,30 @@ def test_level_sentences_and_level_labels(records):
         assert on == {"normal"} or all(name.startswith(record.level + ":") for name in on)
     with pytest.raises(InputError, match="level column"):
         label_vector(type(records[0])(records[0].image_path, "p", "train", 1, "r", findings=records[0].findings), "level")
+
+
+def test_relevant_pool_keeps_the_level_and_the_general_statements():
+    report = ["Mild diffuse disc bulge noted at L4/L5 level", "No evidence of disc herniation", "L5-S1: normal disc"]
+    assert sentence_pool(report, "L4-L5", "relevant") == report[:2]
+    assert sentence_pool(report, "L3-L4", "relevant") == [report[1]]
+    assert sentence_pool(report[:1], "L3-L4", "relevant") == report[:1]  # nothing relevant: everything
+
+
+def test_sentence_labels_score_each_sentence_on_what_it_states(records):
+    """The image side is its level's 0/1 kinds; the text side is what the sampled sentence
+    states, computed here from the sentence alone: denials are -1, positives +1."""
+    from lumbarclip.findings import LEVEL_KINDS, level_kinds
+    from lumbarclip.reports.statements import sentence_statements
+
+    ds = ImageTextDataset(
+        records, eval_transform(32), split_sentences=split_sentences, label_source="sentence", sentences="relevant"
+    )
+    for i, record in enumerate(records):
+        sample = ds[i, 7]
+        truth = level_kinds(Findings.from_json(record.findings).level(record.level))
+        assert sample.label_vec.tolist() == [float(k in truth) for k in LEVEL_KINDS]
+        stated = {s.kind: s.present for s in sentence_statements(sample.text) if s.level in (None, record.level)}
+        expected = [0.0 if k not in stated else (1.0 if stated[k] else -1.0) for k in LEVEL_KINDS]
+        assert sample.text_vec.tolist() == expected
+    batch = collate_pairs([ds[i] for i in range(4)])
+    assert batch["text_label_vecs"].shape == batch["label_vecs"].shape == (4, len(LEVEL_KINDS))

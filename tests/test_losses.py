@@ -146,3 +146,29 @@ def test_config_carries_level_sentence_settings():
         load_config("cpu-demo", ["data.sentences=paragraph"])
     with pytest.raises(ValueError, match="loss.labels"):
         load_config("cpu-demo", ["loss.labels=sentences"])
+
+
+def test_agreement_kernel_scores_a_text_on_what_it_states():
+    """Fraction of a sentence's statements each image bears out, by hand; 0.5 when it states nothing."""
+    images = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    texts = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [1.0, -1.0, -1.0], [0.0, 0.0, 0.0]])
+    expected = torch.tensor(
+        [
+            [1.0, 0.0, 1.0, 0.5],  # bulge, no other finding
+            [0.0, 1.0, 2 / 3, 0.5],  # normal: the denial matches, "bulge with no ..." matches 2 of 3
+            [1.0, 0.0, 2 / 3, 0.5],
+        ]
+    )
+    assert torch.allclose(label_similarity(images, texts, "agreement"), expected)
+
+
+def test_sentence_targets_pull_a_denial_towards_the_images_without_the_finding():
+    """With the image and text sides labelled apart, the loss is lower when "no bulge" sits
+    next to the normal image than next to the bulging one."""
+    loss = ClipLoss("soft", "normalized", kernel="agreement")
+    image_labels = torch.tensor([[1.0], [0.0]])  # bulge, normal
+    text_labels = torch.tensor([[1.0], [-1.0]])  # "bulge", "no bulge"
+    img = torch.eye(2)
+    right = loss(img, torch.eye(2), torch.tensor(5.0), image_labels, text_labels)
+    swapped = loss(img, torch.eye(2).flip(0), torch.tensor(5.0), image_labels, text_labels)
+    assert right < swapped

@@ -12,6 +12,12 @@ favours patients with many findings), `cosine` or `jaccard` (1 for identical fin
 [0, 1] otherwise). `identity_weight` w mixes the InfoNCE target in: T = (1 - w) T(S) + w I, so a
 pair's own report stays the most likely one even among patients with the same findings.
 
+Per-sentence targets (`loss.labels=sentence`) give the two sides different vectors: the image's
+0/1 findings at its level, and what the sampled sentence states (+1 present, -1 denied, 0 not
+stated). Their `agreement` kernel is the fraction of the sentence's statements the image bears
+out, so "No disc bulge at L3/L4" targets the images without a bulge there; a sentence that
+states nothing about the level's findings is 0.5 for every image (it cannot tell them apart).
+
 Features from other ranks are gathered (open_clip's scheme) so the loss sees the global batch
 under DDP; on one process the gather is a no-op.
 """
@@ -45,13 +51,22 @@ def gather_features(
     return tuple(out)
 
 
-KERNELS: tuple[str, ...] = ("dot", "cosine", "jaccard")
+KERNELS: tuple[str, ...] = ("dot", "cosine", "jaccard", "agreement")
+#: Agreement of an image with a text that states nothing: neither a match nor a contradiction.
+UNSTATED_AGREEMENT = 0.5
 FORMS: tuple[str, ...] = ("softmax", "normalized")
 
 
 def label_similarity(image_labels: torch.Tensor, text_labels: torch.Tensor, kernel: str = "dot") -> torch.Tensor:
-    """[N, M] similarity of label vectors: `dot` (the paper), `cosine`, or `jaccard` (for
-    0/1 vectors: shared slots over slots set in either; two all-zero vectors count as 1)."""
+    """[N, M] similarity of label vectors: `dot` (the paper), `cosine`, `jaccard` (for
+    0/1 vectors: shared slots over slots set in either; two all-zero vectors count as 1) or
+    `agreement` (0/1 image vectors against ternary text vectors, see the module docstring)."""
+    if kernel == "agreement":
+        stated = text_labels.abs().sum(1)
+        agree = image_labels @ (text_labels > 0).to(image_labels.dtype).T
+        agree = agree + (1 - image_labels) @ (text_labels < 0).to(image_labels.dtype).T
+        unstated = torch.full_like(agree, UNSTATED_AGREEMENT)
+        return torch.where(stated > 0, agree / stated.clamp(min=1), unstated)
     dot = image_labels @ text_labels.T
     if kernel == "dot":
         return dot
@@ -133,11 +148,14 @@ class ClipLoss(nn.Module):
         text_features: torch.Tensor,
         logit_scale: torch.Tensor,
         labels: torch.Tensor | None = None,
+        text_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`labels` label the images and, unless `text_labels` are given, the texts too."""
         if self.kind == "hard" or labels is None:
             img, txt = gather_features(image_features, text_features, gather_with_grad=self.gather_with_grad)
             return hard_clip_loss(img, txt, logit_scale)
-        img, txt, lab = gather_features(
-            image_features, text_features, labels, gather_with_grad=self.gather_with_grad
+        text_labels = labels if text_labels is None else text_labels
+        img, txt, lab, txt_lab = gather_features(
+            image_features, text_features, labels, text_labels, gather_with_grad=self.gather_with_grad
         )
-        return soft_clip_loss(img, txt, logit_scale, lab, lab, self.form, self.kernel, self.identity_weight)
+        return soft_clip_loss(img, txt, logit_scale, lab, txt_lab, self.form, self.kernel, self.identity_weight)

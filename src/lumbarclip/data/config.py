@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SENTENCE_POOLS: tuple[str, ...] = ("report", "level")
+SENTENCE_POOLS: tuple[str, ...] = ("report", "level", "relevant")
 #: Soft-loss label vectors (`dataset.label_vector`); `loss.labels` in the training config.
-LABEL_SOURCES: tuple[str, ...] = ("binary", "findings", "kinds", "level")
+LABEL_SOURCES: tuple[str, ...] = ("binary", "findings", "kinds", "level", "sentence")
 
 
 @dataclass
@@ -17,8 +17,9 @@ class DataConfig:
     augment: bool = True
     flip: bool = False
     sample_sentence: bool = True  # one report sentence per image per step, as the paper does
-    # which sentences an image is paired with: "report" (any, the paper) or "level" (those naming
-    # the image's disc level, else those naming no level; see `dataset.sentence_pool`)
+    # which sentences an image is paired with: "report" (any, the paper), "level" (those naming
+    # the image's disc level, else those naming no level) or "relevant" (those naming the image's
+    # level and those naming none, which speak for every level); see `dataset.sentence_pool`
     sentences: str = "report"
     cache_images: bool = True  # in-RAM image cache (small cohorts); shard folders always stream
 

@@ -155,7 +155,7 @@ class PairDataModule(L.LightningDataModule):
                 self._transform(train),
                 sample_sentence=self.data.sample_sentence and train,
                 label_source=self.label_source,
-                level_sentences=self.data.sentences == "level",
+                sentences=self.data.sentences,
                 seed=self.seed,
                 batch_size=self.data.batch_size,
                 shuffle=train,
@@ -169,7 +169,7 @@ class PairDataModule(L.LightningDataModule):
             sample_sentence=self.data.sample_sentence and train,
             label_source=self.label_source,
             cache_images=self.data.cache_images,
-            level_sentences=self.data.sentences == "level",
+            sentences=self.data.sentences,
         )
 
     def setup(self, stage: str | None = None) -> None:

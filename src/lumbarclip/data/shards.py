@@ -130,7 +130,7 @@ class ShardPairs(IterableDataset):
         transform: Callable[[np.ndarray], torch.Tensor],
         sample_sentence: bool = True,
         label_source: str = "binary",
-        level_sentences: bool = False,
+        sentences: str = "report",
         seed: int = 0,
         batch_size: int = 32,
         shuffle: bool = True,
@@ -144,7 +144,7 @@ class ShardPairs(IterableDataset):
             raise InputError(f"{folder}: no {split!r} images in these shards")
         self.shards = info["shards"]
         self.transform, self.sample_sentence, self.label_source = transform, sample_sentence, label_source
-        self.level_sentences = level_sentences
+        self.sentences = sentences
         self.seed, self.batch_size, self.shuffle, self.buffer = seed, batch_size, shuffle, buffer
         self.rank, self.world = rank, world
         self.epoch = 0
@@ -175,7 +175,7 @@ class ShardPairs(IterableDataset):
                 yield last
 
     def _pair(self, sample: dict):
-        from lumbarclip.data.dataset import PairSample, label_vector, sample_seed, sentence_pool
+        from lumbarclip.data.dataset import PairSample, label_vector, sample_seed, sentence_pool, text_label_vector
         from lumbarclip.data.manifest import ImageRecord
         from lumbarclip.reports import split_sentences
 
@@ -187,13 +187,12 @@ class ShardPairs(IterableDataset):
             torch.manual_seed(sample_seed(self.seed, self.epoch if self.shuffle else 0, index))
             text = record.report
             if self.sample_sentence:
-                pool = sentence_pool(
-                    split_sentences(record.report) or [record.report], record.level if self.level_sentences else ""
-                )
+                pool = sentence_pool(split_sentences(record.report) or [record.report], record.level, self.sentences)
                 text = pool[int(torch.randint(len(pool), ()))]
             image = self.transform(_unpng16(sample["png"]))
         vec = torch.tensor(label_vector(record, self.label_source))
-        return PairSample(image, text, record.label, vec, index)
+        text_vec = torch.tensor(text_label_vector(text, record, self.label_source)) if self.label_source == "sentence" else vec
+        return PairSample(image, text, record.label, vec, index, text_vec)
 
     def __iter__(self) -> Iterator[list]:
         import webdataset as wds

@@ -179,8 +179,7 @@ def _union(a: str, b: str) -> str:
     return "both"
 
 
-def _mentions(text: str) -> list[_Mention]:
-    negated, uncertain = scopes(text)
+def _all_mentions(text: str) -> list[_Mention]:
     found = [
         _Mention(kind, value, m.start(), m.end())
         for kind, value, pattern in _RULES
@@ -190,12 +189,42 @@ def _mentions(text: str) -> list[_Mention]:
         _Mention("other", name, m.start(), m.end()) for name, pattern in _OTHER_RULES for m in pattern.finditer(text)
     ]
     tears = [(m.start, m.end) for m in found if m.kind == "annular_tear"]
-    kept = [
-        m for m in found
-        if not inside(m.start, negated) and not inside(m.start, uncertain)
-        and not (m.kind == "location" and inside(m.start, tears))  # "posterolateral annular tear"
-    ]
-    return sorted(kept, key=lambda m: (m.start, m.end))
+    # "posterolateral annular tear": the location word belongs to the tear
+    found = [m for m in found if not (m.kind == "location" and inside(m.start, tears))]
+    return sorted(found, key=lambda m: (m.start, m.end))
+
+
+def _mentions(text: str) -> list[_Mention]:
+    negated, uncertain = scopes(text)
+    return [m for m in _all_mentions(text) if not inside(m.start, negated) and not inside(m.start, uncertain)]
+
+
+#: What a negated word denies at a level: "no disc herniation" denies protrusion and extrusion,
+#: "no ... nerve root compression" a compressed root.
+_DENIED: dict[tuple[str, str], tuple[str, ...]] = {
+    ("disc", "bulge"): ("bulge",),
+    ("disc", "protrusion"): ("protrusion", "extrusion"),
+    ("disc", "extrusion"): ("extrusion",),
+    ("object", "thecal"): ("thecal_sac_compression",),
+    ("object", "root"): ("root_compression",),
+    ("object", "foramen"): ("foraminal_narrowing",),
+    ("object", "canal"): ("canal_narrowing",),
+    **{(flag, ""): (flag,) for flag in _LEVEL_FLAGS},
+}
+
+
+def denied_kinds(sentence: str) -> set[str]:
+    """The per-level finding kinds (`LEVEL_KINDS`) a sentence denies: words in a negated scope
+    ("No significant thecal sac or nerve root compression", "not causing foraminal narrowing").
+    Uncertain words deny nothing."""
+    canon = canonical_text(sentence)
+    negated, uncertain = scopes(canon)
+    return {
+        kind
+        for m in _all_mentions(canon)
+        if inside(m.start, negated) and not inside(m.start, uncertain)
+        for kind in _DENIED.get((m.kind, m.value), ())
+    }
 
 
 def _clauses(text: str, mentions: list[_Mention], context: tuple[str, ...]) -> list[_Clause]:

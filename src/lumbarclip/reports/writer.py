@@ -130,7 +130,22 @@ ADEQUATE_CANAL: tuple[str, ...] = (
     "Adequate spinal canal",
     "The spinal canal is still adequate",
     "The spinal canal appears adequate",
+    "No significant spinal canal narrowing noted",
 )
+NEGATED_FORAMINA: tuple[str, ...] = (
+    "No significant foraminal narrowing noted",
+    "No narrowing of the exit neural canals",
+    "No exit neural canal encroachment",
+)
+#: A named disc level said to be normal: rare in real notes (one lumbar sentence in a thousand).
+NORMAL_LEVEL: tuple[str, ...] = (
+    "{level}: normal disc",
+    "Normal {level} disc",
+    "The {level} disc is unremarkable",
+)
+#: How often each optional denial is written where it is true. With these rates about a fifth of
+#: a note's lumbar sentences only deny, as in the real notes (`bench/statements.py` measures both).
+DENIAL_RATES: dict[str, float] = {"herniation": 0.6, "compression": 0.8, "canal": 0.6, "foramina": 0.3, "level": 0.01}
 
 
 def _capital(text: str) -> str:
@@ -244,6 +259,30 @@ def _disc_sentences(findings: Findings, style: str, rng: random.Random) -> list[
     return out
 
 
+def _denials(findings: Findings, style: str, rng: random.Random) -> list[str]:
+    """Sentences that deny what the study does not have: study-wide ("No evidence of disc
+    herniation", true at every level) and, rarely, a named imaged level called normal."""
+    levels = [lf for lf in findings.levels.values() if lf.abnormal]
+    rate = DENIAL_RATES
+    out = []
+    for level in IMAGED_LEVELS:
+        if not findings.level(level).abnormal and rng.random() < rate["level"]:
+            out.append(rng.choice(NORMAL_LEVEL).format(level=spell_level(level, style)))
+    herniated = any(lf.disc in ("protrusion", "extrusion") for lf in levels)
+    if not herniated and (not findings.abnormal or rng.random() < rate["herniation"]):
+        out.append(rng.choice(NEGATED_DISC))
+    # an abutted sac counts: the vocabulary's thecal_sac_compression is any thecal sac finding
+    compressed = any(lf.thecal_sac != "none" or lf.root_compression != "none" for lf in levels)
+    if not findings.abnormal or (not compressed and rng.random() < rate["compression"]):
+        out.append(rng.choice(NEGATED_COMPRESSION))
+    if not any(lf.canal_narrowing != "none" for lf in levels) and "stenosis" not in findings.other:
+        if rng.random() < rate["canal"]:
+            out.append(rng.choice(ADEQUATE_CANAL))
+    if not any(lf.foraminal_narrowing != "none" for lf in levels) and rng.random() < rate["foramina"]:
+        out.append(rng.choice(NEGATED_FORAMINA))
+    return out
+
+
 def write_report(findings: Findings, rng: random.Random) -> str:
     """One note for `findings`; the same rng state always gives the same note."""
     style = rng.choice(LEVEL_STYLES)
@@ -252,15 +291,7 @@ def write_report(findings: Findings, rng: random.Random) -> str:
     closing = [name for name in extra if name not in OPENING_FINDINGS]
     sentences = [_fill(rng.choice(OTHER_PHRASES[name]), findings, rng) for name in opening]
     sentences += _disc_sentences(findings, style, rng)
-    levels = [lf for lf in findings.levels.values() if lf.abnormal]
-    if not any(lf.disc != "normal" for lf in levels) and (not findings.abnormal or rng.random() < 0.7):
-        sentences.append(rng.choice(NEGATED_DISC))
-    compressed = any(lf.thecal_sac == "compressed" or lf.root_compression != "none" for lf in levels)
-    if not findings.abnormal or (not compressed and rng.random() < 0.5):
-        sentences.append(rng.choice(NEGATED_COMPRESSION))
-    if not any(lf.canal_narrowing != "none" for lf in levels) and "stenosis" not in findings.other:
-        if rng.random() < 0.3:
-            sentences.append(rng.choice(ADEQUATE_CANAL))
+    sentences += _denials(findings, style, rng)
     sentences += [_fill(rng.choice(OTHER_PHRASES[name]), findings, rng) for name in closing]
     header = rng.choice(HEADERS)
     body = ". ".join(_capital(s) for s in sentences) + "."

@@ -22,13 +22,17 @@ class LossConfig:
     form: str = "softmax"  # softmax (the paper) | normalized
     labels: str = "binary"  # binary | findings (per level x kind, side, severity) | kinds (union over levels)
     # | level (the findings vector of the image's own level only; pair with data.sentences=level)
-    kernel: str = "dot"  # label similarity: dot (the paper) | cosine | jaccard
+    # | sentence (per-sentence statements, negations included, against the image's level; needs
+    # kernel=agreement, pair with data.sentences=relevant)
+    kernel: str = "dot"  # label similarity: dot (the paper) | cosine | jaccard | agreement
     identity_weight: float = 0.0  # weight of the InfoNCE (own pair) target mixed into the soft one
     gather_with_grad: bool = True
 
     def __post_init__(self) -> None:
         if self.labels not in LABEL_SOURCES:
             raise ValueError(f"loss.labels must be one of {LABEL_SOURCES}, got {self.labels!r}")
+        if (self.labels == "sentence") != (self.kernel == "agreement"):
+            raise ValueError("loss.labels=sentence and loss.kernel=agreement go together (ternary sentence vectors)")
 
 
 @dataclass

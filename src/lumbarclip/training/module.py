@@ -42,7 +42,9 @@ class CLIPModule(L.LightningModule):
 
     def _step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(batch["images"], batch["texts"])
-        loss = self.loss(out["image_features"], out["text_features"], out["logit_scale"], batch["label_vecs"])
+        loss = self.loss(
+            out["image_features"], out["text_features"], out["logit_scale"], batch["label_vecs"], batch["text_label_vecs"]
+        )
         return loss, out
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
