@@ -206,6 +206,9 @@ def evaluate_run(
     preds["zero_shot"] = text.zero_shot
     timer.lap("probe_zero_shot_retrieval")
     finding_zero_shot = text.finding_zero_shot
+    if finding_zero_shot and model.finding_head is not None and test.images is not None:
+        finding_zero_shot["finding_head"] = _finding_head(run, opts)
+        timer.lap("finding_head")
     if finding_zero_shot and opts.pixel_ceiling and test.images is not None:
         finding_zero_shot["pixel_ceiling"] = _pixel_ceiling(model, run, opts)
         timer.lap("pixel_ceiling")
@@ -572,6 +575,18 @@ def _findings_level(
     cosine = classifier.pair_cosine(imaged)
     out["prompt_pair_cosine"] = {"per_kind": cosine, "mean": float(np.mean(list(cosine.values())))}
     return out
+
+
+def _finding_head(run: Downstream, opts: EvalOptions) -> dict[str, object]:
+    """The finding head's per-kind AUROC on test and on valid (its gate), beside zero-shot."""
+    from lumbarclip.evaluation.findings import per_finding_zero_shot, valid_gate
+    from lumbarclip.inference.findings import head_outputs
+
+    test_scores, _ = head_outputs(run.model, run.test.images, opts.batch_size)
+    valid_scores, _ = head_outputs(run.model, run.valid.images, opts.batch_size)
+    out = per_finding_zero_shot(test_scores, run.test.records, opts.bootstrap, opts.seed)
+    out["rule"] = "P(finding) = the finding head's sigmoid at the image's level (trained on the reports' statements)"
+    return out | valid_gate(valid_scores, run.valid.records)
 
 
 def _pixel_ceiling(model: LumbarCLIP, run: Downstream, opts: EvalOptions) -> dict[str, object]:

@@ -179,3 +179,19 @@ class FindingClassifier:
             kind: float(np.mean([float(self.classes[lv][k, 0] @ self.classes[lv][k, 1]) for lv in levels]))
             for k, kind in enumerate(self.kinds)
         }
+
+
+@torch.no_grad()
+def head_outputs(model: LumbarCLIP, images: torch.Tensor, batch_size: int = 64) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The finding head's ({kind: P(finding) [N]}, [N, K, h, w] attention) for preprocessed
+    images: trained on the reports' statements at each image's level, not prompts (the model
+    must have `finding_head`)."""
+    model.eval()
+    probs, maps = [], []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(model.device)
+        _, logits, attention = model.encode_image_and_findings(batch)
+        probs.append(logits.float().sigmoid().cpu().numpy())
+        maps.append(attention.float().cpu().numpy())
+    prob = np.concatenate(probs) if probs else np.zeros((0, len(LEVEL_KINDS)))
+    return {kind: prob[:, k].astype(np.float64) for k, kind in enumerate(LEVEL_KINDS)}, np.concatenate(maps) if maps else np.zeros((0,))

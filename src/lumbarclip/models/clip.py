@@ -14,7 +14,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from lumbarclip.errors import InputError
+from lumbarclip.findings import LEVEL_KINDS
 from lumbarclip.models.config import ModelConfig
+from lumbarclip.models.finding_head import FindingHead
 from lumbarclip.models.heads import create_head
 from lumbarclip.models.text import (
     freeze_text_layers,
@@ -55,6 +57,7 @@ class LumbarCLIP(nn.Module):
         self.visual_head = create_head(config.head, self.visual.num_features, config.embed_dim)
         self.text_head = create_head(config.head, self.text.config.hidden_size, config.embed_dim)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.init_logit_scale)))
+        self.finding_head = FindingHead(self.visual.num_features, len(LEVEL_KINDS)) if config.finding_head else None
         self._pooled_cache: dict[str, torch.Tensor] = {}
         self._pooled_cache_key: tuple | None = None
 
@@ -88,6 +91,16 @@ class LumbarCLIP(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 1, H, W] images -> [B, embed_dim] unit vectors."""
         return F.normalize(self.visual_head(self.visual(images)), dim=-1)
+
+    def encode_image_and_findings(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pass for both: unit embeddings [B, D], finding logits [B, K] over `LEVEL_KINDS`
+        and the finding queries' attention [B, K, h, w] over the last feature map."""
+        if self.finding_head is None:
+            raise InputError("this model has no finding head (model.finding_head=false)")
+        final, (feature_map,) = self.visual.forward_intermediates(images, indices=1)
+        embedding = F.normalize(self.visual_head(self.visual.forward_head(final)), dim=-1)
+        logits, attention = self.finding_head(feature_map)
+        return embedding, logits, attention
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer(
@@ -138,11 +151,11 @@ class LumbarCLIP(nn.Module):
         return F.normalize(self.text_head(pooled), dim=-1)
 
     def forward(self, images: torch.Tensor, texts: list[str]) -> dict[str, torch.Tensor]:
-        return {
-            "image_features": self.encode_image(images),
-            "text_features": self.encode_text(texts),
-            "logit_scale": self.logit_scale,
-        }
+        out = {"text_features": self.encode_text(texts), "logit_scale": self.logit_scale}
+        if self.finding_head is None:
+            return {"image_features": self.encode_image(images), **out}
+        out["image_features"], out["finding_logits"], _ = self.encode_image_and_findings(images)
+        return out
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write config.json, model.safetensors and the text tower's config + tokenizer."""

@@ -26,6 +26,7 @@ class ModelConfig:
     head: str = "linear"  # linear | mlp
     embed_dim: int = 512
     image_size: int = 224
+    finding_head: bool = False  # a query per finding kind over the spatial features (`FindingHead`)
     init_logit_scale: float = 1 / 0.07
     max_logit_scale: float = 100.0
 

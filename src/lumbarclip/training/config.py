@@ -26,6 +26,7 @@ class LossConfig:
     # kernel=agreement, pair with data.sentences=relevant)
     kernel: str = "dot"  # label similarity: dot (the paper) | cosine | jaccard | agreement
     identity_weight: float = 0.0  # weight of the InfoNCE (own pair) target mixed into the soft one
+    finding_weight: float = 1.0  # weight of the finding head's BCE (model.finding_head; labels=sentence)
     gather_with_grad: bool = True
 
     def __post_init__(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score
 from transformers import get_cosine_schedule_with_warmup
 
@@ -30,6 +31,8 @@ class CLIPModule(L.LightningModule):
         if config.trainer.channels_last:  # NHWC weights, so convolutions run in oneDNN's fast layout
             model.visual.to(memory_format=torch.channels_last)
         self.prompts = prompts
+        if model.finding_head is not None and config.loss.labels != "sentence":
+            raise InputError("model.finding_head=true needs loss.labels=sentence (its targets are the image's level findings)")
         self.loss = ClipLoss(
             config.loss.kind,
             config.loss.form,
@@ -45,6 +48,9 @@ class CLIPModule(L.LightningModule):
         loss = self.loss(
             out["image_features"], out["text_features"], out["logit_scale"], batch["label_vecs"], batch["text_label_vecs"]
         )
+        if "finding_logits" in out:  # the image's own level findings (labels=sentence: 0/1 over LEVEL_KINDS)
+            head = F.binary_cross_entropy_with_logits(out["finding_logits"].float(), batch["label_vecs"].float())
+            loss = loss + self.config.loss.finding_weight * head
         return loss, out
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
