@@ -11,13 +11,19 @@ For each finding kind (each image at its own level, truth = the patient's findin
   output per kind, trained up to N epochs on the train split's per-level truth (the epoch with
   the lowest valid loss kept), scored on test (what the images themselves show of each kind).
 
+Without --model only the pixel ceiling is measured (8 epochs unless --ceiling-epochs says), on the
+tower --vision at --image-size (the demo's, resnet18 at 64 px, by default): what a rendered cohort
+shows of each finding, before any CLIP model is trained on it.
+
     python bench/finding_probe.py --model RUN/model --data MANIFEST [--ceiling-epochs 12] [--out OUT.json]
+    python bench/finding_probe.py --data MANIFEST [--vision resnet18] [--image-size 64] [--ceiling-epochs 12]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +34,26 @@ from lumbarclip.data.manifest import read_manifest
 from lumbarclip.evaluation.findings import level_truth
 from lumbarclip.inference import embed_images
 from lumbarclip.inference.findings import FindingClassifier
-from lumbarclip.models import LumbarCLIP
+from lumbarclip.models import LumbarCLIP, ModelConfig
 
 MIN_POSITIVES = 20
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="model folder (RUN/model)")
+    parser.add_argument("--model", type=Path, help="model folder (RUN/model); without it, only the pixel ceiling")
     parser.add_argument("--data", type=Path, required=True, help="manifest with findings and level columns")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     parser.add_argument("--ceiling-epochs", type=int, default=0, help="also train the pixel ceiling for up to N epochs")
+    parser.add_argument("--vision", default="resnet18", help="timm tower of the ceiling without --model")
+    parser.add_argument("--image-size", type=int, default=64, help="model input (px) of the ceiling without --model")
     args = parser.parse_args()
-    model = LumbarCLIP.from_pretrained(args.model)
     manifest = read_manifest(args.data)
+    if args.model is None:
+        config = ModelConfig(vision=args.vision, image_size=args.image_size)
+        _ceiling_only(config, manifest, args.ceiling_epochs or 8, args.out)
+        return
+    model = LumbarCLIP.from_pretrained(args.model)
     train, test = manifest.split("train"), manifest.split("test")
     x_train = embed_images(model, [r.image_path for r in train], progress=False)
     x_test = embed_images(model, [r.image_path for r in test], progress=False)
@@ -69,7 +81,7 @@ def main() -> None:
         }
     columns: tuple[str, ...] = ("probe_auroc", "zero_shot_auroc", "positive_only_auroc", "cos_pos_neg")
     if args.ceiling_epochs:
-        ceiling = _pixel_ceiling(model, manifest, args.ceiling_epochs)
+        ceiling = _pixel_ceiling(model.config, manifest, args.ceiling_epochs)
         print(f"pixel ceiling ({args.ceiling_epochs} epochs at most): macro AUROC {ceiling['macro_auroc']:.3f}")
         for kind, r in rows.items():
             r["pixel_ceiling_auroc"] = ceiling["per_kind"].get(kind, {}).get("auroc")
@@ -83,13 +95,29 @@ def main() -> None:
         args.out.write_text(json.dumps({"kinds": rows, "mean": means}, indent=2) + "\n")
 
 
-def _pixel_ceiling(model: LumbarCLIP, manifest: object, epochs: int) -> dict[str, object]:
+def _ceiling_only(cfg: ModelConfig, manifest: object, epochs: int, out: Path | None) -> None:
+    """The pixel ceiling alone, per kind with its test positives, and the wall time it took."""
+    start = time.perf_counter()
+    ceiling = _pixel_ceiling(cfg, manifest, epochs)
+    seconds = time.perf_counter() - start
+    print(f"pixel ceiling: {cfg.vision} at {cfg.image_size} px, {epochs} epochs at most, {seconds:.0f} s")
+    print(f"{'kind':24} {'pos':>4} {'auroc':>7}")
+    for kind, r in ceiling["per_kind"].items():  # type: ignore[union-attr]
+        auroc = "-" if r["auroc"] is None else f"{r['auroc']:.3f}"
+        print(f"{kind:24} {r['positives']:>4} {auroc:>7}")
+    macro = ceiling["macro_auroc"]
+    print(f"{'macro':24} {'':>4} {'-' if macro is None else f'{macro:.3f}':>7}")
+    if out:
+        figures = {"vision": cfg.vision, "image_size": cfg.image_size, "seconds": round(seconds, 1), **ceiling}
+        out.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def _pixel_ceiling(cfg: ModelConfig, manifest: object, epochs: int) -> dict[str, object]:
     from lumbarclip.evaluation.findings import pixel_ceiling
     from lumbarclip.evaluation.supervised import SupervisedConfig
     from lumbarclip.inference import load_images
     from lumbarclip.models import create_vision_tower
 
-    cfg = model.config
     splits = [
         (load_images([r.image_path for r in manifest.split(name)], cfg.image_size, False), manifest.split(name))  # type: ignore[attr-defined]
         for name in ("train", "valid", "test")
