@@ -8,7 +8,9 @@ Baselines on the same images: a centre prior (peak at the image centre) and a ra
 at a uniformly random pixel, mean of 100 seeded draws). Each --variant is a CAM method,
 optionally @ a comma-separated list of target layers; the target direction is the zero-shot
 classifier's (abnormal minus normal class embedding) or, with --target abnormal, the
-abnormal-class embedding alone.
+abnormal-class embedding alone. The variant `finding-head` (models with `model.finding_head`) is
+the head's attention instead: per image, the mean map of the queries of the kinds present at
+its level.
 
     python bench/saliency.py --model RUN/model --data COHORT/manifest.csv [--split valid|test] [--margin 4]
         [--truth mask|box] [--variant gradcam --variant layercam@layer2,layer3 ...] [--select] [--json OUT.json]
@@ -36,6 +38,18 @@ from lumbarclip.evaluation.zeroshot import default_prompts
 from lumbarclip.inference import class_embeddings, load_images
 from lumbarclip.inference.saliency import DEFAULT_LAYERS, DEFAULT_METHOD, saliency_maps
 from lumbarclip.models import LumbarCLIP
+
+
+def _head_maps(model: LumbarCLIP, images: torch.Tensor, records: list) -> np.ndarray:
+    """The finding head's attention, per image the mean of the maps of the kinds present at its
+    level (what each finding's query looked at), [N, h, w] on the last feature map's grid."""
+    from lumbarclip.evaluation.findings import level_truth
+    from lumbarclip.inference.findings import head_outputs
+
+    _, attention = head_outputs(model, images)
+    truth, _ = level_truth(records)
+    weights = truth / np.maximum(truth.sum(1, keepdims=True), 1)
+    return np.einsum("nk,nkhw->nhw", weights, attention)
 
 
 def score_split(
@@ -67,7 +81,10 @@ def score_split(
         method, _, layer_list = variant.partition("@")
         layers = tuple(x for x in layer_list.split(",") if x)
         started = time.perf_counter()
-        cams = saliency_maps(model, images, directions[name], method=method, layers=layers)
+        if method == "finding-head":
+            cams = _head_maps(model, images, records)
+        else:
+            cams = saliency_maps(model, images, directions[name], method=method, layers=layers)
         seconds = time.perf_counter() - started
         for (truth, region), margin in ((item, m) for item in regions.items() for m in margins):
             game = pointing_game(cams, region, margin=margin, seed=seed)

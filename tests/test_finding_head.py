@@ -50,7 +50,7 @@ def test_each_query_learns_its_kind_and_attends_to_where_it_is():
 
 
 def test_finding_head_trains_with_sentence_targets_only(tmp_path):
-    cohort = make_cohort(tmp_path / "cohort", CohortConfig(n_patients=10, size=32), progress=False)
+    cohort = make_cohort(tmp_path / "cohort", CohortConfig(n_patients=12, size=32), progress=False)
     tiny = [
         "model.vision=resnet18", "model.image_size=32", "model.embed_dim=16", "data.batch_size=8",
         "trainer.max_epochs=1", "trainer.precision=32-true", "model.finding_head=true",
