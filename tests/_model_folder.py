@@ -18,9 +18,12 @@ from lumbarclip.models import ModelConfig, create_model
 VALIDATED = ("bulge", "canal_narrowing", "desiccation")
 
 
-def make_model_folder(folder: Path, image_size: int = 32, embed_dim: int = 16, seed: int = 0) -> Path:
+def make_model_folder(
+    folder: Path, image_size: int = 32, embed_dim: int = 16, seed: int = 0, finding_head: bool = False
+) -> Path:
     torch.manual_seed(seed)
-    model = create_model(ModelConfig(vision="resnet18", image_size=image_size, embed_dim=embed_dim))
+    config = ModelConfig(vision="resnet18", image_size=image_size, embed_dim=embed_dim, finding_head=finding_head)
+    model = create_model(config)
     model.save_pretrained(folder)
     rng = np.random.default_rng(seed)
     classes = rng.normal(size=(2, embed_dim))

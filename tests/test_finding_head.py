@@ -69,3 +69,17 @@ def test_finding_head_trains_with_sentence_targets_only(tmp_path):
 def test_sentence_labels_need_the_agreement_kernel():
     with pytest.raises(InputError, match="agreement"):
         load_config("cpu-demo", ["loss.labels=sentence"])
+
+
+def test_the_scorer_with_the_better_valid_macro_auroc_gates_the_findings():
+    from lumbarclip.evaluation.evaluate import _choose_scorer
+
+    prompts = {"valid_auroc": {"bulge": 0.7, "desiccation": 0.6}, "validated": [], "contrast": "negative"}
+    head = {"valid_auroc": {"bulge": 0.9, "desiccation": 0.85}, "validated": ["bulge", "desiccation"]}
+    chosen = dict(prompts)
+    _choose_scorer(chosen, head)
+    assert chosen["scorer"] == "head" and chosen["validated"] == ["bulge", "desiccation"]
+    assert chosen["contrast"] == "negative" and chosen["valid_macro_auroc_by_scorer"]["head"] == pytest.approx(0.875)
+    kept = dict(prompts, valid_auroc={"bulge": 0.95, "desiccation": 0.9})
+    _choose_scorer(kept, head)
+    assert kept["scorer"] == "prompts" and kept["validated"] == []

@@ -261,3 +261,27 @@ def test_only_validated_findings_are_shown(model_dir, predictor, tmp_path):
     bare = Predictor.load(ungated).predict(paths, top_k=3)  # no gate recorded: nothing is shown
     assert all(line["top_findings"] == [] for line in bare.images)
     assert bare.studies[0]["not_validated"] == list(LEVEL_KINDS)
+
+
+def test_head_scorer_shows_the_finding_heads_own_scores(tmp_path):
+    """When evaluation chose the finding head on valid, predict shows the head's sigmoid per
+    validated kind, computed here apart from Predictor (the eval loader, then the head)."""
+    from _model_folder import VALIDATED
+    from lumbarclip.inference import load_images
+    from lumbarclip.inference.findings import head_outputs
+
+    folder = make_model_folder(tmp_path / "model", finding_head=True)
+    op = load_operating_point(folder)
+    op.findings = {**op.findings, "scorer": "head"}
+    op.save(folder)
+    paths = []
+    for i, name in enumerate(("T2_0004_D3.png", "T1_0004_D3.png")):
+        paths.append(tmp_path / name)
+        Image.fromarray(_pixels(10 + i).astype(np.uint16)).save(paths[-1])
+    result = Predictor.load(folder, salt="s").predict(paths, top_k=5)
+    scores, _ = head_outputs(LumbarCLIP.from_pretrained(folder), load_images(paths, 32, False))
+    for n, line in enumerate(result.images):
+        shown = {f["finding"]: f["score"] for f in line["top_findings"]}
+        assert set(shown) == set(VALIDATED)
+        for kind, score in shown.items():
+            assert score == pytest.approx(scores[kind][n], abs=1e-4)

@@ -207,7 +207,8 @@ def evaluate_run(
     timer.lap("probe_zero_shot_retrieval")
     finding_zero_shot = text.finding_zero_shot
     if finding_zero_shot and model.finding_head is not None and test.images is not None:
-        finding_zero_shot["finding_head"] = _finding_head(run, opts)
+        finding_zero_shot["finding_head"] = head = _finding_head(run, opts)
+        _choose_scorer(finding_zero_shot, head)
         timer.lap("finding_head")
     if finding_zero_shot and opts.pixel_ceiling and test.images is not None:
         finding_zero_shot["pixel_ceiling"] = _pixel_ceiling(model, run, opts)
@@ -519,7 +520,7 @@ def _all_finding_prompts() -> list[str]:
 
 #: The parts of `finding_zero_shot` that the operating point keeps as its per-finding gate.
 GATE_KEYS = (
-    "contrast", "valid_auroc", "valid_positives", "validated", "not_validated", "min_valid_auroc", "min_valid_positives",
+    "scorer", "contrast", "valid_auroc", "valid_positives", "validated", "not_validated", "min_valid_auroc", "min_valid_positives",
 )  # fmt: skip
 
 
@@ -587,6 +588,19 @@ def _finding_head(run: Downstream, opts: EvalOptions) -> dict[str, object]:
     out = per_finding_zero_shot(test_scores, run.test.records, opts.bootstrap, opts.seed)
     out["rule"] = "P(finding) = the finding head's sigmoid at the image's level (trained on the reports' statements)"
     return out | valid_gate(valid_scores, run.valid.records)
+
+
+def _choose_scorer(finding_zero_shot: dict[str, object], head: dict[str, object]) -> None:
+    """Which scores `predict` shows per finding: the prompts' (zero-shot) or the finding head's,
+    whichever has the better valid macro AUROC; the chosen one's valid gate becomes the gate."""
+    prompts_valid = _macro(finding_zero_shot.get("valid_auroc") or {})  # type: ignore[arg-type]
+    head_valid = _macro(head.get("valid_auroc") or {})  # type: ignore[arg-type]
+    finding_zero_shot["valid_macro_auroc_by_scorer"] = {"prompts": prompts_valid, "head": head_valid}
+    if head_valid is not None and head_valid > (prompts_valid or -1.0):
+        finding_zero_shot["scorer"] = "head"
+        finding_zero_shot |= {k: head[k] for k in GATE_KEYS if k in head}
+    else:
+        finding_zero_shot["scorer"] = "prompts"
 
 
 def _pixel_ceiling(model: LumbarCLIP, run: Downstream, opts: EvalOptions) -> dict[str, object]:

@@ -312,10 +312,13 @@ def _card_findings(op: OperatingPoint, metrics: dict[str, object]) -> dict[str, 
         "min_valid_auroc": op.findings.get("min_valid_auroc"),
         "validated": op.validated_findings,
         "not_validated": op.findings.get("not_validated", []),
-        "rule": "a finding kind's score is shown only when its zero-shot AUROC on the valid split reaches "
-        "min_valid_auroc; the others are listed once as not validated for this model",
+        "scorer": op.findings.get("scorer", "prompts"),
+        "rule": "a finding kind's score is shown only when its AUROC on the valid split reaches min_valid_auroc, "
+        "scored by `scorer` (prompts: zero-shot; head: the finding head); the others are listed once as not "
+        "validated for this model",
         "test_zero_shot_macro_auroc": fz.get("macro_auroc"),  # type: ignore[union-attr]
         "test_zero_shot_auroc": {k: v.get("auroc") for k, v in (fz.get("per_kind") or {}).items()},  # type: ignore[union-attr]
         "pixel_ceiling_macro_auroc": ceiling.get("macro_auroc"),
+        "test_finding_head_macro_auroc": (fz.get("finding_head") or {}).get("macro_auroc"),  # type: ignore[union-attr]
         "prompt_pair_cosine": fz.get("prompt_pair_cosine"),  # type: ignore[union-attr]
     }

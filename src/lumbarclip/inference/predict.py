@@ -224,7 +224,7 @@ class Predictor:
             item.study_key[5:] if item.study_key.startswith("user:") else pseudonymise(item.study_key, self.salt)
             for item in kept
         ]
-        findings = self._top_findings(embeddings, [i.level for i in kept], top_k)
+        findings = self._top_findings(embeddings, images, [i.level for i in kept], top_k)
         nearest = self.bank.nearest(embeddings, top_k) if self.bank is not None and top_k else [[] for _ in kept]
         overlays = self._saliency(torch.from_numpy(images), pixels, study_ids, saliency_dir, overwrite)
         for n, item in enumerate(kept):
@@ -309,11 +309,19 @@ class Predictor:
         shown = set(self.operating_point.validated_findings)
         return [k for k in LEVEL_KINDS if k not in shown]
 
-    def _top_findings(self, embeddings: np.ndarray, levels: list[str | None], k: int) -> list[list[dict[str, object]]]:
-        """The `k` best-scoring VALIDATED finding kinds of each image, at its level."""
+    def _top_findings(
+        self, embeddings: np.ndarray, images: np.ndarray, levels: list[str | None], k: int
+    ) -> list[list[dict[str, object]]]:
+        """The `k` best-scoring VALIDATED finding kinds of each image, at its level, scored by the
+        scorer evaluation chose on valid: the prompts (zero-shot) or the model's finding head."""
         if not k or not self.operating_point.validated_findings:
             return [[] for _ in levels]
-        scores = self.findings().scores(embeddings, levels)  # type: ignore[union-attr]
+        if self.operating_point.findings.get("scorer") == "head":
+            from lumbarclip.inference.findings import head_outputs
+
+            scores, _ = head_outputs(self.model, torch.from_numpy(images))  # type: ignore[arg-type]
+        else:
+            scores = self.findings().scores(embeddings, levels)  # type: ignore[union-attr]
         kinds = [kind for kind in scores if kind in self.operating_point.validated_findings]
         table = np.stack([scores[kind] for kind in kinds], axis=1)  # [N, K]
         out = []
