@@ -43,14 +43,47 @@ TISSUES: dict[str, tuple[float, float]] = {
 }
 #: The view is centred this far behind the disc centre, which puts the canal mid-image.
 VIEW_CENTRE_Y_MM = 22.0
-#: How far beyond its healthy margin a herniated disc reaches, by severity (mm).
-_SEVERITY_MM = {"none": 3.0, "mild": 3.0, "moderate": 4.2, "severe": 5.6}
+#: How far a bulge reaches behind its healthy margin once it has filled the posterior
+#: concavity, by severity (mm): broad, all round the disc, and within the 3-4 mm that tells a
+#: bulge from a focal herniation.
+_BULGE_MM = {"none": 2.0, "mild": 2.0, "moderate": 3.0, "severe": 4.0}
+#: How far the dome of a protrusion reaches beyond the healthy margin, by severity (mm), and
+#: its angular width (sigma, degrees): focal, clearly beyond a bulge's margin.
+_HERNIATION_MM = {"none": 5.0, "mild": 5.0, "moderate": 6.5, "severe": 8.0}
+_PROTRUSION_WIDTH_DEG = 13.0
+#: An extrusion reaches this much further through a narrower neck (sigma, degrees) and ends in
+#: a fragment of this radius (mm) just beyond the tip: a dome wider than its base.
+_EXTRUSION_EXTRA_MM = 3.5
+_EXTRUSION_WIDTH_DEG = 9.0
+_FRAGMENT_MM = 5.0
 _SEVERITY_RANK = {"none": 0, "mild": 0, "moderate": 1, "severe": 2}
 #: Thecal sac area kept by canal stenosis of each severity.
-_SAC_AREA = {"none": 1.0, "mild": 0.86, "moderate": 0.74, "severe": 0.62}
+_SAC_AREA = {"none": 1.0, "mild": 0.78, "moderate": 0.64, "severe": 0.5}
 #: How deep the disc indents the sac (mm) for each thecal sac finding.
 _INDENT_MM = {"abutted": 0.4, "compressed": 2.2}
 _GAP_MM = 1.5  # epidural space between a healthy disc and the sac
+#: Angular width (sigma, radians) of the push that makes a disc reach what it compresses: a
+#: bulge presses with its broad margin, a protrusion or extrusion with its focal dome.
+_PUSH_WIDTH = {"bulge": 0.9, "protrusion": 0.35, "extrusion": 0.3}
+#: A compressed traversing root: the disc fills its lateral recess (fat of 4 x 3.2 mm half-axes)
+#: to 1.5 mm behind the root's healthy centre, and the root lies 3 mm further back and 1 mm
+#: further out against the facet, flattened from 1.7 x 1.6 to 2.6 x 0.7 mm half-axes. A root
+#: the disc does not compress keeps a fat halo (3.0 x 2.8 mm half-axes) the disc stays out of.
+_ROOT_SHIFT_MM = (1.0, 3.0)
+_ROOT_FLAT_MM = (2.6, 0.7)
+_ROOT_HALO_MM = (3.0, 2.8)
+#: Foraminal fat (5.5 x 3.8 mm half-axes) a narrowed foramen keeps, while the disc reaches this
+#: far (mm) beyond its healthy margin into it: the disc obliterates most of the fat.
+_FORAMEN_KEPT = 0.3
+_FORAMEN_REACH_MM = 5.5
+#: Nucleus T2 contrast (over the annulus) a desiccated disc keeps: a dark disc, near the annulus.
+_DRY_HYDRATION = 0.3
+#: Annular tear: a high-intensity zone of 8 x 3 mm along the posterior annulus, its centre
+#: this deep (mm) inside the disc margin, between the margin and the nucleus.
+_TEAR_MM = (4.0, 1.5)
+_TEAR_DEPTH_MM = 2.8
+#: Facet hypertrophy: articular processes and joint this many times their healthy size.
+_FACET_GROWTH = 1.5
 
 
 @dataclass(frozen=True)
@@ -291,21 +324,22 @@ class _Disc:
         self.bulge = 0.0
         self.bulge_side = 0
         self.fragment: tuple[float, float, float] | None = None  # extruded tip: x, y, radius
+        self.spared: list[tuple[float, float, float, float, float]] = []  # ellipses kept free
         if lf.disc == "bulge":
-            self.bulge = _SEVERITY_MM[lf.severity]
+            self.bulge = _BULGE_MM[lf.severity]
             signs = _side_signs(lf.side)
             self.bulge_side = signs[0] if len(signs) == 1 else 0
         elif lf.disc in ("protrusion", "extrusion"):
             extruded = lf.disc == "extrusion"
-            height = _SEVERITY_MM[lf.severity] + 1.5 + (3.0 if extruded else 0.0)
-            width = math.radians(10.0 if extruded else 15.0) * (
+            height = _HERNIATION_MM[lf.severity] + (_EXTRUSION_EXTRA_MM if extruded else 0.0)
+            width = math.radians(_EXTRUSION_WIDTH_DEG if extruded else _PROTRUSION_WIDTH_DEG) * (
                 2.0 if lf.location == "diffuse" else 1.0
             )
             self.bumps = [(a, height, width) for a in _herniation_angles(lf.location, lf.side)]
             if extruded:
                 angle = self.bumps[0][0]
-                r = self.radius(np.array([angle]))[0] + 0.5
-                self.fragment = (r * math.cos(angle), r * math.sin(angle), 4.8)
+                r = self.radius(np.array([angle]))[0] + 1.0
+                self.fragment = (r * math.cos(angle), r * math.sin(angle), _FRAGMENT_MM)
 
     def base(self, theta: np.ndarray) -> np.ndarray:
         return _healthy_margin(self.geo, theta)
@@ -338,14 +372,20 @@ class _Disc:
         healthy = float(self.base(np.array([angle]))[0])
         self.push(angle, math.hypot(*point) - healthy, width)
 
+    def spare(self, cx: float, cy: float, a: float, b: float, angle: float = 0.0) -> None:
+        """Keep the disc's growth out of an ellipse: a recess or foramen the findings leave open."""
+        self.spared.append((cx, cy, a, b, angle))
+
     def sd(self, x, y):
         """Signed distance to the diseased margin, and to the healthy one."""
         rho, theta = np.hypot(x, y), np.arctan2(y, x)
-        d = rho - self.radius(theta)
+        d, d_healthy = rho - self.radius(theta), rho - self.base(theta)
         if self.fragment:
             fx, fy, fr = self.fragment
             d = np.minimum(d, np.hypot(x - fx, y - fy) - fr)
-        return d, rho - self.base(theta)
+        for ellipse in self.spared:  # the healthy disc stays; only its growth is kept out
+            d = np.minimum(d_healthy, np.maximum(d, -_ellipse(x, y, *ellipse)))
+        return d, d_healthy
 
 
 # --- the renderer -----------------------------------------------------------------------------
@@ -459,6 +499,7 @@ def _draw_spine(
     _draw_canal(canvas, tone, anatomy, geo, level)
     _draw_posterior_elements(canvas, tone, geo, level)
     _draw_disc(canvas, tone, anatomy, geo, level, tilt)
+    _draw_compressed_roots(canvas, tone, geo, level)
 
 
 #: A finding shows where it changes the noise-free image by at least this much on the tissue
@@ -675,19 +716,34 @@ def _foramen_angle(side: int) -> float:
     return math.pi / 2 - side * 1.0
 
 
+def _foramen(geo: _Level, side: int, kept: float = 1.0) -> tuple[float, float, float, float, float]:
+    """Foraminal fat on one side as an ellipse (x, y, half-axes, angle), scaled by `kept`."""
+    a = _foramen_angle(side)
+    r = _healthy_margin(geo, np.array([a]))[0] + 4.2
+    return r * math.cos(a), r * math.sin(a), 5.5 * kept, 3.8 * kept, a
+
+
 def _diseased_disc(geo: _Level, lf: LevelFindings) -> _Disc:
-    """The disc with its herniation, pushed as far as the findings' effects need it to reach."""
+    """The disc with its herniation, pushed as far as the findings' effects need it to reach,
+    and kept out of the lateral recesses and foramina the findings leave open."""
     disc = _Disc(geo, lf)
+    width = _PUSH_WIDTH.get(lf.disc, 0.5)
     if lf.thecal_sac in _INDENT_MM:
         indent = _INDENT_MM[lf.thecal_sac]
         if lf.thecal_sac == "compressed":
             indent += 0.8 * _SEVERITY_RANK[lf.severity]
-        disc.push(math.pi / 2 - 0.15 * disc.bulge_side, geo.concavity + _GAP_MM + indent, 0.5)
-    for s in _side_signs(lf.root_compression):
+        disc.push(math.pi / 2 - 0.15 * disc.bulge_side, geo.concavity + _GAP_MM + indent, width)
+    compressed, narrowed = _side_signs(lf.root_compression), _side_signs(lf.foraminal_narrowing)
+    for s in (1, -1):
         rx, ry = _recess(geo, s)
-        disc.push_to((rx, ry - 0.5), 0.3)
-    for s in _side_signs(lf.foraminal_narrowing):
-        disc.push(_foramen_angle(s), 3.0, 0.25)
+        if s in compressed:
+            disc.push_to((rx, ry + 1.5), min(width, 0.45))
+        else:
+            disc.spare(rx, ry, *_ROOT_HALO_MM)
+        if s in narrowed:
+            disc.push(_foramen_angle(s), _FORAMEN_REACH_MM, 0.22)
+        else:
+            disc.spare(*_foramen(geo, s))
     return disc
 
 
@@ -698,12 +754,9 @@ def _draw_canal(canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, lf: LevelF
     narrow_foramina = _side_signs(lf.foraminal_narrowing)
     for s in (1, -1):
         paint(_ellipse(x, y, *_recess(geo, s), 4.0, 3.2), tone["fat"])
-        a = _foramen_angle(s)
-        r = _healthy_margin(geo, np.array([a]))[0] + 4.2
-        centre = (r * math.cos(a), r * math.sin(a))
-        k = 0.55 if s in narrow_foramina else 1.0
-        paint(_ellipse(x, y, *centre, 5.5 * k, 3.8 * k, a), tone["fat"])
-        paint(_ellipse(x, y, *centre, 2.3, 1.6 * k, a), tone["root"])
+        fx, fy, fa, fb, a = _foramen(geo, s, _FORAMEN_KEPT if s in narrow_foramina else 1.0)
+        paint(_ellipse(x, y, fx, fy, fa, fb, a), tone["fat"])
+        paint(_ellipse(x, y, fx, fy, 2.3, min(fb / 3.8, 1.0) * 1.6, a), tone["root"])
     # stenosis shrinks the sac from behind; the cauda equina lies dependent (posterior)
     keep = _SAC_AREA[lf.canal_narrowing]
     sac_w, sac_d = geo.sac_w * math.sqrt(keep), geo.sac_d * keep
@@ -713,12 +766,17 @@ def _draw_canal(canvas: _Canvas, tone, anatomy: Anatomy, geo: _Level, lf: LevelF
         roots = [(cx * sac_w, sac_y + cy * sac_d) for cx, cy in anatomy.cauda_equina]
         paint(_circles(x, y, roots, 0.9), tone["root"])
     compressed = _side_signs(lf.root_compression)
-    for s in (1, -1):  # traversing roots; a compressed one is pushed back and flattened
+    for s in (1, -1):  # traversing roots; compressed ones are drawn displaced, over the disc
+        if s not in compressed:
+            paint(_ellipse(x, y, *_recess(geo, s), 1.7, 1.6), tone["root"])
+
+
+def _draw_compressed_roots(canvas: _Canvas, tone, geo: _Level, lf: LevelFindings) -> None:
+    """Traversing roots the disc pushes back against the facet, flattened, over the disc."""
+    for s in _side_signs(lf.root_compression):
         rx, ry = _recess(geo, s)
-        if s in compressed:
-            paint(_ellipse(x, y, rx + s * 0.8, ry + 1.2, 1.7, 0.9), tone["root"])
-        else:
-            paint(_ellipse(x, y, rx, ry, 1.7, 1.6), tone["root"])
+        dx, dy = _ROOT_SHIFT_MM
+        canvas.paint(_ellipse(canvas.x, canvas.y, rx + s * dx, ry + dy, *_ROOT_FLAT_MM), tone["root"])
 
 
 def _draw_disc(
@@ -731,7 +789,7 @@ def _draw_disc(
     paint(d, tone["annulus"])
     if lf.disc in ("protrusion", "extrusion"):
         paint(np.maximum(d + 1.2, -d_healthy - 1.0), tone["herniation"])
-    hydration = anatomy.hydration * (0.5 if lf.desiccation else 1.0)
+    hydration = anatomy.hydration * (_DRY_HYDRATION if lf.desiccation else 1.0)
     nucleus = tone["annulus"] + (tone["nucleus"] - tone["annulus"]) * hydration
     paint(_ellipse(x, y, 0.0, -1.0, geo.disc_w * 0.66, geo.disc_d * 0.6), nucleus, edge_mm=2.5)
     if tilt:  # an oblique slice catches an endplate: partial volume of vertebral marrow
@@ -739,11 +797,8 @@ def _draw_disc(
         canvas.img += canvas.cover(d_healthy) * weight * (tone["marrow"] - canvas.img)
     if lf.annular_tear:  # high-intensity zone in the back of the annulus, at the herniation
         a = disc.bumps[0][0] if disc.bumps else math.pi / 2 - 0.2
-        r = disc.radius(np.array([a]))[0] - 1.8
-        paint(
-            _ellipse(x, y, r * math.cos(a), r * math.sin(a), 3.0, 0.9, a + math.pi / 2),
-            tone["tear"],
-        )
+        r = disc.radius(np.array([a]))[0] - _TEAR_DEPTH_MM
+        paint(_ellipse(x, y, r * math.cos(a), r * math.sin(a), *_TEAR_MM, a + math.pi / 2), tone["tear"])
 
 
 def _draw_posterior_elements(canvas: _Canvas, tone, geo: _Level, lf: LevelFindings) -> None:
@@ -760,7 +815,7 @@ def _draw_posterior_elements(canvas: _Canvas, tone, geo: _Level, lf: LevelFindin
         _band(_ellipse(x, y, 0.0, cy, w + outer + 2.6, d + outer + 2.4), 4.4), cy + 1.0 - y
     )
     bone = np.minimum(bone, _segment(x, y, (0.0, cy + d + 7.0), (0.0, cy + d + 27.0), 3.4))
-    big = 1.35 if lf.facet_hypertrophy else 1.0
+    big = _FACET_GROWTH if lf.facet_hypertrophy else 1.0
     phi = geo.facet_angle
     joints = []
     for s in (1, -1):
