@@ -44,9 +44,9 @@ TISSUES: dict[str, tuple[float, float]] = {
 #: The view is centred this far behind the disc centre, which puts the canal mid-image.
 VIEW_CENTRE_Y_MM = 22.0
 #: How far a bulge reaches behind its healthy margin once it has filled the posterior
-#: concavity, by severity (mm): broad, all round the disc, and within the 3-4 mm that tells a
-#: bulge from a focal herniation.
-_BULGE_MM = {"none": 2.0, "mild": 2.0, "moderate": 3.0, "severe": 4.0}
+#: concavity, by severity (mm): broad, all round the disc (30% of it in front), and lower
+#: than a protrusion's focal dome of the same severity.
+_BULGE_MM = {"none": 3.0, "mild": 3.0, "moderate": 4.2, "severe": 5.6}
 #: How far the dome of a protrusion reaches beyond the healthy margin, by severity (mm), and
 #: its angular width (sigma, degrees): focal, clearly beyond a bulge's margin.
 _HERNIATION_MM = {"none": 5.0, "mild": 5.0, "moderate": 6.5, "severe": 8.0}
