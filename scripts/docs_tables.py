@@ -109,6 +109,7 @@ def demo_tables(meta: dict) -> dict[str, str]:
     ceiling = (fz.get("pixel_ceiling") or {}).get("per_kind", {})
     gate = fz.get("valid_auroc") or {}
     cosine = (fz.get("prompt_pair_cosine") or {}).get("per_kind", {})
+    head = (fz.get("finding_head") or {}).get("per_kind")
 
     def opt(value: float | None) -> str:
         return _f(value) if value is not None else "-"
@@ -121,17 +122,26 @@ def demo_tables(meta: dict) -> dict[str, str]:
         if "valid_auroc" in fz:  # metrics from a version with the pixel ceiling and the gate
             row += [opt((ceiling.get(k) or {}).get("auroc")), opt(gate.get(k)),
                     "yes" if k in fz.get("validated", []) else "no", opt(cosine.get(k))]
+        if head is not None:
+            row.append(opt((head.get(k) or {}).get("auroc")))
         fz_rows.append(row)
     columns = ["finding kind", "zero-shot AUROC (test)", "95% CI", "positives", "negatives"]
     if "valid_auroc" in fz:
         columns += ["pixel ceiling (test)", "valid AUROC (gate)", "shown by predict", "cos(pos, neg)"]
+    if head is not None:
+        columns.append("finding head AUROC (test)")
     findings = md_table(columns, fz_rows)
     macro = fz.get("macro_auroc")
     if macro is not None:
         findings += f"\nMacro AUROC over kinds with >= 20 positives: {_f(macro)}"
         if (fz.get("pixel_ceiling") or {}).get("macro_auroc") is not None:
             findings += f"; pixel ceiling {_f(fz['pixel_ceiling']['macro_auroc'])}"
+        if head is not None and fz["finding_head"].get("macro_auroc") is not None:
+            findings += f"; finding head {_f(fz['finding_head']['macro_auroc'])}"
         findings += ".\n"
+        if fz.get("scorer"):
+            findings += (f"The findings `predict` shows are scored by the {fz['scorer']} "
+                         "(the better valid macro AUROC), and the gate is that scorer's valid AUROC.\n")
     integ = m["integrity"]["class_balance"]
     split_rows = [[s, v["images"], v["patients"], v["patients_normal"], v["patients_abnormal"]]
                   for s, v in integ.items()]

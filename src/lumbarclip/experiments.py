@@ -48,12 +48,14 @@ VISION_VARIANTS: dict[str, tuple[str, ...]] = {
         "model.vision_kwargs={window_size: 4, embed_dim: 48, depths: [2, 2, 2], num_heads: [3, 6, 12]}",
     ),
 }
-#: The paper's soft loss with binary labels, soft targets from findings (multi-hot over
-#: level x kind + side + severity), and the plain CLIP (InfoNCE) loss.
+#: The preset's soft loss, the paper's soft loss with binary labels, soft targets from findings
+#: (multi-hot over level x kind + side + severity), and the plain CLIP (InfoNCE) loss. The
+#: binary and findings variants drop what only per-sentence targets feed (the finding head).
+_PATIENT_LABELS = ("loss.kernel=dot", "loss.identity_weight=0.0", "model.finding_head=false", "data.sentences=report")
 LOSS_VARIANTS: dict[str, tuple[str, ...]] = {
     "soft": ("loss.kind=soft",),
-    "soft-binary": ("loss.kind=soft", "loss.labels=binary"),
-    "soft-findings": ("loss.kind=soft", "loss.labels=findings"),
+    "soft-binary": ("loss.kind=soft", "loss.labels=binary", *_PATIENT_LABELS),
+    "soft-findings": ("loss.kind=soft", "loss.labels=findings", *_PATIENT_LABELS),
     "hard": ("loss.kind=hard",),
 }
 HEADS: tuple[str, ...] = ("linear", "mlp")
