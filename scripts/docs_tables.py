@@ -189,7 +189,23 @@ def readme_block() -> str:
         f"{BEGIN}\n"
         f"`{meta['command']}` at commit `{meta['commit']}`, seed {meta['seed']}, {meta['machine']}; "
         "test split, 450 images, 75 patients, image-only:\n\n"
-        f"{tables['demo.main.md']}{END}"
+        f"{tables['demo.main.md']}{_readme_findings(meta)}{END}"
+    )
+
+
+def _readme_findings(meta: dict) -> str:
+    """One line on the per-finding scores of the demo model, when its metrics have them."""
+    fz = json.loads((DATA / meta["metrics"]).read_text()).get("finding_zero_shot") or {}
+    head = (fz.get("finding_head") or {}).get("macro_auroc")
+    ceiling = (fz.get("pixel_ceiling") or {}).get("macro_auroc")
+    if fz.get("macro_auroc") is None or head is None:
+        return ""
+    parts = [f"zero-shot {_f(fz['macro_auroc'])}", f"finding head {_f(head)}"]
+    if ceiling is not None:
+        parts.append(f"pixel ceiling (a short supervised run) {_f(ceiling)}")
+    return (
+        f"\nPer finding kind at each slice's level (11 kinds, test), macro AUROC: {', '.join(parts)}; "
+        f"`predict` shows only the kinds validated on valid ({len(fz.get('validated', []))} of 11).\n"
     )
 
 
