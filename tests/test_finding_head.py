@@ -55,8 +55,9 @@ def test_finding_head_trains_with_sentence_targets_only(tmp_path):
         "model.vision=resnet18", "model.image_size=32", "model.embed_dim=16", "data.batch_size=8",
         "trainer.max_epochs=1", "trainer.precision=32-true", "model.finding_head=true",
     ]  # fmt: skip
+    binary = ["loss.labels=binary", "loss.kernel=dot"]
     with pytest.raises(InputError, match="finding_head=true needs loss.labels=sentence"):
-        train(load_config("cpu-demo", tiny), cohort, tmp_path / "refused", progress=False)
+        train(load_config("cpu-demo", tiny + binary), cohort, tmp_path / "refused", progress=False)
     sentence = ["loss.labels=sentence", "loss.kernel=agreement", "data.sentences=relevant"]
     run = train(load_config("cpu-demo", tiny + sentence), cohort, tmp_path / "run", progress=False)
     model = LumbarCLIP.from_pretrained(run / "model")
@@ -68,7 +69,9 @@ def test_finding_head_trains_with_sentence_targets_only(tmp_path):
 
 def test_sentence_labels_need_the_agreement_kernel():
     with pytest.raises(InputError, match="agreement"):
-        load_config("cpu-demo", ["loss.labels=sentence"])
+        load_config("cpu-demo", ["loss.labels=sentence", "loss.kernel=dot"])
+    with pytest.raises(InputError, match="agreement"):
+        load_config("cpu-demo", ["loss.labels=binary", "loss.kernel=agreement"])
 
 
 def test_the_scorer_with_the_better_valid_macro_auroc_gates_the_findings():

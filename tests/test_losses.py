@@ -140,7 +140,7 @@ def test_config_carries_findings_loss_settings():
 def test_config_carries_level_sentence_settings():
     from lumbarclip.training.config import load_config
 
-    cfg = load_config("cpu-demo", ["data.sentences=level", "loss.labels=level"])
+    cfg = load_config("cpu-demo", ["data.sentences=level", "loss.labels=level", "loss.kernel=jaccard"])
     assert (cfg.data.sentences, cfg.loss.labels) == ("level", "level")
     with pytest.raises(ValueError, match="data.sentences"):
         load_config("cpu-demo", ["data.sentences=paragraph"])

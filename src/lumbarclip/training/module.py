@@ -10,7 +10,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from lumbarclip.errors import InputError
 from lumbarclip.inference import class_embeddings, zero_shot_probs
-from lumbarclip.losses import ClipLoss
+from lumbarclip.losses import ClipLoss, gather_features
 from lumbarclip.models import LumbarCLIP
 from lumbarclip.training.config import TrainConfig
 
@@ -49,8 +49,11 @@ class CLIPModule(L.LightningModule):
             out["image_features"], out["text_features"], out["logit_scale"], batch["label_vecs"], batch["text_label_vecs"]
         )
         if "finding_logits" in out:  # the image's own level findings (labels=sentence: 0/1 over LEVEL_KINDS)
-            head = F.binary_cross_entropy_with_logits(out["finding_logits"].float(), batch["label_vecs"].float())
-            loss = loss + self.config.loss.finding_weight * head
+            # over the global batch, gathered as the CLIP loss is, so one process and several agree
+            logits, targets = gather_features(
+                out["finding_logits"].float(), batch["label_vecs"].float(), gather_with_grad=self.config.loss.gather_with_grad
+            )
+            loss = loss + self.config.loss.finding_weight * F.binary_cross_entropy_with_logits(logits, targets)
         return loss, out
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
