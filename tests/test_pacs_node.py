@@ -269,16 +269,25 @@ def test_worker_survives_a_failure_in_its_own_error_handler(tmp_path, studies, m
     assert [c["studies"] for c in rec.calls] == [{ua}, {ub}]  # the second study after the handler's failure
 
 
+def _until_idle(node: PacsNode, timeout: float = 10.0) -> None:
+    """Wait until the node's server holds no association (threads end a moment after a reply)."""
+    deadline = time.monotonic() + timeout
+    while node._server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not node._server.active_associations
+
+
 def test_calling_ae_allow_list_and_association_bound(tmp_path, studies):
     node = start_node(tmp_path, Recorder(), allow_ae=("GOODSCU",), max_associations=1)
     try:
         stranger = associate(node, calling="TESTSCU", established=False)
         assert stranger.is_rejected
+        _until_idle(node)  # the rejected association still counts against the bound until its thread ends
         first = associate(node, calling="GOODSCU")
         second = associate(node, calling="GOODSCU", established=False)  # over the bound
         assert second.is_rejected
         first.release()
-        time.sleep(0.5)  # the server notices the release
+        _until_idle(node)  # the server notices the release
         associate(node, calling="GOODSCU").release()
     finally:
         node.stop()
