@@ -15,6 +15,8 @@ LEVELS: tuple[str, ...] = ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
 #: The three discs imaged per patient, as in the paper's data (disc D3, D4, D5).
 IMAGED_LEVELS: tuple[str, ...] = ("L3-L4", "L4-L5", "L5-S1")
 SEQUENCES: tuple[str, ...] = ("T1", "T2")
+#: Acquisition planes, in LPS axis order (the normal along x, y, z).
+PLANES: tuple[str, ...] = ("sagittal", "coronal", "axial")
 
 DISC_KINDS: tuple[str, ...] = ("normal", "bulge", "protrusion", "extrusion")
 LOCATIONS: tuple[str, ...] = ("diffuse", "central", "paracentral", "foraminal")

@@ -97,6 +97,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     men.add_argument("--no-progress", action="store_true", help="hide progress bars")
     men.set_defaults(func=run_mendeley)
 
+    sag = dsub.add_parser(
+        "mendeley-sagittal",
+        help="manifest for the cohort's mid-sagittal slices, with the paper's split and disc boxes",
+        description="Build a manifest of the Mendeley cohort's mid-sagittal T1/T2 slices: --slices is a "
+        "checkout of YOLOspine at commit aab0746 ({train,val,test}/images and labels, "
+        "PfirrmannGrade.csv), --notes the local_data folder of Lumbar-MedCLIP (lbp-{train,valid,test}-meta.csv: "
+        "the paper's patient split, LBP labels and reports). Writes OUT/manifest.csv (plane sagittal, "
+        "one row per slice, its discs with level names from the sacrum up, box classes and Pfirrmann "
+        "grades) and OUT/adapter-report.json, which lists every unparseable name, image without labels, "
+        "duplicate, refused box and patient that could not be joined. No image is copied.",
+    )
+    sag.add_argument("--slices", required=True, help="YOLOspine checkout at commit aab0746")
+    sag.add_argument("--notes", required=True, help="Lumbar-MedCLIP local_data folder (or the repository root)")
+    sag.add_argument("--out", required=True, help="cohort folder to write (manifest.csv, adapter-report.json)")
+    sag.add_argument("--overwrite", action="store_true", help="replace an existing OUT/manifest.csv")
+    sag.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sag.set_defaults(func=run_mendeley_sagittal)
+
 
 def run_inspect(args: argparse.Namespace) -> int:
     from lumbarclip.data.imageio import read_image
@@ -162,6 +180,16 @@ def run_mendeley(args: argparse.Namespace) -> int:
         salt=resolve_salt(args.salt) if args.pseudonymise else None,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+    )
+    print(report.to_text())
+    return 0 if report.manifest.ok else 2
+
+
+def run_mendeley_sagittal(args: argparse.Namespace) -> int:
+    from lumbarclip.data.mendeley_sagittal import build_sagittal_manifest
+
+    report = build_sagittal_manifest(
+        args.slices, args.notes, args.out, overwrite=args.overwrite, progress=not args.no_progress
     )
     print(report.to_text())
     return 0 if report.manifest.ok else 2

@@ -2,7 +2,8 @@
 
 Columns: image_path (relative to the manifest), patient_id, split (train/valid/test),
 label (0 normal, 1 abnormal), report; optional sequence (T1/T2), level (L3-L4, ...),
-findings (JSON of `Findings.to_dict()`). Column names are matched case-insensitively, extra
+findings (JSON of `Findings.to_dict()`), plane (axial, the default, or sagittal/coronal),
+discs (JSON list of `lumbarclip.data.discs.Disc`: level, box, classes, Pfirrmann grade). Column names are matched case-insensitively, extra
 columns are ignored, blank lines and a UTF-8 BOM are fine.
 
 A bad row is skipped and reported as (line number, reason), never a crash: wrong field
@@ -25,12 +26,13 @@ from typing import Any
 
 from tqdm import tqdm
 
+from lumbarclip.data.discs import discs_from_json
 from lumbarclip.data.imageio import read_image
 from lumbarclip.errors import InputError
-from lumbarclip.findings import LEVELS, SEQUENCES, Findings
+from lumbarclip.findings import LEVELS, PLANES, SEQUENCES, Findings
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("image_path", "patient_id", "split", "label", "report")
-OPTIONAL_COLUMNS: tuple[str, ...] = ("sequence", "level", "findings")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("sequence", "level", "findings", "plane", "discs")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
 
@@ -46,6 +48,8 @@ class ImageRecord:
     sequence: str = ""
     level: str = ""
     findings: str = ""  # JSON of `Findings.to_dict()`, when known
+    plane: str = "axial"  # sagittal | coronal | axial
+    discs: str = ""  # JSON list of `lumbarclip.data.discs.Disc` (sagittal slices with disc boxes)
 
 
 @dataclass
@@ -150,6 +154,13 @@ def _row_problem(row: dict[str, str]) -> str:
         return f"sequence must be one of {', '.join(SEQUENCES)}, got {row['sequence']!r}"
     if level and level not in LEVELS:
         return f"level must be one of {', '.join(LEVELS)}, got {row['level']!r}"
+    if row.get("plane", "").lower() not in ("",) + PLANES:
+        return f"plane must be one of {', '.join(PLANES)}, got {row['plane']!r}"
+    if row.get("discs"):
+        try:
+            discs_from_json(row["discs"])
+        except (ValueError, TypeError) as err:
+            return f"discs is not a JSON list of discs ({str(err)[:120]})"
     if row.get("findings"):
         try:
             Findings.from_json(row["findings"])
@@ -168,6 +179,8 @@ def _record(row: dict[str, str], image: Path) -> ImageRecord:
         sequence=row.get("sequence", "").upper(),
         level=row.get("level", "").upper(),
         findings=row.get("findings", ""),
+        plane=row.get("plane", "").lower() or "axial",
+        discs=row.get("discs", ""),
     )
 
 

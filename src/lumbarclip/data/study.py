@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from lumbarclip.data.imageio import open_dicom, quiet_readers
-from lumbarclip.findings import IMAGED_LEVELS
+from lumbarclip.findings import IMAGED_LEVELS, PLANES
 
 #: Repetition time below which a spin-echo series counts as T1-weighted.
 T1_MAX_TR_MS = 1000.0
@@ -125,7 +125,6 @@ def is_axial(normal: tuple[float, float, float]) -> bool:
     return int(np.argmax(np.abs(normal))) == 2
 
 
-PLANES: tuple[str, str, str] = ("sagittal", "coronal", "axial")
 #: BodyPartExamined values (upper case, DICOM PS3.16 Annex L and common vendor spellings) that
 #: may hold the lumbar spine; another value refuses the image.
 LUMBAR_BODY_PARTS: frozenset[str] = frozenset(

