@@ -57,6 +57,7 @@ class SliceHeader:
     study: str = ""  # StudyInstanceUID; "" when the file has none
     modality: str = ""
     body_part: str = ""
+    position: float = 0.0  # the slice centre along its own normal (orders a sagittal stack)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ def slice_header(path: Path) -> SliceHeader | None:
         return None
     centre = ipp + iop[:3] * spacing[1] * cols / 2 + iop[3:] * spacing[0] * rows / 2
     unit = tuple(float(v) for v in normal / np.linalg.norm(normal))
-    return SliceHeader(path, series, sequence, unit, float(centre[2]), study, modality, body_part)  # type: ignore[arg-type]
+    position = float(np.dot(centre, np.asarray(unit)))
+    return SliceHeader(path, series, sequence, unit, float(centre[2]), study, modality, body_part, position)  # type: ignore[arg-type]
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -137,23 +139,28 @@ def plane(normal: tuple[float, float, float]) -> str:
     return PLANES[int(np.argmax(np.abs(normal)))]
 
 
-def header_refusal(head: SliceHeader, check_plane: bool = True) -> str | None:
-    """Why a DICOM slice is outside what the model takes (Modality MR, axial, a lumbar body
-    part where the header names one), or None when it passes. Study folders leave the plane to
-    `choose_slices`, which picks the axial series among the others."""
+def header_refusal(head: SliceHeader, planes: tuple[str, ...] | None = ("axial",)) -> str | None:
+    """Why a DICOM slice is outside what the model takes (Modality MR, one of the model's
+    `planes`, a lumbar body part where the header names one), or None when it passes. Study
+    folders pass `planes=None`: `choose_slices` picks the series of the model's plane."""
     if head.modality and head.modality.upper() != "MR":
         return f"modality {head.modality.upper()[:8]!r} is not MR"
-    if check_plane and not is_axial(head.normal):
-        return f"{plane(head.normal)} slice: the model reads axial slices only"
+    if planes is not None and plane(head.normal) not in planes:
+        return f"{plane(head.normal)} slice: the model reads {' and '.join(planes)} slices only"
     part = head.body_part.strip().upper()
     if part and part not in LUMBAR_BODY_PARTS:
         return "body part examined is not the lumbar spine"
     return None
 
 
-def choose_slices(heads: Iterable[SliceHeader]) -> tuple[list[ChosenSlice], list[str]]:
-    """The disc-level slices of one study's headers, and one line per series saying what was
-    done with it (series are numbered 1.. in file order; no header value is quoted)."""
+def choose_slices(heads: Iterable[SliceHeader], planes: tuple[str, ...] = ("axial",)) -> tuple[list[ChosenSlice], list[str]]:
+    """The slices of one study's headers a model of `planes` reads, and one line per series
+    saying what was done with it (series are numbered 1.. in file order; no header value is
+    quoted). Axial: the disc-level slices (module docstring). Sagittal: the middle slice of the
+    T1 and of the T2 sagittal stack, by position along the slice normal (the mid-sagittal slice
+    the sagittal models learnt from)."""
+    if "axial" not in planes:
+        return _mid_slices(heads, planes)
     series: dict[str, list[SliceHeader]] = defaultdict(list)
     for head in sorted(heads, key=lambda h: str(h.path)):
         series[head.series].append(head)
@@ -186,6 +193,40 @@ def choose_slices(heads: Iterable[SliceHeader]) -> tuple[list[ChosenSlice], list
         notes[uid] += ": used"
     lines = [f"series {number[uid]}: {note}" for uid, note in notes.items()]
     return chosen, lines
+
+
+def _mid_slices(heads: Iterable[SliceHeader], planes: tuple[str, ...]) -> tuple[list[ChosenSlice], list[str]]:
+    series: dict[str, list[SliceHeader]] = defaultdict(list)
+    for head in sorted(heads, key=lambda h: str(h.path)):
+        series[head.series].append(head)
+    number = {uid: i for i, uid in enumerate(series, start=1)}
+    notes: dict[str, str] = {}
+    best: dict[str, str] = {}
+    for uid, stack in series.items():
+        sequences = {h.sequence for h in stack}
+        seen = {plane(h.normal) for h in stack}
+        if len(seen) != 1 or not seen <= set(planes):
+            notes[uid] = f"not {' or '.join(planes)} (orientation from ImageOrientationPatient)"
+        elif len(stack) < MIN_AXIAL_SLICES:
+            notes[uid] = f"{len(stack)} slice(s): a localiser, not a stack"
+        elif len(sequences) != 1 or None in sequences:
+            notes[uid] = "neither T1 nor T2 (series description, TR and TE)"
+        else:
+            seq = next(iter(sequences))
+            if seq not in best or len(stack) > len(series[best[seq]]):
+                best[seq] = uid
+            notes[uid] = f"{next(iter(seen))} {seq}, {len(stack)} slices"
+    chosen: list[ChosenSlice] = []
+    for seq in SEQUENCES:
+        if seq not in best:
+            continue
+        uid = best[seq]
+        ordered = sorted(series[uid], key=lambda h: h.position)
+        mid = len(ordered) // 2
+        how = f"series {number[uid]}: middle slice ({mid + 1} of {len(ordered)} along the slice normal)"
+        chosen.append(ChosenSlice(ordered[mid].path, seq, "", how, number[uid]))
+        notes[uid] += ": used"
+    return chosen, [f"series {number[uid]}: {note}" for uid, note in notes.items()]
 
 
 def disc_slices(stack: Iterable[SliceHeader]) -> dict[str, tuple[SliceHeader, str]]:

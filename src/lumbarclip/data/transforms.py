@@ -48,6 +48,10 @@ class PreprocessSpec:
     max_upscale: float = 4.0  # the resize enlarges an image at most this much
     max_aspect: float = 2.0  # long side / short side
     max_pixel_aspect: float = 1.1  # larger / smaller pixel spacing, where the file states it
+    #: What the model learnt from: DICOM headers of another plane are refused, and every output
+    #: names the plane it assessed (the training manifest's planes and sequences).
+    planes: tuple[str, ...] = ("axial",)
+    sequences: tuple[str, ...] = ("T1", "T2")
 
     @property
     def input_range(self) -> tuple[float, float]:
@@ -56,9 +60,11 @@ class PreprocessSpec:
         return ((lo - self.mean) / self.std, (hi - self.mean) / self.std)
 
     @classmethod
-    def of_model(cls, image_size: int) -> PreprocessSpec:
+    def of_model(
+        cls, image_size: int, planes: tuple[str, ...] = ("axial",), sequences: tuple[str, ...] = ("T1", "T2")
+    ) -> PreprocessSpec:
         """The spec of the package's evaluation transform at `image_size`."""
-        return cls(image_size=image_size, mean=MEAN, std=STD)
+        return cls(image_size=image_size, mean=MEAN, std=STD, planes=tuple(planes), sequences=tuple(sequences))
 
     def save(self, model_dir: Path) -> Path:
         path = Path(model_dir) / PREPROCESS_FILE
@@ -75,6 +81,9 @@ class PreprocessSpec:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise InputError(f"{path}: not valid JSON ({err})") from None
         data["value_range"] = tuple(data.get("value_range", (0.0, 1.0)))
+        for key in ("planes", "sequences"):  # lists in JSON; files without them are axial T1/T2
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(**data)
 
 

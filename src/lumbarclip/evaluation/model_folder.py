@@ -7,7 +7,7 @@ the model card and, when asked, the report bank; plus the figures that go into m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,6 +103,11 @@ def prepare_model_folder(
         model.config.image_size, meta, probe_thresholds,  # type: ignore[attr-defined]
     )  # fmt: skip
     op.study_unit = study_unit(valid.patients, [slot(r.sequence, r.level) for r in valid.records])
+    op.preprocess = replace(
+        op.preprocess,
+        planes=tuple(sorted({r.plane for r in train.records})),
+        sequences=tuple(sorted({r.sequence for r in train.records if r.sequence})) or op.preprocess.sequences,
+    )
     value_range = op.preprocess.input_range
     guard = InputGuard.fit(guard_features(train, value_range), guard_features(valid, value_range))
     test_in = guard.accepts(guard.score(guard_features(test, value_range)))
@@ -135,8 +140,8 @@ def prepare_model_folder(
             "in_rate_valid": guard.in_rate,
             "fitted_on": f"{guard.n_fit} train images; thresholds on valid so that {guard.in_rate:.0%} pass",
             "flagged_test_fraction": float(1.0 - test_in.mean()),
-            "header_checks": "DICOM: Modality MR, axial plane from ImageOrientationPatient, BodyPartExamined "
-            "(when present) a lumbar/spine term",
+            "header_checks": f"DICOM: Modality MR, {' or '.join(op.preprocess.planes)} plane from "
+            "ImageOrientationPatient, BodyPartExamined (when present) a lumbar/spine term",
         },
     }
     bank = None

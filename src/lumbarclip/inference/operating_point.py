@@ -26,6 +26,7 @@ from safetensors.numpy import load_file, save_file
 from lumbarclip.data.transforms import PREPROCESS_FILE, PreprocessSpec
 from lumbarclip.decision import aggregate_patients, choose_threshold, fit_platt, platt_map, sigmoid, to_logit
 from lumbarclip.errors import InputError
+from lumbarclip.findings import PLANES
 
 OPERATING_POINT_FILE = "operating_point.json"
 OPERATING_POINT_ARRAYS = "operating_point.safetensors"
@@ -243,6 +244,7 @@ def build_card(
 
     ci = metrics.get("ci95", {}) or {}
     meta = metrics.get("meta", {}) or {}
+    planes = " and ".join(op.preprocess.planes)
     headline = {
         lv: {
             m: {"value": metrics[lv].get(m), "ci95": ci.get(f"{lv}.{m}")}  # type: ignore[index,union-attr]
@@ -252,21 +254,22 @@ def build_card(
     }
     return {
         "name": "LumbarCLIP image-only classifier",
-        "task": "normal vs abnormal (degenerative findings) on axial lumbar spine MRI",
+        "task": f"normal vs abnormal (degenerative findings) on {planes} lumbar spine MRI",
         "intended_use": "research on CLIP-style pre-training and its image-only diagnosis; "
         "a second reader's aid to be checked against the images by a radiologist",
         "not_intended_use": [
             "clinical diagnosis or triage without a radiologist",
-            "sagittal, coronal or non-spine images, CT or radiographs",
+            f"{' or '.join(p for p in PLANES if p not in op.preprocess.planes)} or non-spine images, CT or radiographs",
             "sequences other than T1/T2 (e.g. STIR, proton density)",
             "populations or scanners unlike the training data without re-validation",
         ],
         "input": {
             "modality": "MR",
-            "plane": "axial",
-            "sequences": ["T1", "T2"],
-            "levels": ["L3-L4", "L4-L5", "L5-S1"],
-            "formats": ["DICOM", "PNG (8/16-bit gray)", "NIfTI (middle axial slice)"],
+            "plane": planes,
+            "planes": list(op.preprocess.planes),
+            "sequences": list(op.preprocess.sequences),
+            "levels": ["L3-L4", "L4-L5", "L5-S1"] if "axial" in op.preprocess.planes else "the lumbar discs in view",
+            "formats": ["DICOM", "PNG (8/16-bit gray)", "NIfTI (middle slice)"],
             "value_range": "any; each image is windowed to [0, 1] by its 0.5-99.5 percentiles",
             "preprocess": asdict(op.preprocess),
         },

@@ -6,7 +6,8 @@
 
 Inputs: a file is scored as given (DICOM, PNG/JPEG/TIFF, NIfTI's middle slice). A folder is
 searched recursively: its DICOM files are grouped by study, and `data.study.choose_slices`
-picks the axial T1/T2 disc-level slices (the Mendeley adapter's rule), saying which and why;
+picks the slices of the model's plane (axial: the T1/T2 disc-level slices, the Mendeley
+adapter's rule; sagittal: the middle slice of each T1/T2 stack), saying which and why;
 its other images are each scored. Files named like the public dataset (`T1_0002_D3.png`) give
 their sequence, level and patient from the name.
 
@@ -17,8 +18,8 @@ to the model's size, too elongated, non-square pixels: `data.transforms.size_ref
 `pacs` turn files into model inputs.
 
 Before any verdict each image passes the input guard (`lumbarclip.decision.InputGuard`, fitted
-at evaluation) and, for DICOM, the header checks (`data.study.header_refusal`: MR, axial,
-lumbar). An image that fails either gets `"in_distribution": false`, `"label": null`, no
+at evaluation) and, for DICOM, the header checks (`data.study.header_refusal`: MR, the
+model's plane from `preprocess.json`, lumbar). Every image line names the plane it assessed. An image that fails either gets `"in_distribution": false`, `"label": null`, no
 `p_abnormal` and a `reason`. The others get the calibrated P(abnormal) and a label at the image
 threshold.
 
@@ -73,6 +74,7 @@ class _Item:
     reason: str = ""
     series_notes: tuple[str, ...] = ()
     refusal: str | None = None  # why the header puts it outside what the model takes
+    plane: str | None = None  # from the DICOM header; None when the file has no orientation
 
 
 @dataclass
@@ -234,6 +236,8 @@ class Predictor:
                 "series": item.series,
                 "sequence": item.sequence,
                 "level": item.level,
+                "plane": item.plane or " or ".join(spec.planes),
+                "plane_from": "DICOM header" if item.plane else "the model's plane (the file states no orientation)",
                 "in_distribution": bool(inside[n]),
                 "ood_score": round(float(ood[n]), 4),
             }
@@ -372,7 +376,7 @@ class Predictor:
 
     def _file(self, path: Path, result: PredictResult) -> _Item | None:
         """One file given by the user, scored whatever its orientation."""
-        from lumbarclip.data.study import header_refusal, slice_header
+        from lumbarclip.data.study import header_refusal, plane, slice_header
 
         try:
             kind = image_format(path)
@@ -381,7 +385,8 @@ class Predictor:
                 if head is None:
                     return _Item(path, f"file:{path.resolve()}", reason="given as a file", refusal="DICOM without image geometry (orientation/position)")
                 key = f"uid:{head.study}" if head.study else f"file:{path.resolve()}"
-                return _Item(path, key, head.sequence, reason="given as a file", refusal=header_refusal(head))
+                refusal = header_refusal(head, self.operating_point.preprocess.planes)
+                return _Item(path, key, head.sequence, reason="given as a file", refusal=refusal, plane=plane(head.normal))
         except (InputError, OSError) as err:
             result.skipped.append({"input": str(path), "reason": _reason(err, path)})
             return None
@@ -389,7 +394,7 @@ class Predictor:
 
     def _folder(self, folder: Path, result: PredictResult, progress: bool) -> list[_Item]:
         """A series or study folder: DICOM studies -> chosen slices; other images each."""
-        from lumbarclip.data.study import SliceHeader, choose_slices, header_refusal, slice_header
+        from lumbarclip.data.study import SliceHeader, choose_slices, header_refusal, plane, slice_header
 
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
         images = [p for p in files if p.name.lower().endswith(IMAGE_SUFFIXES)]
@@ -405,22 +410,26 @@ class Predictor:
             if head is None:
                 result.skipped.append({"input": str(path), "reason": "DICOM without image geometry (orientation/position)"})
                 continue
-            refusal = header_refusal(head, check_plane=False)
+            refusal = header_refusal(head, planes=None)
             if refusal:
                 result.skipped.append({"input": str(path), "reason": f"not assessed: {refusal}"})
                 continue
             studies.setdefault(head.study or f"file:{path.resolve()}", []).append(head)
         items = [_named_item(p, folder, f"image file in {folder}") for p in images]
+        planes = self.operating_point.preprocess.planes
         for n, (uid, heads) in enumerate(studies.items(), start=1):
-            chosen, notes = choose_slices(heads)
+            chosen, notes = choose_slices(heads, planes)
             if not chosen:
                 where = f"{folder} (study {n} of {len(studies)})" if len(studies) > 1 else str(folder)
-                result.skipped.append({"input": where, "reason": "not assessed: no axial T1 or T2 series: " + "; ".join(notes)})
+                wanted = " or ".join(planes)
+                result.skipped.append({"input": where, "reason": f"not assessed: no {wanted} T1 or T2 series: " + "; ".join(notes)})
                 continue
+            by_path = {h.path: h for h in heads}
             for c in chosen:
-                reason = f"{c.level} {c.sequence}: {c.reason}"
+                reason = f"{c.level + ' ' if c.level else ''}{c.sequence}: {c.reason}"
                 key = uid if uid.startswith("file:") else f"uid:{uid}"
-                items.append(_Item(c.path, key, c.sequence, c.level, c.series_number, reason, tuple(notes)))
+                view = plane(by_path[c.path].normal)
+                items.append(_Item(c.path, key, c.sequence, c.level or None, c.series_number, reason, tuple(notes), plane=view))
         return items
 
 
@@ -429,12 +438,18 @@ def _named_item(path: Path, folder: Path, reason: str) -> _Item:
     is a study of its own (sharing a folder says nothing about sharing a patient)."""
     from lumbarclip.data.mendeley import DISC_LEVELS, PNG_NAME, patient_key
 
+    from lumbarclip.data.mendeley_sagittal import parse_image_name
+
     stem = path.name.split(".")[0]
     match = PNG_NAME.match(stem)
     if match:
         key = f"name:{folder.resolve()}:{patient_key(match.group(2))}"
         seq, level = match.group(1).upper(), DISC_LEVELS[match.group(3)]
         return _Item(path, key, seq, level, reason=f"{reason}; sequence and level from the file name")
+    sagittal = parse_image_name(path.name[: -len(path.suffix)] if path.suffix else path.name)
+    if sagittal:
+        patient, seq = sagittal
+        return _Item(path, f"name:{folder.resolve()}:{patient}", seq, reason=f"{reason}; sequence from the file name")
     return _Item(path, f"file:{path.resolve()}", reason=reason)
 
 

@@ -70,6 +70,7 @@ INTENDED_USE_NAME = CodedConcept("INTENDED_USE", SCHEME, "Intended use")
 REASON = CodedConcept("REASON", SCHEME, "Reason")
 IMAGES_NOT_ASSESSED = CodedConcept("IMG_NOT_ASSESSED", SCHEME, "Images not assessed")
 NOT_VALIDATED = CodedConcept("NOT_VALIDATED", SCHEME, "Findings not validated")
+PLANE_ASSESSED = CodedConcept("PLANE_ASSESSED", SCHEME, "Plane assessed")
 NOT_VALIDATED_TEXT = "Not validated for this model: "
 STUDY_GROUP = "study"
 
@@ -245,6 +246,9 @@ def _study_group(
     )
     # kept short: viewers such as Orthanc Explorer hide text values longer than 256 chars
     notes = [(INTENDED_USE_NAME, INTENDED_USE)]
+    planes = sorted({str(image["plane"]) for image in images if image.get("plane")})
+    if planes:
+        notes.append((PLANE_ASSESSED, " and ".join(planes)))
     if study.get("label") is None:
         notes.append((REASON, _short(str(study.get("reason") or "no study verdict"))))
     outside = [image for image in images if image.get("in_distribution") is False]
@@ -337,7 +341,7 @@ def _read_group(group: Dataset, out: dict[str, Any]) -> None:
         for key, code in (
             ("p_abnormal", PROBABILITY), ("threshold", THRESHOLD), ("model_name", ALGORITHM_NAME),
             ("model_version", ALGORITHM_VERSION), ("intended_use", INTENDED_USE_NAME), ("reason", REASON),
-            ("images_not_assessed", IMAGES_NOT_ASSESSED),
+            ("images_not_assessed", IMAGES_NOT_ASSESSED), ("plane", PLANE_ASSESSED),
         ):  # fmt: skip
             if get(code) is not None:
                 out[key] = get(code)

@@ -102,7 +102,7 @@ function renderImages(images) {
   const box = $("images");
   box.replaceChildren();
   for (const img of images) {
-    const tags = [img.sequence, img.level, img.study && `study ${img.study}`].filter(Boolean).join(" · ");
+    const tags = [img.plane, img.sequence, img.level, img.study && `study ${img.study}`].filter(Boolean).join(" · ");
     const findings = el("ol");
     for (const f of img.top_findings || []) {
       findings.append(el("li", {}, `${f.finding}${f.level ? " " + f.level : ""} `, el("span", { class: "score", text: num(f.score) })));

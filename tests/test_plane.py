@@ -1,0 +1,103 @@
+"""A model knows its plane: a sagittal model reads sagittal DICOM and refuses axial (the reverse
+is in test_guard.py), picks the middle slice of a sagittal stack, and every output line names
+the plane it assessed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _model_folder import make_model_folder
+from lumbarclip.data.imageio import write_dicom
+from lumbarclip.data.transforms import PREPROCESS_FILE, PreprocessSpec
+from lumbarclip.inference.operating_point import load_operating_point
+from lumbarclip.inference.predict import Predictor
+
+SAGITTAL = (0, 1, 0, 0, 0, -1)  # rows along y, columns along -z: the normal is x
+AXIAL = (1, 0, 0, 0, 1, 0)
+
+
+@pytest.fixture(scope="module")
+def sagittal_model(tmp_path_factory):
+    folder = make_model_folder(tmp_path_factory.mktemp("sagittal-model"))
+    op = load_operating_point(folder)
+    op.preprocess = replace(op.preprocess, planes=("sagittal",))
+    op.study_unit = ["T1 ?", "T2 ?"]  # what evaluate records for whole sagittal slices (slot: no level)
+    op.save(folder)
+    return folder
+
+
+def _pixels(seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).random((40, 40)) * 4000).astype(np.uint16)
+
+
+def _stack(folder, sequence, uid, orientation, n=5, seed=0, study="1.2.3.9"):
+    """n slices of one series, stepping 4 mm along the slice normal, written in shuffled order."""
+    normal = np.cross(orientation[:3], orientation[3:])
+    paths = []
+    for i in np.random.default_rng(seed).permutation(n):
+        position = [-20.0, -20.0, 0.0] + normal * 4.0 * i
+        paths.append((int(i), write_dicom(
+            folder / f"{sequence}_{uid[-2:]}_{i}.dcm", _pixels(seed + int(i)),
+            ImageOrientationPatient=list(orientation), ImagePositionPatient=[float(v) for v in position],
+            SeriesInstanceUID=uid, StudyInstanceUID=study, SeriesDescription=f"{sequence} SAG",
+            RepetitionTime=550.0 if sequence == "T1" else 4000.0, EchoTime=10.0 if sequence == "T1" else 100.0,
+        )))  # fmt: skip
+    return dict(paths)
+
+
+def test_preprocess_json_keeps_planes_and_reads_older_files_as_axial(tmp_path):
+    spec = PreprocessSpec.of_model(64, planes=("sagittal",), sequences=("T2",))
+    spec.save(tmp_path)
+    assert PreprocessSpec.load(tmp_path) == spec
+    data = json.loads((tmp_path / PREPROCESS_FILE).read_text())
+    assert data["planes"] == ["sagittal"] and data["sequences"] == ["T2"]
+    for key in ("planes", "sequences"):
+        del data[key]
+    (tmp_path / PREPROCESS_FILE).write_text(json.dumps(data))
+    assert PreprocessSpec.load(tmp_path).planes == ("axial",)
+
+
+def test_sagittal_model_reads_sagittal_and_refuses_axial(sagittal_model, tmp_path):
+    predictor = Predictor.load(sagittal_model, salt="s")
+    sag = _stack(tmp_path / "sag", "T2", "1.2.3.4.71", SAGITTAL)
+    ax = _stack(tmp_path / "ax", "T2", "1.2.3.4.72", AXIAL)
+    (line,) = predictor.predict([sag[2]], top_k=0).images
+    assert line["in_distribution"] is True and line["plane"] == "sagittal" and line["plane_from"] == "DICOM header"
+    (line,) = predictor.predict([ax[2]], top_k=0).images
+    assert line["in_distribution"] is False and line["label"] is None
+    assert line["reason"] == "not assessed: axial slice: the model reads sagittal slices only"
+    assert line["plane"] == "axial"
+    # a folder with only the axial stack: nothing of the model's plane, said so
+    result = predictor.predict([tmp_path / "ax"], top_k=0)
+    assert result.images == [] and "no sagittal T1 or T2 series" in result.skipped[0]["reason"]
+
+
+def test_sagittal_study_folder_takes_the_middle_slice_of_each_sequence(sagittal_model, tmp_path):
+    predictor = Predictor.load(sagittal_model, salt="s")
+    study = tmp_path / "study"
+    t2 = _stack(study / "s1", "T2", "1.2.3.4.81", SAGITTAL, n=5, seed=1)
+    t1 = _stack(study / "s2", "T1", "1.2.3.4.82", SAGITTAL, n=4, seed=2)
+    _stack(study / "s3", "T2", "1.2.3.4.83", AXIAL, n=6, seed=3)
+    result = predictor.predict([study], top_k=0)
+    chosen = {line["sequence"]: line["path"] for line in result.images}
+    # middle by position along the normal, whatever the file order: index n // 2
+    assert chosen == {"T2": str(t2[2]), "T1": str(t1[2])}
+    assert {line["plane"] for line in result.images} == {"sagittal"}
+    (verdict,) = result.studies
+    assert verdict["label"] is not None  # T1 + T2 is the study unit of this model
+    text = " ".join(verdict["selection"])
+    assert "middle slice (3 of 5" in text and "not sagittal" in text
+
+
+def test_png_lines_name_the_models_plane(sagittal_model, tmp_path):
+    predictor = Predictor.load(sagittal_model, salt="s")
+    path = tmp_path / "T1_0254_S8 .png"
+    Image.fromarray((np.random.default_rng(0).random((48, 48)) * 255).astype(np.uint8)).save(path)
+    (line,) = predictor.predict([path], top_k=0).images
+    assert line["plane"] == "sagittal" and "no orientation" in line["plane_from"]
+    assert line["sequence"] == "T1"  # from the cohort's file name
