@@ -9,7 +9,7 @@ TEST_STAMP := $(VENV)/.installed-test
 TORCH := torch==2.14.1 torchvision==0.29.1
 OUT ?= demo-out
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo real test test-fast venv clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ $(TEST_STAMP): $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/lumbarclip demo --out $(OUT)
+
+# The paper's own cohort (mid-sagittal slices): make real SLICES=yolospine-at-aab0746 NOTES=local_data OUT=real-out
+real: $(STAMP)
+	@test -n "$(SLICES)" -a -n "$(NOTES)" -a "$(origin OUT)" != "file" || { echo "usage: make real SLICES=DIR NOTES=DIR OUT=DIR"; exit 2; }
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) bench/real.py --slices "$(SLICES)" --notes "$(NOTES)" --out "$(OUT)"
 
 test: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest

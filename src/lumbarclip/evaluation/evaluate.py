@@ -97,7 +97,7 @@ class Downstream:
     test: SplitData
     opts: EvalOptions
 
-    def _tuned(
+    def tuned(
         self, predict: Callable[[object], np.ndarray], features: Callable[[SplitData], object]
     ) -> Predictions:
         """Test predictions whose thresholds were chosen on valid."""
@@ -116,7 +116,7 @@ class Downstream:
             self.valid.labels,
             seed=self.opts.seed,
         )
-        return self._tuned(fitted.predict_proba, features), fitted
+        return self.tuned(fitted.predict_proba, features), fitted
 
     def supervised(
         self, tower: torch.nn.Module, config: SupervisedConfig, mask: np.ndarray | None = None
@@ -131,7 +131,7 @@ class Downstream:
             self.opts.seed,
             self.opts.progress,
         )
-        return self._tuned(
+        return self.tuned(
             lambda images: classifier_proba(module, images, self.opts.batch_size), lambda s: s.images
         )
 
@@ -238,12 +238,14 @@ def evaluate_run(
 
     ci95 = preds[MAIN].bootstrap(opts.bootstrap, opts.seed)
     ci95.update(preds["zero_shot"].bootstrap(opts.bootstrap, opts.seed, prefix="zero_shot."))
+    ci95.update(text.zero_shot_valid_threshold.bootstrap(opts.bootstrap, opts.seed, prefix="zero_shot_valid_threshold."))
     timer.lap("bootstrap")
 
     metrics: dict[str, object] = {
         **preds[MAIN].metrics(),
         "classifier": MAIN,
         "zero_shot": preds["zero_shot"].metrics(),
+        "zero_shot_valid_threshold": text.zero_shot_valid_threshold.metrics(),
         "retrieval": text.retrieval,
         "finding_zero_shot": finding_zero_shot,
         "ci95": ci95,
@@ -324,6 +326,7 @@ class _TextSide:
 
     classes: torch.Tensor  # [2, D] normal / abnormal class embeddings
     zero_shot: Predictions
+    zero_shot_valid_threshold: Predictions  # the same scores, cut at thresholds chosen on valid
     texts: list[tuple[str, str]]  # (patient id, report)
     text_emb: np.ndarray
     retrieval: dict[str, object]
@@ -339,6 +342,7 @@ def _text_side(run: Downstream, prompts: dict[int, list[str]], opts: EvalOptions
     with torch.no_grad():
         classes = class_embeddings(model, prompts).cpu()
     zero_shot = test.predictions(zero_shot_abnormal_proba(model, test.embeddings, classes))
+    tuned = run.tuned(lambda emb: zero_shot_abnormal_proba(model, emb, classes), lambda s: s.embeddings)
     texts = sorted({(r.patient_id, r.report) for r in test.records})  # each patient's report(s), once
     text_emb = embed_texts(model, [t for _, t in texts], opts.batch_size)
     text_patients = np.array([p for p, _ in texts])
@@ -346,7 +350,7 @@ def _text_side(run: Downstream, prompts: dict[int, list[str]], opts: EvalOptions
     study = study_embeddings(test.embeddings, test.patients)
     retrieval["study"] = retrieval_metrics(study[1], study[0], text_emb, text_patients)
     finding_zero_shot = _findings_level(model, run, texts, text_emb, study, retrieval, opts)
-    return _TextSide(classes, zero_shot, texts, text_emb, retrieval, finding_zero_shot)
+    return _TextSide(classes, zero_shot, tuned, texts, text_emb, retrieval, finding_zero_shot)
 
 
 def _baselines(run: Downstream, timer: _Timer) -> tuple[dict[str, Predictions], float | None]:
@@ -386,7 +390,8 @@ def _meta(
         "probe_C": probe_c,
         "raw_pixels_C": pixels_c,
         "patient_rule": PATIENT_RULE,
-        "zero_shot_rule": "argmax over class prompt ensembles (threshold 0.5, nothing tuned)",
+        "zero_shot_rule": "argmax over class prompt ensembles (threshold 0.5, nothing tuned); "
+        "zero_shot_valid_threshold: the same scores cut at the thresholds that maximise valid balanced accuracy",
         "threshold_rule": "maximise balanced accuracy on the valid split, per level",
         "bootstrap_resamples": opts.bootstrap,
         "ci_method": CI_METHOD,
