@@ -1,13 +1,17 @@
-"""How often the input guard refuses: on the demo's own test phantoms (target <= 5% flagged) and
+"""How often the input guard refuses: on the model's own test images (target <= 5% flagged) and
 on inputs the model never saw (target >= 95% flagged).
 
     python bench/ood.py --model demo-out/run/model --data demo-out/cohort/manifest.csv [--out ood.json]
+        [--unseen "real mid-sagittal slices=real-out/cohort/manifest.csv"]   # a phantom model
+    python bench/ood.py --model real-out/run/model --data real-out/cohort/manifest.csv \
+        --unseen "phantoms=demo-out/cohort/manifest.csv@test"               # the real model
 
 Unseen inputs, all offline: pydicom's real MR and CT test files, nibabel's real NIfTI test
 volumes (brain MR, middle slice), matplotlib's sample photographs, and generated images (uniform
 and Gaussian noise, flat grey, smooth gradients, checkerboards). Each goes through
-`Predictor.predict` as a user's file would, so the DICOM header checks (MR, axial, lumbar) count
-as well as the embedding guard; the table splits the two.
+`Predictor.predict` as a user's file would, so the DICOM header checks (MR, the model's plane,
+lumbar) count as well as the guard; the table splits the two. `--unseen NAME=MANIFEST[@SPLIT]`
+adds the images of another cohort (all splits, or one) as a further unseen set.
 """
 
 from __future__ import annotations
@@ -90,23 +94,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="the cohort manifest the model was evaluated on")
     ap.add_argument("--split", default="test", help="split whose phantoms should be accepted (default: test)")
     ap.add_argument("--out", help="write the figures as JSON here")
+    ap.add_argument(
+        "--unseen", action="append", default=[], metavar="NAME=MANIFEST[@SPLIT]",
+        help="another cohort's images as an unseen set (repeatable)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     predictor = Predictor.load(args.model, salt="bench")
     own = [r.image_path for r in read_manifest(args.data, check_files=False).split(args.split)]
-    rows: dict[str, dict[str, object]] = {f"demo {args.split} phantoms": flagged(predictor, own)}
+    own_name = f"own {args.split} images"
+    rows: dict[str, dict[str, object]] = {own_name: flagged(predictor, own)}
+    for spec in args.unseen:
+        name, _, where = spec.partition("=")
+        manifest, _, split = where.partition("@")
+        records = read_manifest(manifest, check_files=False).records
+        rows[name] = flagged(predictor, [r.image_path for r in records if not split or r.split == split])
     with tempfile.TemporaryDirectory() as tmp:
         for name, paths in unseen_sets(Path(tmp)).items():
             rows[name] = flagged(predictor, paths)
-    unseen = [r for name, r in rows.items() if not name.startswith("demo")]
+    unseen = [r for name, r in rows.items() if name != own_name]
     total = {"n": sum(r["n"] for r in unseen), "flagged": sum(r["flagged"] for r in unseen)}  # type: ignore[misc]
     total["rate"] = total["flagged"] / total["n"] if total["n"] else None
-    own_rate = rows[f"demo {args.split} phantoms"]["rate"]
+    own_rate = rows[own_name]["rate"]
     thresholds = {name: round(view.threshold, 2) for name, view in predictor.guard.views.items()}
     print(f"input guard thresholds {thresholds} (valid in-distribution rate {predictor.guard.in_rate:.0%})")
     print(f"{'set':44s} {'n':>5s} {'flagged':>8s} {'rate':>6s} {'header':>7s} {'guard':>6s}")
     for name, r in rows.items():
-        print(f"{name:44s} {r['n']:5d} {r['flagged']:8d} {r['rate']:6.3f} {r['by_header']:7d} {r['by_guard']:6d}")
+        print(f"{name[:44]:44s} {r['n']:5d} {r['flagged']:8d} {r['rate']:6.3f} {r['by_header']:7d} {r['by_guard']:6d}")
     print(f"{'all unseen inputs':44s} {total['n']:5d} {total['flagged']:8d} {total['rate']:6.3f}")
     verdict = {
         "own_flagged_rate": own_rate,

@@ -9,7 +9,9 @@ from sklearn.covariance import LedoitWolf
 
 from _model_folder import make_model_folder
 from lumbarclip.data.imageio import write_dicom
-from lumbarclip.decision import InputGuard, Mahalanobis, intensity_histogram, pooled_pixels, slot, study_unit, unit_mismatch
+from lumbarclip.decision import (
+    InputGuard, Mahalanobis, intensity_histogram, laplacian_histogram, pooled_pixels, slot, study_unit, unit_mismatch,
+)  # fmt: skip
 from lumbarclip.inference.embed import embed_images
 from lumbarclip.inference.operating_point import load_operating_point
 from lumbarclip.inference.predict import Predictor
@@ -44,6 +46,22 @@ def test_pooled_pixels_are_area_means():
     assert pooled.shape == (1, 256)
     assert pooled[0, 0] == pytest.approx(img[0, 0, :4, :4].mean())
     assert pooled[0, 17] == pytest.approx(img[0, 0, 4:8, 4:8].mean())
+
+
+def test_laplacian_histogram_tells_flat_ramp_and_grain_apart():
+    flat = np.full((1, 1, 8, 8), 0.3)
+    ramp = np.broadcast_to(np.linspace(0.0, 1.0, 8), (1, 1, 8, 8))  # linear: zero Laplacian inside
+    checker = (np.indices((8, 8)).sum(0) % 2).astype(float)[None, None]  # |Laplacian| 4 everywhere
+    hist = laplacian_histogram(np.concatenate([flat, ramp, checker]), (0.0, 1.0), bins=4)
+    assert hist.sum(axis=1) == pytest.approx([1.0, 1.0, 1.0])
+    assert hist[0, 0] == 1.0 and hist[1, 0] == pytest.approx(1.0)
+    assert hist[2, -1] == 1.0  # beyond the span: clipped into the last bin
+    # one interior spike of height 0.3: the pixel itself (|4 x 0.3| = 1.2, last bin) and its four
+    # neighbours (0.3, second bin of [0, 0.75] in 4 bins) out of 36 interior pixels
+    spike = np.zeros((1, 1, 8, 8))
+    spike[0, 0, 4, 4] = 0.3
+    h = laplacian_histogram(spike, (0.0, 1.0), bins=4)[0]
+    assert h[-1] == pytest.approx(1 / 36) and h[1] == pytest.approx(4 / 36) and h[0] == pytest.approx(31 / 36)
 
 
 def test_intensity_histogram_shares_per_bin():

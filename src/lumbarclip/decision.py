@@ -118,11 +118,14 @@ class Mahalanobis:
 
 
 #: The guard's views of an image: its unit embedding, its model input pooled to a `POOL` x `POOL`
-#: grid (layout), and the histogram of its model input values in `BINS` bins (contrast). The
-#: embedding alone accepts a small axial head MR; embedding and layout together still accept
-#: pure noise and flat images, whose intensity histograms are unlike any phantom's
-#: (`bench/ood.py`).
-VIEWS: tuple[str, ...] = ("embedding", "pixels", "histogram")
+#: grid (layout), the histogram of its model input values in `BINS` bins (contrast) and the
+#: histogram of its absolute Laplacian (fine texture: noise, edges, trabecular and muscle
+#: grain). The embedding alone accepts a small axial head MR; embedding and layout together
+#: still accept pure noise and flat images, whose intensity histograms are unlike any phantom's;
+#: real MRI laid out like a phantom is told apart by its texture (`bench/ood.py`).
+VIEWS: tuple[str, ...] = ("embedding", "pixels", "histogram", "texture")
+#: The texture histogram spans |Laplacian| up to this fraction of the input's value range.
+TEXTURE_SPAN = 0.75
 POOL = 16
 BINS = 16
 
@@ -145,14 +148,28 @@ def intensity_histogram(images: np.ndarray, value_range: tuple[float, float], bi
     return np.stack([np.histogram(row, bins=bins, range=(lo, hi))[0] / row.size for row in flat]) if len(flat) else np.zeros((0, bins))
 
 
-def guard_views(embeddings: np.ndarray, images: np.ndarray, value_range: tuple[float, float]) -> dict[str, np.ndarray]:
-    """The input guard's features: unit embeddings [N, D], model inputs [N, 1, S, S] and the
-    range their values can take (from preprocess.json)."""
-    return {
-        "embedding": np.asarray(embeddings),
-        "pixels": pooled_pixels(images),
-        "histogram": intensity_histogram(images, value_range),
+def laplacian_histogram(images: np.ndarray, value_range: tuple[float, float], bins: int = BINS) -> np.ndarray:
+    """[N, bins] share of each image's interior pixels per bin of |4-neighbour Laplacian|, over
+    [0, TEXTURE_SPAN x the value range's width] (larger values land in the last bin)."""
+    arr = np.asarray(images, dtype=np.float64).reshape(len(images), images.shape[-2], images.shape[-1])
+    lap = np.abs(4 * arr[:, 1:-1, 1:-1] - arr[:, :-2, 1:-1] - arr[:, 2:, 1:-1] - arr[:, 1:-1, :-2] - arr[:, 1:-1, 2:])
+    hi = TEXTURE_SPAN * (value_range[1] - value_range[0])
+    flat = np.minimum(lap.reshape(len(arr), -1), hi)
+    return np.stack([np.histogram(row, bins=bins, range=(0.0, hi))[0] / row.size for row in flat]) if len(flat) else np.zeros((0, bins))
+
+
+def guard_views(
+    embeddings: np.ndarray, images: np.ndarray, value_range: tuple[float, float], views: Sequence[str] = VIEWS
+) -> dict[str, np.ndarray]:
+    """The input guard's features (`views` of them): unit embeddings [N, D], model inputs
+    [N, 1, S, S] and the range their values can take (from preprocess.json)."""
+    make = {
+        "embedding": lambda: np.asarray(embeddings),
+        "pixels": lambda: pooled_pixels(images),
+        "histogram": lambda: intensity_histogram(images, value_range),
+        "texture": lambda: laplacian_histogram(images, value_range),
     }
+    return {name: make[name]() for name in views}
 
 
 @dataclass
@@ -166,7 +183,8 @@ class InputGuard:
     n_fit: int = 0
     method: str = (
         "Mahalanobis (Ledoit-Wolf) to the train images, on the unit embedding, the model input "
-        f"pooled to {POOL}x{POOL} and its {BINS}-bin intensity histogram; per-view thresholds on valid"
+        f"pooled to {POOL}x{POOL}, its {BINS}-bin intensity histogram and its {BINS}-bin |Laplacian| "
+        "histogram; per-view thresholds on valid"
     )
 
     @classmethod

@@ -239,6 +239,10 @@ def evaluate_run(
     ci95 = preds[MAIN].bootstrap(opts.bootstrap, opts.seed)
     ci95.update(preds["zero_shot"].bootstrap(opts.bootstrap, opts.seed, prefix="zero_shot."))
     ci95.update(text.zero_shot_valid_threshold.bootstrap(opts.bootstrap, opts.seed, prefix="zero_shot_valid_threshold."))
+    others = {"finetune": preds.get("finetune"), **{f"baselines.{k}": v for k, v in baselines.items()}}
+    for name, pred in others.items():
+        if pred is not None:
+            ci95.update(pred.bootstrap(opts.bootstrap, opts.seed, prefix=f"{name}."))
     timer.lap("bootstrap")
 
     metrics: dict[str, object] = {

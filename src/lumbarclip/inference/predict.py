@@ -218,7 +218,7 @@ class Predictor:
             logit.append(lg)
         embeddings, logits = np.concatenate(emb), np.concatenate(logit)
         prob = self.operating_point.calibrate(logits)
-        ratios = self.guard.ratios(guard_views(embeddings, images, spec.input_range))
+        ratios = self.guard.ratios(guard_views(embeddings, images, spec.input_range, list(self.guard.views)))
         ood = np.max(np.stack(list(ratios.values())), axis=0)
         guard_ok = self.guard.accepts(ood)
         inside = np.array([bool(ok) and item.refusal is None for ok, item in zip(guard_ok, kept)])

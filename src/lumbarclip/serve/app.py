@@ -107,7 +107,7 @@ def create_app(
     bank = predictor.bank
     reports = bank is not None and (show_reports or bank.source == SYNTHETIC_REPORTS)
     card = predictor.card
-    app = FastAPI(title="LumbarCLIP", summary="Image-only diagnosis of axial lumbar spine MRI", version="1")
+    app = FastAPI(title="LumbarCLIP", summary="Image-only diagnosis of lumbar spine MRI (the plane the model learnt: GET /model)", version="1")
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.predictor = predictor

@@ -179,6 +179,8 @@ async function loadCard() {
     const [card, health] = await Promise.all([fetch("/model").then((r) => r.json()), fetch("/health").then((r) => r.json())]);
     $("model-name").textContent = [card.name || card.model_name || "model", health.runtime && `runtime ${health.runtime}`].filter(Boolean).join(" · ");
     if (health.max_upload_mb) $("limit").textContent = String(health.max_upload_mb);
+    const planes = card.input && card.input.planes;
+    if (Array.isArray(planes) && planes.length) $("subtitle").textContent = `Image-only triage of ${planes.join(" and ")} lumbar spine MRI`;
     // the server keeps report text to itself when its bank holds user reports
     if (health.nearest_reports === false) $("top-k-label").textContent = "Top findings";
     const use = card.intended_use;
