@@ -77,12 +77,20 @@ def flagged(predictor: Predictor, paths: list[Path]) -> dict[str, object]:
     refused_in_folder = sum(1 for s in result.skipped if str(s["reason"]).startswith("not assessed"))
     n = len(result.images) + refused_in_folder
     out = header + guard + refused_in_folder
+    by_view: dict[str, int] = {}
+    for line in result.images:
+        reason = str(line.get("reason") or "")
+        if "input guard: " in reason:
+            for part in reason.split("input guard: ", 1)[1].split(", "):
+                view = part.split(" ")[0]
+                by_view[view] = by_view.get(view, 0) + 1
     return {
         "n": n,
         "flagged": out,
         "rate": out / n if n else None,
         "by_header": header + refused_in_folder,
         "by_guard": guard,
+        "by_view": by_view,  # images each guard view puts outside (an image may count under several)
         "unreadable": len(result.skipped) - refused_in_folder,
         "scores": [line["ood_score"] for line in result.images],
     }
@@ -120,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"input guard thresholds {thresholds} (valid in-distribution rate {predictor.guard.in_rate:.0%})")
     print(f"{'set':44s} {'n':>5s} {'flagged':>8s} {'rate':>6s} {'header':>7s} {'guard':>6s}")
     for name, r in rows.items():
-        print(f"{name[:44]:44s} {r['n']:5d} {r['flagged']:8d} {r['rate']:6.3f} {r['by_header']:7d} {r['by_guard']:6d}")
+        rate = f"{r['rate']:6.3f}" if r["rate"] is not None else "     -"
+        print(f"{name[:44]:44s} {r['n']:5d} {r['flagged']:8d} {rate} {r['by_header']:7d} {r['by_guard']:6d}")
     print(f"{'all unseen inputs':44s} {total['n']:5d} {total['flagged']:8d} {total['rate']:6.3f}")
     verdict = {
         "own_flagged_rate": own_rate,

@@ -74,6 +74,10 @@ def main() -> int:
         + "; ".join(f"{n}={','.join(o) or '(preset)'}" for n, o in CANDIDATES.items()),
     )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    parser.add_argument(
+        "--valid-only", action="store_true",
+        help="stop after the candidates' valid figures (OUT/real.json without a choice or a test score)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     from tqdm import tqdm
@@ -122,6 +126,12 @@ def main() -> int:
         print(f"  {name}: valid probe patient AUROC {valid_figures[name]['probe_patient_auroc']:.3f}", flush=True)
     laps["candidates"] = time.perf_counter() - started - sum(laps.values())
 
+    if args.valid_only:
+        summary = {"command": shlex.join(["python", "bench/real.py", *sys.argv[1:]]), "commit": _commit(), "seed": args.seed,
+                   "machine": _machine(), "preset": PRESET, "candidates": valid_figures}  # fmt: skip
+        (out / "real.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"valid figures: {out / 'real.json'} (no test score)")
+        return 0
     chosen = max(valid_figures, key=lambda n: (valid_figures[n]["probe_patient_auroc"] or 0.0, -list(candidates).index(n)))
     print(f"3/4 chosen on valid: {chosen}", flush=True)
     run_dir = out / "run"

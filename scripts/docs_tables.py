@@ -71,6 +71,7 @@ def demo_tables(meta: dict) -> dict[str, str]:
     blocks = {
         "linear_probe": m,
         "zero_shot": m["zero_shot"],
+        **({"zero_shot_valid_threshold": m["zero_shot_valid_threshold"]} if "zero_shot_valid_threshold" in m else {}),
         "majority": m["baselines"]["majority"],
         "raw_pixels": m["baselines"]["raw_pixels"],
     }

