@@ -1,0 +1,192 @@
+"""`train_detector()`: the disc detector trained on the train split's disc boxes (manifest
+`discs` column), the epoch with the best valid F1 at IoU >= 0.5 kept, saved beside the CLIP
+model (`MODEL/detector/`).
+
+Images go through the one preprocessing (`lumbarclip.data.transforms`: percentile window, zero
+pad to a centred square, resize), boxes with them; training adds a small affine and intensity
+jitter (torchvision's v2 transforms move the boxes too), never a flip (left and right matter to
+the reports, and a sagittal flip swaps front and back).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from lumbarclip._lightning import quiet_lightning
+from lumbarclip.data.discs import discs_from_json
+from lumbarclip.data.imageio import load_image
+from lumbarclip.data.manifest import ImageRecord, read_manifest
+from lumbarclip.data.transforms import MEAN, STD, to_square_tensor
+from lumbarclip.errors import InputError
+from lumbarclip.evaluation.discs import DetectionScore
+from lumbarclip.models.detector import DetectorConfig, DiscDetector
+
+DETECTOR_FOLDER = "detector"
+
+
+def square_boxes(boxes: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
+    """Boxes [N, 4] in pixels of an image of `shape` -> pixels of its `to_square_tensor` input."""
+    h, w = shape
+    side = max(h, w)
+    offset = np.array([(side - w) // 2, (side - h) // 2] * 2, dtype=np.float64)
+    return (np.asarray(boxes, dtype=np.float64).reshape(-1, 4) + offset) * (size / side)
+
+
+def image_boxes(boxes: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
+    """The inverse of `square_boxes`: model-input pixels -> pixels of the original image."""
+    h, w = shape
+    side = max(h, w)
+    offset = np.array([(side - w) // 2, (side - h) // 2] * 2, dtype=np.float64)
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * (side / size) - offset
+
+
+class DiscBoxes(Dataset):
+    """(model input [1, S, S], {"boxes", "labels"}) of each slice with disc boxes."""
+
+    def __init__(self, records: list[ImageRecord], size: int, augment: bool = False) -> None:
+        self.records = [r for r in records if discs_from_json(r.discs)]
+        self.size = size
+        self.augment = (
+            v2.Compose([
+                v2.RandomAffine(degrees=6, translate=(0.05, 0.05), scale=(0.9, 1.1)),
+                v2.ColorJitter(brightness=0.2, contrast=0.2),
+            ])
+            if augment else None
+        )  # fmt: skip
+        self._cache: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _load(self, i: int) -> tuple[torch.Tensor, np.ndarray]:
+        if i not in self._cache:
+            record = self.records[i]
+            pixels = load_image(record.image_path)
+            boxes = np.array([d.box_xyxy for d in discs_from_json(record.discs)], dtype=np.float64)
+            self._cache[i] = (to_square_tensor(pixels, self.size), square_boxes(boxes, pixels.shape[:2], self.size))
+        return self._cache[i]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, boxes = self._load(i)
+        box_tensor = tv_tensors.BoundingBoxes(torch.as_tensor(boxes, dtype=torch.float32), format="XYXY", canvas_size=(self.size, self.size))
+        if self.augment is not None:
+            image, box_tensor = self.augment(tv_tensors.Image(image), box_tensor)
+            box_tensor = v2.functional.clamp_bounding_boxes(box_tensor)
+            keep = (box_tensor[:, 2] - box_tensor[:, 0] > 2) & (box_tensor[:, 3] - box_tensor[:, 1] > 2)
+            box_tensor = box_tensor[keep]
+        image = (torch.as_tensor(image) - MEAN) / STD
+        return image, {"boxes": torch.as_tensor(box_tensor).float(), "labels": torch.ones(len(box_tensor), dtype=torch.int64)}
+
+
+def _collate(batch: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    images, targets = zip(*batch)
+    return torch.stack(images), list(targets)
+
+
+class DetectorModule(L.LightningModule):
+    def __init__(self, detector: DiscDetector, lr: float, epochs: int) -> None:
+        super().__init__()
+        self.detector = detector
+        self.lr, self.epochs = lr, epochs
+        self._score = DetectionScore()
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self.detector(images, targets)
+        loss = sum(losses.values())
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        images, targets = batch
+        for det, target in zip(self.detector(images), targets):
+            truth = target["boxes"].numpy()
+            self._score.add(det["boxes"].numpy(), truth, [""] * len(truth))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/f1", self._score.f1)
+        self.log("val/recall", self._score.recall)
+        self.log("val/precision", self._score.precision)
+        self._score = DetectionScore()
+
+    def configure_optimizers(self) -> dict:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=1e-4)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.lr, total_steps=int(self.trainer.estimated_stepping_batches), pct_start=0.1
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def train_detector(
+    manifest: str | Path,
+    out: str | Path,
+    config: DetectorConfig | None = None,
+    epochs: int = 8,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Train on the train split's boxes, keep the epoch of best valid F1; writes OUT/detector.*
+    and OUT/detector-train.json (epochs, valid figures, seconds). Returns OUT."""
+    config = config or DetectorConfig()
+    out = Path(out)
+    records = read_manifest(manifest).records
+    train_set = DiscBoxes([r for r in records if r.split == "train"], config.image_size, augment=True)
+    valid_set = DiscBoxes([r for r in records if r.split == "valid"], config.image_size)
+    if not len(train_set) or not len(valid_set):
+        raise InputError(f"{manifest}: the detector needs slices with disc boxes (discs column) in train and valid")
+    L.seed_everything(seed, workers=True)
+    module = DetectorModule(DiscDetector(config), lr, epochs)
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", monitor="val/f1", mode="max", save_top_k=1, save_weights_only=True)
+    started = time.perf_counter()
+    with quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=epochs, accelerator="auto", devices=1, logger=False, callbacks=[checkpoint],
+            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
+        )  # fmt: skip
+        trainer.fit(
+            module,
+            DataLoader(train_set, batch_size=batch_size, shuffle=True, collate_fn=_collate),
+            DataLoader(valid_set, batch_size=batch_size, collate_fn=_collate),
+        )
+    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(best)
+    module.detector.eval().save(out)
+    summary = {
+        "config": asdict(config), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "best_valid_f1": float(checkpoint.best_model_score), "best_epoch_file": Path(checkpoint.best_model_path).name,
+        "train_slices": len(train_set), "valid_slices": len(valid_set), "seconds": round(time.perf_counter() - started, 1),
+    }  # fmt: skip
+    (out / "detector-train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for path in (out / "checkpoints").glob("*.ckpt"):
+        path.unlink()
+    (out / "checkpoints").rmdir()
+    return out
+
+
+@torch.no_grad()
+def score_detector(detector: DiscDetector, manifest: str | Path, split: str, progress: bool = False) -> DetectionScore:
+    """Detection and naming on a split's slices with disc boxes (boxes in model-input pixels)."""
+    records = [r for r in read_manifest(manifest).records if r.split == split]
+    data = DiscBoxes(records, detector.config.image_size)
+    score = DetectionScore()
+    detector.eval()
+    for i in tqdm(range(len(data)), desc=f"discs ({split})", unit="slice", disable=not progress):
+        image, target = data[i]
+        det = detector(image[None])[0]
+        levels = [d.level for d in discs_from_json(data.records[i].discs)]
+        score.add(det["boxes"].numpy(), target["boxes"].numpy(), levels)
+    return score
