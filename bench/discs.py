@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from lumbarclip.models.detector import DetectorConfig, DiscDetector
-from lumbarclip.training.detector import DETECTOR_FOLDER, score_detector, train_detector
+from lumbarclip.inference.discs import DETECTOR_FOLDER
+from lumbarclip.training.detector import score_detector, train_detector
 
 
 def main(argv: list[str] | None = None) -> int:

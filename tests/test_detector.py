@@ -13,7 +13,8 @@ from PIL import Image
 
 from lumbarclip.evaluation.discs import DetectionScore, match_boxes, names_from_the_sacrum
 from lumbarclip.models.detector import DetectorConfig, DiscDetector
-from lumbarclip.training.detector import image_boxes, score_detector, square_boxes, train_detector
+from lumbarclip.data.transforms import image_boxes, square_boxes
+from lumbarclip.training.detector import score_detector, train_detector
 
 TINY = {"backbone": "test_efficientnet", "pretrained": "", "image_size": 96, "fpn_channels": 32, "head_convs": 1}
 
@@ -98,3 +99,41 @@ def test_detector_learns_to_find_and_name_stacked_bars(tmp_path):
     score = score_detector(DiscDetector.load(out), manifest, "test")
     assert score.recall >= 0.8 and score.precision >= 0.8, score.to_dict()
     assert score.naming_accuracy()["all"] >= 0.8
+
+
+def test_predict_lists_named_discs_or_says_why_not(tmp_path):
+    """A sagittal model folder with a detector: every in-distribution sagittal slice gets its
+    discs named from the sacrum up in pixels of the image; other slices one reason each."""
+    from dataclasses import replace
+
+    import torch
+
+    from _model_folder import make_model_folder
+    from lumbarclip.data.imageio import write_dicom
+    from lumbarclip.inference.operating_point import load_operating_point
+    from lumbarclip.inference.predict import Predictor
+
+    folder = make_model_folder(tmp_path / "model")
+    op = load_operating_point(folder)
+    op.preprocess = replace(op.preprocess, planes=("sagittal",))
+    op.save(folder)
+    torch.manual_seed(0)
+    DiscDetector(DetectorConfig(**TINY, score_thresh=0.0, max_discs=5)).save(folder / "detector")  # untrained: boxes anyway
+    predictor = Predictor.load(folder, salt="s")
+    png = tmp_path / "slice.png"
+    Image.fromarray((np.random.default_rng(0).random((120, 80)) * 255).astype(np.uint8)).save(png)  # not square
+    (line,) = predictor.predict([png], top_k=0).images
+    discs = line["discs"]
+    assert 1 <= len(discs) <= 5 and all(d["reason"] == "no disc grader in this model folder" for d in discs)
+    centres = [(d["box_xyxy"][1] + d["box_xyxy"][3]) / 2 for d in discs]
+    assert centres == sorted(centres, reverse=True)  # from the bottom of the image up
+    assert [d["level"] for d in discs] == ["L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2"][: len(discs)]
+    for d in discs:  # pixels of the 80 x 120 image (padding removed and clipped), not of the square input
+        x0, y0, x1, y1 = d["box_xyxy"]
+        assert 0 <= x0 < x1 <= 80 and 0 <= y0 < y1 <= 120
+    axial = write_dicom(
+        tmp_path / "ax.dcm", (np.random.default_rng(1).random((64, 64)) * 4000).astype(np.uint16),
+        ImageOrientationPatient=[1, 0, 0, 0, 1, 0], ImagePositionPatient=[0.0, 0.0, 0.0], StudyInstanceUID="1.2.3",
+    )  # fmt: skip
+    (line,) = predictor.predict([axial], top_k=0).images
+    assert line["discs"] == [{"level": None, "box_xyxy": None, "validated": False, "reason": "not assessed: the image itself was not assessed"}]

@@ -106,6 +106,7 @@ class Predictor:
         guard: InputGuard,
         model: object | None = None,
         salt: str | None = None,
+        detector: object | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.operating_point = operating_point
@@ -116,6 +117,7 @@ class Predictor:
         self.guard = guard
         self._model = model
         self._findings: object | None = None
+        self.detector = detector  # the model folder's disc detector (sagittal models), or None
         self.salt = salt or os.environ.get(SALT_ENV) or secrets.token_hex(16)
 
     @classmethod
@@ -153,7 +155,9 @@ class Predictor:
             from lumbarclip.inference.onnx import load_onnx_scorer
 
             scorer = load_onnx_scorer(model_dir)
-        return cls(model_dir, op, scorer, runtime, card, bank, guard, model, salt)
+        from lumbarclip.inference.discs import load_detector
+
+        return cls(model_dir, op, scorer, runtime, card, bank, guard, model, salt, load_detector(model_dir))
 
     @property
     def model(self) -> object:
@@ -258,6 +262,8 @@ class Predictor:
                 }  # fmt: skip
             if overlays:
                 line["saliency"] = str(overlays[n])
+            if self.detector is not None:
+                line["discs"] = self._discs(pixels[n], bool(inside[n]), item, str(line["plane"]))
             result.images.append(line)
         result.studies = self._studies(kept, study_ids, logits, inside)
         return result
@@ -304,6 +310,16 @@ class Predictor:
                 }
             out.append(line)
         return out
+
+    def _discs(self, pixels: np.ndarray, inside: bool, item: _Item, view: str) -> list[dict[str, object]]:
+        """The slice's named discs, or one "not assessed" entry with the reason."""
+        from lumbarclip.inference.discs import find_discs, not_assessed
+
+        if not inside:
+            return not_assessed("the image itself was not assessed")
+        if view != "sagittal":
+            return not_assessed(f"{view} slice: discs are found and named on sagittal slices")
+        return find_discs(self.detector, pixels) or not_assessed("no disc found")  # type: ignore[arg-type]
 
     @property
     def not_validated(self) -> list[str]:

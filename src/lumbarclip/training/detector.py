@@ -28,29 +28,11 @@ from lumbarclip._lightning import quiet_lightning
 from lumbarclip.data.discs import discs_from_json
 from lumbarclip.data.imageio import load_image
 from lumbarclip.data.manifest import ImageRecord, read_manifest
-from lumbarclip.data.transforms import MEAN, STD, to_square_tensor
+from lumbarclip.data.transforms import MEAN, STD, square_boxes, to_square_tensor
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.discs import DetectionScore
+from lumbarclip.inference.discs import DETECTOR_FOLDER
 from lumbarclip.models.detector import DetectorConfig, DiscDetector
-
-DETECTOR_FOLDER = "detector"
-
-
-def square_boxes(boxes: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
-    """Boxes [N, 4] in pixels of an image of `shape` -> pixels of its `to_square_tensor` input."""
-    h, w = shape
-    side = max(h, w)
-    offset = np.array([(side - w) // 2, (side - h) // 2] * 2, dtype=np.float64)
-    return (np.asarray(boxes, dtype=np.float64).reshape(-1, 4) + offset) * (size / side)
-
-
-def image_boxes(boxes: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
-    """The inverse of `square_boxes`: model-input pixels -> pixels of the original image."""
-    h, w = shape
-    side = max(h, w)
-    offset = np.array([(side - w) // 2, (side - h) // 2] * 2, dtype=np.float64)
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * (side / size) - offset
-
 
 class DiscBoxes(Dataset):
     """(model input [1, S, S], {"boxes", "labels"}) of each slice with disc boxes."""
