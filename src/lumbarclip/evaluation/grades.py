@@ -1,0 +1,167 @@
+"""Fitting and measuring the disc grader on the labelled boxes of a sagittal cohort.
+
+For each source of features (`lumbarclip.inference.grades.SOURCES`) a multinomial logistic
+regression learns the Pfirrmann grade (train discs at L3-L4, L4-L5, L5-S1, the graded levels)
+and one logistic regression per disc class learns the boxed classes (every train disc); the
+source with the higher mean valid linear-weighted kappa is kept. The gate: a level's Pfirrmann
+grade is shown when its valid kappa reaches `KAPPA_GATE` (inter-reader agreement is about 0.6),
+a class when its valid AUROC reaches `AUROC_GATE` (the per-finding gate). Test is scored once
+for the kept source, per patient and level (the mean of the patient's slices' probabilities),
+on the labelled boxes: this isolates grading from detection, which is scored apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, roc_auc_score
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
+
+from lumbarclip.data.discs import discs_from_json
+from lumbarclip.data.imageio import load_image
+from lumbarclip.data.manifest import ImageRecord
+from lumbarclip.data.transforms import MEAN, STD, square_boxes, to_square_tensor
+from lumbarclip.decision import choose_threshold
+from lumbarclip.evaluation.discs import NAMED_LEVELS
+from lumbarclip.inference.grades import DISC_CLASSES, PFIRRMANN, SOURCES, DiscGrader, disc_features
+
+KAPPA_GATE = 0.6
+AUROC_GATE = 0.80
+
+
+@dataclass
+class DiscTable:
+    """One row per labelled disc of a split's slices: features, grade, classes, where it is."""
+
+    features: np.ndarray  # [K, D]
+    pfirrmann: np.ndarray  # [K], 0 where not graded
+    classes: np.ndarray  # [K, C] 0/1
+    levels: np.ndarray  # [K]
+    patients: np.ndarray  # [K]
+
+
+def disc_table(source: str, model: object, records: list[ImageRecord], size: int, progress: bool = False) -> DiscTable:
+    rows: list[np.ndarray] = []
+    grade, classes, levels, patients = [], [], [], []
+    for record in tqdm(records, desc=f"disc features ({source})", unit="slice", disable=not progress, leave=False):
+        discs = discs_from_json(record.discs)
+        if not discs:
+            continue
+        pixels = load_image(record.image_path)
+        model_input = (to_square_tensor(pixels, size) - MEAN) / STD
+        boxes = square_boxes(np.array([d.box_xyxy for d in discs]), pixels.shape[:2], size)
+        rows.append(disc_features(source, model, model_input, boxes))
+        for d in discs:
+            grade.append(d.pfirrmann or 0)
+            classes.append([float(c in d.classes) for c in DISC_CLASSES])
+            levels.append(d.level)
+            patients.append(record.patient_id)
+    return DiscTable(np.concatenate(rows), np.array(grade), np.array(classes), np.array(levels), np.array(patients))
+
+
+def _graded(t: DiscTable) -> np.ndarray:
+    return (t.pfirrmann > 0) & np.isin(t.levels, NAMED_LEVELS)
+
+
+def fit(train: DiscTable, source: str, seed: int = 0) -> DiscGrader:
+    scaler = StandardScaler().fit(train.features)
+    z = scaler.transform(train.features)
+    graded = _graded(train)
+    pf = LogisticRegression(C=0.05, max_iter=3000, class_weight="balanced", random_state=seed).fit(z[graded], train.pfirrmann[graded])
+    coef = np.zeros((len(PFIRRMANN), z.shape[1]))
+    intercept = np.full(len(PFIRRMANN), -1e3)  # a grade never seen in train is never predicted
+    for row, grade in enumerate(pf.classes_):
+        coef[PFIRRMANN.index(int(grade))], intercept[PFIRRMANN.index(int(grade))] = pf.coef_[row], pf.intercept_[row]
+    ccoef, cint = np.zeros((len(DISC_CLASSES), z.shape[1])), np.full(len(DISC_CLASSES), -1e3)
+    for j in range(len(DISC_CLASSES)):
+        y = train.classes[:, j]
+        if 0 < y.sum() < len(y):
+            lr = LogisticRegression(C=0.05, max_iter=3000, class_weight="balanced", random_state=seed).fit(z, y)
+            ccoef[j], cint[j] = lr.coef_[0], lr.intercept_[0]
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    return DiscGrader(source, scaler.mean_, scale, coef, intercept, ccoef, cint, dict.fromkeys(DISC_CLASSES, 0.5))
+
+
+def patient_grades(grader: DiscGrader, t: DiscTable) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """level -> (true grade, predicted grade) per patient: the mean of its slices' probabilities."""
+    graded = _graded(t)
+    proba = grader.pfirrmann_proba(t.features[graded])
+    out = {}
+    for level in NAMED_LEVELS:
+        keys = sorted({p for p, lv in zip(t.patients[graded], t.levels[graded]) if lv == level})
+        truth, pred = [], []
+        for pid in keys:
+            mask = (t.patients[graded] == pid) & (t.levels[graded] == level)
+            truth.append(int(t.pfirrmann[graded][mask][0]))
+            pred.append(PFIRRMANN[int(np.argmax(proba[mask].mean(axis=0)))])
+        out[level] = (np.array(truth), np.array(pred))
+    return out
+
+
+def pfirrmann_scores(grader: DiscGrader, t: DiscTable) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    pairs = patient_grades(grader, t)
+    pooled_t = np.concatenate([a for a, _ in pairs.values()])
+    pooled_p = np.concatenate([b for _, b in pairs.values()])
+    for level, (truth, pred) in [*pairs.items(), ("all", (pooled_t, pooled_p))]:
+        out[level] = {
+            "n": len(truth),
+            "accuracy": float(accuracy_score(truth, pred)),
+            "kappa_linear": float(cohen_kappa_score(truth, pred, weights="linear", labels=list(PFIRRMANN))),
+            "within_one": float(np.mean(np.abs(truth - pred) <= 1)),
+            "confusion_matrix": confusion_matrix(truth, pred, labels=list(PFIRRMANN)).tolist(),
+        }
+    return out
+
+
+def class_scores(grader: DiscGrader, t: DiscTable) -> dict[str, dict[str, float | None]]:
+    """Per class, per disc on the slices: AUROC and F1 at the grader's thresholds."""
+    proba = grader.class_proba(t.features)
+    out: dict[str, dict[str, float | None]] = {}
+    for j, name in enumerate(DISC_CLASSES):
+        y = t.classes[:, j]
+        auroc = float(roc_auc_score(y, proba[:, j])) if 0 < y.sum() < len(y) else None
+        f1 = float(f1_score(y, proba[:, j] >= grader.class_thresholds[name], zero_division=0))
+        out[name] = {"auroc": auroc, "f1": f1, "positives": int(y.sum())}
+    normal_true = (t.classes.sum(axis=1) == 0).astype(int)
+    normal_pred = np.all(proba < np.array([grader.class_thresholds[c] for c in DISC_CLASSES]), axis=1).astype(int)
+    out["normal"] = {"auroc": None, "f1": float(f1_score(normal_true, normal_pred, zero_division=0)), "positives": int(normal_true.sum())}
+    out["macro_f1"] = {"auroc": None, "f1": float(np.mean([out[c]["f1"] for c in (*DISC_CLASSES, "normal")])), "positives": None}  # type: ignore[misc]
+    return out
+
+
+def gate_on_valid(grader: DiscGrader, valid: DiscTable) -> None:
+    """Thresholds per class (balanced accuracy on valid) and the gate of levels and classes."""
+    proba = grader.class_proba(valid.features)
+    for j, name in enumerate(DISC_CLASSES):
+        grader.class_thresholds[name] = float(choose_threshold(valid.classes[:, j], proba[:, j]))
+    pf = pfirrmann_scores(grader, valid)
+    cl = class_scores(grader, valid)
+    grader.gate = {
+        "pfirrmann": {lv: {"kappa": pf[lv]["kappa_linear"], "accuracy": pf[lv]["accuracy"],
+                           "validated": pf[lv]["kappa_linear"] >= KAPPA_GATE} for lv in NAMED_LEVELS},  # fmt: skip
+        "classes": {c: {"auroc": cl[c]["auroc"], "validated": (cl[c]["auroc"] or 0.0) >= AUROC_GATE} for c in DISC_CLASSES},
+    }
+
+
+def choose_grader(model: object, records: list[ImageRecord], size: int, seed: int = 0, progress: bool = False) -> tuple[DiscGrader, dict[str, object]]:
+    """Fit each source on train, gate it on valid, keep the best mean valid kappa; the valid
+    figures of every source come back beside it."""
+    by_split = {s: [r for r in records if r.split == s] for s in ("train", "valid")}
+    compared: dict[str, object] = {}
+    best: tuple[float, DiscGrader] | None = None
+    with torch.no_grad():
+        for source in SOURCES:
+            tables = {s: disc_table(source, model, recs, size, progress) for s, recs in by_split.items()}
+            grader = fit(tables["train"], source, seed)
+            gate_on_valid(grader, tables["valid"])
+            kappa = float(np.mean([grader.gate["pfirrmann"][lv]["kappa"] for lv in NAMED_LEVELS]))  # type: ignore[misc]
+            compared[source] = {"valid_mean_kappa": kappa, "gate": grader.gate}
+            if best is None or kappa > best[0]:
+                best = (kappa, grader)
+    assert best is not None
+    return best[1], compared
