@@ -92,6 +92,7 @@ def main() -> int:
         print(f"bench/real.py: {out}: not empty; choose another --out or pass --overwrite", file=sys.stderr)
         return 2
     candidates = dict(args.candidate) if args.candidate else CANDIDATES
+    commit = _commit()  # the code this run imports: read before any later edit of the tree
     laps: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -127,7 +128,7 @@ def main() -> int:
     laps["candidates"] = time.perf_counter() - started - sum(laps.values())
 
     if args.valid_only:
-        summary = {"command": shlex.join(["python", "bench/real.py", *sys.argv[1:]]), "commit": _commit(), "seed": args.seed,
+        summary = {"command": shlex.join(["python", "bench/real.py", *sys.argv[1:]]), "commit": commit, "seed": args.seed,
                    "machine": _machine(), "preset": PRESET, "candidates": valid_figures}  # fmt: skip
         (out / "real.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"valid figures: {out / 'real.json'} (no test score)")
@@ -147,7 +148,7 @@ def main() -> int:
 
     summary = {
         "command": shlex.join(["python", "bench/real.py", *sys.argv[1:]]),
-        "commit": _commit(),
+        "commit": commit,
         "seed": args.seed,
         "machine": _machine(),
         "data": "mid-sagittal slices, not the paper's axial ones (YOLOspine aab0746 + Lumbar-MedCLIP split)",

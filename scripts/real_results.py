@@ -116,6 +116,7 @@ def main() -> int:
     ap.add_argument("--guard-demo", type=Path, help="bench/ood.py --out JSON of the demo (phantom) model")
     ap.add_argument("--guard-real", type=Path, help="bench/ood.py --out JSON of the real model")
     ap.add_argument("--guard-commit", help="commit the guard figures were measured at")
+    ap.add_argument("--eval-commit", help="commit at which metrics.json was (re)computed, when not the training commit")
     ap.add_argument(
         "--extra-candidates", action="append", default=[], type=Path, metavar="REAL_JSON",
         help="real.json of a bench/real.py --valid-only run: further recipes compared on valid",
@@ -203,7 +204,8 @@ def main() -> int:
         "seed": summary["seed"],
         "machine": summary["machine"],
         "note": "mid-sagittal slices, not the paper's axial ones; "
-        f"{patients} test patients, {negatives} without LBP",
+        f"{patients} test patients, {negatives} without LBP"
+        + (f"; test figures of the same model recomputed at {args.eval_commit}" if args.eval_commit else ""),
         "tables": tables,
     }
     DATA.write_text(json.dumps(out, indent=1) + "\n")

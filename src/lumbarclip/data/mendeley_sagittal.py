@@ -231,7 +231,8 @@ def build_sagittal_manifest(
             problems["unparseable names"].append(where)
             continue
         pid, sequence = parsed
-        counts[f"name form {'T2' if sequence == 'T2' else path.name[:2] + ' (read as T1)'}"] += 1
+        form = {"T2": "NNNN_T2_TSE_SAG_...", "T1": "T1_..."}.get(sequence if sequence == "T2" else path.name[:2], "X1_... (read as T1)")
+        counts[f"name form {form}"] += 1
         label_file = path.parent.parent / "labels" / f"{path.stem}.txt"
         if not label_file.is_file():
             problems["images without labels"].append(where)
