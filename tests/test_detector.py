@@ -137,3 +137,43 @@ def test_predict_lists_named_discs_or_says_why_not(tmp_path):
     )  # fmt: skip
     (line,) = predictor.predict([axial], top_k=0).images
     assert line["discs"] == [{"level": None, "box_xyxy": None, "validated": False, "reason": "not assessed: the image itself was not assessed"}]
+
+
+def test_predict_shows_only_validated_grades(tmp_path):
+    """With a grader: the validated level gets its grade (the argmax of its probabilities,
+    which sum to 1) and only validated classes appear; other levels say why not."""
+    from dataclasses import replace
+
+    import torch
+
+    from _model_folder import make_model_folder
+    from lumbarclip.inference.grades import DiscGrader
+    from lumbarclip.inference.operating_point import load_operating_point
+    from lumbarclip.inference.predict import Predictor
+
+    folder = make_model_folder(tmp_path / "model")
+    op = load_operating_point(folder)
+    op.preprocess = replace(op.preprocess, planes=("sagittal",))
+    op.save(folder)
+    torch.manual_seed(0)
+    DiscDetector(DetectorConfig(**TINY, score_thresh=0.0, max_discs=5)).save(folder / "detector")
+    rng = np.random.default_rng(0)
+    d = 16 * 32  # crop features
+    DiscGrader(
+        "crop", np.zeros(d), np.ones(d), rng.normal(0, 0.1, (5, d)), np.zeros(5), rng.normal(0, 0.1, (4, d)), np.zeros(4),
+        {"DDD": 0.5, "bulge": 0.5, "stenosis": 0.5, "spondylolisthesis": 0.5},
+        {"pfirrmann": {"L5-S1": {"kappa": 0.7, "validated": True}, "L4-L5": {"kappa": 0.3, "validated": False}},
+         "classes": {"bulge": {"auroc": 0.9, "validated": True}, "DDD": {"auroc": 0.6, "validated": False}}},
+    ).save(folder)  # fmt: skip
+    png = tmp_path / "slice.png"
+    Image.fromarray((np.random.default_rng(0).random((120, 80)) * 255).astype(np.uint8)).save(png)  # as above: boxes found
+    (line,) = Predictor.load(folder, salt="s").predict([png], top_k=0).images
+    by_level = {d["level"]: d for d in line["discs"]}
+    assert "L5-S1" in by_level, line["discs"]
+    low = by_level["L5-S1"]
+    probs = low["pfirrmann_probabilities"]
+    assert low["validated"] is True and sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
+    assert low["pfirrmann"] == int(max(probs, key=probs.get))
+    assert set(low["classes"]) == {"bulge"}
+    if "L4-L5" in by_level:
+        assert by_level["L4-L5"]["pfirrmann"] is None and "not validated" in by_level["L4-L5"]["reason"]

@@ -1,8 +1,10 @@
-"""Discs of a mid-sagittal slice for `predict`: the model folder's detector finds them, and they
-are named by order from the sacrum (`lumbarclip.data.discs`). Boxes are given in pixels of the
-image as read. Grades are not assessed yet: each disc says so, and a slice the detector cannot
-use (outside the input guard, not sagittal, no disc found) gets one "not assessed" entry with
-the reason instead of a guess."""
+"""Discs of a mid-sagittal slice for `predict`: the model folder's detector finds them, they are
+named by order from the sacrum (`lumbarclip.data.discs`), and its grader (when the folder has
+one) gives each the Pfirrmann grade and disc classes with their probabilities. Boxes are in
+pixels of the image as read. A grade is shown only for the levels, and a class only for the
+classes, that passed the grader's valid gate (`validated`); a slice the detector cannot use
+(outside the input guard, not sagittal, no disc found) gets one "not assessed" entry with the
+reason instead of a guess."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import numpy as np
 import torch
 
 from lumbarclip.data.discs import LUMBAR_FROM_SACRUM, level_name
-from lumbarclip.data.transforms import MEAN, STD, image_boxes, to_square_tensor
-from lumbarclip.models.detector import DiscDetector
+from lumbarclip.data.transforms import MEAN, STD, image_boxes, square_boxes, to_square_tensor
+from lumbarclip.inference.grades import DISC_CLASSES, PFIRRMANN, DiscGrader, disc_features
+from lumbarclip.models.detector import DETECTOR_CONFIG, DiscDetector
 
 DETECTOR_FOLDER = "detector"
 NOT_GRADED = "no disc grader in this model folder"
@@ -22,12 +25,15 @@ NOT_GRADED = "no disc grader in this model folder"
 def load_detector(model_dir: str | Path) -> DiscDetector | None:
     """The model folder's disc detector, or None when it has none."""
     folder = Path(model_dir) / DETECTOR_FOLDER
-    return DiscDetector.load(folder) if folder.is_dir() else None
+    return DiscDetector.load(folder) if (folder / DETECTOR_CONFIG).is_file() else None
 
 
 @torch.no_grad()
-def find_discs(detector: DiscDetector, pixels: np.ndarray) -> list[dict[str, object]]:
-    """Named discs of one [H, W] image in [0, 1], from the sacrum up; [] when none is found."""
+def find_discs(
+    detector: DiscDetector, pixels: np.ndarray, grader: DiscGrader | None = None, model: object | None = None
+) -> list[dict[str, object]]:
+    """Named (and, with a grader, graded) discs of one [H, W] image in [0, 1], from the sacrum
+    up; [] when none is found. `model` is the CLIP model, for a grader of source "clip"."""
     size = detector.config.image_size
     image = (to_square_tensor(pixels, size) - MEAN) / STD
     found = detector.eval()(image[None])[0]
@@ -36,17 +42,46 @@ def find_discs(detector: DiscDetector, pixels: np.ndarray) -> list[dict[str, obj
     keep = (boxes[:, 2] - boxes[:, 0] >= 1.0) & (boxes[:, 3] - boxes[:, 1] >= 1.0)
     boxes, scores = boxes[keep], found["scores"].numpy()[keep]
     order = np.argsort(-(boxes[:, 1] + boxes[:, 3]) / 2, kind="stable")
+    boxes, scores = boxes[order], scores[order]
+    grades = _grades(grader, model, pixels, boxes) if grader is not None and len(boxes) else None
     out = []
-    for rank, i in enumerate(order):
-        out.append({
+    for rank in range(len(boxes)):
+        disc: dict[str, object] = {
             "level": level_name(rank),
-            "box_xyxy": [round(float(v), 1) for v in boxes[i]],
-            "score": round(float(scores[i]), 4),
+            "box_xyxy": [round(float(v), 1) for v in boxes[rank]],
+            "score": round(float(scores[rank]), 4),
             "thoracic": rank >= len(LUMBAR_FROM_SACRUM),
             "pfirrmann": None,
             "validated": False,
-            "reason": NOT_GRADED,
-        })  # fmt: skip
+        }
+        if grades is None:
+            disc["reason"] = NOT_GRADED
+        else:
+            disc |= _shown(grader, str(disc["level"]), grades[0][rank], grades[1][rank])  # type: ignore[arg-type]
+        out.append(disc)
+    return out
+
+
+def _grades(grader: DiscGrader, model: object | None, pixels: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[K, 5] Pfirrmann and [K, C] class probabilities of boxes (pixels of the image)."""
+    size = model.config.image_size if model is not None else 224  # type: ignore[attr-defined]
+    model_input = (to_square_tensor(pixels, size) - MEAN) / STD
+    feats = disc_features(grader.source, model, model_input, square_boxes(boxes, pixels.shape[:2], size))
+    return grader.pfirrmann_proba(feats), grader.class_proba(feats)
+
+
+def _shown(grader: DiscGrader, level: str, pfirrmann: np.ndarray, classes: np.ndarray) -> dict[str, object]:
+    """What a disc shows of its grades: only the validated level's grade and validated classes."""
+    out: dict[str, object] = {}
+    if grader.validated_level(level):
+        out["pfirrmann"] = PFIRRMANN[int(np.argmax(pfirrmann))]
+        out["pfirrmann_probabilities"] = {str(g): round(float(p), 4) for g, p in zip(PFIRRMANN, pfirrmann)}
+        out["validated"] = True
+    else:
+        out["reason"] = f"Pfirrmann grade at {level} not validated on valid"
+    shown = {c: round(float(p), 4) for c, p in zip(DISC_CLASSES, classes) if grader.validated_class(c)}
+    out["classes"] = shown
+    out["classes_present"] = [c for c in shown if shown[c] >= grader.class_thresholds[c]]
     return out
 
 

@@ -118,6 +118,9 @@ class Predictor:
         self._model = model
         self._findings: object | None = None
         self.detector = detector  # the model folder's disc detector (sagittal models), or None
+        from lumbarclip.inference.grades import DiscGrader
+
+        self.grader = DiscGrader.load(model_dir) if detector is not None else None
         self.salt = salt or os.environ.get(SALT_ENV) or secrets.token_hex(16)
 
     @classmethod
@@ -319,7 +322,8 @@ class Predictor:
             return not_assessed("the image itself was not assessed")
         if view != "sagittal":
             return not_assessed(f"{view} slice: discs are found and named on sagittal slices")
-        return find_discs(self.detector, pixels) or not_assessed("no disc found")  # type: ignore[arg-type]
+        model = self.model if self.grader is not None and self.grader.source == "clip" else None
+        return find_discs(self.detector, pixels, self.grader, model) or not_assessed("no disc found")  # type: ignore[arg-type]
 
     @property
     def not_validated(self) -> list[str]:
