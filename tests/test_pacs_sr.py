@@ -241,3 +241,31 @@ def test_level_without_a_snomed_disc_reads_back_by_name(study):
     images = [{"level": "T12-L1", "top_findings": [{"finding": "canal_narrowing", "score": 0.7}]}]
     sr = build_report(sources, {"label": 1, "p_abnormal": 0.9, "threshold": 0.5}, images, sources[:1], ModelInfo("tiny", "1"))
     assert read_report(pydicom.dcmread(roundtrip(sr)))["levels"] == {"T12-L1": {"canal_narrowing": 0.7}}
+
+
+def test_one_tid1410_group_per_lumbar_disc_with_its_box_and_grade(study, tmp_path):
+    """Discs from predict lines: lumbar ones become planar ROI groups (SNOMED CT disc as finding
+    site, the box as a closed polyline on its image, Pfirrmann only where validated); thoracic
+    and not-assessed entries none; dciodvfy finds no error."""
+    files, sources = study
+    images = fake_images(files)
+    images[0]["discs"] = [
+        {"level": "L5-S1", "box_xyxy": [10.0, 40.0, 30.5, 48.0], "score": 0.91, "pfirrmann": 4, "validated": True,
+         "classes": {"bulge": 0.8}},
+        {"level": "L4-L5", "box_xyxy": [12.0, 28.0, 31.0, 35.0], "score": 0.88, "pfirrmann": None, "validated": False,
+         "reason": "Pfirrmann grade at L4-L5 not validated on valid", "classes": {}},
+        {"level": "T12-L1", "box_xyxy": [14.0, 2.0, 30.0, 8.0], "score": 0.5, "pfirrmann": None, "validated": False},
+    ]  # fmt: skip
+    images[1]["discs"] = [{"level": None, "box_xyxy": None, "validated": False, "reason": "not assessed: no disc found"}]
+    result = {"label": "abnormal", "p_abnormal": 0.8, "threshold": 0.5}
+    sr = build_report(sources, result, images, sources, ModelInfo.from_card({"name": "tiny", "version": "1.2"}))
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    back = read_report(pydicom.dcmread(path))
+    assert set(back["discs"]) == {"L5-S1", "L4-L5"}
+    low = back["discs"]["L5-S1"]
+    assert low["pfirrmann"] == 4.0 and low["score"] == pytest.approx(0.91)
+    assert low["box_xyxy"] == pytest.approx([10.0, 40.0, 30.5, 48.0])
+    assert low["finding_site"] == "715056000"  # SNOMED CT L5/S1 disc
+    assert back["discs"]["L4-L5"]["pfirrmann"] is None
+    assert _dciodvfy_errors(path) == []

@@ -71,6 +71,9 @@ REASON = CodedConcept("REASON", SCHEME, "Reason")
 IMAGES_NOT_ASSESSED = CodedConcept("IMG_NOT_ASSESSED", SCHEME, "Images not assessed")
 NOT_VALIDATED = CodedConcept("NOT_VALIDATED", SCHEME, "Findings not validated")
 PLANE_ASSESSED = CodedConcept("PLANE_ASSESSED", SCHEME, "Plane assessed")
+DISC = CodedConcept("DISC", SCHEME, "Intervertebral disc (detected)")
+PFIRRMANN_GRADE = CodedConcept("PFIRRMANN", SCHEME, "Pfirrmann grade")
+DETECTION_SCORE = CodedConcept("DETECTION_SCORE", SCHEME, "Detection score")
 NOT_VALIDATED_TEXT = "Not validated for this model: "
 STUDY_GROUP = "study"
 
@@ -185,6 +188,8 @@ def build_report(
                 measurements=[hd.sr.Measurement(PROBABILITY, score, NO_UNITS)],
                 source_images=_source_images(by_level.get(level, [])),
             ))  # fmt: skip
+    for image, ds in zip(images, image_sources):
+        groups += _disc_groups(image, ds, algorithm)
     observer = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=generate_uid(entropy_srcs=[MANUFACTURER, model.name, model.version]),
         name=model.name,
@@ -217,6 +222,41 @@ def build_report(
         coding_schemes=[hd.coding_schemes.CodingSchemeIdentificationItem(SCHEME, name="LumbarCLIP")],
         previous_versions=list(previous) or None,
     )
+
+
+def _disc_groups(
+    image: dict, source: Dataset, algorithm: hd.sr.AlgorithmIdentification
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """One TID 1410 group per lumbar disc the image's line lists: the disc's SNOMED CT code as
+    finding site, its box as a closed SCOORD polyline on the image, the detection score, the
+    Pfirrmann grade where it was validated (a NUM, 1-5) and each validated class's probability."""
+    groups = []
+    for disc in image.get("discs") or []:
+        level, box = disc.get("level"), disc.get("box_xyxy")
+        if box is None or level not in LEVEL_SITES:  # not assessed, or a thoracic disc
+            continue
+        x0, y0, x1, y1 = (float(v) for v in box)
+        region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32),
+            source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+        )
+        measurements = [hd.sr.Measurement(DETECTION_SCORE, float(disc.get("score", 0.0)), NO_UNITS)]
+        if disc.get("validated") and disc.get("pfirrmann") is not None:
+            measurements.append(hd.sr.Measurement(PFIRRMANN_GRADE, float(disc["pfirrmann"]), NO_UNITS))
+        measurements += [
+            hd.sr.Measurement(CodedConcept(f"P_{name.upper()[:12]}", SCHEME, f"Probability of {name}"), float(p), NO_UNITS)
+            for name, p in sorted((disc.get("classes") or {}).items())
+        ]
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"disc {level}"),
+            referenced_region=region,
+            finding_type=DISC,
+            finding_sites=[hd.sr.FindingSite(LEVEL_SITES[level])],
+            algorithm_id=algorithm,
+            measurements=measurements,
+        ))  # fmt: skip
+    return groups
 
 
 def _study_group(
@@ -331,6 +371,8 @@ def _read_group(group: Dataset, out: dict[str, Any]) -> None:
             values[key] = child.ConceptCodeSequence[0]
         elif child.ValueType == "NUM":  # FloatingPointValue: the exact float written
             values[key] = hd.sr.NumContentItem.from_dataset(child).value
+        elif child.ValueType == "SCOORD":
+            values[("SCOORD", "")] = [float(v) for v in child.GraphicData]
 
     def get(code: CodedConcept | Code) -> Any:
         return values.get((code.scheme_designator, code.value))
@@ -349,6 +391,15 @@ def _read_group(group: Dataset, out: dict[str, Any]) -> None:
             out["not_validated"] = get(NOT_VALIDATED).removeprefix(NOT_VALIDATED_TEXT).split(", ")
         return
     site, finding = get(FINDING_SITE), get(FINDING)
+    if str(tracking).startswith("disc "):
+        points = values.get(("SCOORD", ""), [])
+        out.setdefault("discs", {})[str(tracking)[5:]] = {
+            "pfirrmann": get(PFIRRMANN_GRADE),
+            "score": get(DETECTION_SCORE),
+            "box_xyxy": [min(points[0::2]), min(points[1::2]), max(points[0::2]), max(points[1::2])] if points else None,
+            "finding_site": site.CodeValue if site is not None else None,
+        }
+        return
     if finding is None or get(PROBABILITY) is None:
         return
     level = next(
