@@ -125,3 +125,66 @@ def test_page_uploads_png_and_dicom(server, tmp_path):
             assert (tmp_path / "page.png").stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def test_page_draws_the_discs_of_a_sagittal_slice(tmp_path):
+    """A sagittal model folder with a disc detector: the page names the plane and draws each
+    found disc's box with its level over the slice, in the image's own pixel frame."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from dataclasses import replace
+
+    import torch
+    import uvicorn
+
+    from lumbarclip.inference.operating_point import load_operating_point, read_card, write_card
+    from lumbarclip.inference.predict import Predictor
+    from lumbarclip.models.detector import DetectorConfig, DiscDetector
+    from lumbarclip.serve import create_app
+
+    model_dir = make_model_folder(tmp_path / "model")
+    op = load_operating_point(model_dir)
+    op.preprocess = replace(op.preprocess, planes=("sagittal",))
+    op.save(model_dir)
+    write_card(model_dir, {**read_card(model_dir), "input": {"planes": ["sagittal"]}})
+    torch.manual_seed(0)
+    DiscDetector(DetectorConfig(backbone="test_efficientnet", pretrained="", image_size=96, fpn_channels=32, head_convs=1,
+                                score_thresh=0.0, max_discs=5)).save(model_dir / "detector")  # fmt: skip
+    png = tmp_path / "T2_sagittal.png"
+    Image.fromarray((np.random.default_rng(0).random((120, 80)) * 255).astype(np.uint8)).save(png)
+    predictor = Predictor.load(model_dir)
+    (want,) = predictor.predict([png], top_k=0).images
+    boxes = [d for d in want["discs"] if d["box_xyxy"]]
+    assert boxes and want["image_size"] == [80, 120]
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(model_dir, predictor=predictor), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                errors = []
+                page.on("pageerror", lambda err: errors.append(str(err)))
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_function("document.getElementById('subtitle').textContent.includes('sagittal')")
+                page.set_input_files("#files", [str(png)])
+                page.click("#analyse")
+                page.wait_for_selector("[data-testid=disc-boxes]", timeout=60_000)
+                svg = page.locator("[data-testid=disc-boxes]")
+                assert svg.get_attribute("viewBox") == "0 0 80 120"
+                assert svg.locator("rect").count() == len(boxes)
+                assert "L5-S1" in svg.get_attribute("aria-label")
+                first = svg.locator("rect").first
+                assert float(first.get_attribute("x")) == pytest.approx(boxes[0]["box_xyxy"][0])
+                assert "sagittal" in page.locator("[data-testid=image-card] .tags").inner_text()
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

@@ -267,6 +267,7 @@ class Predictor:
                 line["saliency"] = str(overlays[n])
             if self.detector is not None:
                 line["discs"] = self._discs(pixels[n], bool(inside[n]), item, str(line["plane"]))
+                line["image_size"] = [int(pixels[n].shape[1]), int(pixels[n].shape[0])]  # width, height: the boxes' frame
             result.images.append(line)
         result.studies = self._studies(kept, study_ids, logits, inside)
         return result

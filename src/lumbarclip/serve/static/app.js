@@ -82,7 +82,7 @@ function figure(img) {
   }
   let shown = 0;
   const picture = el("img", { class: sources[0][0], src: sources[0][1], alt: `${sources[0][2]} of ${img.path}` });
-  fig.append(picture);
+  fig.append(discOverlay(img, picture));
   if (sources.length > 1) {
     const toggle = el("button", { type: "button", class: "ghost", "aria-pressed": "true", text: "Overlay on" });
     toggle.addEventListener("click", () => {
@@ -96,6 +96,37 @@ function figure(img) {
     fig.append(el("figcaption", {}, toggle));
   }
   return fig;
+}
+
+// The discs predict found, drawn over the slice: box, level and (validated) Pfirrmann grade, in
+// the pixel frame of the image as read (image_size), whatever size the preview is shown at.
+function discOverlay(img, picture) {
+  const discs = (img.discs || []).filter((d) => d.box_xyxy);
+  if (!discs.length || !img.image_size) return picture;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${img.image_size[0]} ${img.image_size[1]}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("class", "discs");
+  svg.setAttribute("data-testid", "disc-boxes");
+  svg.setAttribute("role", "img");
+  const names = discs.map((d) => `${d.level}${d.pfirrmann != null ? " Pfirrmann " + d.pfirrmann : ""}`);
+  svg.setAttribute("aria-label", `discs: ${names.join(", ")}`);
+  discs.forEach((d, i) => {
+    const [x0, y0, x1, y1] = d.box_xyxy;
+    const rect = document.createElementNS(ns, "rect");
+    for (const [k, v] of [["x", x0], ["y", y0], ["width", x1 - x0], ["height", y1 - y0]]) rect.setAttribute(k, String(v));
+    rect.setAttribute("class", d.validated ? "disc graded" : "disc");
+    const label = document.createElementNS(ns, "text");
+    label.setAttribute("x", String(x1 + 2));
+    label.setAttribute("y", String((y0 + y1) / 2));
+    label.textContent = d.pfirrmann != null ? `${d.level} · P${d.pfirrmann}` : d.level;
+    const title = document.createElementNS(ns, "title");
+    title.textContent = names[i] + (d.reason ? ` (${d.reason})` : "");
+    rect.append(title);
+    svg.append(rect, label);
+  });
+  return el("div", { class: "withdiscs" }, picture, svg);
 }
 
 function renderImages(images) {
