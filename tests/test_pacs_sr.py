@@ -257,7 +257,8 @@ def test_one_tid1410_group_per_lumbar_disc_with_its_box_and_grade(study, tmp_pat
         {"level": "T12-L1", "box_xyxy": [14.0, 2.0, 30.0, 8.0], "score": 0.5, "pfirrmann": None, "validated": False},
     ]  # fmt: skip
     images[1]["discs"] = [{"level": None, "box_xyxy": None, "validated": False, "reason": "not assessed: no disc found"}]
-    result = {"label": "abnormal", "p_abnormal": 0.8, "threshold": 0.5}
+    result = {"label": "abnormal", "p_abnormal": 0.8, "threshold": 0.5,
+              "selection": ["series 2: sagittal T2, 15 slices: used", "T2: series 2: middle slice (8 of 15 along the slice normal)"]}  # fmt: skip
     sr = build_report(sources, result, images, sources, ModelInfo.from_card({"name": "tiny", "version": "1.2"}))
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
@@ -268,4 +269,5 @@ def test_one_tid1410_group_per_lumbar_disc_with_its_box_and_grade(study, tmp_pat
     assert low["box_xyxy"] == pytest.approx([10.0, 40.0, 30.5, 48.0])
     assert low["finding_site"] == "715056000"  # SNOMED CT L5/S1 disc
     assert back["discs"]["L4-L5"]["pfirrmann"] is None
+    assert back["slices_used"] == "T2: series 2: middle slice (8 of 15 along the slice normal)"
     assert _dciodvfy_errors(path) == []

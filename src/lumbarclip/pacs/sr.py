@@ -72,6 +72,7 @@ IMAGES_NOT_ASSESSED = CodedConcept("IMG_NOT_ASSESSED", SCHEME, "Images not asses
 NOT_VALIDATED = CodedConcept("NOT_VALIDATED", SCHEME, "Findings not validated")
 PLANE_ASSESSED = CodedConcept("PLANE_ASSESSED", SCHEME, "Plane assessed")
 DISC = CodedConcept("DISC", SCHEME, "Intervertebral disc (detected)")
+SLICES_USED = CodedConcept("SLICES_USED", SCHEME, "Slices used")
 PFIRRMANN_GRADE = CodedConcept("PFIRRMANN", SCHEME, "Pfirrmann grade")
 DETECTION_SCORE = CodedConcept("DETECTION_SCORE", SCHEME, "Detection score")
 NOT_VALIDATED_TEXT = "Not validated for this model: "
@@ -289,6 +290,9 @@ def _study_group(
     planes = sorted({str(image["plane"]) for image in images if image.get("plane")})
     if planes:
         notes.append((PLANE_ASSESSED, " and ".join(planes)))
+    picked = [str(line) for line in study.get("selection") or [] if "middle slice" in str(line) or "slab" in str(line)]
+    if picked:  # which slice of each series was read (the node picks them itself)
+        notes.append((SLICES_USED, _short("; ".join(picked))))
     if study.get("label") is None:
         notes.append((REASON, _short(str(study.get("reason") or "no study verdict"))))
     outside = [image for image in images if image.get("in_distribution") is False]
@@ -383,7 +387,7 @@ def _read_group(group: Dataset, out: dict[str, Any]) -> None:
         for key, code in (
             ("p_abnormal", PROBABILITY), ("threshold", THRESHOLD), ("model_name", ALGORITHM_NAME),
             ("model_version", ALGORITHM_VERSION), ("intended_use", INTENDED_USE_NAME), ("reason", REASON),
-            ("images_not_assessed", IMAGES_NOT_ASSESSED), ("plane", PLANE_ASSESSED),
+            ("images_not_assessed", IMAGES_NOT_ASSESSED), ("plane", PLANE_ASSESSED), ("slices_used", SLICES_USED),
         ):  # fmt: skip
             if get(code) is not None:
                 out[key] = get(code)
