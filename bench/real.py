@@ -6,11 +6,13 @@ paper's test split. `make real SLICES=DIR NOTES=DIR OUT=DIR` runs this.
 
 Stages (a progress bar each): 1 cohort (`lumbarclip data mendeley-sagittal`), 2 one training and
 one valid evaluation per candidate, 3 the choice (highest valid patient AUROC of the linear
-probe; ties go to the first candidate), 4 the chosen run evaluated once on test.
+probe; ties go to the first candidate), 4 the chosen run evaluated once on test, 5 the disc
+layer in the chosen model folder (detector, epoch by valid F1; grader, feature source chosen on
+valid), scored once on test (`--no-discs` skips it).
 
 Outputs: OUT/cohort/manifest.csv (+ adapter-report.json), OUT/candidates/NAME/ (each candidate's
 run and its valid figures), OUT/run/ (the chosen run: OUT/run/model is a model folder that
-`predict`, `serve` and `pacs` accept), OUT/run/eval-test/metrics.json and report.html, and
+`predict`, `serve` and `pacs` accept), OUT/run/eval-test/metrics.json and report.html, OUT/run/eval-test/discs.json, and
 OUT/real.json (command, commit, seed, machine, the candidates' valid figures, the choice, the
 test figures and each stage's wall time). Nothing under OUT may be committed: it is derived from
 the real images and notes.
@@ -74,6 +76,8 @@ def main() -> int:
         + "; ".join(f"{n}={','.join(o) or '(preset)'}" for n, o in CANDIDATES.items()),
     )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    parser.add_argument("--no-discs", action="store_true", help="skip stage 5, the disc detector and grader")
+    parser.add_argument("--disc-epochs", type=int, default=6, help="disc detector epochs (default 6)")
     parser.add_argument(
         "--valid-only", action="store_true",
         help="stop after the candidates' valid figures (OUT/real.json without a choice or a test score)",
@@ -86,6 +90,7 @@ def main() -> int:
     from lumbarclip.errors import InputError
     from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run, format_summary
     from lumbarclip.training import load_config, train
+    from lumbarclip.training.detector import build_disc_layer
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -96,8 +101,9 @@ def main() -> int:
     laps: dict[str, float] = {}
     started = time.perf_counter()
 
+    stages = 4 if args.no_discs else 5
     try:
-        print("1/4 cohort: mid-sagittal slices joined to the paper's split and notes", flush=True)
+        print(f"1/{stages} cohort: mid-sagittal slices joined to the paper's split and notes", flush=True)
         cohort = build_sagittal_manifest(args.slices, args.notes, out / "cohort", overwrite=args.overwrite, progress=True)
     except InputError as err:
         print(f"bench/real.py: {err}", file=sys.stderr)
@@ -106,7 +112,7 @@ def main() -> int:
     manifest = out / "cohort" / "manifest.csv"
     laps["cohort"] = time.perf_counter() - started
 
-    print(f"2/4 training {len(candidates)} candidate(s) of {PRESET}, each evaluated on valid", flush=True)
+    print(f"2/{stages} training {len(candidates)} candidate(s) of {PRESET}, each evaluated on valid", flush=True)
     valid_figures: dict[str, dict[str, object]] = {}
     quick = EvalOptions(
         finetune=False, from_scratch=False, pixel_ceiling=False, label_efficiency=False, report=False,
@@ -134,17 +140,22 @@ def main() -> int:
         print(f"valid figures: {out / 'real.json'} (no test score)")
         return 0
     chosen = max(valid_figures, key=lambda n: (valid_figures[n]["probe_patient_auroc"] or 0.0, -list(candidates).index(n)))
-    print(f"3/4 chosen on valid: {chosen}", flush=True)
+    print(f"3/{stages} chosen on valid: {chosen}", flush=True)
     run_dir = out / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)
     shutil.copytree(out / "candidates" / chosen, run_dir, ignore=shutil.ignore_patterns("eval-valid", "checkpoints"))
 
-    print("4/4 the chosen run, once, on the paper's test split", flush=True)
+    print(f"4/{stages} the chosen run, once, on the paper's test split", flush=True)
     full = EvalOptions(from_scratch=False, pixel_ceiling=False, label_efficiency=False, seed=args.seed)
     metrics = evaluate_run(run_dir, manifest, "test", options=full, overwrite=True)
     laps["test"] = time.perf_counter() - started - sum(laps.values())
     print(format_summary(metrics))
+    if not args.no_discs:
+        print("5/5 the disc layer: detector and grader, chosen on valid, scored once on test", flush=True)
+        discs = build_disc_layer(manifest, run_dir / "model", epochs=args.disc_epochs, seed=args.seed, test=True)
+        (run_dir / "eval-test" / "discs.json").write_text(json.dumps(discs, indent=2) + "\n")
+        laps["discs"] = time.perf_counter() - started - sum(laps.values())
 
     summary = {
         "command": shlex.join(["python", "bench/real.py", *sys.argv[1:]]),

@@ -172,3 +172,51 @@ def score_detector(detector: DiscDetector, manifest: str | Path, split: str, pro
         levels = [d.level for d in discs_from_json(data.records[i].discs)]
         score.add(det["boxes"].numpy(), target["boxes"].numpy(), levels)
     return score
+
+
+def build_disc_layer(
+    manifest: str | Path,
+    model_dir: str | Path,
+    config: DetectorConfig | None = None,
+    epochs: int = 8,
+    seed: int = 0,
+    test: bool = False,
+    detector: bool = True,
+    grader: bool = True,
+    progress: bool = True,
+) -> dict[str, object]:
+    """The disc layer of a sagittal model folder: the detector (MODEL/detector/, epoch by valid
+    F1) and the grader (MODEL/grader.*, feature source chosen on valid), then their figures on
+    valid and, with `test`, on the test split (score it once, for the chosen settings).
+    `detector=False` / `grader=False` keep what the folder already has."""
+    from lumbarclip.evaluation.grades import choose_grader, class_scores, disc_table, pfirrmann_scores
+    from lumbarclip.inference.grades import DiscGrader
+    from lumbarclip.models import LumbarCLIP
+
+    started = time.perf_counter()
+    model_dir = Path(model_dir)
+    folder = model_dir / DETECTOR_FOLDER
+    if detector:
+        train_detector(manifest, folder, config, epochs=epochs, seed=seed, progress=progress)
+    found = DiscDetector.load(folder)
+    figures: dict[str, object] = {"detector_train": json.loads((folder / "detector-train.json").read_text())}
+    for split in ("valid", "test") if test else ("valid",):
+        figures[f"detection_{split}"] = score_detector(found, manifest, split, progress=progress).to_dict()
+    figures["seconds_detector"] = round(time.perf_counter() - started, 1)
+    records = read_manifest(manifest).records
+    model = LumbarCLIP.from_pretrained(model_dir).eval()
+    size = model.config.image_size
+    if grader:
+        chosen, compared = choose_grader(model, records, size, seed, progress=progress)
+        chosen.save(model_dir)
+        figures["grader_sources_valid"] = compared
+    kept = DiscGrader.load(model_dir)
+    if kept is None:
+        raise InputError(f"{model_dir}: no disc grader; run without grader=False")
+    figures["grader"] = {"source": kept.source, "gate": kept.gate}
+    if test:
+        table = disc_table(kept.source, model, [r for r in records if r.split == "test"], size, progress)
+        figures["pfirrmann_test"] = pfirrmann_scores(kept, table)
+        figures["classes_test"] = class_scores(kept, table)
+    figures["seconds"] = round(time.perf_counter() - started, 1)
+    return figures
