@@ -2,6 +2,7 @@
 server, uploads a PNG and a DICOM file, and checks the rendered verdict and overlays."""
 
 import base64
+import contextlib
 import io
 import shutil
 import threading
@@ -31,25 +32,33 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
-
     from lumbarclip.inference.predict import Predictor
     from lumbarclip.serve import create_app
 
     model_dir = make_model_folder(tmp_path_factory.mktemp("model"))
     predictor = Predictor.load(model_dir)
+    with serving(create_app(model_dir, predictor=predictor)) as url:
+        yield url, predictor
+
+
+@contextlib.contextmanager
+def serving(app):
+    """The app on a free local port in a uvicorn thread, for as long as the block runs."""
+    import uvicorn
+
     port = free_port()
-    config = uvicorn.Config(create_app(model_dir, predictor=predictor), host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not srv.started:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", predictor
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
 
 
 def scans(folder):
@@ -134,7 +143,6 @@ def test_page_draws_the_discs_of_a_sagittal_slice(tmp_path):
     from dataclasses import replace
 
     import torch
-    import uvicorn
 
     from lumbarclip.inference.operating_point import load_operating_point, read_card, write_card
     from lumbarclip.inference.predict import Predictor
@@ -155,36 +163,24 @@ def test_page_draws_the_discs_of_a_sagittal_slice(tmp_path):
     (want,) = predictor.predict([png], top_k=0).images
     boxes = [d for d in want["discs"] if d["box_xyxy"]]
     assert boxes and want["image_size"] == [80, 120]
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(model_dir, predictor=predictor), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1280, "height": 900})
-                errors = []
-                page.on("pageerror", lambda err: errors.append(str(err)))
-                page.goto(f"http://127.0.0.1:{port}/")
-                page.wait_for_function("document.getElementById('subtitle').textContent.includes('sagittal')")
-                page.set_input_files("#files", [str(png)])
-                page.click("#analyse")
-                page.wait_for_selector("[data-testid=disc-boxes]", timeout=60_000)
-                svg = page.locator("[data-testid=disc-boxes]")
-                assert svg.get_attribute("viewBox") == "0 0 80 120"
-                assert svg.locator("rect").count() == len(boxes)
-                assert "L5-S1" in svg.get_attribute("aria-label")
-                first = svg.locator("rect").first
-                assert float(first.get_attribute("x")) == pytest.approx(boxes[0]["box_xyxy"][0])
-                assert "sagittal" in page.locator("[data-testid=image-card] .tags").inner_text()
-                assert errors == []
-            finally:
-                browser.close()
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_app(model_dir, predictor=predictor)) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(url + "/")
+            page.wait_for_function("document.getElementById('subtitle').textContent.includes('sagittal')")
+            page.set_input_files("#files", [str(png)])
+            page.click("#analyse")
+            page.wait_for_selector("[data-testid=disc-boxes]", timeout=60_000)
+            svg = page.locator("[data-testid=disc-boxes]")
+            assert svg.get_attribute("viewBox") == "0 0 80 120"
+            assert svg.locator("rect").count() == len(boxes)
+            assert "L5-S1" in svg.get_attribute("aria-label")
+            first = svg.locator("rect").first
+            assert float(first.get_attribute("x")) == pytest.approx(boxes[0]["box_xyxy"][0])
+            assert "sagittal" in page.locator("[data-testid=image-card] .tags").inner_text()
+            assert errors == []
+        finally:
+            browser.close()

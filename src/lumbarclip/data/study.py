@@ -159,43 +159,6 @@ def choose_slices(heads: Iterable[SliceHeader], planes: tuple[str, ...] = ("axia
     quoted). Axial: the disc-level slices (module docstring). Sagittal: the middle slice of the
     T1 and of the T2 sagittal stack, by position along the slice normal (the mid-sagittal slice
     the sagittal models learnt from)."""
-    if "axial" not in planes:
-        return _mid_slices(heads, planes)
-    series: dict[str, list[SliceHeader]] = defaultdict(list)
-    for head in sorted(heads, key=lambda h: str(h.path)):
-        series[head.series].append(head)
-    number = {uid: i for i, uid in enumerate(series, start=1)}
-    notes: dict[str, str] = {}
-    best: dict[str, str] = {}
-    for uid, stack in series.items():
-        sequences = {h.sequence for h in stack}
-        if not all(is_axial(h.normal) for h in stack):
-            notes[uid] = "not axial (orientation from ImageOrientationPatient)"
-        elif len(stack) < MIN_AXIAL_SLICES:
-            notes[uid] = f"{len(stack)} slice(s): a localiser, not an axial stack"
-        elif len(sequences) != 1 or None in sequences:
-            notes[uid] = "neither T1 nor T2 (series description, TR and TE)"
-        else:
-            seq = next(iter(sequences))
-            if seq not in best or len(stack) > len(series[best[seq]]):
-                best[seq] = uid
-            notes[uid] = f"axial {seq}, {len(stack)} slices"
-    chosen: list[ChosenSlice] = []
-    for seq in SEQUENCES:
-        if seq not in best:
-            continue
-        uid = best[seq]
-        for level, (head, how) in disc_slices(series[uid]).items():
-            chosen.append(ChosenSlice(head.path, seq, level, f"series {number[uid]}: {how}", number[uid]))
-        for other, note in notes.items():
-            if other != uid and note.startswith(f"axial {seq}"):
-                notes[other] = note + f": not used, series {number[uid]} has more slices"
-        notes[uid] += ": used"
-    lines = [f"series {number[uid]}: {note}" for uid, note in notes.items()]
-    return chosen, lines
-
-
-def _mid_slices(heads: Iterable[SliceHeader], planes: tuple[str, ...]) -> tuple[list[ChosenSlice], list[str]]:
     series: dict[str, list[SliceHeader]] = defaultdict(list)
     for head in sorted(heads, key=lambda h: str(h.path)):
         series[head.series].append(head)
@@ -221,12 +184,20 @@ def _mid_slices(heads: Iterable[SliceHeader], planes: tuple[str, ...]) -> tuple[
         if seq not in best:
             continue
         uid = best[seq]
-        ordered = sorted(series[uid], key=lambda h: h.position)
-        mid = len(ordered) // 2
-        how = f"series {number[uid]}: middle slice ({mid + 1} of {len(ordered)} along the slice normal)"
-        chosen.append(ChosenSlice(ordered[mid].path, seq, "", how, number[uid]))
+        if plane(series[uid][0].normal) == "axial":
+            for level, (head, how) in disc_slices(series[uid]).items():
+                chosen.append(ChosenSlice(head.path, seq, level, f"series {number[uid]}: {how}", number[uid]))
+        else:
+            ordered = sorted(series[uid], key=lambda h: h.position)
+            mid = len(ordered) // 2
+            how = f"series {number[uid]}: middle slice ({mid + 1} of {len(ordered)} along the slice normal)"
+            chosen.append(ChosenSlice(ordered[mid].path, seq, "", how, number[uid]))
+        for other, note in notes.items():
+            if other != uid and note.endswith(f"{seq}, {len(series[other])} slices") and not note.startswith("not"):
+                notes[other] = note + f": not used, series {number[uid]} has more slices"
         notes[uid] += ": used"
-    return chosen, [f"series {number[uid]}: {note}" for uid, note in notes.items()]
+    lines = [f"series {number[uid]}: {note}" for uid, note in notes.items()]
+    return chosen, lines
 
 
 def disc_slices(stack: Iterable[SliceHeader]) -> dict[str, tuple[SliceHeader, str]]:
