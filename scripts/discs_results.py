@@ -68,7 +68,7 @@ def tables(fig: dict) -> dict[str, dict]:
         "columns": ["detector", "input", "epochs", "best valid F1", "train slices", "valid slices", "seconds (detector, grader and scoring)"],
         "rows": [[f"FCOS over {train['config']['backbone']} ({train['config']['pretrained'] or 'scratch'})",
                   f"{train['config']['image_size']} px", str(train["epochs"]), _f(train["best_valid_f1"]),
-                  str(train["train_slices"]), str(train["valid_slices"]), _f(fig.get("seconds"))]],
+                  str(train["train_slices"]), str(train["valid_slices"]), f"{fig.get('seconds', 0):.0f}"]],
     }  # fmt: skip
     return out
 
