@@ -77,7 +77,7 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     parser.add_argument("--no-discs", action="store_true", help="skip stage 5, the disc detector and grader")
-    parser.add_argument("--disc-epochs", type=int, default=6, help="disc detector epochs (default 6)")
+    parser.add_argument("--disc-epochs", type=int, default=8, help="disc detector epochs (default 8)")
     parser.add_argument(
         "--valid-only", action="store_true",
         help="stop after the candidates' valid figures (OUT/real.json without a choice or a test score)",
