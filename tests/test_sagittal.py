@@ -59,7 +59,7 @@ def checkouts(tmp_path: Path) -> tuple[Path, Path]:
     _write(slices, "train", "0003_T2_TSE_SAG_384_0002_0002_008_R", 4, _disc_lines(6))
     _write(slices, "train", "0004_T2_TSE_SAG_320_0003_0002_008_R", 5, _disc_lines(6))
     # patient 0003: T1 without slice number; one box outside the image, one with no area
-    _write(slices, "test", "T1_0003_", 6, _disc_lines(5, extra=["1 0.5 0.99 0.2 0.1", "1 0.5 0.3 0.0 0.1"]))
+    _write(slices, "test", "T1_0003_", 6, _disc_lines(5, extra=["1 0.5 0.99 0.2 0.1", "1 0.5 0.3 0.0 0.1", "1 nan 0.5 0.1 0.1", "9 0.5 0.5 0.1 0.1", "garbage"]))
     # an image without labels, an unparseable name, a patient nobody has notes for
     _write(slices, "train", "T1_0004_S8 ", 7, None)
     _write(slices, "train", "scout", 8, _disc_lines(6))
@@ -170,9 +170,9 @@ def test_adapter_joins_counts_and_lists(checkouts: tuple[Path, Path], tmp_path: 
     assert problems["distinct images of one patient and sequence (all kept)"] == ["patient 0002 T2: 2"]
     assert problems["patients with images but no note or split"] == ["patient 0099"]
     assert problems["patients with a note but no slice"] == ["patient 0005"]
-    assert len(problems["boxes refused"]) == 2
-    assert any("outside the image" in p for p in problems["boxes refused"])
-    assert any("degenerate" in p for p in problems["boxes refused"])
+    assert len(problems["boxes refused"]) == 5
+    for why in ("outside the image", "degenerate", "not a finite number", "class 9", "not 'class cx cy w h'"):
+        assert any(why in p for p in problems["boxes refused"]), why
     assert any("'x'" in p for p in problems["Pfirrmann rows refused"])
     saved = json.loads((tmp_path / "cohort" / "adapter-report.json").read_text())
     assert saved["images"] == 6 and saved["patients_joined"] == 3
@@ -201,3 +201,25 @@ def test_cli_wrong_commit_is_one_line(checkouts: tuple[Path, Path], tmp_path: Pa
     )  # fmt: skip
     assert result.returncode == 2
     assert "aab0746" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("discs", "why"),
+    [
+        ('[{"level": "L5-S1", "box_xyxy": [1, 2, 3], "classes": [], "thoracic": false}]', "4 finite numbers"),
+        ('[{"level": "L5-S1", "box_xyxy": [5, 2, 3, 4], "classes": [], "thoracic": false}]', "x1 > x0"),
+        ('[{"level": "L5-S1", "box_xyxy": [1, 2, 3, 4], "classes": [], "thoracic": false, "pfirrmann": 7}]', "1-5"),
+        ('[{"level": "L5-S1", "colour": "red"}]', "discs is not a JSON list of discs"),
+        ('{"level": "L5-S1"}', "discs is not a JSON list of discs"),
+    ],
+)
+def test_manifest_rows_with_bad_discs_are_skipped_with_the_reason(tmp_path, discs, why):
+    _image(tmp_path / "a.png", 0)
+    with (tmp_path / "m.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image_path", "patient_id", "split", "label", "report", "plane", "discs"])
+        w.writerow(["a.png", "0001", "train", "1", "Disc bulge.", "sagittal", discs])
+    manifest = read_manifest(tmp_path / "m.csv")
+    assert manifest.records == [] and len(manifest.skipped) == 1
+    line, reason = manifest.skipped[0]
+    assert line == 2 and why in reason

@@ -15,6 +15,7 @@ the labels shifts every name above it; a thoracic-class box at a lumbar position
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 LUMBAR_FROM_SACRUM: tuple[str, ...] = ("L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2")
@@ -122,4 +123,15 @@ def discs_from_json(text: str) -> list[Disc]:
     items = json.loads(text)
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise ValueError("expected a JSON list of objects")
-    return [Disc(**item) for item in items]
+    discs = [Disc(**item) for item in items]
+    for disc in discs:
+        box = disc.box_xyxy
+        if (
+            not isinstance(box, list) or len(box) != 4
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)
+            or box[2] <= box[0] or box[3] <= box[1]
+        ):  # fmt: skip
+            raise ValueError(f"disc {disc.level}: box_xyxy must be 4 finite numbers with x1 > x0 and y1 > y0")
+        if disc.pfirrmann is not None and disc.pfirrmann not in (1, 2, 3, 4, 5):
+            raise ValueError(f"disc {disc.level}: pfirrmann must be 1-5 or null")
+    return discs

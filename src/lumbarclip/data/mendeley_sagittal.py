@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 from collections import Counter, defaultdict
@@ -181,6 +182,9 @@ def read_boxes(path: Path, width: int, height: int, refused: list[str]) -> list[
             continue
         if len(fields) != 5 or not 0 <= cls < len(BOX_CLASSES):
             refused.append(f"{where}: class {fields[0]} or field count {len(fields)} is not valid")
+            continue
+        if not all(math.isfinite(v) for v in (cx, cy, w, h)):
+            refused.append(f"{where}: a coordinate is not a finite number")
             continue
         if w <= 0 or h <= 0:
             refused.append(f"{where}: degenerate box (width {w}, height {h})")
