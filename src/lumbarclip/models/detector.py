@@ -36,7 +36,7 @@ DETECTOR_WEIGHTS = "detector.safetensors"
 class DetectorConfig:
     backbone: str = "efficientnet_lite0"
     pretrained: str = "package"  # as model.vision_pretrained: "", "timm", "package" or a file
-    backbone_kwargs: dict = field(default_factory=dict)
+    backbone_kwargs: dict[str, object] = field(default_factory=dict)
     image_size: int = 256
     levels: tuple[int, ...] = (2, 3, 4)  # feature stages used (timm indices: strides 8, 16, 32)
     fpn_channels: int = 64
@@ -91,7 +91,9 @@ class DiscDetector(nn.Module):
             nms_thresh=config.nms_thresh, detections_per_img=config.max_discs,
         )  # fmt: skip
 
-    def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None):  # noqa: ANN201
+    def forward(
+        self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None
+    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         return self.fcos(list(images), targets)
 
     def save(self, folder: str | Path) -> None:

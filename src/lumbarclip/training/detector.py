@@ -78,6 +78,8 @@ def _collate(batch: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
 
 
 class DetectorModule(L.LightningModule):
+    """FCOS's own losses in training; detection F1 at IoU >= 0.5 on valid, which picks the epoch."""
+
     def __init__(self, detector: DiscDetector, lr: float, epochs: int) -> None:
         super().__init__()
         self.detector = detector
