@@ -73,6 +73,23 @@ def tables(fig: dict) -> dict[str, dict]:
     return out
 
 
+def zero_shot_tables(zs: dict, commit: str | None) -> dict[str, dict]:
+    """Per-level zero-shot (valid macro of each view, test per level and group for the chosen
+    view) and level-granular nearest-report search (test, chosen view)."""
+    extra = {"command": "python bench/disc_zeroshot.py --data real-out/cohort/manifest.csv --model real-out/run/model", **({"commit": commit} if commit else {})}
+    groups = list(next(iter(zs["test"]["zero_shot"].values())))
+    valid_rows = [[view, _f(zs["valid"][view]["zero_shot"]["macro"]["auroc"]), "yes" if view == zs["chosen"] else ""] for view in zs["valid"]]
+    test = zs["test"]["zero_shot"]
+    test_rows = [[lv, *(_f(test[lv][g]) for g in groups)] for lv in LEVELS] + [["macro", _f(test["macro"]["auroc"]), "", ""]]
+    ret = zs["test"]["retrieval"]
+    ret_rows = [[lv, str(int(ret[lv]["n"])), _f(ret[lv]["r@1"]), _f(ret[lv]["chance_r@1"]), _f(ret[lv]["r@5"]), _f(ret[lv]["chance_r@5"])] for lv in LEVELS if lv in ret]
+    return {
+        "zeroshot_valid": {"columns": ["image of a level", "valid macro AUROC", "chosen"], "rows": valid_rows, **extra},
+        "zeroshot_test": {"columns": [f"level (test, {zs['chosen']})", *groups], "rows": test_rows, **extra},
+        "level_retrieval": {"columns": ["level (test)", "patients with a sentence naming it", "R@1", "chance", "R@5", "chance"], "rows": ret_rows, **extra},
+    }
+
+
 def draw_example(manifest: Path, model: Path, png: Path) -> None:
     """The first test slice: found discs with level and (validated) grade, beside the labels."""
     import matplotlib
@@ -110,6 +127,8 @@ def main() -> int:
     ap.add_argument("--commit", required=True, help="commit the figures were made at")
     ap.add_argument("--command", default="make real SLICES=YOLOspine-at-aab0746 NOTES=Lumbar-MedCLIP/local_data OUT=real-out")
     ap.add_argument("--machine", default="2 CPU cores (x86_64), no GPU")
+    ap.add_argument("--zero-shot", type=Path, help="bench/disc_zeroshot.py --out JSON: per-level zero-shot and retrieval")
+    ap.add_argument("--zero-shot-commit", help="commit the zero-shot figures were made at")
     ap.add_argument("--example", type=Path, help="cohort manifest: draw one test slice (with --model and --png)")
     ap.add_argument("--model", type=Path)
     ap.add_argument("--png", type=Path)
@@ -121,6 +140,8 @@ def main() -> int:
         "probabilities averaged, on the labelled boxes), classes per labelled disc",
         "tables": tables(fig),
     }  # fmt: skip
+    if args.zero_shot:
+        doc["tables"].update(zero_shot_tables(json.loads(args.zero_shot.read_text()), args.zero_shot_commit))
     DATA.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {DATA.relative_to(ROOT)}")
     if args.example and args.model and args.png:
