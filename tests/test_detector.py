@@ -177,3 +177,41 @@ def test_predict_shows_only_validated_grades(tmp_path):
     assert set(low["classes"]) == {"bulge"}
     if "L4-L5" in by_level:
         assert by_level["L4-L5"]["pfirrmann"] is None and "not validated" in by_level["L4-L5"]["reason"]
+
+
+def test_node_analyser_reads_the_mid_sagittal_slice_and_reports_its_discs(tmp_path):
+    """The DICOM node's analyser on a sagittal T2 series: it picks the middle slice itself, the SR
+    says which, names the plane, and carries one group per lumbar disc found."""
+    from dataclasses import replace
+
+    import pydicom
+    import torch
+
+    from _model_folder import make_model_folder
+    from lumbarclip.data.imageio import write_dicom
+    from lumbarclip.inference.operating_point import load_operating_point
+    from lumbarclip.pacs.analyse import StudyAnalyser
+    from lumbarclip.pacs.sr import read_report
+
+    folder = make_model_folder(tmp_path / "model")
+    op = load_operating_point(folder)
+    op.preprocess = replace(op.preprocess, planes=("sagittal",))
+    op.study_unit = ["T2 ?"]
+    op.save(folder)
+    torch.manual_seed(0)
+    DiscDetector(DetectorConfig(**TINY, score_thresh=0.0, max_discs=5)).save(folder / "detector")
+    study = tmp_path / "study"
+    pixels = (np.random.default_rng(0).random((120, 80)) * 4000).astype(np.uint16)  # the untrained detector finds boxes here
+    for i in range(5):  # x steps along the sagittal normal; file order shuffled by name
+        write_dicom(
+            study / f"{(i * 3) % 5}.dcm", pixels,
+            ImageOrientationPatient=[0, 1, 0, 0, 0, -1], ImagePositionPatient=[-8.0 + 4 * i, -60.0, 60.0],
+            SeriesInstanceUID="1.2.3.4.5", StudyInstanceUID="1.2.3.4", SeriesDescription="T2 SAG",
+            RepetitionTime=4000.0, EchoTime=100.0, SOPInstanceUID=f"1.2.3.4.5.{i}", SliceThickness=4.0,
+        )  # fmt: skip
+    (sr,) = StudyAnalyser.load(folder, top_k=0)(study)
+    back = read_report(pydicom.dcmread(sr.filename) if hasattr(sr, "filename") and sr.filename else sr)
+    assert back["plane"] == "sagittal"
+    assert "middle slice (3 of 5 along the slice normal)" in back["slices_used"]
+    assert back["images"] == ["1.2.3.4.5.2"]  # the middle slice, whatever the file names
+    assert set(back.get("discs", {})) <= {"L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2"} and back.get("discs")
