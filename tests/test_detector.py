@@ -215,3 +215,20 @@ def test_node_analyser_reads_the_mid_sagittal_slice_and_reports_its_discs(tmp_pa
     assert "middle slice (3 of 5 along the slice normal)" in back["slices_used"]
     assert back["images"] == ["1.2.3.4.5.2"]  # the middle slice, whatever the file names
     assert set(back.get("discs", {})) <= {"L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2"} and back.get("discs")
+
+
+def test_disc_layer_is_described_in_the_card(tmp_path):
+    """build_disc_layer writes the card's discs section from the figures it measured."""
+    from lumbarclip.inference.operating_point import read_card, write_card
+    from lumbarclip.training import detector as module
+
+    write_card(tmp_path, {"name": "m"})
+    figures = {
+        "detector_train": {"config": {"backbone": "b", "pretrained": "package", "image_size": 256}, "best_valid_f1": 0.9},
+        "detection_valid": {"recall": 0.95},
+        "grader": {"source": "crop", "gate": {}},
+    }
+    module._describe_in_card(tmp_path, figures)
+    discs = read_card(tmp_path)["discs"]
+    assert discs["valid_f1"] == 0.9 and discs["grader"]["source"] == "crop" and "FCOS" in discs["detector"]
+    assert read_card(tmp_path)["name"] == "m"

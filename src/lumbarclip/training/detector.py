@@ -221,4 +221,25 @@ def build_disc_layer(
         figures["pfirrmann_test"] = pfirrmann_scores(kept, table)
         figures["classes_test"] = class_scores(kept, table)
     figures["seconds"] = round(time.perf_counter() - started, 1)
+    _describe_in_card(model_dir, figures)
     return figures
+
+
+def _describe_in_card(model_dir: Path, figures: dict[str, object]) -> None:
+    """The card's `discs` section: what finds, names and grades the discs, and how well on valid."""
+    from lumbarclip.inference.operating_point import CARD_FILE, read_card, write_card
+
+    if not (model_dir / CARD_FILE).is_file():
+        return
+    train = figures["detector_train"]
+    card = read_card(model_dir)
+    card["discs"] = {
+        "detector": f"torchvision FCOS over timm {train['config']['backbone']} (weights: {train['config']['pretrained'] or 'none'}), "  # type: ignore[index]
+        f"{train['config']['image_size']} px, one class; epoch of best valid F1 at IoU 0.5",  # type: ignore[index]
+        "valid_f1": train["best_valid_f1"],  # type: ignore[index]
+        "valid_detection": figures.get("detection_valid"),
+        "levels": "named by order from the sacrum (lowest disc L5-S1); a missed or transitional disc shifts the names above it",
+        "grader": figures["grader"],
+        "output": "predict: discs (level, box in image pixels, Pfirrmann grade and class probabilities where validated on valid)",
+    }
+    write_card(model_dir, card)
