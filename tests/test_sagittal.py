@@ -223,3 +223,10 @@ def test_manifest_rows_with_bad_discs_are_skipped_with_the_reason(tmp_path, disc
     assert manifest.records == [] and len(manifest.skipped) == 1
     line, reason = manifest.skipped[0]
     assert line == 2 and why in reason
+
+
+def test_unreadable_notes_or_grades_are_one_line_errors(checkouts, tmp_path):
+    slices, notes = checkouts
+    (notes / "lbp-test-meta.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(InputError, match="lbp-test-meta.csv: not a readable UTF-8 CSV"):
+        build_sagittal_manifest(slices, notes, tmp_path / "a")

@@ -113,19 +113,18 @@ def read_paper_split(notes: str | Path) -> tuple[dict[str, tuple[str, int, str]]
     split_of: dict[str, set[str]] = defaultdict(set)
     refused: list[str] = []
     for split, name in SPLIT_FILES.items():
-        with (folder / name).open(newline="", encoding="utf-8-sig") as fh:
-            for line, row in enumerate(csv.DictReader(fh), start=2):
-                match = re.search(r"_(\d{1,4})_D\d", row.get("imgpath") or "")
-                label = (row.get("LBP") or "").strip()
-                if not match or label not in ("0", "1") or not (row.get("report") or "").strip():
-                    refused.append(f"{name} line {line}: no patient in imgpath, no 0/1 LBP or no report")
-                    continue
-                pid = f"{int(match.group(1)):04d}"
-                split_of[pid].add(split)
-                labels[pid].add(int(label))
-                text = " ".join(row["report"].split())
-                if text not in texts[pid]:
-                    texts[pid].append(text)
+        for line, row in _rows(folder / name):
+            match = re.search(r"_(\d{1,4})_D\d", row.get("imgpath") or "")
+            label = (row.get("LBP") or "").strip()
+            if not match or label not in ("0", "1") or not (row.get("report") or "").strip():
+                refused.append(f"{name} line {line}: no patient in imgpath, no 0/1 LBP or no report")
+                continue
+            pid = f"{int(match.group(1)):04d}"
+            split_of[pid].add(split)
+            labels[pid].add(int(label))
+            text = " ".join(row["report"].split())
+            if text not in texts[pid]:
+                texts[pid].append(text)
     patients: dict[str, tuple[str, int, str]] = {}
     for pid in sorted(split_of):
         if len(split_of[pid]) > 1:
@@ -141,21 +140,29 @@ def read_pfirrmann(path: Path) -> tuple[dict[str, dict[str, int]], list[str]]:
     """patient -> {level: grade 1-5} from PfirrmannGrade.csv, and refused rows."""
     grades: dict[str, dict[str, int]] = {}
     refused: list[str] = []
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        for line, row in enumerate(csv.DictReader(fh), start=2):
-            pid = patient_key(row.get("Patient_ID"))
-            if pid is None:
-                refused.append(f"{path.name} line {line}: no patient ID")
-                continue
-            levels: dict[str, int] = {}
-            for column, level in PFIRRMANN_LEVELS.items():
-                value = (row.get(column) or "").strip()
-                if value in ("1", "2", "3", "4", "5"):
-                    levels[level] = int(value)
-                elif value:
-                    refused.append(f"{path.name} line {line}: {column} grade {value!r} is not 1-5")
-            grades[pid] = levels
+    for line, row in _rows(path):
+        pid = patient_key(row.get("Patient_ID"))
+        if pid is None:
+            refused.append(f"{path.name} line {line}: no patient ID")
+            continue
+        levels: dict[str, int] = {}
+        for column, level in PFIRRMANN_LEVELS.items():
+            value = (row.get(column) or "").strip()
+            if value in ("1", "2", "3", "4", "5"):
+                levels[level] = int(value)
+            elif value:
+                refused.append(f"{path.name} line {line}: {column} grade {value!r} is not 1-5")
+        grades[pid] = levels
     return grades, refused
+
+
+def _rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) of a UTF-8 CSV with a header; unreadable text is an InputError."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            return list(enumerate(csv.DictReader(fh), start=2))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path}: not a readable UTF-8 CSV ({err})") from None
 
 
 def parse_image_name(stem: str) -> tuple[str, str] | None:
