@@ -77,8 +77,11 @@ def _shown(grader: DiscGrader, level: str, pfirrmann: np.ndarray, classes: np.nd
         out["pfirrmann"] = PFIRRMANN[int(np.argmax(pfirrmann))]
         out["pfirrmann_probabilities"] = {str(g): round(float(p), 4) for g, p in zip(PFIRRMANN, pfirrmann)}
         out["validated"] = True
-    else:
+    elif level in grader.gate.get("pfirrmann", {}):
         out["reason"] = f"Pfirrmann grade at {level} not validated on valid"
+    else:
+        graded = ", ".join(grader.gate.get("pfirrmann", {})) or "no level"
+        out["reason"] = f"no Pfirrmann grade at {level}: the grader learnt {graded} only"
     shown = {c: round(float(p), 4) for c, p in zip(DISC_CLASSES, classes) if grader.validated_class(c)}
     out["classes"] = shown
     out["classes_present"] = [c for c in shown if shown[c] >= grader.class_thresholds[c]]
