@@ -1,14 +1,16 @@
-"""DICOM study discovery: which files of a study are the axial T1/T2 disc-level slices.
+"""DICOM study discovery: which files of a study a model reads (axial models: the T1/T2
+disc-level slices; sagittal models: the middle slice of each T1/T2 stack).
 
 One rule for the Mendeley adapter and for `lumbarclip predict`:
 - files are grouped by series (SeriesInstanceUID, else the folder);
-- a series is axial when its slice normal (row x column direction of ImageOrientationPatient)
-  lies mostly along the patient's z axis, and it needs `MIN_AXIAL_SLICES` slices (fewer is a
-  localiser);
+- a series' plane is the patient axis its slice normal (row x column direction of
+  ImageOrientationPatient) lies closest to (z: axial, x: sagittal), and it needs
+  `MIN_AXIAL_SLICES` slices (fewer is a localiser);
 - T1 or T2 comes from the series description (or protocol name), else from the repetition
   time (TR < 1000 ms: T1; a long TR with a short TE, proton density, is neither) and the echo
   time;
-- per sequence the axial series with the most slices is used;
+- per sequence the series of the model's plane with the most slices is used; of a sagittal
+  stack, its middle slice by position along the normal;
 - without disc localisation the slice for each of the lowest three discs is a heuristic: the
   stack is cut into slabs where the slice orientation changes or the spacing jumps (the usual
   one-slab-per-disc protocols); with three or more slabs the middle slice of each of the three
@@ -121,10 +123,6 @@ def classify_sequence(description: str, tr_ms: float | None, te_ms: float | None
     if te_ms is not None and te_ms < T2_MIN_TE_MS:
         return None  # long TR, short TE: proton density
     return "T2"
-
-
-def is_axial(normal: tuple[float, float, float]) -> bool:
-    return int(np.argmax(np.abs(normal))) == 2
 
 
 #: BodyPartExamined values (upper case, DICOM PS3.16 Annex L and common vendor spellings) that
