@@ -122,7 +122,7 @@ class Mahalanobis:
 #: histogram of its absolute Laplacian (fine texture: noise, edges, trabecular and muscle
 #: grain). The embedding alone accepts a small axial head MR; embedding and layout together
 #: still accept pure noise and flat images, whose intensity histograms are unlike any phantom's;
-#: real MRI laid out like a phantom is told apart by its texture (`bench/ood.py`).
+#: the texture view does not depend on the layout (what each view refuses: `bench/ood.py`).
 VIEWS: tuple[str, ...] = ("embedding", "pixels", "histogram", "texture")
 #: The texture histogram spans |Laplacian| up to this fraction of the input's value range.
 TEXTURE_SPAN = 0.75
