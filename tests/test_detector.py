@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lumbarclip.evaluation.discs import DetectionScore, match_boxes, names_from_the_sacrum
@@ -139,15 +140,27 @@ def test_predict_lists_named_discs_or_says_why_not(tmp_path):
     assert line["discs"] == [{"level": None, "box_xyxy": None, "validated": False, "reason": "not assessed: the image itself was not assessed"}]
 
 
+class FixedDiscs(torch.nn.Module):
+    """A detector stand-in that finds three fixed boxes (model-input pixels), top one first."""
+
+    BOXES = [[20.0, 40.0, 60.0, 50.0], [20.0, 80.0, 60.0, 90.0], [20.0, 60.0, 60.0, 70.0]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = DetectorConfig(**TINY)
+
+    def forward(self, images):
+        return [{"boxes": torch.tensor(self.BOXES), "scores": torch.tensor([0.9, 0.8, 0.7])} for _ in images]
+
+
 def test_predict_shows_only_validated_grades(tmp_path):
-    """With a grader: the validated level gets its grade (the argmax of its probabilities,
-    which sum to 1) and only validated classes appear; other levels say why not."""
+    """With a grader: discs named from the bottom up in image pixels; the validated level gets
+    its grade (the argmax of probabilities that sum to 1), only validated classes appear, a level
+    that failed the gate and one the grader never learnt each say why."""
     from dataclasses import replace
 
-    import torch
-
     from _model_folder import make_model_folder
-    from lumbarclip.inference.grades import DiscGrader
+    from lumbarclip.inference.grades import DiscGrader, disc_features
     from lumbarclip.inference.operating_point import load_operating_point
     from lumbarclip.inference.predict import Predictor
 
@@ -155,28 +168,37 @@ def test_predict_shows_only_validated_grades(tmp_path):
     op = load_operating_point(folder)
     op.preprocess = replace(op.preprocess, planes=("sagittal",))
     op.save(folder)
-    torch.manual_seed(0)
-    DiscDetector(DetectorConfig(**TINY, score_thresh=0.0, max_discs=5)).save(folder / "detector")
     rng = np.random.default_rng(0)
     d = 16 * 32  # crop features
-    DiscGrader(
+    grader = DiscGrader(
         "crop", np.zeros(d), np.ones(d), rng.normal(0, 0.1, (5, d)), np.zeros(5), rng.normal(0, 0.1, (4, d)), np.zeros(4),
-        {"DDD": 0.5, "bulge": 0.5, "stenosis": 0.5, "spondylolisthesis": 0.5},
+        {"DDD": 0.5, "bulge": 0.5, "stenosis": 0.5, "spondylolisthesis": 0.5}, 32,
         {"pfirrmann": {"L5-S1": {"kappa": 0.7, "validated": True}, "L4-L5": {"kappa": 0.3, "validated": False}},
          "classes": {"bulge": {"auroc": 0.9, "validated": True}, "DDD": {"auroc": 0.6, "validated": False}}},
-    ).save(folder)  # fmt: skip
+    )  # fmt: skip
+    grader.save(folder)
+    predictor = Predictor.load(folder, salt="s")
+    predictor.detector, predictor.grader = FixedDiscs(), DiscGrader.load(folder)  # no detector folder: set both by hand
     png = tmp_path / "slice.png"
-    Image.fromarray((np.random.default_rng(0).random((120, 80)) * 255).astype(np.uint8)).save(png)  # as above: boxes found
-    (line,) = Predictor.load(folder, salt="s").predict([png], top_k=0).images
+    pixels = np.random.default_rng(0).random((120, 80))
+    Image.fromarray((pixels * 255).astype(np.uint8)).save(png)
+    (line,) = predictor.predict([png], top_k=0).images
     by_level = {d["level"]: d for d in line["discs"]}
-    assert "L5-S1" in by_level, line["discs"]
+    assert list(by_level) == ["L5-S1", "L4-L5", "L3-L4"]
+    # 120 x 80 image: padded by 20 columns on the left, 120 -> 96 px (x0.8)
+    assert by_level["L5-S1"]["box_xyxy"] == pytest.approx([5.0, 100.0, 55.0, 112.5])
     low = by_level["L5-S1"]
     probs = low["pfirrmann_probabilities"]
     assert low["validated"] is True and sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
     assert low["pfirrmann"] == int(max(probs, key=probs.get))
+    from lumbarclip.data.transforms import load_model_input, square_boxes
+
+    tensor, _ = load_model_input(png, op.preprocess)
+    feats = disc_features("crop", None, tensor, square_boxes(np.array([low["box_xyxy"]]), (120, 80), 32))
+    assert probs["3"] == pytest.approx(float(grader.pfirrmann_proba(feats)[0, 2]), abs=1e-3)  # read on the 32 px model input
     assert set(low["classes"]) == {"bulge"}
-    if "L4-L5" in by_level:
-        assert by_level["L4-L5"]["pfirrmann"] is None and "not validated" in by_level["L4-L5"]["reason"]
+    assert by_level["L4-L5"]["pfirrmann"] is None and "not validated" in by_level["L4-L5"]["reason"]
+    assert "learnt L5-S1, L4-L5 only" in by_level["L3-L4"]["reason"]
 
 
 def test_node_analyser_reads_the_mid_sagittal_slice_and_reports_its_discs(tmp_path):

@@ -32,7 +32,7 @@ def _table(n_patients: int, seed: int, noise: float = 0.3) -> DiscTable:
 
 def test_grader_learns_grades_and_gates_on_valid(tmp_path):
     train, valid, test = _table(60, 0), _table(20, 1), _table(20, 2)
-    grader = fit(train, "crop")
+    grader = fit(train, "crop", 64)
     gate_on_valid(grader, valid)
     assert all(grader.validated_level(lv) for lv in ("L3-L4", "L4-L5", "L5-S1"))
     assert grader.validated_class("bulge") and not grader.validated_class("stenosis")  # no positives: never shown
@@ -46,7 +46,7 @@ def test_grader_learns_grades_and_gates_on_valid(tmp_path):
     grader.save(tmp_path)
     again = DiscGrader.load(tmp_path)
     assert np.allclose(again.pfirrmann_proba(test.features), grader.pfirrmann_proba(test.features))
-    assert again.gate == grader.gate and DiscGrader.load(tmp_path / "none") is None
+    assert again.gate == grader.gate and again.input_size == 64 and DiscGrader.load(tmp_path / "none") is None
 
 
 def test_crop_features_are_the_box_resampled():

@@ -67,7 +67,7 @@ def _graded(t: DiscTable) -> np.ndarray:
     return (t.pfirrmann > 0) & np.isin(t.levels, NAMED_LEVELS)
 
 
-def fit(train: DiscTable, source: str, seed: int = 0) -> DiscGrader:
+def fit(train: DiscTable, source: str, size: int, seed: int = 0) -> DiscGrader:
     scaler = StandardScaler().fit(train.features)
     z = scaler.transform(train.features)
     graded = _graded(train)
@@ -83,7 +83,7 @@ def fit(train: DiscTable, source: str, seed: int = 0) -> DiscGrader:
             lr = LogisticRegression(C=0.05, max_iter=3000, class_weight="balanced", random_state=seed).fit(z, y)
             ccoef[j], cint[j] = lr.coef_[0], lr.intercept_[0]
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    return DiscGrader(source, scaler.mean_, scale, coef, intercept, ccoef, cint, dict.fromkeys(DISC_CLASSES, 0.5))
+    return DiscGrader(source, scaler.mean_, scale, coef, intercept, ccoef, cint, dict.fromkeys(DISC_CLASSES, 0.5), size)
 
 
 def patient_grades(grader: DiscGrader, t: DiscTable) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -157,7 +157,7 @@ def choose_grader(model: object, records: list[ImageRecord], size: int, seed: in
     with torch.no_grad():
         for source in SOURCES:
             tables = {s: disc_table(source, model, recs, size, progress) for s, recs in by_split.items()}
-            grader = fit(tables["train"], source, seed)
+            grader = fit(tables["train"], source, size, seed)
             gate_on_valid(grader, tables["valid"])
             kappa = float(np.mean([grader.gate["pfirrmann"][lv]["kappa"] for lv in NAMED_LEVELS]))  # type: ignore[misc]
             compared[source] = {"valid_mean_kappa": kappa, "gate": grader.gate}

@@ -30,10 +30,15 @@ def load_detector(model_dir: str | Path) -> DiscDetector | None:
 
 @torch.no_grad()
 def find_discs(
-    detector: DiscDetector, pixels: np.ndarray, grader: DiscGrader | None = None, model: object | None = None
+    detector: DiscDetector,
+    pixels: np.ndarray,
+    grader: DiscGrader | None = None,
+    model: object | None = None,
+    model_input: torch.Tensor | None = None,
 ) -> list[dict[str, object]]:
     """Named (and, with a grader, graded) discs of one [H, W] image in [0, 1], from the sacrum
-    up; [] when none is found. `model` is the CLIP model, for a grader of source "clip"."""
+    up; [] when none is found. `model` is the CLIP model, for a grader of source "clip";
+    `model_input` the image already preprocessed for it, reused when its size fits."""
     size = detector.config.image_size
     image = (to_square_tensor(pixels, size) - MEAN) / STD
     found = detector.eval()(image[None])[0]
@@ -43,7 +48,7 @@ def find_discs(
     boxes, scores = boxes[keep], found["scores"].numpy()[keep]
     order = np.argsort(-(boxes[:, 1] + boxes[:, 3]) / 2, kind="stable")
     boxes, scores = boxes[order], scores[order]
-    grades = _grades(grader, model, pixels, boxes) if grader is not None and len(boxes) else None
+    grades = _grades(grader, model, pixels, boxes, model_input) if grader is not None and len(boxes) else None
     out = []
     for rank in range(len(boxes)):
         disc: dict[str, object] = {
@@ -62,10 +67,14 @@ def find_discs(
     return out
 
 
-def _grades(grader: DiscGrader, model: object | None, pixels: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[K, 5] Pfirrmann and [K, C] class probabilities of boxes (pixels of the image)."""
-    size = model.config.image_size if model is not None else 224  # type: ignore[attr-defined]
-    model_input = (to_square_tensor(pixels, size) - MEAN) / STD
+def _grades(
+    grader: DiscGrader, model: object | None, pixels: np.ndarray, boxes: np.ndarray, model_input: torch.Tensor | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """[K, 5] Pfirrmann and [K, C] class probabilities of boxes (pixels of the image), read on
+    the model input at the size the grader was fitted on (`model_input` when it has that size)."""
+    size = grader.input_size
+    if model_input is None or model_input.shape[-1] != size:
+        model_input = (to_square_tensor(pixels, size) - MEAN) / STD
     feats = disc_features(grader.source, model, model_input, square_boxes(boxes, pixels.shape[:2], size))
     return grader.pfirrmann_proba(feats), grader.class_proba(feats)
 

@@ -77,6 +77,7 @@ class DiscGrader:
     class_coef: np.ndarray  # [C, D]
     class_intercept: np.ndarray  # [C]
     class_thresholds: dict[str, float]
+    input_size: int  # side of the model input the boxes were read on (the CLIP model's image_size)
     #: valid figures and the gate: {"pfirrmann": {level: {"kappa", "accuracy", "validated"}},
     #: "classes": {name: {"auroc", "validated"}}}
     gate: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)
@@ -104,7 +105,8 @@ class DiscGrader:
                   ("mean", "scale", "pfirrmann_coef", "pfirrmann_intercept", "class_coef", "class_intercept")}  # fmt: skip
         save_file(arrays, str(model_dir / GRADER_ARRAYS))
         doc = {"source": self.source, "pfirrmann": list(PFIRRMANN), "classes": list(DISC_CLASSES),
-               "class_thresholds": self.class_thresholds, "gate": self.gate, "margin": MARGIN}  # fmt: skip
+               "class_thresholds": self.class_thresholds, "input_size": self.input_size, "gate": self.gate,
+               "margin": MARGIN}  # fmt: skip
         (model_dir / GRADER_FILE).write_text(json.dumps(doc, indent=2) + "\n")
 
     @classmethod
@@ -116,6 +118,6 @@ class DiscGrader:
         try:
             doc = json.loads((model_dir / GRADER_FILE).read_text())
             arrays = load_file(str(model_dir / GRADER_ARRAYS))
-            return cls(doc["source"], **arrays, class_thresholds=doc["class_thresholds"], gate=doc["gate"])
+            return cls(doc["source"], **arrays, class_thresholds=doc["class_thresholds"], input_size=int(doc["input_size"]), gate=doc["gate"])
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise InputError(f"{model_dir / GRADER_FILE}: unreadable disc grader ({err})") from None

@@ -266,7 +266,7 @@ class Predictor:
             if overlays:
                 line["saliency"] = str(overlays[n])
             if self.detector is not None:
-                line["discs"] = self._discs(pixels[n], bool(inside[n]), item, str(line["plane"]))
+                line["discs"] = self._discs(pixels[n], torch.from_numpy(images[n]), bool(inside[n]), str(line["plane"]))
                 line["image_size"] = [int(pixels[n].shape[1]), int(pixels[n].shape[0])]  # width, height: the boxes' frame
             result.images.append(line)
         result.studies = self._studies(kept, study_ids, logits, inside)
@@ -315,7 +315,7 @@ class Predictor:
             out.append(line)
         return out
 
-    def _discs(self, pixels: np.ndarray, inside: bool, item: _Item, view: str) -> list[dict[str, object]]:
+    def _discs(self, pixels: np.ndarray, model_input: torch.Tensor, inside: bool, view: str) -> list[dict[str, object]]:
         """The slice's named discs, or one "not assessed" entry with the reason."""
         from lumbarclip.inference.discs import find_discs, not_assessed
 
@@ -324,7 +324,8 @@ class Predictor:
         if view != "sagittal":
             return not_assessed(f"{view} slice: discs are found and named on sagittal slices")
         model = self.model if self.grader is not None and self.grader.source == "clip" else None
-        return find_discs(self.detector, pixels, self.grader, model) or not_assessed("no disc found")  # type: ignore[arg-type]
+        found = find_discs(self.detector, pixels, self.grader, model, model_input)  # type: ignore[arg-type]
+        return found or not_assessed("no disc found")
 
     @property
     def not_validated(self) -> list[str]:
