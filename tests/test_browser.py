@@ -28,8 +28,6 @@ pytestmark = [
 ]
 
 
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from lumbarclip.inference.predict import Predictor
@@ -39,6 +37,21 @@ def server(tmp_path_factory):
     predictor = Predictor.load(model_dir)
     with serving(create_app(model_dir, predictor=predictor)) as url:
         yield url, predictor
+
+
+@contextlib.contextmanager
+def browser_page(sync_api, url):
+    """A headless chromium page opened on `url` and the list its page errors land in."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(url + "/")
+            yield page, errors
+        finally:
+            browser.close()
 
 
 @contextlib.contextmanager
@@ -83,57 +96,49 @@ def test_page_uploads_png_and_dicom(server, tmp_path):
     url, predictor = server
     png, dcm, ct = scans(tmp_path)
     want = predictor.predict([png, dcm, ct])
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(url + "/")
-            page.wait_for_function("document.getElementById('model-name').textContent.includes('runtime')")
-            page.set_input_files("#files", [str(png), str(dcm), str(ct)])
-            page.click("#analyse")
-            page.wait_for_selector("[data-testid=study-verdict]", timeout=60_000)
-            verdicts = page.locator("[data-testid=study-verdict]")
-            assert verdicts.count() == len(want.studies)
-            # single files are studies of their own, not the evaluated unit: no study verdict, reason shown
-            assert all(s["label"] is None for s in want.studies)
-            shown = {verdicts.nth(i).locator(".what").inner_text() for i in range(verdicts.count())}
-            assert shown == {"NOT ASSESSED"}
-            reasons = [verdicts.nth(i).locator("[data-testid=reason]").inner_text() for i in range(verdicts.count())]
-            assert all(r.startswith("no study verdict") for r in reasons)
-            from _model_folder import VALIDATED
+    with browser_page(sync_api, url) as (page, errors):
+        page.wait_for_function("document.getElementById('model-name').textContent.includes('runtime')")
+        page.set_input_files("#files", [str(png), str(dcm), str(ct)])
+        page.click("#analyse")
+        page.wait_for_selector("[data-testid=study-verdict]", timeout=60_000)
+        verdicts = page.locator("[data-testid=study-verdict]")
+        assert verdicts.count() == len(want.studies)
+        # single files are studies of their own, not the evaluated unit: no study verdict, reason shown
+        assert all(s["label"] is None for s in want.studies)
+        shown = {verdicts.nth(i).locator(".what").inner_text() for i in range(verdicts.count())}
+        assert shown == {"NOT ASSESSED"}
+        reasons = [verdicts.nth(i).locator("[data-testid=reason]").inner_text() for i in range(verdicts.count())]
+        assert all(r.startswith("no study verdict") for r in reasons)
+        from _model_folder import VALIDATED
 
-            note = page.locator("[data-testid=not-validated]")  # once, naming every ungated kind
-            assert note.count() == 1 and "not validated for this model" in note.inner_text()
-            assert "root compression" in note.inner_text() and "bulge" not in note.inner_text()
-            assert {f["finding"] for r in want.images for f in r.get("top_findings", [])} <= set(VALIDATED)
-            cards = page.locator("[data-testid=image-card]")
-            assert cards.count() == 3
-            names = sorted(cards.nth(i).locator(".name").inner_text() for i in range(3))
-            assert names == ["axial_t1.dcm", "axial_t2.png", "ct.dcm"]
-            refused = cards.filter(has_text="ct.dcm")
-            assert refused.locator(".badge").inner_text() == "NOT ASSESSED"
-            assert "not MR" in refused.locator("[data-testid=reason]").inner_text()
-            overlays = page.locator("img.overlay")
-            assert overlays.count() == 3
-            for i in range(3):
-                src = overlays.nth(i).get_attribute("src")
-                assert src.startswith("data:image/png;base64,")
-                Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
-                assert overlays.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
-            by_name = {r["path"].split("/")[-1]: r for r in want.images}
-            for i in range(3):
-                card = cards.nth(i)
-                row = by_name[card.locator(".name").inner_text()]
-                if row["label"] is not None:
-                    assert card.locator(".prob span").last.inner_text() == f"{100 * row['p_abnormal']:.1f}%"
-            assert "Doe" not in page.content() and "PID-SECRET" not in page.content()
-            assert errors == []
-            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
-            assert (tmp_path / "page.png").stat().st_size > 10_000
-        finally:
-            browser.close()
+        note = page.locator("[data-testid=not-validated]")  # once, naming every ungated kind
+        assert note.count() == 1 and "not validated for this model" in note.inner_text()
+        assert "root compression" in note.inner_text() and "bulge" not in note.inner_text()
+        assert {f["finding"] for r in want.images for f in r.get("top_findings", [])} <= set(VALIDATED)
+        cards = page.locator("[data-testid=image-card]")
+        assert cards.count() == 3
+        names = sorted(cards.nth(i).locator(".name").inner_text() for i in range(3))
+        assert names == ["axial_t1.dcm", "axial_t2.png", "ct.dcm"]
+        refused = cards.filter(has_text="ct.dcm")
+        assert refused.locator(".badge").inner_text() == "NOT ASSESSED"
+        assert "not MR" in refused.locator("[data-testid=reason]").inner_text()
+        overlays = page.locator("img.overlay")
+        assert overlays.count() == 3
+        for i in range(3):
+            src = overlays.nth(i).get_attribute("src")
+            assert src.startswith("data:image/png;base64,")
+            Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+            assert overlays.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
+        by_name = {r["path"].split("/")[-1]: r for r in want.images}
+        for i in range(3):
+            card = cards.nth(i)
+            row = by_name[card.locator(".name").inner_text()]
+            if row["label"] is not None:
+                assert card.locator(".prob span").last.inner_text() == f"{100 * row['p_abnormal']:.1f}%"
+        assert "Doe" not in page.content() and "PID-SECRET" not in page.content()
+        assert errors == []
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        assert (tmp_path / "page.png").stat().st_size > 10_000
 
 
 def test_page_draws_the_discs_of_a_sagittal_slice(tmp_path):
@@ -163,24 +168,17 @@ def test_page_draws_the_discs_of_a_sagittal_slice(tmp_path):
     (want,) = predictor.predict([png], top_k=0).images
     boxes = [d for d in want["discs"] if d["box_xyxy"]]
     assert boxes and want["image_size"] == [80, 120]
-    with serving(create_app(model_dir, predictor=predictor)) as url, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(url + "/")
-            page.wait_for_function("document.getElementById('subtitle').textContent.includes('sagittal')")
-            page.set_input_files("#files", [str(png)])
-            page.click("#analyse")
-            page.wait_for_selector("[data-testid=disc-boxes]", timeout=60_000)
-            svg = page.locator("[data-testid=disc-boxes]")
-            assert svg.get_attribute("viewBox") == "0 0 80 120"
-            assert svg.locator("rect").count() == len(boxes)
-            assert "L5-S1" in svg.get_attribute("aria-label")
-            first = svg.locator("rect").first
-            assert float(first.get_attribute("x")) == pytest.approx(boxes[0]["box_xyxy"][0])
-            assert "sagittal" in page.locator("[data-testid=image-card] .tags").inner_text()
-            assert errors == []
-        finally:
-            browser.close()
+    with serving(create_app(model_dir, predictor=predictor)) as url, browser_page(sync_api, url) as (page, errors):
+        page.wait_for_function("document.getElementById('subtitle').textContent.includes('sagittal')")
+        page.set_input_files("#files", [str(png)])
+        page.click("#analyse")
+        page.wait_for_selector("[data-testid=disc-boxes]", timeout=60_000)
+        svg = page.locator("[data-testid=disc-boxes]")
+        assert svg.get_attribute("viewBox") == "0 0 80 120"
+        assert svg.locator("rect").count() == len(boxes)
+        assert "L5-S1" in svg.get_attribute("aria-label")
+        first = svg.locator("rect").first
+        assert float(first.get_attribute("x")) == pytest.approx(boxes[0]["box_xyxy"][0])
+        assert "sagittal" in page.locator("[data-testid=image-card] .tags").inner_text()
+        assert errors == []
+

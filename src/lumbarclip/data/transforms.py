@@ -99,19 +99,22 @@ def to_square_tensor(pixels: np.ndarray, size: int) -> torch.Tensor:
     return t
 
 
-def square_boxes(boxes: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
-    """Boxes [N, 4] in pixels of an image of `shape` -> pixels of its `to_square_tensor` input (padding, then resize)."""
+def _square_frame(shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """The corner offsets `to_square_tensor`'s centred padding adds, and the padded side."""
     h, w = shape
     side = max(h, w)
-    offset = np.array([(side - w) // 2, (side - h) // 2] * 2, dtype=np.float64)
+    return np.array([(side - w) // 2, (side - h) // 2] * 2, dtype=np.float64), side
+
+
+def square_boxes(boxes: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
+    """Boxes [N, 4] in pixels of an image of `shape` -> pixels of its `to_square_tensor` input (padding, then resize)."""
+    offset, side = _square_frame(shape)
     return (np.asarray(boxes, dtype=np.float64).reshape(-1, 4) + offset) * (size / side)
 
 
 def image_boxes(boxes: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
     """The inverse of `square_boxes`: model-input pixels -> pixels of the original image."""
-    h, w = shape
-    side = max(h, w)
-    offset = np.array([(side - w) // 2, (side - h) // 2] * 2, dtype=np.float64)
+    offset, side = _square_frame(shape)
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * (side / size) - offset
 
 
