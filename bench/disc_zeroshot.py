@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from lumbarclip.bundle import load_model
 from lumbarclip.data.manifest import read_manifest
 from lumbarclip.evaluation.disc_zeroshot import VIEWS, level_embeddings, level_retrieval, zero_shot_auroc
 from lumbarclip.inference.findings import FindingClassifier
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="the CLIP model folder")
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args(argv)
-    model = LumbarCLIP.from_pretrained(args.model).eval()
+    model = load_model(args.model).eval()
     records = read_manifest(args.data).records
     classifier = FindingClassifier.build(model)
     valid = {view: score(model, classifier, [r for r in records if r.split == "valid"], view) for view in VIEWS}

@@ -30,11 +30,13 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from lumbarclip.bundle import ModelFolder
 from lumbarclip.data.manifest import read_manifest
+from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.evaluation.findings import level_truth
 from lumbarclip.inference import embed_images
 from lumbarclip.inference.findings import FindingClassifier
-from lumbarclip.models import LumbarCLIP, ModelConfig
+from lumbarclip.models import ModelConfig
 
 MIN_POSITIVES = 20
 
@@ -53,10 +55,11 @@ def main() -> None:
         config = ModelConfig(vision=args.vision, image_size=args.image_size)
         _ceiling_only(config, manifest, args.ceiling_epochs or 8, args.out)
         return
-    model = LumbarCLIP.from_pretrained(args.model)
+    folder = ModelFolder.load(args.model, require=("preprocess",))
+    model, spec = folder.model(), folder.preprocess
     train, test = manifest.split("train"), manifest.split("test")
-    x_train = embed_images(model, [r.image_path for r in train], progress=False)
-    x_test = embed_images(model, [r.image_path for r in test], progress=False)
+    x_train = embed_images(model, [r.image_path for r in train], spec, progress=False)
+    x_test = embed_images(model, [r.image_path for r in test], spec, progress=False)
     classifier = FindingClassifier.build(model)
     levels = [r.level or None for r in test]
     zero_shot = classifier.scores(x_test, levels)
@@ -119,7 +122,7 @@ def _pixel_ceiling(cfg: ModelConfig, manifest: object, epochs: int) -> dict[str,
     from lumbarclip.models import create_vision_tower
 
     splits = [
-        (load_images([r.image_path for r in manifest.split(name)], cfg.image_size, False), manifest.split(name))  # type: ignore[attr-defined]
+        (load_images([r.image_path for r in manifest.split(name)], PreprocessSpec.of_model(cfg.image_size), False), manifest.split(name))  # type: ignore[attr-defined]
         for name in ("train", "valid", "test")
     ]
     tower = create_vision_tower(cfg.vision, **{"img_size": cfg.image_size, **cfg.vision_kwargs})

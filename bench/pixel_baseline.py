@@ -19,6 +19,7 @@ from lumbarclip.data.manifest import read_manifest
 from lumbarclip.decision import aggregate_patients
 from lumbarclip.evaluation.baselines import raw_pixel_features
 from lumbarclip.evaluation.probe import fit_probe
+from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.inference import load_images
 
 
@@ -31,7 +32,7 @@ def main() -> None:
     manifest = read_manifest(args.data)
     parts = {name: manifest.split(name) for name in ("train", "valid", "test")}
     x = {
-        name: raw_pixel_features(load_images([r.image_path for r in recs], args.image_size), args.px)
+        name: raw_pixel_features(load_images([r.image_path for r in recs], PreprocessSpec.of_model(args.image_size)), args.px)
         for name, recs in parts.items()
     }
     y = {name: np.array([r.label for r in recs]) for name, recs in parts.items()}

@@ -65,10 +65,10 @@ def main() -> int:
 
     import torch
 
+    from lumbarclip.bundle import ModelFolder
     from lumbarclip.data.manifest import read_manifest
-    from lumbarclip.errors import InputError
     from lumbarclip.inference import load_images
-    from lumbarclip.inference.onnx import export_onnx, onnx_model_path
+    from lumbarclip.inference.onnx import export_onnx
     from lumbarclip.inference.predict import Predictor
 
     torch.set_num_threads(args.threads)
@@ -84,9 +84,7 @@ def main() -> int:
     model = Path(args.model)
     tmp = tempfile.TemporaryDirectory(prefix="bench-onnx-")
     onnx_model = model
-    try:
-        onnx_model_path(model)
-    except InputError:
+    if ModelFolder.load(model).export is None:
         export_onnx(model, Path(tmp.name) / "onnx")
         onnx_model = Path(tmp.name) / "onnx"
     predictors = {"torch": Predictor.load(model, runtime="torch"), "onnx": Predictor.load(onnx_model, runtime="onnx")}
@@ -109,14 +107,13 @@ def main() -> int:
 
     # the scorer's forward alone, on the 6 preprocessed images of one study
     from lumbarclip.inference.onnx import OnnxImageScorer
-    from lumbarclip.inference.operating_point import load_operating_point
     from lumbarclip.inference.scorer import ImageScorer
-    from lumbarclip.models import LumbarCLIP
 
-    lumbar = LumbarCLIP.from_pretrained(model)
-    scorer = ImageScorer(lumbar, load_operating_point(model)).eval()
-    ort_scorer = OnnxImageScorer(onnx_model_path(onnx_model), threads=args.threads)
-    batch = load_images(studies[0], lumbar.config.image_size, progress=False)
+    folder = ModelFolder.load(model)
+    lumbar = folder.model()
+    scorer = ImageScorer(lumbar, folder.operating_point).eval()
+    ort_scorer = OnnxImageScorer(ModelFolder.load(onnx_model).export_file(), threads=args.threads)
+    batch = load_images(studies[0], folder.preprocess, progress=False)
     forward: dict[str, list[float]] = defaultdict(list)
     with torch.no_grad():
         for _ in range(args.repeats):

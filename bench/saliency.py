@@ -32,7 +32,9 @@ import numpy as np
 import torch
 
 from lumbarclip.data.imageio import load_image
+from lumbarclip.bundle import load_model
 from lumbarclip.data.manifest import read_manifest
+from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.evaluation.pointing import lesion_region, pointing_game, read_lesions
 from lumbarclip.evaluation.zeroshot import default_prompts
 from lumbarclip.inference import class_embeddings, load_images
@@ -66,7 +68,7 @@ def score_split(
     records = [r for r in read_manifest(data).split(split) if r.label == 1 and r.image_path.resolve() in lesions]
     if not records:
         raise SystemExit(f"no abnormal {split} images with a visible lesion in {data}")
-    images = load_images([r.image_path for r in records], model.config.image_size, progress=False)
+    images = load_images([r.image_path for r in records], PreprocessSpec.of_model(model.config.image_size), progress=False)
     shapes = [load_image(r.image_path).shape for r in records]
     regions = {t: [lesion_region(lesions[r.image_path.resolve()], s, t) for r, s in zip(records, shapes)] for t in truths}
     classes = class_embeddings(model, default_prompts())
@@ -102,7 +104,7 @@ def score_split(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="model folder (config.json + model.safetensors)")
+    parser.add_argument("--model", required=True, help="model folder (written by lumbarclip train)")
     parser.add_argument("--data", required=True, help="manifest.csv of a synthetic cohort with lesion boxes")
     parser.add_argument(
         "--split", default="valid", choices=("valid", "test"),
@@ -141,7 +143,7 @@ def main() -> None:
         raise SystemExit("--select chooses on valid and scores test once: leave --split at valid")
     truths = args.truth or ["mask"]
     margins = args.margin or [4.0]
-    model = LumbarCLIP.from_pretrained(args.model)
+    model = load_model(args.model)
     results = score_split(model, args.data, args.split, settings, truths, margins, args.seed)
     report: dict[str, object] = {"model": args.model, "data": args.data, "split": args.split, "results": results}
     if args.select:

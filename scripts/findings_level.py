@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import torch
 
+from lumbarclip.bundle import ModelFolder
 from lumbarclip.data.manifest import read_manifest
 from lumbarclip.evaluation.findings import finding_sets, per_finding_zero_shot
 from lumbarclip.evaluation.predictions import Predictions
@@ -21,12 +22,12 @@ from lumbarclip.evaluation.retrieval import findings_match_metrics, retrieval_me
 from lumbarclip.evaluation.zeroshot import default_prompts, zero_shot_abnormal_proba
 from lumbarclip.inference import class_embeddings, embed_texts, encode_images, load_images
 from lumbarclip.inference.findings import FindingClassifier
-from lumbarclip.models import LumbarCLIP
 
 model_dir, manifest, split, out = sys.argv[1:5]
-model = LumbarCLIP.from_pretrained(model_dir)
+folder = ModelFolder.load(model_dir, require=("preprocess",))
+model = folder.model()
 recs = read_manifest(manifest).split(split)
-emb = encode_images(model, load_images([r.image_path for r in recs], model.config.image_size, False))
+emb = encode_images(model, load_images([r.image_path for r in recs], folder.preprocess, False))
 pids = np.array([r.patient_id for r in recs])
 texts = sorted({(r.patient_id, r.report) for r in recs})
 temb = embed_texts(model, [t for _, t in texts])

@@ -8,15 +8,12 @@ Nothing here knows about models or files: embeddings, logits and labels in, deci
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
 from scipy.special import expit
 from scipy.special import logit as _logit
 
@@ -27,9 +24,6 @@ from lumbarclip.errors import InputError
 PLATT_C = 1.0
 #: Share of valid images the input guard accepts: its threshold is this quantile of their scores.
 GUARD_IN_RATE = 0.99
-GUARD_FILE = "input_guard.json"
-GUARD_ARRAYS = "input_guard.safetensors"
-GUARD_WRITER = "lumbarclip evaluate --run MODEL --data MANIFEST --overwrite"
 
 
 def aggregate_patients(
@@ -162,7 +156,7 @@ def guard_views(
     embeddings: np.ndarray, images: np.ndarray, value_range: tuple[float, float], views: Sequence[str] = VIEWS
 ) -> dict[str, np.ndarray]:
     """The input guard's features (`views` of them): unit embeddings [N, D], model inputs
-    [N, 1, S, S] and the range their values can take (from preprocess.json)."""
+    [N, 1, S, S] and the range their values can take (from the preprocessing spec)."""
     make = {
         "embedding": lambda: np.asarray(embeddings),
         "pixels": lambda: pooled_pixels(images),
@@ -208,13 +202,12 @@ class InputGuard:
     def accepts(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) <= 1.0
 
-    def save(self, model_dir: str | Path) -> None:
-        model_dir = Path(model_dir)
+    def to_state(self) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+        """(JSON document, arrays) as the model folder stores them."""
         arrays = {}
         for name, view in self.views.items():
             arrays[f"{name}.mean"] = view.mean.astype(np.float64)
             arrays[f"{name}.precision"] = view.precision.astype(np.float64)
-        save_file(arrays, str(model_dir / GUARD_ARRAYS))
         doc = {
             "method": self.method,
             "thresholds": {name: view.threshold for name, view in self.views.items()},
@@ -222,29 +215,20 @@ class InputGuard:
             "n_fit": self.n_fit,
             "pool": POOL,
             "bins": BINS,
-            "arrays": GUARD_ARRAYS,
         }
-        (model_dir / GUARD_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+        return doc, arrays
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> InputGuard:
-        model_dir = Path(model_dir)
-        paths = (model_dir / GUARD_FILE, model_dir / GUARD_ARRAYS)
-        for path in paths:
-            if not path.is_file():
-                raise InputError(f"{path}: missing (no input guard); write it with {GUARD_WRITER}")
-        try:
-            doc = json.loads(paths[0].read_text())
-            arrays = load_file(str(paths[1]))
-            views = {
-                name: Mahalanobis(arrays[f"{name}.mean"], arrays[f"{name}.precision"], float(t))
-                for name, t in doc["thresholds"].items()
-            }
-            if not set(views) <= set(VIEWS) or int(doc.get("pool", POOL)) != POOL or int(doc.get("bins", BINS)) != BINS:
-                raise ValueError(f"views {sorted(views)}, pool {doc.get('pool')}, bins {doc.get('bins')} unknown to this version")
-            return cls(views, float(doc["in_rate"]), int(doc["n_fit"]), doc["method"])
-        except (json.JSONDecodeError, KeyError, ValueError, TypeError) as err:
-            raise InputError(f"{paths[0]}: unreadable input guard ({err}); re-write it with {GUARD_WRITER}") from None
+    def from_state(cls, doc: dict, arrays: dict[str, np.ndarray]) -> InputGuard:
+        """Inverse of `to_state`; KeyError / ValueError / TypeError when it is malformed or
+        uses views, pooling or bins this version does not compute."""
+        views = {
+            name: Mahalanobis(arrays[f"{name}.mean"], arrays[f"{name}.precision"], float(t))
+            for name, t in doc["thresholds"].items()
+        }
+        if not set(views) <= set(VIEWS) or int(doc.get("pool", POOL)) != POOL or int(doc.get("bins", BINS)) != BINS:
+            raise ValueError(f"views {sorted(views)}, pool {doc.get('pool')}, bins {doc.get('bins')} unknown to this version")
+        return cls(views, float(doc["in_rate"]), int(doc["n_fit"]), doc["method"])
 
 
 def slot(sequence: str | None, level: str | None) -> str:

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "training patients, patient-bootstrap 95% CIs. Writes OUT/metrics.json and OUT/report.html "
         "(OUT defaults to RUN/eval-SPLIT) and prints a summary table. Also writes what "
         "`lumbarclip predict` needs into the model folder: the probe's operating point with Platt "
-        "calibration and thresholds fitted on valid, preprocess.json and card.json (with --split test "
+        "calibration and thresholds fitted on valid, the input guard and the model card (with --split test "
         "only: valid is where choices are made, test is scored once and is what the card reports). "
         "Warns when the run records no hashed training patient ids (RUN/train_summary.json) to check "
         "the evaluated patients against.",
@@ -61,14 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--report-bank",
         action="store_true",
         help="also store the training reports' texts and embeddings beside the model "
-        "(reportbank.safetensors/.jsonl) so predict can show the nearest reports; texts are stored "
+        "(embeddings and texts) so predict can show the nearest reports; texts are stored "
         "AS GIVEN and real reports can hold identifiers, hence opt-in",
     )
     p.add_argument(
         "--no-model-folder",
         action="store_true",
-        help="do not write the operating point (operating_point.json/.safetensors), preprocess.json "
-        "and card.json into the model folder (written by default with --split test; kept unless --overwrite)",
+        help="do not write the operating point, input guard "
+        "and model card into the model folder (written by default with --split test; kept unless --overwrite)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace metrics.json/report.html in --out")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model folder (with operating_point.json and card.json)")
+    p.add_argument("--model", required=True, help="model folder (written by train, then evaluate --split test)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="inference runtime (default torch)")
     p.add_argument("--overlays", action="store_true", help="also send Secondary Capture saliency overlays")
     p.add_argument(

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="diagnose image files, a DICOM series or a study folder (JSON lines)",
         description="Score new scans with a model folder written by `lumbarclip evaluate` (operating "
-        "point, input guard, preprocess.json, card.json). INPUT: DICOM/PNG/NIfTI files, a DICOM series "
+        "point, input guard, preprocessing spec, model card). INPUT: DICOM/PNG/NIfTI files, a DICOM series "
         "folder or a study folder; in folders the axial T1/T2 series are found from the headers and the "
         "disc-level slices chosen as the Mendeley adapter does (each study line says which and why). "
         "Each image first passes the input guard (and, for DICOM, MR / axial / lumbar header checks): "
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "when nothing was readable.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
-    p.add_argument("--model", required=True, help="model folder (config.json, model.safetensors, operating_point.json, ...)")
+    p.add_argument("--model", required=True, help="model folder (written by train, then evaluate --split test)")
     p.add_argument("--top-k", type=int, default=3, help="findings and nearest reports per image (default: 3; 0: none)")
     p.add_argument("--saliency", metavar="DIR", help="write a saliency overlay PNG per image into DIR")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="PyTorch (default) or onnxruntime (needs `lumbarclip export`)")

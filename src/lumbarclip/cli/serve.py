@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "in memory or a temporary folder deleted after the answer, and logs carry no file names or header values. Binds to "
         "localhost by default: put it behind an authenticating proxy before exposing it.",
     )
-    p.add_argument("--model", required=True, help="model folder (with operating_point.json and card.json)")
+    p.add_argument("--model", required=True, help="model folder (written by train, then evaluate --split test)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--runtime", default="torch", choices=("torch", "onnx"), help="image scorer runtime (default: torch)")

@@ -14,8 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="contrastive pre-training on a manifest",
         description="Train a LumbarCLIP model on the train split of a manifest, validating by "
-        "zero-shot balanced accuracy on the valid split. Writes RUN/model/ (config.json + "
-        "model.safetensors + tokenizer), RUN/config.yaml, RUN/run.json, RUN/checkpoints/ (Lightning "
+        "zero-shot balanced accuracy on the valid split. Writes the model folder RUN/model/ "
+        "(config, weights, tokenizer and the preprocessing spec), RUN/config.yaml, RUN/run.json, RUN/checkpoints/ (Lightning "
         "checkpoints every trainer.checkpoint_every_n_steps steps and at each epoch end), "
         "RUN/logs/metrics.csv and RUN/train_summary.json. A killed run continues with "
         "`lumbarclip train --resume RUN`. Several processes: --set trainer.devices=N --set "

@@ -2,7 +2,7 @@
 train-time augmentation.
 
 Input is what `imageio.load_image` returns: a float32 2-D array in [0, 1]. `preprocess` turns it
-into the model input exactly as `preprocess.json` (`PreprocessSpec`) says; evaluation (the
+into the model input exactly as the model folder's preprocessing spec (`PreprocessSpec`) says; evaluation (the
 datamodule's and `inference.embed.load_images`' eval transform), `Predictor.predict` (hence
 `predict`, `serve` and `pacs`) and the ONNX runtime, which is fed by `Predictor.predict`, all call
 it, so a model is served on the very tensors it was evaluated on. Horizontal flips are off by
@@ -11,7 +11,6 @@ default because reports name sides (Rt/Lt) and a flip would contradict the text.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -26,9 +25,6 @@ from lumbarclip.data.imageio import LoadedImage, read_image
 from lumbarclip.errors import InputError
 
 MEAN, STD = 0.5, 0.25
-PREPROCESS_FILE = "preprocess.json"
-#: The command that writes preprocess.json into a model folder, named when it is missing.
-PREPROCESS_WRITER = "lumbarclip evaluate --run MODEL --data MANIFEST"
 
 
 @dataclass
@@ -66,22 +62,15 @@ class PreprocessSpec:
         """The spec of the package's evaluation transform at `image_size`."""
         return cls(image_size=image_size, mean=MEAN, std=STD, planes=tuple(planes), sequences=tuple(sequences))
 
-    def save(self, model_dir: Path) -> Path:
-        path = Path(model_dir) / PREPROCESS_FILE
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        return path
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
 
     @classmethod
-    def load(cls, model_dir: Path) -> PreprocessSpec:
-        path = Path(model_dir) / PREPROCESS_FILE
-        if not path.is_file():
-            raise InputError(f"{path}: missing; write it with {PREPROCESS_WRITER}")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InputError(f"{path}: not valid JSON ({err})") from None
+    def from_dict(cls, data: dict) -> PreprocessSpec:
+        """Inverse of `to_dict`; a spec without planes and sequences is axial T1/T2."""
+        data = dict(data)
         data["value_range"] = tuple(data.get("value_range", (0.0, 1.0)))
-        for key in ("planes", "sequences"):  # lists in JSON; files without them are axial T1/T2
+        for key in ("planes", "sequences"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -137,12 +126,12 @@ def size_refusal(
     long, short = max(rows, cols), min(rows, cols)
     if long * spec.max_upscale < spec.image_size:
         return (
-            f"image is {cols} x {rows} pixels; the model takes {spec.image_size} px and preprocess.json "
+            f"image is {cols} x {rows} pixels; the model takes {spec.image_size} px and its preprocessing "
             f"allows enlarging at most {spec.max_upscale:g}x (long side >= {spec.image_size / spec.max_upscale:g} px)"
         )
     if long > spec.max_aspect * short:
         return (
-            f"image is {cols} x {rows} pixels, aspect {long / short:.2f}:1; preprocess.json allows at most "
+            f"image is {cols} x {rows} pixels, aspect {long / short:.2f}:1; the model's preprocessing allows at most "
             f"{spec.max_aspect:g}:1 (it pads to a square, the scan would fill too little of it)"
         )
     if spacing_mm is not None and min(spacing_mm) > 0:
@@ -150,13 +139,13 @@ def size_refusal(
         if stretch > spec.max_pixel_aspect:
             return (
                 f"pixels are {spacing_mm[0]:g} x {spacing_mm[1]:g} mm (rows x columns), stretch {stretch:.2f}; "
-                f"preprocess.json treats pixels as square and allows at most {spec.max_pixel_aspect:g}"
+                f"the model's preprocessing treats pixels as square and allows at most {spec.max_pixel_aspect:g}"
             )
     return None
 
 
 def preprocess(pixels: np.ndarray, spec: PreprocessSpec, spacing_mm: tuple[float, float] | None = None) -> torch.Tensor:
-    """[channels, S, S] model input of a [0, 1] image, exactly as `preprocess.json` says: the
+    """[channels, S, S] model input of a [0, 1] image, exactly as the preprocessing spec says: the
     size check (`size_refusal`), centred zero-padding to a square, antialiased bilinear resize to
     `spec.image_size`, then (x - mean) / std. InputError with the one-line reason when refused."""
     reason = size_refusal((int(pixels.shape[0]), int(pixels.shape[1])), spec, spacing_mm)
@@ -166,7 +155,7 @@ def preprocess(pixels: np.ndarray, spec: PreprocessSpec, spacing_mm: tuple[float
     expected = (spec.channels, spec.image_size, spec.image_size)
     if tuple(tensor.shape) != expected:
         raise InputError(
-            f"preprocess.json: the model takes {list(expected)} inputs, preprocessing makes {list(tensor.shape)}"
+            f"preprocessing spec: the model takes {list(expected)} inputs, preprocessing makes {list(tensor.shape)}"
         )
     return tensor
 
@@ -182,7 +171,7 @@ def load_model_input(path: str | Path, spec: PreprocessSpec) -> tuple[torch.Tens
 
 
 def eval_transform(image_size: int) -> Callable[[np.ndarray], torch.Tensor]:
-    """`preprocess` with the spec evaluation writes to preprocess.json (`PreprocessSpec.of_model`):
+    """`preprocess` with the spec training writes into the model folder (`PreprocessSpec.of_model`):
     the deterministic transform of validation and evaluation."""
     return partial(preprocess, spec=PreprocessSpec.of_model(image_size))
 

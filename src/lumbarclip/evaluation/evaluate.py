@@ -14,14 +14,18 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
+from lumbarclip.bundle import layout
+from lumbarclip.bundle.folder import ModelFolder
+from lumbarclip.bundle.operating_point import FindingGate
 from lumbarclip.data.manifest import ImageRecord, Manifest, read_manifest
+from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.baselines import majority_proba, raw_pixel_features
 from lumbarclip.evaluation.integrity import TrainingPatients, integrity_checks, outcome_warnings
@@ -35,6 +39,8 @@ from lumbarclip.evaluation.zeroshot import default_prompts, zero_shot_abnormal_p
 from lumbarclip.models import LumbarCLIP
 
 MAIN = "linear_probe"
+#: The figures of the findings block that the operating point keeps as its per-finding gate.
+GATE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(FindingGate))
 PATIENT_RULE = (
     "patient P(abnormal) = mean of its images' P(abnormal); patient label = max of its image labels"
 )
@@ -62,7 +68,7 @@ class EvalOptions:
     report: bool = True
     embedding_map: str = "pca"
     progress: bool = True
-    model_folder: bool = True  # write the operating point, preprocess.json and card.json beside the model (test only)
+    model_folder: bool = True  # write the operating point, input guard and card into the model folder (test only)
     report_bank: bool = False  # also store the training reports (texts as given: opt-in)
 
 
@@ -96,6 +102,8 @@ class Downstream:
     valid: SplitData
     test: SplitData
     opts: EvalOptions
+    folder: ModelFolder
+    preprocess: PreprocessSpec
 
     def tuned(
         self, predict: Callable[[object], np.ndarray], features: Callable[[SplitData], object]
@@ -169,11 +177,11 @@ class Downstream:
 def resolve_model_dir(run_dir: str | Path) -> tuple[Path, Path]:
     """(model folder, run folder) for a run folder holding `model/` or a model folder itself."""
     path = Path(run_dir)
-    if (path / "model" / "config.json").is_file():
+    if (path / "model" / layout.CONFIG).is_file():
         return path / "model", path
-    if (path / "config.json").is_file():
+    if (path / layout.CONFIG).is_file():
         return path, path.parent
-    raise InputError(f"{path}: neither a run folder with model/ nor a model folder (config.json)")
+    raise InputError(f"{path}: neither a run folder with model/ nor a model folder ({layout.CONFIG})")
 
 
 def evaluate_run(
@@ -186,7 +194,7 @@ def evaluate_run(
 ) -> dict[str, object]:
     """Evaluate a trained model on `split` of a manifest; writes OUT/metrics.json (and
     OUT/report.html) where OUT defaults to RUN/eval-SPLIT. Returns the metrics dict. Only the
-    test split writes the model folder (operating point, card.json): a card must not carry
+    test split writes the model folder (operating point, card): a card must not carry
     scores from valid, where thresholds and C were chosen."""
     opts = options or EvalOptions()
     model_dir, run_root, out, manifest = _resolve_inputs(run_dir, manifest_path, split, out_dir, overwrite)
@@ -218,7 +226,8 @@ def evaluate_run(
         from lumbarclip.evaluation.model_folder import prepare_model_folder
 
         folder = prepare_model_folder(
-            model, model_dir, probe.pipeline, run.train, run.valid, test, text.classes.numpy(),
+            model, run.folder, run.preprocess, FindingGate.from_dict(finding_zero_shot),
+            probe.pipeline, run.train, run.valid, test, text.classes.numpy(),
             preds[MAIN].thresholds, opts.report_bank,
             {"fitted_on": "valid", "manifest": Path(manifest.path).name, "probe_C": probe.C},
             opts.batch_size, manifest.path,
@@ -269,7 +278,6 @@ def evaluate_run(
         timer.lap("report")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     if folder:
-        folder.operating_point.findings = {k: finding_zero_shot[k] for k in GATE_KEYS if k in finding_zero_shot}
         for note in folder.write(metrics, asdict(model.config), overwrite):
             print(f"WARNING: {note}", file=sys.stderr)
     return metrics
@@ -313,13 +321,22 @@ def _load_and_embed(model_dir: Path, manifest: Manifest, split: str, opts: EvalO
     """The model and the preprocessed images and embeddings of train, valid and `split`."""
     from lumbarclip.inference import encode_images, load_images
 
-    model = LumbarCLIP.from_pretrained(model_dir)
+    folder = ModelFolder.load(model_dir, require=())
+    model = folder.model()
+    preprocess = folder.preprocess or _training_spec(model.config.image_size, manifest.split("train"))
     splits = {}
     for name in ("train", "valid", split):
         records = manifest.split(name)
-        images = load_images([r.image_path for r in records], model.config.image_size, opts.progress)
+        images = load_images([r.image_path for r in records], preprocess, opts.progress)
         splits[name] = SplitData(records, encode_images(model, images, opts.batch_size), images)
-    return Downstream(model, splits["train"], splits["valid"], splits[split], opts)
+    return Downstream(model, splits["train"], splits["valid"], splits[split], opts, folder, preprocess)
+
+
+def _training_spec(image_size: int, train: list[ImageRecord]) -> PreprocessSpec:
+    """The spec of a model folder that has none: the evaluation transform at the model's size,
+    with the planes and sequences of the manifest's train split."""
+    sequences = tuple(sorted({r.sequence for r in train if r.sequence})) or ("T1", "T2")
+    return PreprocessSpec.of_model(image_size, tuple(sorted({r.plane for r in train})), sequences)
 
 
 @dataclass
@@ -527,12 +544,6 @@ def _all_finding_prompts() -> list[str]:
     ] + [p.format(level=lv) for lv in LEVELS for p in NORMAL_PROMPTS]
 
 
-#: The parts of `finding_zero_shot` that the operating point keeps as its per-finding gate.
-GATE_KEYS = (
-    "scorer", "contrast", "valid_auroc", "valid_positives", "validated", "not_validated", "min_valid_auroc", "min_valid_positives",
-)  # fmt: skip
-
-
 def _macro(aurocs: dict[str, float | None]) -> float | None:
     """Mean AUROC over the kinds that have one (enough positives)."""
     values = [a for a in aurocs.values() if a is not None]
@@ -607,7 +618,7 @@ def _choose_scorer(finding_zero_shot: dict[str, object], head: dict[str, object]
     finding_zero_shot["valid_macro_auroc_by_scorer"] = {"prompts": prompts_valid, "head": head_valid}
     if head_valid is not None and head_valid > (prompts_valid or -1.0):
         finding_zero_shot["scorer"] = "head"
-        finding_zero_shot |= {k: head[k] for k in GATE_KEYS if k in head}
+        finding_zero_shot |= {k: head[k] for k in GATE_FIELDS if k in head}
     else:
         finding_zero_shot["scorer"] = "prompts"
 

@@ -27,7 +27,8 @@ from lumbarclip.data.manifest import ImageRecord
 from lumbarclip.data.transforms import MEAN, STD, square_boxes, to_square_tensor
 from lumbarclip.decision import choose_threshold
 from lumbarclip.evaluation.discs import NAMED_LEVELS
-from lumbarclip.inference.grades import DISC_CLASSES, PFIRRMANN, SOURCES, DiscGrader, disc_features
+from lumbarclip.bundle.grader import DISC_CLASSES, PFIRRMANN, SOURCES, DiscGrader
+from lumbarclip.inference.grades import disc_features
 
 KAPPA_GATE = 0.6
 AUROC_GATE = 0.80

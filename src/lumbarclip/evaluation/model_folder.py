@@ -1,38 +1,31 @@
 """What `lumbarclip evaluate` adds to a model folder so it can diagnose by itself: the operating
-point (probe + Platt calibration + thresholds, all fitted on valid), the preprocessing spec,
-the model card and, when asked, the report bank; plus the figures that go into metrics.json
-(ECE before/after calibration on the evaluated split, the bank's top-1 label agreement).
+point (probe + Platt calibration + thresholds + the per-finding gate, all fitted on valid), the
+input guard, the model card and, when asked, the report bank; plus the figures that go into
+metrics.json (ECE before/after calibration on the evaluated split, the bank's top-1 label
+agreement). The parts are typed (`lumbarclip.bundle`) and written by `ModelFolder.write` in one call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from lumbarclip.data.transforms import PREPROCESS_FILE
-from lumbarclip.decision import GUARD_ARRAYS, GUARD_FILE, InputGuard, guard_views, slot, study_unit
+from lumbarclip.bundle import FindingGate, ModelFolder, OperatingPoint, ReportBank
+from lumbarclip.bundle.reportbank import USER_REPORTS
+from lumbarclip.data.transforms import PreprocessSpec
+from lumbarclip.decision import InputGuard, guard_views, slot, study_unit
+from lumbarclip.errors import InputError
 from lumbarclip.evaluation.metrics import classification_metrics
 from lumbarclip.evaluation.predictions import Predictions
-from lumbarclip.inference.operating_point import (
-    CARD_FILE,
-    OPERATING_POINT_ARRAYS,
-    OPERATING_POINT_FILE,
-    OperatingPoint,
-    build_card,
-    fit_operating_point,
-    write_card,
-)
-from lumbarclip.inference.reportbank import (
-    BANK_ARRAYS, BANK_TEXTS, USER_REPORTS, ReportBank, build_report_bank, reports_source,
-)
+from lumbarclip.inference.operating_point import build_card, fit_operating_point
+from lumbarclip.inference.reportbank import build_report_bank, reports_source
 
-MODEL_FOLDER_FILES: tuple[str, ...] = (
-    OPERATING_POINT_FILE, OPERATING_POINT_ARRAYS, PREPROCESS_FILE, CARD_FILE, GUARD_FILE, GUARD_ARRAYS,
-)  # fmt: skip
+#: What evaluate writes into the model folder.
+PARTS: tuple[str, ...] = ("operating_point", "guard", "card", "bank")
 
 
 class Split(Protocol):
@@ -51,38 +44,38 @@ class Split(Protocol):
 
 @dataclass
 class ModelFolderUpdate:
-    """The files to add to a model folder and the figures measured with them."""
+    """The parts to add to a model folder and the figures measured with them."""
 
-    model_dir: Path
+    folder: ModelFolder
     operating_point: OperatingPoint
     bank: ReportBank | None
     guard: InputGuard
     metrics: dict[str, object] = field(default_factory=dict)
 
     def write(self, metrics: dict[str, object], config: dict[str, object], overwrite: bool) -> list[str]:
-        """Write the operating point, preprocess.json, card.json (headline metrics from
-        `metrics`) and the bank; an existing operating point is kept unless `overwrite`.
-        Returns notes for the user (empty when everything was written)."""
-        present = [n for n in (*MODEL_FOLDER_FILES, BANK_ARRAYS, BANK_TEXTS) if (self.model_dir / n).exists()]
-        if present and not overwrite:
-            return [f"{self.model_dir / present[0]}: already exists; model folder kept as it was (pass --overwrite to replace)"]
-        self.operating_point.save(self.model_dir)
-        self.guard.save(self.model_dir)
-        if self.bank is not None:
-            self.bank.save(self.model_dir)
-        else:
-            for name in (BANK_ARRAYS, BANK_TEXTS):  # a stale bank must not outlive a re-evaluation
-                (self.model_dir / name).unlink(missing_ok=True)
-        card = build_card(
-            config, metrics, self.operating_point, len(self.bank) if self.bank else None, metrics.get("input_guard")  # type: ignore[arg-type]
-        )
-        write_card(self.model_dir, card)
+        """Write the operating point, input guard, card (headline metrics from `metrics`) and the
+        bank (removed when there is none: a stale bank must not outlive a re-evaluation), plus the
+        preprocessing spec when the folder has none yet; an existing operating point is kept
+        unless `overwrite`. Returns notes for the user (empty when everything was written)."""
+        folder = self.folder
+        card = build_card(config, metrics, self.operating_point, len(self.bank) if self.bank else None, metrics.get("input_guard"))  # type: ignore[arg-type]
+        if folder.card and "discs" in folder.card and folder.detector is not None:
+            card["discs"] = folder.card["discs"]  # the disc layer's own section outlives a re-evaluation
+        parts = PARTS if folder.preprocess is not None else ("preprocess", *PARTS)
+        folder.preprocess = self.operating_point.preprocess
+        folder.operating_point, folder.guard, folder.bank, folder.card = self.operating_point, self.guard, self.bank, card
+        try:
+            folder.write(parts, overwrite)
+        except InputError as err:
+            return [f"{err}; model folder kept as it was"]
         return []
 
 
 def prepare_model_folder(
     model: object,
-    model_dir: Path,
+    folder: ModelFolder,
+    preprocess: PreprocessSpec,
+    gate: FindingGate,
     probe_pipeline: object,
     train: Split,
     valid: Split,
@@ -94,20 +87,16 @@ def prepare_model_folder(
     batch_size: int = 64,
     manifest_path: Path | None = None,
 ) -> ModelFolderUpdate:
-    """Fit the operating point on valid, measure calibration on `test` before (the probe's own
+    """Fit the operating point on valid (with the per-finding `gate`, for inputs as
+    `preprocess` says), measure calibration on `test` before (the probe's own
     probability at the probe's thresholds) and after Platt scaling (same decisions), and build the report bank
     from the TRAINING reports when `report_bank`, its source found from `manifest_path`
     (`reports_source`; user reports when not given)."""
     op = fit_operating_point(
-        probe_pipeline, valid.embeddings, valid.labels, valid.patients, class_embeddings,
-        model.config.image_size, meta, probe_thresholds,  # type: ignore[attr-defined]
+        probe_pipeline, valid.embeddings, valid.labels, valid.patients, class_embeddings, preprocess, meta, probe_thresholds,
     )  # fmt: skip
     op.study_unit = study_unit(valid.patients, [slot(r.sequence, r.level) for r in valid.records])
-    op.preprocess = replace(
-        op.preprocess,
-        planes=tuple(sorted({r.plane for r in train.records})),
-        sequences=tuple(sorted({r.sequence for r in train.records if r.sequence})) or op.preprocess.sequences,
-    )
+    op.findings = gate
     value_range = op.preprocess.input_range
     guard = InputGuard.fit(guard_features(train, value_range), guard_features(valid, value_range))
     test_in = guard.accepts(guard.score(guard_features(test, value_range)))
@@ -159,7 +148,7 @@ def prepare_model_folder(
             "top1_label_agreement": {lv: {k: nearest[lv][k] for k in ("accuracy", "balanced_accuracy")} for lv in ("image", "patient")},
             "probe": {lv: {k: after[lv][k] for k in ("accuracy", "balanced_accuracy")} for lv in ("image", "patient")},
         }
-    return ModelFolderUpdate(Path(model_dir), op, bank, guard, figures)
+    return ModelFolderUpdate(folder, op, bank, guard, figures)
 
 
 def guard_features(split: Split, value_range: tuple[float, float]) -> dict[str, np.ndarray]:

@@ -15,11 +15,10 @@ _EXPORTS = {
     "ImageScorer": "scorer",
     "OnnxImageScorer": "onnx",
     "export_onnx": "onnx",
-    "OperatingPoint": "operating_point",
-    "load_operating_point": "operating_point",
+    "fit_operating_point": "operating_point",
     "Predictor": "predict",
     "PredictResult": "predict",
-    "ReportBank": "reportbank",
+    "build_report_bank": "reportbank",
     "saliency_maps": "saliency",
     "save_overlay": "saliency",
 }

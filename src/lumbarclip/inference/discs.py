@@ -8,24 +8,17 @@ reason instead of a guess."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from lumbarclip.data.discs import LUMBAR_FROM_SACRUM, level_name
 from lumbarclip.data.transforms import MEAN, STD, image_boxes, square_boxes, to_square_tensor
-from lumbarclip.inference.grades import DISC_CLASSES, PFIRRMANN, DiscGrader, disc_features
-from lumbarclip.models.detector import DETECTOR_CONFIG, DiscDetector
+from lumbarclip.bundle.grader import DISC_CLASSES, PFIRRMANN, DiscGrader
+from lumbarclip.inference.grades import disc_features
+from lumbarclip.models.detector import DiscDetector
 
-DETECTOR_FOLDER = "detector"
 NOT_GRADED = "no disc grader in this model folder"
-
-
-def load_detector(model_dir: str | Path) -> DiscDetector | None:
-    """The model folder's disc detector, or None when it has none."""
-    folder = Path(model_dir) / DETECTOR_FOLDER
-    return DiscDetector.load(folder) if (folder / DETECTOR_CONFIG).is_file() else None
 
 
 @torch.no_grad()

@@ -13,13 +13,12 @@ from lumbarclip.data.transforms import PreprocessSpec, load_model_input
 from lumbarclip.models import LumbarCLIP
 
 
-def load_images(paths: Sequence[str | Path], image_size: int, progress: bool = True) -> torch.Tensor:
-    """[N, 1, S, S] images read and preprocessed as evaluation writes it to preprocess.json and
-    as `predict` reads them; InputError naming the first file preprocessing refuses."""
-    spec = PreprocessSpec.of_model(image_size)
+def load_images(paths: Sequence[str | Path], spec: PreprocessSpec, progress: bool = True) -> torch.Tensor:
+    """[N, 1, S, S] images preprocessed as the model folder's spec says, as `predict` reads
+    them; InputError naming the first file preprocessing refuses."""
     bar = tqdm(paths, desc="load images", disable=not progress, leave=False)
     images = [load_model_input(p, spec)[0] for p in bar]
-    return torch.stack(images) if images else torch.zeros(0, 1, image_size, image_size)
+    return torch.stack(images) if images else torch.zeros(0, spec.channels, spec.image_size, spec.image_size)
 
 
 @torch.no_grad()
@@ -34,10 +33,10 @@ def encode_images(model: LumbarCLIP, images: torch.Tensor, batch_size: int = 64)
 
 
 def embed_images(
-    model: LumbarCLIP, paths: Sequence[str | Path], batch_size: int = 64, progress: bool = True
+    model: LumbarCLIP, paths: Sequence[str | Path], spec: PreprocessSpec, batch_size: int = 64, progress: bool = True
 ) -> np.ndarray:
-    """[N, D] unit image embeddings of image files."""
-    return encode_images(model, load_images(paths, model.config.image_size, progress), batch_size)
+    """[N, D] unit image embeddings of image files preprocessed as `spec` says."""
+    return encode_images(model, load_images(paths, spec, progress), batch_size)
 
 
 @torch.no_grad()

@@ -12,14 +12,14 @@ its other images are each scored. Files named like the public dataset (`T1_0002_
 their sequence, level and patient from the name.
 
 Every image is preprocessed by `data.transforms.preprocess`, the function evaluation uses, as the
-model folder's `preprocess.json` says; an image that preprocessing refuses (too small to enlarge
+model folder's preprocessing spec says; an image that preprocessing refuses (too small to enlarge
 to the model's size, too elongated, non-square pixels: `data.transforms.size_refusal`) goes to
 `skipped` with the reason, as do unreadable files. This is the one place `predict`, `serve` and
 `pacs` turn files into model inputs.
 
 Before any verdict each image passes the input guard (`lumbarclip.decision.InputGuard`, fitted
 at evaluation) and, for DICOM, the header checks (`data.study.header_refusal`: MR, the
-model's plane from `preprocess.json`, lumbar). Every image line names the plane it assessed. An image that fails either gets `"in_distribution": false`, `"label": null`, no
+model's plane from its preprocessing spec, lumbar). Every image line names the plane it assessed. An image that fails either gets `"in_distribution": false`, `"label": null`, no
 `p_abnormal` and a `reason`. The others get the calibrated P(abnormal) and a label at the image
 threshold.
 
@@ -43,6 +43,7 @@ import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -53,8 +54,10 @@ from lumbarclip.data.privacy import SALT_ENV, pseudonymise
 from lumbarclip.data.transforms import load_model_input
 from lumbarclip.decision import InputGuard, guard_views, sigmoid, slot, unit_mismatch
 from lumbarclip.errors import InputError
-from lumbarclip.inference.operating_point import OperatingPoint, load_operating_point, read_card
-from lumbarclip.inference.reportbank import ReportBank
+from lumbarclip.bundle import ModelFolder, OperatingPoint
+
+if TYPE_CHECKING:
+    from lumbarclip.models import LumbarCLIP
 
 RUNTIMES: tuple[str, ...] = ("torch", "onnx")
 #: Suffixes of non-DICOM images picked up inside folders (other files there are ignored).
@@ -92,62 +95,35 @@ class PredictResult:
 
 
 class Predictor:
-    """A model folder loaded once: scorer (PyTorch or onnxruntime), operating point, card,
-    optional report bank; the full model (text tower) only when findings or saliency need it."""
+    """A model folder loaded once (`lumbarclip.bundle.ModelFolder`): scorer (PyTorch or
+    onnxruntime), operating point, card, input guard, optional report bank and disc layer; the
+    full model (text tower) only when findings or saliency need it."""
 
-    def __init__(
-        self,
-        model_dir: Path,
-        operating_point: OperatingPoint,
-        scorer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-        runtime: str,
-        card: dict[str, object],
-        bank: ReportBank | None,
-        guard: InputGuard,
-        model: object | None = None,
-        salt: str | None = None,
-        detector: object | None = None,
-    ) -> None:
-        self.model_dir = model_dir
-        self.operating_point = operating_point
+    def __init__(self, folder: ModelFolder, scorer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], runtime: str, salt: str | None = None) -> None:
+        folder.require("operating_point", "guard", "card")
+        self.folder = folder
+        self.model_dir = folder.path
+        self.operating_point: OperatingPoint = folder.operating_point
+        self.guard: InputGuard = folder.guard
+        self.card: dict[str, object] = folder.card
+        self.bank = folder.bank
         self.scorer = scorer
         self.runtime = runtime
-        self.card = card
-        self.bank = bank
-        self.guard = guard
-        self._model = model
+        self.detector = folder.detector  # the disc detector (sagittal models), or None
+        self.grader = folder.grader if folder.detector is not None else None
         self._findings: object | None = None
-        self.detector = detector  # the model folder's disc detector (sagittal models), or None
-        from lumbarclip.inference.grades import DiscGrader
-
-        self.grader = DiscGrader.load(model_dir) if detector is not None else None
         self.salt = salt or os.environ.get(SALT_ENV) or secrets.token_hex(16)
 
     @classmethod
     def load(cls, model_dir: str | Path, runtime: str = "torch", salt: str | None = None) -> Predictor:
         """Everything `predict` needs, read from the model folder (nothing fetched)."""
-        from lumbarclip.models import LumbarCLIP
-
-        model_dir = Path(model_dir)
         if runtime not in RUNTIMES:
             raise InputError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        if not model_dir.is_dir():
-            raise InputError(f"{model_dir}: model folder not found")
-        op = load_operating_point(model_dir)
-        guard = InputGuard.load(model_dir)
-        card = read_card(model_dir)
-        bank = ReportBank.load(model_dir)
-        model = None
+        folder = ModelFolder.load(model_dir)
         if runtime == "torch":
             from lumbarclip.inference.scorer import ImageScorer
 
-            model = LumbarCLIP.from_pretrained(model_dir)
-            if model.config.image_size != op.preprocess.image_size:
-                raise InputError(
-                    f"{model_dir}: preprocess.json image_size {op.preprocess.image_size} differs from "
-                    f"config.json image_size {model.config.image_size}"
-                )
-            module = ImageScorer(model, op).eval()
+            module = ImageScorer(folder.model(), folder.operating_point).eval()
 
             @torch.no_grad()
             def scorer(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,27 +133,20 @@ class Predictor:
         else:
             from lumbarclip.inference.onnx import load_onnx_scorer
 
-            scorer = load_onnx_scorer(model_dir)
-        from lumbarclip.inference.discs import load_detector
-
-        return cls(model_dir, op, scorer, runtime, card, bank, guard, model, salt, load_detector(model_dir))
+            scorer = load_onnx_scorer(folder)
+        return cls(folder, scorer, runtime, salt)
 
     @property
-    def model(self) -> object:
+    def model(self) -> LumbarCLIP:
         """The full LumbarCLIP (loaded on first use under the ONNX runtime)."""
-        if self._model is None:
-            from lumbarclip.models import LumbarCLIP
-
-            self._model = LumbarCLIP.from_pretrained(self.model_dir)
-        return self._model
+        return self.folder.model()
 
     def findings(self) -> object | None:
-        """H5a's per-finding zero-shot classifier, built once (None when unavailable)."""
+        """The per-finding zero-shot classifier, built once (None when unavailable)."""
         if self._findings is None:
             from lumbarclip.inference.findings import FindingClassifier
 
-            contrast = str(self.operating_point.findings.get("contrast", "negative"))
-            self._findings = FindingClassifier.build(self.model, contrast=contrast)  # type: ignore[arg-type]
+            self._findings = FindingClassifier.build(self.model, contrast=self.operating_point.findings.contrast)
         return self._findings
 
     # --- the work -----------------------------------------------------------------------------
@@ -342,7 +311,7 @@ class Predictor:
         scorer evaluation chose on valid: the prompts (zero-shot) or the model's finding head."""
         if not k or not self.operating_point.validated_findings:
             return [[] for _ in levels]
-        if self.operating_point.findings.get("scorer") == "head":
+        if self.operating_point.findings.scorer == "head":
             from lumbarclip.inference.findings import head_outputs
 
             scores, _ = head_outputs(self.model, torch.from_numpy(images))  # type: ignore[arg-type]

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -22,19 +18,15 @@ from lumbarclip.models.text import (
     freeze_text_layers,
     load_text_tower,
     pool_tokens,
-    text_tower_from_folder,
 )
 from lumbarclip.models.vision import create_vision_tower
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 class LumbarCLIP(nn.Module):
     """A two-tower CLIP model whose embeddings are L2-normalised.
 
-    Build it with `create_model(config)` (pretrained text tower) or `from_pretrained(folder)`
-    (a saved model; nothing is fetched from the network).
+    Build it with `create_model(config)` (pretrained text tower); a saved model is read back
+    with `lumbarclip.bundle.load_model(folder)` (nothing is fetched from the network).
     """
 
     def __init__(
@@ -156,29 +148,6 @@ class LumbarCLIP(nn.Module):
             return {"image_features": self.encode_image(images), **out}
         out["image_features"], out["finding_logits"], _ = self.encode_image_and_findings(images)
         return out
-
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write config.json, model.safetensors and the text tower's config + tokenizer."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        save_model(self, str(folder / WEIGHTS_FILE))
-        self.text.config.save_pretrained(folder / "text")
-        self.tokenizer.save_pretrained(folder / "text")
-        return folder
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, map_location: str = "cpu") -> LumbarCLIP:
-        """Rebuild a saved model from its folder alone (no network, no pickle)."""
-        folder = Path(folder)
-        if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-            raise InputError(f"{folder}: not a LumbarCLIP model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-        config = ModelConfig(**json.loads((folder / CONFIG_FILE).read_text()))
-        text_encoder, tokenizer = text_tower_from_folder(folder)
-        model = cls(config, text_encoder, tokenizer, vision_pretrained=False)
-        load_model(model, str(folder / WEIGHTS_FILE), device=map_location)
-        model.clamp_logit_scale_()  # models saved before the in-place clamp may sit above the cap
-        return model.eval()
 
 
 def create_model(config: ModelConfig) -> LumbarCLIP:

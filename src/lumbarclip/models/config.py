@@ -8,7 +8,7 @@ from typing import Any
 
 @dataclass
 class ModelConfig:
-    """Architecture of a LumbarCLIP model; saved as config.json next to the weights.
+    """Architecture of a LumbarCLIP model; saved beside the weights in the model folder.
 
     `vision` is any timm model name; `vision_kwargs` are passed to `timm.create_model` (e.g. a
     tiny depth for tests). `text` is a Hugging Face name or a local folder; "minilm" is the

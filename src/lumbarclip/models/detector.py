@@ -7,29 +7,24 @@ its stride-8/16/32 maps feed torchvision's `FeaturePyramidNetwork`, and FCOS's h
 convolutions than its default four) predicts a box and a centre-ness at every cell. Boxes,
 losses, matching and NMS are torchvision's. Input: the model input of `lumbarclip.data.transforms`
 (one channel, mean 0.5 / std 0.25 already applied), so the detector shares the CLIP model's
-preprocessing. Saved as `detector.json` + `detector.safetensors` (never pickle).
+preprocessing. Stored in the model folder by `lumbarclip.bundle` (JSON config and safetensors
+weights, never pickle).
 """
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.ops import FeaturePyramidNetwork
 
-from lumbarclip.errors import InputError
 from lumbarclip.models.vision import create_vision_tower
 
-DETECTOR_CONFIG = "detector.json"
-DETECTOR_WEIGHTS = "detector.safetensors"
 
 
 @dataclass
@@ -96,22 +91,13 @@ class DiscDetector(nn.Module):
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         return self.fcos(list(images), targets)
 
-    def save(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / DETECTOR_CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / DETECTOR_WEIGHTS))
+    def to_state(self) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
+        """(config document, weights) as the model folder stores them."""
+        return asdict(self.config), {k: v.contiguous() for k, v in self.state_dict().items()}
 
     @classmethod
-    def load(cls, folder: str | Path) -> DiscDetector:
-        folder = Path(folder)
-        for name in (DETECTOR_CONFIG, DETECTOR_WEIGHTS):
-            if not (folder / name).is_file():
-                raise InputError(f"{folder / name}: missing (no disc detector); train one with make real")
-        try:
-            config = DetectorConfig(**json.loads((folder / DETECTOR_CONFIG).read_text()))
-        except (json.JSONDecodeError, TypeError, ValueError) as err:
-            raise InputError(f"{folder / DETECTOR_CONFIG}: not a detector config ({err})") from None
-        model = cls(config, pretrained=False)
-        model.load_state_dict(load_file(str(folder / DETECTOR_WEIGHTS)))
+    def from_state(cls, config: dict, weights: dict[str, torch.Tensor]) -> DiscDetector:
+        """Inverse of `to_state`; TypeError / ValueError / RuntimeError when they do not fit."""
+        model = cls(DetectorConfig(**config), pretrained=False)
+        model.load_state_dict(weights)
         return model.eval()

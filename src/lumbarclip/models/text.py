@@ -67,9 +67,10 @@ def _refuse_missing(name: str, info: dict) -> None:
 
 
 def text_tower_from_folder(folder: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """Architecture and tokenizer from a saved model folder, weights left to the caller."""
-    config = AutoConfig.from_pretrained(folder / "text", local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder / "text", local_files_only=True)
+    """Architecture and tokenizer saved in `folder` (a Hugging Face config + tokenizer folder),
+    weights left to the caller."""
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return AutoModel.from_config(config), tokenizer
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
+from lumbarclip.bundle import layout
 from lumbarclip.errors import InputError
 from lumbarclip.pacs.sr import ModelInfo, build_overlays, build_report
 
@@ -24,7 +25,7 @@ class StudyAnalyser:
         self.overlays = overlays
         self.top_k = top_k
         model_dir = getattr(predictor, "model_dir", None)
-        weights = Path(model_dir) / "model.safetensors" if model_dir else None
+        weights = Path(model_dir) / layout.WEIGHTS if model_dir else None
         self.model = ModelInfo.from_card(getattr(predictor, "card", None) or {}, weights)
 
     @classmethod

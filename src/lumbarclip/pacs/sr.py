@@ -136,7 +136,7 @@ def level_findings(images: Sequence[dict], exclude: Iterable[str] = ()) -> dict[
     return dict(sorted(out.items()))
 @dataclass(frozen=True)
 class ModelInfo:
-    """Name and version written into the report, from the model's card.json."""
+    """Name and version written into the report, from the model's card."""
 
     name: str
     version: str

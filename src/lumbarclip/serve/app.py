@@ -7,7 +7,7 @@
   Nearest reports are shown only when the model folder's report bank holds the built-in
   synthetic notes, or the server was started with `show_reports`: a bank built from user
   reports may hold names or dates, so by default no report text leaves the server.
-- `GET /health`, `GET /model` (card.json), `GET /` the page (`static/index.html`).
+- `GET /health`, `GET /model` (the model card), `GET /` the page (`static/index.html`).
 
 Refusals, each a JSON `{"detail": reason}` after which the server serves on: 413 for a body
 over `max_upload_mb` (checked on Content-Length and again while reading) or a zip expanding

@@ -1,6 +1,6 @@
 """`train_detector()`: the disc detector trained on the train split's disc boxes (manifest
-`discs` column), the epoch with the best valid F1 at IoU >= 0.5 kept, saved beside the CLIP
-model (`MODEL/detector/`).
+`discs` column), the epoch with the best valid F1 at IoU >= 0.5 kept; `build_disc_layer` stores it in the
+model folder beside the CLIP model, with the disc grader.
 
 Images go through the one preprocessing (`lumbarclip.data.transforms`: percentile window, zero
 pad to a centred square, resize), boxes with them; training adds a small affine and intensity
@@ -10,7 +10,7 @@ the reports, and a sagittal flip swaps front and back).
 
 from __future__ import annotations
 
-import json
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,7 +31,6 @@ from lumbarclip.data.manifest import ImageRecord, read_manifest
 from lumbarclip.data.transforms import MEAN, STD, square_boxes, to_square_tensor
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.discs import DetectionScore
-from lumbarclip.inference.discs import DETECTOR_FOLDER
 from lumbarclip.models.detector import DetectorConfig, DiscDetector
 
 class DiscBoxes(Dataset):
@@ -115,18 +114,16 @@ class DetectorModule(L.LightningModule):
 
 def train_detector(
     manifest: str | Path,
-    out: str | Path,
     config: DetectorConfig | None = None,
     epochs: int = 8,
     batch_size: int = 8,
     lr: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
-) -> Path:
-    """Train on the train split's boxes, keep the epoch of best valid F1; writes OUT/detector.*
-    and OUT/detector-train.json (epochs, valid figures, seconds). Returns OUT."""
+) -> tuple[DiscDetector, dict[str, object]]:
+    """Train on the train split's boxes, keep the epoch of best valid F1; returns the detector
+    and the record of its training (epochs, valid F1, seconds)."""
     config = config or DetectorConfig()
-    out = Path(out)
     records = read_manifest(manifest).records
     train_set = DiscBoxes([r for r in records if r.split == "train"], config.image_size, augment=True)
     valid_set = DiscBoxes([r for r in records if r.split == "valid"], config.image_size)
@@ -134,9 +131,10 @@ def train_detector(
         raise InputError(f"{manifest}: the detector needs slices with disc boxes (discs column) in train and valid")
     L.seed_everything(seed, workers=True)
     module = DetectorModule(DiscDetector(config), lr, epochs)
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", monitor="val/f1", mode="max", save_top_k=1, save_weights_only=True)
+    work = tempfile.TemporaryDirectory(prefix="lumbarclip-detector-")
+    checkpoint = ModelCheckpoint(dirpath=work.name, monitor="val/f1", mode="max", save_top_k=1, save_weights_only=True)
     started = time.perf_counter()
-    with quiet_lightning():
+    with work, quiet_lightning():
         trainer = L.Trainer(
             max_epochs=epochs, accelerator="auto", devices=1, logger=False, callbacks=[checkpoint],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
@@ -146,19 +144,14 @@ def train_detector(
             DataLoader(train_set, batch_size=batch_size, shuffle=True, collate_fn=_collate),
             DataLoader(valid_set, batch_size=batch_size, collate_fn=_collate),
         )
-    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(best)
-    module.detector.eval().save(out)
     summary = {
         "config": asdict(config), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
         "best_valid_f1": float(checkpoint.best_model_score), "best_epoch_file": Path(checkpoint.best_model_path).name,
         "train_slices": len(train_set), "valid_slices": len(valid_set), "seconds": round(time.perf_counter() - started, 1),
     }  # fmt: skip
-    (out / "detector-train.json").write_text(json.dumps(summary, indent=2) + "\n")
-    for path in (out / "checkpoints").glob("*.ckpt"):
-        path.unlink()
-    (out / "checkpoints").rmdir()
-    return out
+    return module.detector.eval(), summary
 
 
 @torch.no_grad()
@@ -187,59 +180,53 @@ def build_disc_layer(
     grader: bool = True,
     progress: bool = True,
 ) -> dict[str, object]:
-    """The disc layer of a sagittal model folder: the detector (MODEL/detector/, epoch by valid
-    F1) and the grader (MODEL/grader.*, feature source chosen on valid), then their figures on
-    valid and, with `test`, on the test split (score it once, for the chosen settings).
-    `detector=False` / `grader=False` keep what the folder already has."""
+    """The disc layer of a sagittal model folder: the detector (epoch by valid F1) and the
+    grader (feature source chosen on valid), then their figures on valid and, with `test`, on
+    the test split (score it once, for the chosen settings). `detector=False` / `grader=False`
+    keep what the folder already has. The card gets a `discs` section when the folder has one."""
+    from lumbarclip.bundle import ModelFolder
     from lumbarclip.evaluation.grades import choose_grader, class_scores, disc_table, pfirrmann_scores
-    from lumbarclip.inference.grades import DiscGrader
-    from lumbarclip.models import LumbarCLIP
 
     started = time.perf_counter()
-    model_dir = Path(model_dir)
-    folder = model_dir / DETECTOR_FOLDER
+    folder = ModelFolder.load(model_dir, require=())
+    figures: dict[str, object] = {}
     if detector:
-        train_detector(manifest, folder, config, epochs=epochs, seed=seed, progress=progress)
-    found = DiscDetector.load(folder)
-    figures: dict[str, object] = {"detector_train": json.loads((folder / "detector-train.json").read_text())}
+        folder.detector, figures["detector_train"] = train_detector(manifest, config, epochs=epochs, seed=seed, progress=progress)
+        folder.write(("detector",), overwrite=True)
+    folder.require("detector")
     for split in ("valid", "test") if test else ("valid",):
-        figures[f"detection_{split}"] = score_detector(found, manifest, split, progress=progress).to_dict()
+        figures[f"detection_{split}"] = score_detector(folder.detector, manifest, split, progress=progress).to_dict()
     figures["seconds_detector"] = round(time.perf_counter() - started, 1)
     records = read_manifest(manifest).records
-    model = LumbarCLIP.from_pretrained(model_dir).eval()
+    model = folder.model()
     size = model.config.image_size
     if grader:
-        chosen, compared = choose_grader(model, records, size, seed, progress=progress)
-        chosen.save(model_dir)
-        figures["grader_sources_valid"] = compared
-    kept = DiscGrader.load(model_dir)
-    if kept is None:
-        raise InputError(f"{model_dir}: no disc grader; run without grader=False")
+        folder.grader, figures["grader_sources_valid"] = choose_grader(model, records, size, seed, progress=progress)
+        folder.write(("grader",), overwrite=True)
+    folder.require("grader")
+    kept = folder.grader
     figures["grader"] = {"source": kept.source, "gate": kept.gate}
     if test:
         table = disc_table(kept.source, model, [r for r in records if r.split == "test"], size, progress)
         figures["pfirrmann_test"] = pfirrmann_scores(kept, table)
         figures["classes_test"] = class_scores(kept, table)
     figures["seconds"] = round(time.perf_counter() - started, 1)
-    _describe_in_card(model_dir, figures)
+    if folder.card is not None:
+        folder.card["discs"] = _card_section(folder.detector, figures)
+        folder.write(("card",), overwrite=True)
     return figures
 
 
-def _describe_in_card(model_dir: Path, figures: dict[str, object]) -> None:
+def _card_section(detector: DiscDetector, figures: dict[str, object]) -> dict[str, object]:
     """The card's `discs` section: what finds, names and grades the discs, and how well on valid."""
-    from lumbarclip.inference.operating_point import CARD_FILE, read_card, write_card
-
-    if not (model_dir / CARD_FILE).is_file():
-        return
-    train = figures["detector_train"]
-    card = read_card(model_dir)
-    card["discs"] = {
-        "detector": f"torchvision FCOS over timm {train['config']['backbone']} (weights: {train['config']['pretrained'] or 'none'}), "  # type: ignore[index]
-        f"{train['config']['image_size']} px, one class; epoch of best valid F1 at IoU 0.5",  # type: ignore[index]
-        "valid_f1": train["best_valid_f1"],  # type: ignore[index]
+    config = detector.config
+    train = figures.get("detector_train") or {}
+    return {
+        "detector": f"torchvision FCOS over timm {config.backbone} (weights: {config.pretrained or 'none'}), "
+        f"{config.image_size} px, one class; epoch of best valid F1 at IoU 0.5",
+        "valid_f1": train.get("best_valid_f1"),  # type: ignore[union-attr]
         "valid_detection": figures.get("detection_valid"),
         "levels": "named by order from the sacrum (lowest disc L5-S1); a missed or transitional disc shifts the names above it",
         "grader": figures["grader"],
         "output": "predict: discs (level, box in image pixels, Pfirrmann grade and class probabilities where validated on valid)",
     }
-    write_card(model_dir, card)

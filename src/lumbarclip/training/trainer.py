@@ -22,7 +22,10 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import CSVLogger
 
 from lumbarclip._lightning import quiet_lightning
+from lumbarclip.bundle.folder import save_model
 from lumbarclip.data.datamodule import PairDataModule
+from lumbarclip.data.shards import read_shard_index
+from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.integrity import TRAIN_PATIENTS_KEY, train_patient_hashes
 from lumbarclip.models import create_model
@@ -49,12 +52,12 @@ def monitor_mode(config: TrainConfig) -> str:
 
 
 class ExportBest(Callback):
-    """Save the model folder (config.json + model.safetensors + tokenizer) whenever the monitored
+    """Save the model folder (config, weights, tokenizer, preprocessing spec) whenever the monitored
     metric reaches a new best in its direction (ties go to the later epoch). Its state rides in
     the checkpoints, so a resumed run keeps comparing against the best before the kill."""
 
-    def __init__(self, folder: Path, monitor: str, mode: str) -> None:
-        self.folder, self.monitor, self.mode = folder, monitor, mode
+    def __init__(self, folder: Path, monitor: str, mode: str, preprocess: PreprocessSpec) -> None:
+        self.folder, self.monitor, self.mode, self.preprocess = folder, monitor, mode, preprocess
         self.best: float | None = None
         self.best_epoch = -1
 
@@ -68,7 +71,7 @@ class ExportBest(Callback):
         if better:
             self.best, self.best_epoch = value, trainer.current_epoch
             if trainer.is_global_zero:
-                pl_module.model.save_pretrained(self.folder)
+                save_model(pl_module.model, self.folder, self.preprocess)
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch}
@@ -160,6 +163,20 @@ def _checkpointing(run: Path, every_n_steps: int) -> list[ModelCheckpoint]:
     return callbacks
 
 
+def preprocess_spec(data: PairDataModule, image_size: int) -> PreprocessSpec:
+    """The input spec the model is trained for: the evaluation transform at `image_size`, with
+    the planes and sequences of the training split (of a shard folder's index when it records
+    them; axial T1/T2 otherwise)."""
+    if data.manifest is not None:
+        train = data.manifest.split("train")
+        planes = tuple(sorted({r.plane for r in train}))
+        sequences = tuple(sorted({r.sequence for r in train if r.sequence}))
+    else:
+        index = read_shard_index(data.shards)
+        planes, sequences = tuple(index.get("planes", ())), tuple(index.get("sequences", ()))
+    return PreprocessSpec.of_model(image_size, planes or ("axial",), sequences or ("T1", "T2"))
+
+
 def train(
     config: TrainConfig,
     manifest: str | Path,
@@ -187,7 +204,8 @@ def train(
     L.seed_everything(config.seed, workers=True, verbose=False)
     model = create_model(config.model)
     module = CLIPModule(model, config, class_prompts())
-    export = ExportBest(run / "model", config.trainer.monitor, mode) if mode else None
+    preprocess = preprocess_spec(data, config.model.image_size)
+    export = ExportBest(run / "model", config.trainer.monitor, mode, preprocess) if mode else None
     tc = config.trainer
     logger = RunLogger(run, resume)
     with quiet_lightning():
@@ -219,7 +237,7 @@ def train(
         started = time.perf_counter()
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     if export is None and trainer.is_global_zero:  # trainer.monitor="": the last epoch
-        model.save_pretrained(run / "model")
+        save_model(model, run / "model", preprocess)
     summary = {
         "manifest": data.manifest_path,  # evaluate refuses to score patients the model trained on
         TRAIN_PATIENTS_KEY: train_patient_hashes(data.manifest, data.manifest_path),  # the same, if the manifest moves
