@@ -10,11 +10,12 @@ import time
 
 import numpy as np
 import pytest
+from _model_folder import add_parts, make_model_folder
+from _net import free_port
 from PIL import Image
 
-from _model_folder import make_model_folder
+from lumbarclip.bundle import ModelFolder
 from lumbarclip.data.imageio import write_dicom
-from _net import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -149,16 +150,15 @@ def test_page_draws_the_discs_of_a_sagittal_slice(tmp_path):
 
     import torch
 
-    from lumbarclip.inference.operating_point import load_operating_point, read_card, write_card
     from lumbarclip.inference.predict import Predictor
     from lumbarclip.models.detector import DetectorConfig, DiscDetector
     from lumbarclip.serve import create_app
 
     model_dir = make_model_folder(tmp_path / "model")
-    op = load_operating_point(model_dir)
+    op = ModelFolder.load(model_dir).operating_point
     op.preprocess = replace(op.preprocess, planes=("sagittal",))
-    op.save(model_dir)
-    write_card(model_dir, {**read_card(model_dir), "input": {"planes": ["sagittal"]}})
+    add_parts(model_dir, operating_point=op)
+    add_parts(model_dir, card={**ModelFolder.load(model_dir, require=()).card, "input": {"planes": ["sagittal"]}})
     torch.manual_seed(0)
     DiscDetector(DetectorConfig(backbone="test_efficientnet", pretrained="", image_size=96, fpn_channels=32, head_convs=1,
                                 score_thresh=0.0, max_discs=5)).save(model_dir / "detector")  # fmt: skip

@@ -10,11 +10,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from _model_folder import add_parts
 from PIL import Image
 
-from lumbarclip.evaluation.discs import DetectionScore, match_boxes, names_from_the_sacrum
-from lumbarclip.models.detector import DetectorConfig, DiscDetector
+from lumbarclip.bundle import ModelFolder, layout
 from lumbarclip.data.transforms import image_boxes, square_boxes
+from lumbarclip.evaluation.discs import (
+    DetectionScore,
+    match_boxes,
+    names_from_the_sacrum,
+)
+from lumbarclip.models.detector import DetectorConfig, DiscDetector
 from lumbarclip.training.detector import score_detector, train_detector
 
 TINY = {"backbone": "test_efficientnet", "pretrained": "", "image_size": 96, "fpn_channels": 32, "head_convs": 1}
@@ -52,16 +58,18 @@ def test_naming_from_the_sacrum_counts_only_matched_discs():
 
 def test_detector_saves_and_loads_the_same_outputs(tmp_path):
     import torch
+    from _model_folder import make_model_folder
 
     torch.manual_seed(0)
     detector = DiscDetector(DetectorConfig(**TINY, score_thresh=0.0)).eval()
-    detector.save(tmp_path)
-    again = DiscDetector.load(tmp_path)
+    folder = make_model_folder(tmp_path / "model")
+    add_parts(folder, detector=detector)
+    again = ModelFolder.load(folder).detector
     x = torch.randn(1, 1, 64, 64)
     with torch.no_grad():
         a, b = detector(x)[0], again(x)[0]
     assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
-    assert json.loads((tmp_path / "detector.json").read_text())["backbone"] == "test_efficientnet"
+    assert json.loads((folder / layout.DETECTOR / layout.DETECTOR_CONFIG).read_text())["backbone"] == "test_efficientnet"
 
 
 def _cohort(root, n_patients=24, size=96, seed=0):
@@ -94,10 +102,9 @@ def _cohort(root, n_patients=24, size=96, seed=0):
 @pytest.mark.slow
 def test_detector_learns_to_find_and_name_stacked_bars(tmp_path):
     manifest = _cohort(tmp_path / "cohort")
-    out = train_detector(manifest, tmp_path / "det", DetectorConfig(**TINY), epochs=15, batch_size=4, lr=3e-3, progress=False)
-    summary = json.loads((out / "detector-train.json").read_text())
+    detector, summary = train_detector(manifest, DetectorConfig(**TINY), epochs=15, batch_size=4, lr=3e-3, progress=False)
     assert summary["train_slices"] == 16 and summary["valid_slices"] == 4
-    score = score_detector(DiscDetector.load(out), manifest, "test")
+    score = score_detector(detector, manifest, "test")
     assert score.recall >= 0.8 and score.precision >= 0.8, score.to_dict()
     assert score.naming_accuracy()["all"] >= 0.8
 
@@ -108,18 +115,17 @@ def test_predict_lists_named_discs_or_says_why_not(tmp_path):
     from dataclasses import replace
 
     import torch
-
     from _model_folder import make_model_folder
+
     from lumbarclip.data.imageio import write_dicom
-    from lumbarclip.inference.operating_point import load_operating_point
     from lumbarclip.inference.predict import Predictor
 
     folder = make_model_folder(tmp_path / "model")
-    op = load_operating_point(folder)
+    op = ModelFolder.load(folder).operating_point
     op.preprocess = replace(op.preprocess, planes=("sagittal",))
-    op.save(folder)
+    add_parts(folder, operating_point=op)
     torch.manual_seed(0)
-    DiscDetector(DetectorConfig(**TINY, score_thresh=0.0, max_discs=5)).save(folder / "detector")  # untrained: boxes anyway
+    add_parts(folder, detector=DiscDetector(DetectorConfig(**TINY, score_thresh=0.0, max_discs=5)))  # untrained: boxes anyway
     predictor = Predictor.load(folder, salt="s")
     png = tmp_path / "slice.png"
     Image.fromarray((np.random.default_rng(0).random((120, 80)) * 255).astype(np.uint8)).save(png)  # not square
@@ -160,14 +166,15 @@ def test_predict_shows_only_validated_grades(tmp_path):
     from dataclasses import replace
 
     from _model_folder import make_model_folder
-    from lumbarclip.inference.grades import DiscGrader, disc_features
-    from lumbarclip.inference.operating_point import load_operating_point
+
+    from lumbarclip.bundle.grader import DiscGrader
+    from lumbarclip.inference.grades import disc_features
     from lumbarclip.inference.predict import Predictor
 
     folder = make_model_folder(tmp_path / "model")
-    op = load_operating_point(folder)
+    op = ModelFolder.load(folder).operating_point
     op.preprocess = replace(op.preprocess, planes=("sagittal",))
-    op.save(folder)
+    add_parts(folder, operating_point=op)
     rng = np.random.default_rng(0)
     d = 16 * 32  # crop features
     grader = DiscGrader(
@@ -176,9 +183,9 @@ def test_predict_shows_only_validated_grades(tmp_path):
         {"pfirrmann": {"L5-S1": {"kappa": 0.7, "validated": True}, "L4-L5": {"kappa": 0.3, "validated": False}},
          "classes": {"bulge": {"auroc": 0.9, "validated": True}, "DDD": {"auroc": 0.6, "validated": False}}},
     )  # fmt: skip
-    grader.save(folder)
+    add_parts(folder, grader=grader)
     predictor = Predictor.load(folder, salt="s")
-    predictor.detector, predictor.grader = FixedDiscs(), DiscGrader.load(folder)  # no detector folder: set both by hand
+    predictor.detector, predictor.grader = FixedDiscs(), ModelFolder.load(folder).grader  # no detector part: set both by hand
     png = tmp_path / "slice.png"
     pixels = np.random.default_rng(0).random((120, 80))
     Image.fromarray((pixels * 255).astype(np.uint8)).save(png)
@@ -208,20 +215,19 @@ def test_node_analyser_reads_the_mid_sagittal_slice_and_reports_its_discs(tmp_pa
 
     import pydicom
     import torch
-
     from _model_folder import make_model_folder
+
     from lumbarclip.data.imageio import write_dicom
-    from lumbarclip.inference.operating_point import load_operating_point
     from lumbarclip.pacs.analyse import StudyAnalyser
     from lumbarclip.pacs.sr import read_report
 
     folder = make_model_folder(tmp_path / "model")
-    op = load_operating_point(folder)
+    op = ModelFolder.load(folder).operating_point
     op.preprocess = replace(op.preprocess, planes=("sagittal",))
     op.study_unit = ["T2 ?"]
-    op.save(folder)
+    add_parts(folder, operating_point=op)
     torch.manual_seed(0)
-    DiscDetector(DetectorConfig(**TINY, score_thresh=0.0, max_discs=5)).save(folder / "detector")
+    add_parts(folder, detector=DiscDetector(DetectorConfig(**TINY, score_thresh=0.0, max_discs=5)))
     study = tmp_path / "study"
     pixels = (np.random.default_rng(0).random((120, 80)) * 4000).astype(np.uint16)  # the untrained detector finds boxes here
     for i in range(5):  # x steps along the sagittal normal; file order shuffled by name
@@ -241,16 +247,13 @@ def test_node_analyser_reads_the_mid_sagittal_slice_and_reports_its_discs(tmp_pa
 
 def test_disc_layer_is_described_in_the_card(tmp_path):
     """build_disc_layer writes the card's discs section from the figures it measured."""
-    from lumbarclip.inference.operating_point import read_card, write_card
     from lumbarclip.training import detector as module
 
-    write_card(tmp_path, {"name": "m"})
     figures = {
-        "detector_train": {"config": {"backbone": "b", "pretrained": "package", "image_size": 256}, "best_valid_f1": 0.9},
+        "detector_train": {"best_valid_f1": 0.9},
         "detection_valid": {"recall": 0.95},
         "grader": {"source": "crop", "gate": {}},
     }
-    module._describe_in_card(tmp_path, figures)
-    discs = read_card(tmp_path)["discs"]
+    discs = module._card_section(DiscDetector(DetectorConfig(**TINY)), figures)
     assert discs["valid_f1"] == 0.9 and discs["grader"]["source"] == "crop" and "FCOS" in discs["detector"]
-    assert read_card(tmp_path)["name"] == "m"
+    assert "test_efficientnet" in discs["detector"] and discs["valid_detection"] == {"recall": 0.95}

@@ -15,12 +15,17 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from lumbarclip.bundle import ModelFolder, layout, save_model
 from lumbarclip.cli import main
+from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run
 from lumbarclip.evaluation.integrity import TrainingPatients
-from lumbarclip.inference.operating_point import CARD_FILE
-from lumbarclip.evaluation.supervised import SupervisedConfig, classifier_proba, train_classifier
+from lumbarclip.evaluation.supervised import (
+    SupervisedConfig,
+    classifier_proba,
+    train_classifier,
+)
 from lumbarclip.models import ModelConfig, create_model, create_vision_tower
 from lumbarclip.synth.cohort import CohortConfig, make_cohort
 
@@ -42,7 +47,7 @@ def cohort(tmp_path_factory):
     model = create_model(
         ModelConfig(vision="test_resnet", image_size=32, embed_dim=16, text_unfrozen_layers=0)
     )
-    model.save_pretrained(root / "run" / "model")
+    save_model(model, root / "run" / "model", PreprocessSpec.of_model(model.config.image_size))
     return root, manifest
 
 
@@ -160,7 +165,7 @@ def _sha256(patient_id):
 def test_test_split_writes_the_card_and_says_overlap_was_not_checked(cohort, evaluated):
     root, _ = cohort
     metrics, _ = evaluated
-    assert (root / "run" / "model" / CARD_FILE).is_file()
+    assert (root / "run" / "model" / layout.CARD).is_file()
     assert not metrics["integrity"]["pretraining_overlap_checked"]  # the fixture's run has no train_summary.json
     assert any("train_summary.json not found" in w and "NOT checked" in w for w in metrics["integrity"]["warnings"])
 
@@ -197,7 +202,7 @@ def test_valid_split_writes_no_card_and_warns_when_overlap_cannot_be_checked(coh
     printed = capsys.readouterr().out
     assert "WARNING:" in printed and "NOT checked" in printed
     assert (run / "eval-valid" / "metrics.json").is_file()
-    assert not (run / "model" / CARD_FILE).exists()
+    assert not (run / "model" / layout.CARD).exists()
 
 
 def test_supervised_classifier_learns_and_keeps_the_best_epoch():
@@ -272,8 +277,7 @@ def test_train_then_evaluate_end_to_end(cohort, capsys):
 def test_findings_figures_and_the_gate_reach_metrics_card_and_operating_point(evaluated):
     from lumbarclip.evaluation.findings import MIN_VALID_AUROC
     from lumbarclip.findings import LEVEL_KINDS
-    from lumbarclip.inference.operating_point import load_operating_point
-
+    
     metrics, out = evaluated
     fz = metrics["finding_zero_shot"]
     assert "macro_auroc" in fz and set(fz["per_kind"]) == set(LEVEL_KINDS)
@@ -285,10 +289,10 @@ def test_findings_figures_and_the_gate_reach_metrics_card_and_operating_point(ev
     validated = [k for k, a in fz["valid_auroc"].items() if a is not None and a >= MIN_VALID_AUROC]
     assert fz["validated"] == validated
     model_dir = out.parent / "model"
-    card = json.loads((model_dir / CARD_FILE).read_text())
+    card = json.loads((model_dir / layout.CARD).read_text())
     assert card["findings"]["valid_auroc"] == fz["valid_auroc"]  # card.json: findings.valid_auroc.<kind>
     assert card["findings"]["validated"] == validated
     assert card["findings"]["pixel_ceiling_macro_auroc"] == ceiling["macro_auroc"]
-    assert load_operating_point(model_dir).validated_findings == validated
+    assert ModelFolder.load(model_dir).operating_point.validated_findings == validated
     html = (out / "report.html").read_text()
     assert "pixel ceiling" in html and "valid AUROC" in html and "cos(pos, neg)" in html

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from lumbarclip.bundle import load_model
 from lumbarclip.errors import InputError
 from lumbarclip.findings import LEVEL_KINDS
-from lumbarclip.models import LumbarCLIP
 from lumbarclip.models.finding_head import FindingHead
 from lumbarclip.synth.cohort import CohortConfig, make_cohort
 from lumbarclip.training import load_config, train
@@ -60,7 +60,7 @@ def test_finding_head_trains_with_sentence_targets_only(tmp_path):
         train(load_config("cpu-demo", tiny + binary), cohort, tmp_path / "refused", progress=False)
     sentence = ["loss.labels=sentence", "loss.kernel=agreement", "data.sentences=relevant"]
     run = train(load_config("cpu-demo", tiny + sentence), cohort, tmp_path / "run", progress=False)
-    model = LumbarCLIP.from_pretrained(run / "model")
+    model = load_model(run / "model")
     emb, logits, attention = model.encode_image_and_findings(torch.zeros(2, 1, 32, 32))
     assert emb.shape == (2, 16) and logits.shape == (2, len(LEVEL_KINDS)) and attention.shape[:2] == (2, len(LEVEL_KINDS))
     assert torch.allclose(emb, model.encode_image(torch.zeros(2, 1, 32, 32)), atol=1e-5)

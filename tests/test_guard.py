@@ -2,21 +2,30 @@
 non-MR DICOM is refused with its reason, a study's verdict uses only its in-distribution images
 and only for the evaluated unit's shape."""
 
+import json
+
 import numpy as np
 import pytest
+from _model_folder import add_parts, make_model_folder
 from PIL import Image
 from sklearn.covariance import LedoitWolf
+from test_predict import _pixels, _series
 
-from _model_folder import make_model_folder
+from lumbarclip.bundle import ModelFolder, load_model
 from lumbarclip.data.imageio import write_dicom
+from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.decision import (
-    InputGuard, Mahalanobis, intensity_histogram, laplacian_histogram, pooled_pixels, slot, study_unit, unit_mismatch,
+    InputGuard,
+    Mahalanobis,
+    intensity_histogram,
+    laplacian_histogram,
+    pooled_pixels,
+    slot,
+    study_unit,
+    unit_mismatch,
 )  # fmt: skip
 from lumbarclip.inference.embed import embed_images
-from lumbarclip.inference.operating_point import load_operating_point
 from lumbarclip.inference.predict import Predictor
-from lumbarclip.models import LumbarCLIP
-from test_predict import _pixels, _series
 
 LEVELS = {"D3": "L3-L4", "D4": "L4-L5", "D5": "L5-S1"}
 
@@ -34,8 +43,8 @@ def test_guard_is_ledoit_wolf_mahalanobis_per_view_with_valid_thresholds(tmp_pat
     assert 0.94 <= guard.accepts(guard.score(valid)).mean() <= 0.975
     far = {name: v[:5] + 8.0 for name, v in valid.items()}
     assert not guard.accepts(guard.score(far)).any()
-    guard.save(tmp_path)
-    again = InputGuard.load(tmp_path)
+    doc, arrays = guard.to_state()
+    again = InputGuard.from_state(json.loads(json.dumps(doc)), arrays)
     np.testing.assert_allclose(again.score(far), guard.score(far))
     assert again.in_rate == 0.95
 
@@ -100,16 +109,16 @@ def _study_pngs(folder, patient="0003"):
 def _guard_around(model_dir, inside, outside):
     """A guard centred on the `inside` images' embeddings that accepts them and refuses
     `outside` (Euclidean distance: identity precision)."""
-    model = LumbarCLIP.from_pretrained(model_dir)
-    emb_in = embed_images(model, inside, progress=False).astype(np.float64)
-    emb_out = embed_images(model, outside, progress=False).astype(np.float64)
+    model = load_model(model_dir)
+    emb_in = embed_images(model, inside, PreprocessSpec.of_model(model.config.image_size), progress=False).astype(np.float64)
+    emb_out = embed_images(model, outside, PreprocessSpec.of_model(model.config.image_size), progress=False).astype(np.float64)
     centre = emb_in.mean(0)
     d_in = np.linalg.norm(emb_in - centre, axis=1).max()
     d_out = np.linalg.norm(emb_out - centre, axis=1)
     assert d_out.min() > d_in, "test inputs: the outside images must lie farther than the inside ones"
     threshold = float((d_in + d_out.min()) / 2)
     guard = InputGuard({"embedding": Mahalanobis(centre, np.eye(len(centre)), threshold)}, n_fit=len(inside))
-    guard.save(model_dir)
+    add_parts(model_dir, guard=guard)
     return guard, d_out / threshold
 
 
@@ -130,9 +139,9 @@ def test_ood_image_gets_no_verdict_and_the_study_uses_only_in_distribution_image
     # one study (named by the user) of 7 images, 6 in distribution: exactly the evaluated unit
     (verdict,) = result.studies
     assert (verdict["study"], verdict["n_images"], verdict["n_in_distribution"]) == ("ward-7", 7, 6)
-    op = load_operating_point(model_dir)
-    model = LumbarCLIP.from_pretrained(model_dir)
-    logit = embed_images(model, study, progress=False).astype(np.float64) @ op.weights.astype(np.float64) + op.bias
+    op = ModelFolder.load(model_dir).operating_point
+    model = load_model(model_dir)
+    logit = embed_images(model, study, PreprocessSpec.of_model(model.config.image_size), progress=False).astype(np.float64) @ op.weights.astype(np.float64) + op.bias
     m = (1 / (1 + np.exp(-logit))).mean()  # the six in-distribution images only
     expected = 1 / (1 + np.exp(-(op.patient_calibration["a"] * np.log(m / (1 - m)) + op.patient_calibration["b"])))
     assert verdict["p_abnormal_mean_raw"] == pytest.approx(m, abs=1e-5)
@@ -146,7 +155,7 @@ def test_ood_image_gets_no_verdict_and_the_study_uses_only_in_distribution_image
 
 
 def test_non_axial_or_non_mr_dicom_is_refused_with_its_reason(model_dir, tmp_path):
-    InputGuard({"embedding": Mahalanobis(np.zeros(16), np.eye(16), 1e6)}).save(model_dir)  # accept every embedding
+    add_parts(model_dir, guard=InputGuard({"embedding": Mahalanobis(np.zeros(16), np.eye(16), 1e6)}))  # accept every embedding
     predictor = Predictor.load(model_dir, salt="s")
     sagittal = _series(tmp_path / "sag", "T2", "1.2.3.4.2001", orientation=(0, 1, 0, 0, 0, -1), seed=5)
     (line,) = predictor.predict([sagittal["L4-L5"]], top_k=0).images

@@ -5,8 +5,16 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from lumbarclip.bundle import load_model, save_model
+from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.errors import InputError
-from lumbarclip.models import LumbarCLIP, ModelConfig, create_head, create_model, create_vision_tower
+from lumbarclip.models import (
+    LumbarCLIP,
+    ModelConfig,
+    create_head,
+    create_model,
+    create_vision_tower,
+)
 
 TINY = {
     "resnet18": {},
@@ -96,14 +104,14 @@ def test_save_load_round_trip_gives_identical_embeddings(tiny_model, tmp_path):
     tiny_model.eval()
     images = torch.randn(3, 1, 32, 32)
     texts = ["Grade I spondylolisthesis of L4 over L5.", "Adequate spinal canal.", "Lt foraminal narrowing."]
-    folder = tiny_model.save_pretrained(tmp_path / "model")
-    loaded = LumbarCLIP.from_pretrained(folder)
+    folder = save_model(tiny_model, tmp_path / "model", PreprocessSpec.of_model(tiny_model.config.image_size))
+    loaded = load_model(folder)
     with torch.no_grad():
         assert torch.equal(tiny_model.encode_image(images), loaded.encode_image(images))
         assert torch.equal(tiny_model.encode_text(texts), loaded.encode_text(texts))
     assert loaded.config == tiny_model.config
-    with pytest.raises(InputError, match="not a LumbarCLIP model folder"):
-        LumbarCLIP.from_pretrained(tmp_path)
+    with pytest.raises(InputError, match="not a complete model folder: missing config.json"):
+        load_model(tmp_path)
 
 
 def test_unreachable_text_tower_is_a_clear_error():

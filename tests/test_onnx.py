@@ -9,14 +9,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from _model_folder import add_parts, make_model_folder
 from PIL import Image
 
-from _model_folder import make_model_folder
+from lumbarclip.bundle import ModelFolder, layout, load_model, save_model
+from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.errors import InputError
-from lumbarclip.inference.onnx import ONNX_FILE, OnnxImageScorer, export_onnx, onnx_model_path
-from lumbarclip.inference.operating_point import load_operating_point
+from lumbarclip.inference.onnx import OnnxImageScorer, export_onnx
 from lumbarclip.inference.scorer import ImageScorer
-from lumbarclip.models import LumbarCLIP
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def exported(tmp_path_factory):
 
 def test_onnx_matches_pytorch_on_16_images(exported):
     model_dir, path = exported
-    scorer = ImageScorer(LumbarCLIP.from_pretrained(model_dir), load_operating_point(model_dir)).eval()
+    scorer = ImageScorer(load_model(model_dir), ModelFolder.load(model_dir).operating_point).eval()
     # images unlike the export's own check: uniform pixels in [0, 1], normalised as at inference
     images = (torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(7)) - 0.5) / 0.25
     with torch.no_grad():
@@ -37,7 +37,7 @@ def test_onnx_matches_pytorch_on_16_images(exported):
     assert np.abs(emb_o - emb_t.numpy()).max() <= 1e-4
     assert np.abs(logit_o - logit_t.numpy()).max() <= 1e-4
     # the logit is the operating point's classifier over the embedding, computed independently
-    op = load_operating_point(model_dir)
+    op = ModelFolder.load(model_dir).operating_point
     np.testing.assert_allclose(logit_o, op.logit(emb_o), atol=1e-4)
     assert np.allclose(np.linalg.norm(emb_o, axis=1), 1.0, atol=1e-5)
 
@@ -50,9 +50,9 @@ def test_dynamic_batch_and_record(exported):
         assert emb.shape == (n, 16) and logit.shape == (n,)
     record = json.loads((path.parent / "export.json").read_text())
     assert max(record["parity_max_abs_diff"].values()) <= 1e-4
-    assert path == model_dir / "onnx" / ONNX_FILE == onnx_model_path(model_dir)
+    assert path == model_dir / layout.ONNX_DIR / layout.ONNX == ModelFolder.load(model_dir).export_file()
     # the export folder holds what predict needs, so it is a model folder itself
-    assert onnx_model_path(path.parent) == path
+    assert ModelFolder.load(path.parent).export_file() == path
     for name in ("config.json", "model.safetensors", "operating_point.json", "preprocess.json", "card.json"):
         assert (path.parent / name).is_file(), name
 
@@ -62,11 +62,11 @@ def test_export_refuses_overwrite_and_missing_operating_point(exported, tmp_path
     with pytest.raises(InputError, match="--overwrite"):
         export_onnx(model_dir)
     bare = tmp_path / "bare"
-    LumbarCLIP.from_pretrained(model_dir).save_pretrained(bare)
-    with pytest.raises(InputError, match="operating_point.json: missing"):
+    save_model(load_model(model_dir), bare, PreprocessSpec.of_model(32))
+    with pytest.raises(InputError, match=f"missing {layout.OPERATING_POINT}"):
         export_onnx(bare)
     with pytest.raises(InputError, match="lumbarclip export"):
-        onnx_model_path(bare)
+        ModelFolder.load(bare, require=()).export_file()
 
 
 def test_export_cli(exported, tmp_path):
@@ -75,7 +75,7 @@ def test_export_cli(exported, tmp_path):
     model_dir, _ = exported
     out = tmp_path / "exp"
     assert main(["export", "--model", str(model_dir), "--format", "onnx", "--out", str(out)]) == 0
-    assert (out / ONNX_FILE).is_file()
+    assert (out / layout.ONNX).is_file()
     assert main(["export", "--model", str(model_dir), "--format", "onnx", "--out", str(out)]) == 2
 
 
@@ -107,10 +107,10 @@ def test_predictor_onnx_runtime_matches_torch(exported, tmp_path):
 
 def _retrained_probe(model_dir):
     """The operating point refitted as `evaluate --overwrite` would: new probe weights."""
-    op = load_operating_point(model_dir)
+    op = ModelFolder.load(model_dir).operating_point
     op.weights = -op.weights
     op.bias = 0.7
-    op.save(model_dir)
+    add_parts(model_dir, operating_point=op)
 
 
 def test_stale_export_refused_naming_the_command(exported, tmp_path, capsys):
@@ -124,10 +124,10 @@ def test_stale_export_refused_naming_the_command(exported, tmp_path, capsys):
     record = json.loads((model_dir / "onnx" / "export.json").read_text())
     baked = {"config.json", "model.safetensors", "operating_point.safetensors", "preprocess.json"}
     assert set(record["sha256"]) == baked
-    assert isinstance(load_onnx_scorer(model_dir), OnnxImageScorer)
+    assert isinstance(load_onnx_scorer(ModelFolder.load(model_dir)), OnnxImageScorer)
     _retrained_probe(model_dir)
     stale = (
-        f"{model_dir / 'onnx' / ONNX_FILE} is stale: operating_point.safetensors changed since export; "
+        f"{model_dir / 'onnx' / layout.ONNX} is stale: operating_point.safetensors changed since export; "
         f"re-run `lumbarclip export --model {model_dir} --format onnx --overwrite`"
     )
     with pytest.raises(InputError, match=re.escape(stale)):
@@ -137,18 +137,18 @@ def test_stale_export_refused_naming_the_command(exported, tmp_path, capsys):
     assert "is stale: operating_point.safetensors changed" in err and len(err.strip().splitlines()) == 1
     # the export folder holds copies of the files it was built from, so it is still consistent...
     export_dir = model_dir / "onnx"
-    assert isinstance(load_onnx_scorer(export_dir), OnnxImageScorer)
+    assert isinstance(load_onnx_scorer(ModelFolder.load(export_dir)), OnnxImageScorer)
     # ...until they change there; the command then names the folder it was exported from
     (export_dir / "preprocess.json").write_text((export_dir / "preprocess.json").read_text().replace("0.25", "0.3"))
     command = f"lumbarclip export --model {source.resolve()} --format onnx --out {export_dir} --overwrite"
     with pytest.raises(InputError, match=re.escape(f"preprocess.json changed since export; re-run `{command}`")):
-        load_onnx_scorer(export_dir)
+        load_onnx_scorer(ModelFolder.load(export_dir))
     # calibration and thresholds are applied outside the graph: changing them alone is not stale
-    op = load_operating_point(source)
+    op = ModelFolder.load(source).operating_point
     op.calibration = {"a": 2.0, "b": -0.5}
-    op.save(export_dir)
+    add_parts(export_dir, operating_point=op)
     (export_dir / "preprocess.json").write_bytes((source / "preprocess.json").read_bytes())
-    assert isinstance(load_onnx_scorer(export_dir), OnnxImageScorer)
+    assert isinstance(load_onnx_scorer(ModelFolder.load(export_dir)), OnnxImageScorer)
 
 
 def test_export_without_hashes_refused(exported, tmp_path):
@@ -163,7 +163,7 @@ def test_export_without_hashes_refused(exported, tmp_path):
     record_path.write_text(json.dumps(record))
     unknown = r"export.json records no sha256 of the files it was exported from"
     with pytest.raises(InputError, match=rf"{unknown}; re-run `lumbarclip export --model .* --overwrite`"):
-        load_onnx_scorer(model_dir)
+        load_onnx_scorer(ModelFolder.load(model_dir))
 
 
 def test_reexport_after_new_probe_matches_torch(exported, tmp_path):

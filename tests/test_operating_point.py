@@ -14,15 +14,14 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from lumbarclip.bundle import OperatingPoint, save_model
+from lumbarclip.bundle.reportbank import SYNTHETIC_REPORTS, ReportBank
 from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.decision import PLATT_C, fit_platt
 from lumbarclip.inference.operating_point import (
-    OperatingPoint,
     fit_operating_point,
-    load_operating_point,
     probe_weights,
 )
-from lumbarclip.inference.reportbank import SYNTHETIC_REPORTS, ReportBank
 
 
 def _ece(y, p, bins=10):
@@ -80,19 +79,19 @@ def test_probe_folded_over_embedding_and_thresholds_chosen_on_valid(tmp_path):
     w, b = probe_weights(pipeline)
     np.testing.assert_allclose(x @ w + b, pipeline.decision_function(x), atol=1e-4)
     patients = np.repeat(np.arange(50), 2)
-    op = fit_operating_point(pipeline, x[200:], y[200:], patients, np.eye(2, 8), 32, {"note": "toy"})
+    op = fit_operating_point(pipeline, x[200:], y[200:], patients, np.eye(2, 8), PreprocessSpec.of_model(32), {"note": "toy"})
     prob = op.calibrate(op.logit(x[200:]))
     best = max(balanced_accuracy_score(y[200:], prob >= t) for t in np.unique(prob))
     assert balanced_accuracy_score(y[200:], prob >= op.thresholds["image"]) == pytest.approx(best)
     # given the probe's own thresholds (evaluation's), the calibrated ones make the same decisions
     raw = {"image": 0.55, "patient": 0.45}
-    same = fit_operating_point(pipeline, x[200:], y[200:], patients, np.eye(2, 8), 32, raw_thresholds=raw)
+    same = fit_operating_point(pipeline, x[200:], y[200:], patients, np.eye(2, 8), PreprocessSpec.of_model(32), raw_thresholds=raw)
     raw_prob = pipeline.predict_proba(x)[:, 1]
     np.testing.assert_array_equal(same.calibrate(same.logit(x)) >= same.thresholds["image"], raw_prob >= 0.55)
     means = raw_prob.reshape(-1, 2).mean(axis=1)
     np.testing.assert_array_equal(same.calibrate_patient(means) >= same.thresholds["patient"], means >= 0.45)
-    op.save(tmp_path)
-    loaded = load_operating_point(tmp_path)
+    doc, arrays = op.to_state()
+    loaded = OperatingPoint.from_state(json.loads(json.dumps(doc)), arrays, op.preprocess)
     np.testing.assert_allclose(loaded.weights, w, rtol=1e-6)
     assert loaded.thresholds == pytest.approx(op.thresholds) and loaded.calibration == pytest.approx(op.calibration)
     assert loaded.patient_calibration == pytest.approx(op.patient_calibration)
@@ -109,10 +108,8 @@ def test_report_bank_nearest_and_round_trip(tmp_path):
     order = np.argsort(-(query @ emb.T)[0])
     assert [t["text"] for t in top] == [f"report {order[0]}", f"report {order[1]}"] and top[0]["text"] == "report 3"
     assert bank.top1_labels(emb).tolist() == [0, 1, 1, 0, 1]
-    bank.save(tmp_path)
-    again = ReportBank.load(tmp_path)
+    again = ReportBank.from_state(*bank.to_state())
     assert again.texts == bank.texts and again.labels.tolist() == [0, 1, 1, 0, 1]
-    assert ReportBank.load(tmp_path / "none") is None
 
 
 @pytest.mark.slow
@@ -124,7 +121,7 @@ def test_evaluate_writes_a_model_folder_predict_can_use(tmp_path):
 
     manifest = make_cohort(tmp_path / "cohort", CohortConfig(n_patients=24, size=32, abnormal_rate=0.5), progress=False)
     model = create_model(ModelConfig(vision="test_resnet", image_size=32, embed_dim=16, text_unfrozen_layers=0))
-    model_dir = model.save_pretrained(tmp_path / "run" / "model")
+    model_dir = save_model(model, tmp_path / "run" / "model", PreprocessSpec.of_model(model.config.image_size))
     options = EvalOptions(finetune=False, from_scratch=False, label_efficiency=False, raw_pixels=False,
                           bootstrap=50, progress=False, report=False, report_bank=True)  # fmt: skip
     metrics = evaluate_run(tmp_path / "run", manifest, options=options)

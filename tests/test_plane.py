@@ -9,12 +9,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from _model_folder import add_parts, make_model_folder
 from PIL import Image
 
-from _model_folder import make_model_folder
+from lumbarclip.bundle import ModelFolder, layout, load_model, save_model
 from lumbarclip.data.imageio import write_dicom
-from lumbarclip.data.transforms import PREPROCESS_FILE, PreprocessSpec
-from lumbarclip.inference.operating_point import load_operating_point
+from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.inference.predict import Predictor
 
 SAGITTAL = (0, 1, 0, 0, 0, -1)  # rows along y, columns along -z: the normal is x
@@ -24,10 +24,10 @@ AXIAL = (1, 0, 0, 0, 1, 0)
 @pytest.fixture(scope="module")
 def sagittal_model(tmp_path_factory):
     folder = make_model_folder(tmp_path_factory.mktemp("sagittal-model"))
-    op = load_operating_point(folder)
+    op = ModelFolder.load(folder).operating_point
     op.preprocess = replace(op.preprocess, planes=("sagittal",))
     op.study_unit = ["T1 ?", "T2 ?"]  # what evaluate records for whole sagittal slices (slot: no level)
-    op.save(folder)
+    add_parts(folder, operating_point=op)
     return folder
 
 
@@ -50,16 +50,14 @@ def _stack(folder, sequence, uid, orientation, n=5, seed=0, study="1.2.3.9"):
     return dict(paths)
 
 
-def test_preprocess_json_keeps_planes_and_reads_older_files_as_axial(tmp_path):
+def test_preprocess_spec_keeps_planes_and_reads_a_spec_without_them_as_axial():
     spec = PreprocessSpec.of_model(64, planes=("sagittal",), sequences=("T2",))
-    spec.save(tmp_path)
-    assert PreprocessSpec.load(tmp_path) == spec
-    data = json.loads((tmp_path / PREPROCESS_FILE).read_text())
+    data = json.loads(json.dumps(spec.to_dict()))
+    assert PreprocessSpec.from_dict(data) == spec
     assert data["planes"] == ["sagittal"] and data["sequences"] == ["T2"]
     for key in ("planes", "sequences"):
         del data[key]
-    (tmp_path / PREPROCESS_FILE).write_text(json.dumps(data))
-    assert PreprocessSpec.load(tmp_path).planes == ("axial",)
+    assert PreprocessSpec.from_dict(data).planes == ("axial",)
 
 
 def test_sagittal_model_reads_sagittal_and_refuses_axial(sagittal_model, tmp_path):
@@ -114,8 +112,7 @@ def test_evaluate_records_the_training_planes_and_cuts_zero_shot_on_valid(tmp_pa
     from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run
     from lumbarclip.evaluation.zeroshot import default_prompts, zero_shot_abnormal_proba
     from lumbarclip.inference import class_embeddings, embed_images
-    from lumbarclip.inference.operating_point import read_card
-    from lumbarclip.models import LumbarCLIP, ModelConfig, create_model
+    from lumbarclip.models import ModelConfig, create_model
     from lumbarclip.synth.cohort import CohortConfig, make_cohort
 
     axial = make_cohort(tmp_path / "cohort", CohortConfig(n_patients=20, size=32, abnormal_rate=0.5), progress=False)
@@ -126,20 +123,20 @@ def test_evaluate_records_the_training_planes_and_cuts_zero_shot_on_valid(tmp_pa
         writer = csv.DictWriter(fh, fieldnames=[*rows[0], "plane"])
         writer.writeheader()
         writer.writerows({**row, "plane": "sagittal"} for row in rows)
-    create_model(ModelConfig(vision="test_resnet", image_size=32, embed_dim=16, text_unfrozen_layers=0)).save_pretrained(
-        tmp_path / "run" / "model"
-    )
+    model = create_model(ModelConfig(vision="test_resnet", image_size=32, embed_dim=16, text_unfrozen_layers=0))
+    save_model(model, tmp_path / "run" / "model", PreprocessSpec.of_model(32))
+    (tmp_path / "run" / "model" / layout.PREPROCESS).unlink()  # a folder without a spec: evaluate takes the train split's planes
     options = EvalOptions(finetune=False, from_scratch=False, label_efficiency=False, pixel_ceiling=False, bootstrap=50, progress=False)
     metrics = evaluate_run(tmp_path / "run", sagittal, options=options)
     model_dir = tmp_path / "run" / "model"
-    assert PreprocessSpec.load(model_dir).planes == ("sagittal",)
-    card = read_card(model_dir)
+    assert ModelFolder.load(model_dir).preprocess.planes == ("sagittal",)
+    card = ModelFolder.load(model_dir, require=()).card
     assert card["input"]["planes"] == ["sagittal"] and "axial" in card["not_intended_use"][1]
 
-    model = LumbarCLIP.from_pretrained(model_dir)
+    model = load_model(model_dir)
     valid = read_manifest(sagittal).split("valid")
     probs = zero_shot_abnormal_proba(
-        model, embed_images(model, [r.image_path for r in valid], progress=False), class_embeddings(model, default_prompts())
+        model, embed_images(model, [r.image_path for r in valid], PreprocessSpec.of_model(model.config.image_size), progress=False), class_embeddings(model, default_prompts())
     )
     expected = choose_threshold(np.array([r.label for r in valid]), probs)
     assert metrics["zero_shot_valid_threshold"]["image"]["threshold"] == pytest.approx(expected, abs=1e-6)

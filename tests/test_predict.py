@@ -3,19 +3,20 @@ study folder; probabilities checked against an independent computation (embed.py
 operating point's arrays); bad files skipped; no header value in any output."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from _model_folder import add_parts, make_model_folder
 from PIL import Image
 
-from _model_folder import make_model_folder
+from lumbarclip.bundle import FindingGate, ModelFolder, layout, load_model, save_model
 from lumbarclip.cli import main
 from lumbarclip.data.imageio import write_dicom
+from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.errors import InputError
 from lumbarclip.inference.embed import embed_images
-from lumbarclip.inference.operating_point import OPERATING_POINT_FILE, load_operating_point
 from lumbarclip.inference.predict import Predictor
-from lumbarclip.models import LumbarCLIP
 
 LEVEL_Z = {"L5-S1": 0.0, "L4-L5": 35.0, "L3-L4": 70.0}
 SECRETS = {
@@ -32,9 +33,9 @@ SECRETS = {
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = make_model_folder(tmp_path_factory.mktemp("model"))
-    op = load_operating_point(folder)
+    op = ModelFolder.load(folder).operating_point
     op.patient_calibration = {"a": 0.7, "b": 0.3}  # a non-trivial study map as well
-    op.save(folder)
+    add_parts(folder, operating_point=op)
     return folder
 
 
@@ -51,9 +52,9 @@ def _pixels(seed, size=40):
 def _logits(model_dir, paths):
     """Probe logits computed apart from Predictor: embed.py's loader and encoder, then the
     operating point's arrays by hand."""
-    model = LumbarCLIP.from_pretrained(model_dir)
-    op = load_operating_point(model_dir)
-    emb = embed_images(model, paths, progress=False).astype(np.float64)
+    model = load_model(model_dir)
+    op = ModelFolder.load(model_dir).operating_point
+    emb = embed_images(model, paths, PreprocessSpec.of_model(model.config.image_size), progress=False).astype(np.float64)
     return emb @ op.weights.astype(np.float64) + op.bias
 
 
@@ -63,13 +64,13 @@ def _sigmoid(z):
 
 def _expected(model_dir, paths):
     """Calibrated image P(abnormal): sigmoid(a * logit + b)."""
-    op = load_operating_point(model_dir)
+    op = ModelFolder.load(model_dir).operating_point
     return _sigmoid(op.calibration["a"] * _logits(model_dir, paths) + op.calibration["b"])
 
 
 def _expected_study(model_dir, paths):
     """Study P(abnormal): mean of the images' sigmoid(logit), then the patient Platt map."""
-    op = load_operating_point(model_dir)
+    op = ModelFolder.load(model_dir).operating_point
     m = _sigmoid(_logits(model_dir, paths)).mean()
     return _sigmoid(op.patient_calibration["a"] * np.log(m / (1 - m)) + op.patient_calibration["b"])
 
@@ -120,7 +121,7 @@ def test_png_files_match_independent_computation(model_dir, predictor, tmp_path)
     first = result.images[0]
     assert (first["sequence"], first["level"]) == ("T1", "L3-L4")  # public dataset naming
     assert result.images[1]["level"] == "L5-S1" and result.images[2]["level"] is None
-    op = load_operating_point(model_dir)
+    op = ModelFolder.load(model_dir).operating_point
     for line, p in zip(result.images, expected):
         assert line["label"] == ("abnormal" if p >= op.thresholds["image"] else "normal")
         assert len(line["top_findings"]) == 2 and line["nearest_reports"] == []  # no bank here
@@ -175,7 +176,7 @@ def test_study_folder_picks_axial_t1_t2_and_says_why(model_dir, predictor, study
     assert verdict["n_images"] == 6 and verdict["rule"].startswith("patient")
     study_p = _expected_study(model_dir, [line["path"] for line in result.images])
     assert verdict["p_abnormal"] == pytest.approx(study_p, abs=1e-5)
-    op = load_operating_point(model_dir)
+    op = ModelFolder.load(model_dir).operating_point
     assert verdict["label"] == ("abnormal" if study_p >= op.thresholds["patient"] else "normal")
     text = " ".join(verdict["selection"])
     assert "not axial" in text and "localiser" in text and "L5-S1 T1" in text
@@ -222,9 +223,9 @@ def test_bad_files_skipped_and_counted_exit_2_when_nothing_readable(model_dir, t
 
 def test_missing_operating_point_names_file_and_command(model_dir, tmp_path, capsys):
     bare = tmp_path / "bare"
-    LumbarCLIP.from_pretrained(model_dir).save_pretrained(bare)
-    assert LumbarCLIP.from_pretrained(bare) is not None  # the model itself still loads
-    with pytest.raises(InputError, match=rf"{OPERATING_POINT_FILE}: missing; write it with lumbarclip evaluate"):
+    save_model(load_model(model_dir), bare, PreprocessSpec.of_model(32))
+    assert load_model(bare) is not None  # the model itself still loads
+    with pytest.raises(InputError, match=rf"missing {layout.OPERATING_POINT}, .*\(write with `lumbarclip evaluate"):
         Predictor.load(bare)
     assert main(["predict", "--model", str(bare), "x.png"]) == 2
     assert "lumbarclip evaluate" in capsys.readouterr().err
@@ -236,6 +237,7 @@ def test_only_validated_findings_are_shown(model_dir, predictor, tmp_path):
     import shutil
 
     from _model_folder import VALIDATED
+
     from lumbarclip.findings import LEVEL_KINDS
     from lumbarclip.inference.findings import FindingClassifier
 
@@ -244,8 +246,8 @@ def test_only_validated_findings_are_shown(model_dir, predictor, tmp_path):
         paths.append(tmp_path / name)
         Image.fromarray(_pixels(i).astype(np.uint16)).save(paths[-1])
     result = predictor.predict(paths, top_k=len(LEVEL_KINDS))
-    model = LumbarCLIP.from_pretrained(model_dir)
-    scores = FindingClassifier.build(model).scores(embed_images(model, paths, progress=False), ["L4-L5"] * 2)
+    model = load_model(model_dir)
+    scores = FindingClassifier.build(model).scores(embed_images(model, paths, PreprocessSpec.of_model(model.config.image_size), progress=False), ["L4-L5"] * 2)
     for n, line in enumerate(result.images):
         shown = {f["finding"]: f["score"] for f in line["top_findings"]}
         assert set(shown) == set(VALIDATED)
@@ -253,11 +255,11 @@ def test_only_validated_findings_are_shown(model_dir, predictor, tmp_path):
             assert score == pytest.approx(scores[kind][n], abs=1e-4)
     (study,) = result.studies
     assert study["not_validated"] == [k for k in LEVEL_KINDS if k not in VALIDATED]
-    op = load_operating_point(model_dir)
-    op.findings = {}
+    op = ModelFolder.load(model_dir).operating_point
+    op.findings = FindingGate()
     ungated = tmp_path / "ungated"
     shutil.copytree(model_dir, ungated)
-    op.save(ungated)
+    add_parts(ungated, operating_point=op)
     bare = Predictor.load(ungated).predict(paths, top_k=3)  # no gate recorded: nothing is shown
     assert all(line["top_findings"] == [] for line in bare.images)
     assert bare.studies[0]["not_validated"] == list(LEVEL_KINDS)
@@ -267,19 +269,20 @@ def test_head_scorer_shows_the_finding_heads_own_scores(tmp_path):
     """When evaluation chose the finding head on valid, predict shows the head's sigmoid per
     validated kind, computed here apart from Predictor (the eval loader, then the head)."""
     from _model_folder import VALIDATED
+
     from lumbarclip.inference import load_images
     from lumbarclip.inference.findings import head_outputs
 
     folder = make_model_folder(tmp_path / "model", finding_head=True)
-    op = load_operating_point(folder)
-    op.findings = {**op.findings, "scorer": "head"}
-    op.save(folder)
+    op = ModelFolder.load(folder).operating_point
+    op.findings = replace(op.findings, scorer="head")
+    add_parts(folder, operating_point=op)
     paths = []
     for i, name in enumerate(("T2_0004_D3.png", "T1_0004_D3.png")):
         paths.append(tmp_path / name)
         Image.fromarray(_pixels(10 + i).astype(np.uint16)).save(paths[-1])
     result = Predictor.load(folder, salt="s").predict(paths, top_k=5)
-    scores, _ = head_outputs(LumbarCLIP.from_pretrained(folder), load_images(paths, 32, False))
+    scores, _ = head_outputs(load_model(folder), load_images(paths, PreprocessSpec.of_model(32), False))
     for n, line in enumerate(result.images):
         shown = {f["finding"]: f["score"] for f in line["top_findings"]}
         assert set(shown) == set(VALIDATED)

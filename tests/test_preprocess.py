@@ -8,14 +8,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from _model_folder import make_model_folder
 from PIL import Image
 
-from _model_folder import make_model_folder
+from lumbarclip.bundle import ModelFolder
 from lumbarclip.data.config import DataConfig
 from lumbarclip.data.datamodule import PairDataModule
 from lumbarclip.data.imageio import write_dicom
 from lumbarclip.data.transforms import (
-    PREPROCESS_FILE,
     PreprocessSpec,
     eval_transform,
     load_model_input,
@@ -24,7 +24,6 @@ from lumbarclip.data.transforms import (
 )
 from lumbarclip.errors import InputError
 from lumbarclip.inference.embed import load_images
-from lumbarclip.inference.operating_point import load_operating_point
 from lumbarclip.inference.predict import Predictor
 
 SIZE = 32
@@ -96,11 +95,11 @@ def _predicted_inputs(predictor, files):
 def test_evaluation_and_prediction_make_identical_tensors(files, model_dir, tmp_path):
     from lumbarclip.inference.onnx import export_onnx
 
-    evaluation = load_images(files, SIZE, progress=False)
+    evaluation = load_images(files, PreprocessSpec.of_model(SIZE), progress=False)
     assert evaluation.shape == (len(files), 1, SIZE, SIZE)
     assert torch.equal(_datamodule_tensors(files, tmp_path), evaluation)
     # preprocess.json as evaluation writes it is the spec the evaluation transform uses
-    assert load_operating_point(model_dir).preprocess == PreprocessSpec.of_model(SIZE)
+    assert ModelFolder.load(model_dir).operating_point.preprocess == PreprocessSpec.of_model(SIZE)
     assert torch.equal(_predicted_inputs(Predictor.load(model_dir, runtime="torch"), files), evaluation)
     export_onnx(model_dir)
     assert torch.equal(_predicted_inputs(Predictor.load(model_dir, runtime="onnx"), files), evaluation)
@@ -114,7 +113,7 @@ def test_preprocess_follows_the_spec():
     assert torch.allclose(preprocess(pixels, spec), (plain * 0.25 + 0.5 - 0.4) / 0.2, atol=1e-6)
     assert preprocess(pixels, spec).shape == (1, 24, 24)
     shapes = r"the model takes \[3, 24, 24\] inputs, preprocessing makes \[1, 24, 24\]"
-    with pytest.raises(InputError, match=rf"preprocess.json: {shapes}"):
+    with pytest.raises(InputError, match=rf"preprocessing spec: {shapes}"):
         preprocess(pixels, PreprocessSpec(image_size=24, mean=0.5, std=0.25, channels=3))
 
 
@@ -144,18 +143,16 @@ def test_refused_images_are_skipped_with_the_reason(model_dir, tmp_path):
     assert all("\n" not in reason for reason in reasons.values())
     # evaluation reads through the same function: a refused file stops it, named
     with pytest.raises(InputError, match=rf"^{small}: image is 6 x 7 pixels"):
-        load_images([good, small], SIZE, progress=False)
+        load_images([good, small], PreprocessSpec.of_model(SIZE), progress=False)
     with pytest.raises(InputError, match=rf"^{stretched}: pixels are"):
         load_model_input(stretched, PreprocessSpec.of_model(SIZE))
 
 
-def test_preprocess_json_limits_round_trip_and_default(tmp_path):
+def test_preprocess_spec_limits_round_trip_and_default():
     spec = PreprocessSpec(image_size=64, mean=0.5, std=0.25, max_upscale=2.0, max_aspect=1.5)
-    spec.save(tmp_path)
-    assert PreprocessSpec.load(tmp_path) == spec
-    # a preprocess.json written before the limits existed gets the defaults
-    doc = json.loads((tmp_path / PREPROCESS_FILE).read_text())
+    doc = json.loads(json.dumps(spec.to_dict()))
+    assert PreprocessSpec.from_dict(doc) == spec
+    # a spec without the limits gets the defaults
     for key in ("max_upscale", "max_aspect", "max_pixel_aspect"):
         del doc[key]
-    (tmp_path / PREPROCESS_FILE).write_text(json.dumps(doc))
-    assert PreprocessSpec.load(tmp_path) == PreprocessSpec.of_model(64)
+    assert PreprocessSpec.from_dict(doc) == PreprocessSpec.of_model(64)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from _model_folder import add_parts, make_model_folder
+from lumbarclip.bundle import ModelFolder, layout
+from lumbarclip.bundle.reportbank import SYNTHETIC_REPORTS, USER_REPORTS, ReportBank
 from lumbarclip.data.manifest import read_manifest
-from lumbarclip.inference.reportbank import (
-    BANK_ARRAYS, BANK_TEXTS, SYNTHETIC_REPORTS, USER_REPORTS, ReportBank, reports_source,
-)
+from lumbarclip.inference.reportbank import reports_source
 
 
 def unit_rows(n: int, d: int = 4) -> np.ndarray:
@@ -21,14 +22,16 @@ def unit_rows(n: int, d: int = 4) -> np.ndarray:
 
 @pytest.mark.parametrize("source", [SYNTHETIC_REPORTS, USER_REPORTS])
 def test_source_round_trips(tmp_path, source):
-    ReportBank(unit_rows(3), ["a", "b", "c"], [0, 1, 0], source).save(tmp_path)
-    assert ReportBank.load(tmp_path).source == source
+    folder = make_model_folder(tmp_path)
+    add_parts(folder, bank=ReportBank(unit_rows(3, 16), ["a", "b", "c"], [0, 1, 0], source))
+    assert ModelFolder.load(folder).bank.source == source
 
 
 def test_a_bank_without_a_recorded_source_is_user_reports(tmp_path):
-    save_file({"embeddings": unit_rows(2).astype(np.float32), "labels": np.array([0, 1])}, str(tmp_path / BANK_ARRAYS))
-    (tmp_path / BANK_TEXTS).write_text('{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n')
-    assert ReportBank.load(tmp_path).source == USER_REPORTS
+    folder = make_model_folder(tmp_path)
+    save_file({"embeddings": unit_rows(2, 16).astype(np.float32), "labels": np.array([0, 1])}, str(folder / layout.BANK_ARRAYS))
+    (folder / layout.BANK_TEXTS).write_text('{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n')
+    assert ModelFolder.load(folder).bank.source == USER_REPORTS
     assert ReportBank(unit_rows(1), ["a"], [0]).source == USER_REPORTS
     with pytest.raises(ValueError, match="source"):
         ReportBank(unit_rows(1), ["a"], [0], "hospital")

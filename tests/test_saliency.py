@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.evaluation.pointing import dilate, lesion_region, peak, pointing_game
 from lumbarclip.inference.saliency import METHODS, overlay, saliency_maps, save_overlay
 from lumbarclip.models import LumbarCLIP, ModelConfig, create_model
@@ -180,7 +181,7 @@ def test_report_section_on_a_synthetic_cohort(models, tmp_path):
     manifest = make_cohort(tmp_path / "c", CohortConfig(n_patients=4, seed=1, size=48, abnormal_rate=1.0), progress=False)
     records = read_manifest(manifest).records
     model = models["resnet18"]
-    images = load_images([r.image_path for r in records], 64, progress=False)
+    images = load_images([r.image_path for r in records], PreprocessSpec.of_model(64), progress=False)
     gallery = saliency_gallery(model, records, images, torch.randn(8), manifest, size=3)
     n_lesions = sum(r.image_path.resolve() in read_lesions(manifest) for r in records)
     assert gallery.pointing_game["n_images"] == n_lesions > 3

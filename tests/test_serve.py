@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _model_folder import add_parts, make_model_folder
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from _model_folder import make_model_folder
 from lumbarclip.data.imageio import write_dicom
 
 SECRET_NAME, SECRET_ID = "Doe^Jane", "PID-SECRET-4711"
@@ -347,14 +347,14 @@ def banked(tmp_path_factory):
     """Two model folders with the same weights and bank texts: one bank written by the synthetic
     writer's path, one from user reports."""
     from lumbarclip.inference.predict import Predictor
-    from lumbarclip.inference.reportbank import SYNTHETIC_REPORTS, USER_REPORTS, ReportBank
+    from lumbarclip.bundle.reportbank import SYNTHETIC_REPORTS, USER_REPORTS, ReportBank
 
     emb = np.random.default_rng(1).normal(size=(len(BANK_TEXTS), 16))
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     out = {}
     for source in (SYNTHETIC_REPORTS, USER_REPORTS):
         folder = make_model_folder(tmp_path_factory.mktemp(source))
-        ReportBank(emb, BANK_TEXTS, [0, 1, 1, 0], source).save(folder)
+        add_parts(folder, bank=ReportBank(emb, BANK_TEXTS, [0, 1, 1, 0], source))
         out[source] = (folder, Predictor.load(folder))
     return out
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lumbarclip.bundle import load_model
 from lumbarclip.models import LumbarCLIP, ModelConfig, create_model
 from lumbarclip.reports import class_prompts
 from lumbarclip.synth.cohort import CohortConfig, make_cohort
@@ -106,7 +107,7 @@ def test_bf16_channels_last_fused_training_runs_and_saves(tmp_path):
     config = load_config("cpu-demo", [*TINY, "trainer.max_epochs=1", "trainer.precision=bf16-mixed",
                                       "trainer.channels_last=true", "trainer.monitor="])
     run = train(config, cohort, tmp_path / "run", progress=False)
-    saved = LumbarCLIP.from_pretrained(run / "model")
+    saved = load_model(run / "model")
     fresh = create_model(config.model)
     weight = saved.visual.conv1.weight
     assert weight.is_contiguous() and torch.isfinite(weight).all()

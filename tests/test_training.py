@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
+from lumbarclip.bundle import load_model
 from lumbarclip.cli import main
 from lumbarclip.errors import InputError
-from lumbarclip.models import LumbarCLIP
 from lumbarclip.synth.cohort import CohortConfig, make_cohort
 from lumbarclip.training import load_config, preset_names, train
 
@@ -60,7 +60,7 @@ def test_train_writes_a_loadable_run(cohort, tmp_path):
     assert 0.0 <= summary["best_value"] <= 1.0
     rows = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
     assert any(r.get("train/loss") for r in rows) and any(r.get("val/zero_shot_balanced_accuracy") for r in rows)
-    model = LumbarCLIP.from_pretrained(run / "model")
+    model = load_model(run / "model")
     assert model.config.image_size == 32
     emb = model.encode_image(torch.zeros(1, 1, 32, 32))
     assert emb.shape == (1, 16)

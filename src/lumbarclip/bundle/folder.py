@@ -200,7 +200,7 @@ class ModelFolder:
         staging = Path(tempfile.mkdtemp(prefix=".write-", dir=self.path))
         try:
             for part in written:
-                self._stage(part, staging)
+                self._stage(part, staging, model_there=staging if "model" in written else self.path)
             for part in parts:
                 for name in layout.PARTS[part].files:
                     top = name.split("/")[0]
@@ -215,7 +215,7 @@ class ModelFolder:
     def _field(self, part: str) -> object | None:
         return self._model if part == "model" else getattr(self, part)
 
-    def _stage(self, part: str, out: Path) -> None:
+    def _stage(self, part: str, out: Path, model_there: Path) -> None:
         if part == "model":
             model = self._model
             (out / layout.CONFIG).write_text(json.dumps(asdict(model.config), indent=2) + "\n")
@@ -226,8 +226,7 @@ class ModelFolder:
             (out / layout.PREPROCESS).write_text(json.dumps(self.preprocess.to_dict(), indent=2) + "\n")
         elif part == "operating_point":
             doc, arrays = self.operating_point.to_state()
-            source = self.path if self._model is None else out
-            doc["meta"] = {**doc["meta"], FITTED_ON: model_hashes(source)}
+            doc["meta"] = {**doc["meta"], FITTED_ON: model_hashes(model_there)}
             save_arrays(arrays, str(out / layout.OPERATING_POINT_ARRAYS))
             _write_json(out / layout.OPERATING_POINT, {**doc, "arrays": layout.OPERATING_POINT_ARRAYS})
         elif part == "guard":
