@@ -51,7 +51,7 @@ def load_text_tower(name: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
         ) from None
     except RuntimeError as err:  # shapes that do not fit the config (transformers logs which)
         raise InputError(
-            f"text tower {name!r} could not be loaded: its weights do not fit its config.json "
+            f"text tower {name!r} could not be loaded: its weights do not fit its Hugging Face config "
             f"({str(err).splitlines()[0]})"
         ) from None
     _refuse_missing(name, info)
