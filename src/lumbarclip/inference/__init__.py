@@ -18,7 +18,7 @@ _EXPORTS = {
     "OperatingPoint": "operating_point",
     "load_operating_point": "operating_point",
     "Predictor": "predict",
-    "PredictResult": "predict",
+    "PredictResult": "results",
     "ReportBank": "reportbank",
     "saliency_maps": "saliency",
     "save_overlay": "saliency",
