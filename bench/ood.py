@@ -72,14 +72,14 @@ def unseen_sets(folder: Path, seed: int = 0, n_generated: int = 20) -> dict[str,
 def flagged(predictor: Predictor, paths: list[Path]) -> dict[str, object]:
     """Counts of one set: refused by the header, by the embedding guard, unreadable, accepted."""
     result = predictor.predict(paths, top_k=0)
-    header = sum(1 for line in result.images if not line["in_distribution"] and "input guard" not in str(line.get("reason")))
-    guard = sum(1 for line in result.images if not line["in_distribution"] and "input guard" in str(line.get("reason")))
-    refused_in_folder = sum(1 for s in result.skipped if str(s["reason"]).startswith("not assessed"))
+    header = sum(1 for line in result.images if not line.in_distribution and "input guard" not in str(line.reason))
+    guard = sum(1 for line in result.images if not line.in_distribution and "input guard" in str(line.reason))
+    refused_in_folder = sum(1 for s in result.skipped if s.reason.startswith("not assessed"))
     n = len(result.images) + refused_in_folder
     out = header + guard + refused_in_folder
     by_view: dict[str, int] = {}
     for line in result.images:
-        reason = str(line.get("reason") or "")
+        reason = line.reason or ""
         if "input guard: " in reason:
             for part in reason.split("input guard: ", 1)[1].split(", "):
                 view = part.split(" ")[0]
@@ -92,7 +92,7 @@ def flagged(predictor: Predictor, paths: list[Path]) -> dict[str, object]:
         "by_guard": guard,
         "by_view": by_view,  # images each guard view puts outside (an image may count under several)
         "unreadable": len(result.skipped) - refused_in_folder,
-        "scores": [line["ood_score"] for line in result.images],
+        "scores": [line.ood_score for line in result.images],
     }
 
 

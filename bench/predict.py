@@ -103,7 +103,7 @@ def main() -> int:
             t = time.perf_counter()
             res_s = p.predict(studies[i])
             times[runtime]["study"].append(time.perf_counter() - t)
-            answers[runtime] += [r["p_abnormal"] for r in res.images] + [s["p_abnormal"] for s in res_s.studies]
+            answers[runtime] += [r.p_abnormal for r in res.images] + [s.p_abnormal for s in res_s.studies]
 
     # the scorer's forward alone, on the 6 preprocessed images of one study
     from lumbarclip.inference.onnx import OnnxImageScorer

@@ -93,8 +93,8 @@ def main() -> int:
     for paths in {tuple(b) for b in bodies}:
         res = predictor.predict(list(paths), top_k=0)  # findings/reports do not change the numbers
         expected[paths] = (
-            {Path(r["path"]).name: (r["p_abnormal"], r["label"]) for r in res.images},
-            sorted((s["p_abnormal"], s["label"]) for s in res.studies),
+            {Path(r.path).name: (r.p_abnormal, r.label) for r in res.images},
+            sorted((s.p_abnormal, s.label) for s in res.studies),
         )
     del predictor
 

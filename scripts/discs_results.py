@@ -106,7 +106,7 @@ def draw_example(manifest: Path, model: Path, png: Path) -> None:
     (line,) = Predictor.load(model, salt="figure").predict([record.image_path], top_k=0).images
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.8))
     for ax, title, discs in (
-        (axes[0], "found by the model", [d for d in line.get("discs", []) if d.get("box_xyxy")]),
+        (axes[0], "found by the model", [d.dump() for d in line.discs or [] if d.box_xyxy]),
         (axes[1], "labelled", [d.to_dict() for d in discs_from_json(record.discs)]),
     ):
         ax.imshow(load_image(record.image_path), cmap="gray")

@@ -105,7 +105,7 @@ def test_page_uploads_png_and_dicom(server, tmp_path):
         verdicts = page.locator("[data-testid=study-verdict]")
         assert verdicts.count() == len(want.studies)
         # single files are studies of their own, not the evaluated unit: no study verdict, reason shown
-        assert all(s["label"] is None for s in want.studies)
+        assert all(s.label is None for s in want.studies)
         shown = {verdicts.nth(i).locator(".what").inner_text() for i in range(verdicts.count())}
         assert shown == {"NOT ASSESSED"}
         reasons = [verdicts.nth(i).locator("[data-testid=reason]").inner_text() for i in range(verdicts.count())]
@@ -115,7 +115,7 @@ def test_page_uploads_png_and_dicom(server, tmp_path):
         note = page.locator("[data-testid=not-validated]")  # once, naming every ungated kind
         assert note.count() == 1 and "not validated for this model" in note.inner_text()
         assert "root compression" in note.inner_text() and "bulge" not in note.inner_text()
-        assert {f["finding"] for r in want.images for f in r.get("top_findings", [])} <= set(VALIDATED)
+        assert {f.finding for r in want.images for f in r.top_findings or []} <= set(VALIDATED)
         cards = page.locator("[data-testid=image-card]")
         assert cards.count() == 3
         names = sorted(cards.nth(i).locator(".name").inner_text() for i in range(3))
@@ -130,12 +130,12 @@ def test_page_uploads_png_and_dicom(server, tmp_path):
             assert src.startswith("data:image/png;base64,")
             Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
             assert overlays.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
-        by_name = {r["path"].split("/")[-1]: r for r in want.images}
+        by_name = {r.path.split("/")[-1]: r for r in want.images}
         for i in range(3):
             card = cards.nth(i)
             row = by_name[card.locator(".name").inner_text()]
-            if row["label"] is not None:
-                assert card.locator(".prob span").last.inner_text() == f"{100 * row['p_abnormal']:.1f}%"
+            if row.label is not None:
+                assert card.locator(".prob span").last.inner_text() == f"{100 * row.p_abnormal:.1f}%"
         assert "Doe" not in page.content() and "PID-SECRET" not in page.content()
         assert errors == []
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
@@ -166,8 +166,8 @@ def test_page_draws_the_discs_of_a_sagittal_slice(tmp_path):
     Image.fromarray((np.random.default_rng(0).random((120, 80)) * 255).astype(np.uint8)).save(png)
     predictor = Predictor.load(model_dir)
     (want,) = predictor.predict([png], top_k=0).images
-    boxes = [d for d in want["discs"] if d["box_xyxy"]]
-    assert boxes and want["image_size"] == [80, 120]
+    boxes = [d for d in want.discs if d.box_xyxy]
+    assert boxes and want.image_size == [80, 120]
     with serving(create_app(model_dir, predictor=predictor)) as url, browser_page(sync_api, url) as (page, errors):
         page.wait_for_function("document.getElementById('subtitle').textContent.includes('sagittal')")
         page.set_input_files("#files", [str(png)])
@@ -178,7 +178,7 @@ def test_page_draws_the_discs_of_a_sagittal_slice(tmp_path):
         assert svg.locator("rect").count() == len(boxes)
         assert "L5-S1" in svg.get_attribute("aria-label")
         first = svg.locator("rect").first
-        assert float(first.get_attribute("x")) == pytest.approx(boxes[0]["box_xyxy"][0])
+        assert float(first.get_attribute("x")) == pytest.approx(boxes[0].box_xyxy[0])
         assert "sagittal" in page.locator("[data-testid=image-card] .tags").inner_text()
         assert errors == []
 

@@ -130,20 +130,20 @@ def test_predict_lists_named_discs_or_says_why_not(tmp_path):
     png = tmp_path / "slice.png"
     Image.fromarray((np.random.default_rng(0).random((120, 80)) * 255).astype(np.uint8)).save(png)  # not square
     (line,) = predictor.predict([png], top_k=0).images
-    discs = line["discs"]
-    assert 1 <= len(discs) <= 5 and all(d["reason"] == "no disc grader in this model folder" for d in discs)
-    centres = [(d["box_xyxy"][1] + d["box_xyxy"][3]) / 2 for d in discs]
+    discs = line.discs
+    assert 1 <= len(discs) <= 5 and all(d.reason == "no disc grader in this model folder" for d in discs)
+    centres = [(d.box_xyxy[1] + d.box_xyxy[3]) / 2 for d in discs]
     assert centres == sorted(centres, reverse=True)  # from the bottom of the image up
-    assert [d["level"] for d in discs] == ["L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2"][: len(discs)]
+    assert [d.level for d in discs] == ["L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2"][: len(discs)]
     for d in discs:  # pixels of the 80 x 120 image (padding removed and clipped), not of the square input
-        x0, y0, x1, y1 = d["box_xyxy"]
+        x0, y0, x1, y1 = d.box_xyxy
         assert 0 <= x0 < x1 <= 80 and 0 <= y0 < y1 <= 120
     axial = write_dicom(
         tmp_path / "ax.dcm", (np.random.default_rng(1).random((64, 64)) * 4000).astype(np.uint16),
         ImageOrientationPatient=[1, 0, 0, 0, 1, 0], ImagePositionPatient=[0.0, 0.0, 0.0], StudyInstanceUID="1.2.3",
     )  # fmt: skip
     (line,) = predictor.predict([axial], top_k=0).images
-    assert line["discs"] == [{"level": None, "box_xyxy": None, "validated": False, "reason": "not assessed: the image itself was not assessed"}]
+    assert [d.dump() for d in line.discs] == [{"level": None, "box_xyxy": None, "validated": False, "reason": "not assessed: the image itself was not assessed"}]
 
 
 class FixedDiscs(torch.nn.Module):
@@ -190,22 +190,22 @@ def test_predict_shows_only_validated_grades(tmp_path):
     pixels = np.random.default_rng(0).random((120, 80))
     Image.fromarray((pixels * 255).astype(np.uint8)).save(png)
     (line,) = predictor.predict([png], top_k=0).images
-    by_level = {d["level"]: d for d in line["discs"]}
+    by_level = {d.level: d for d in line.discs}
     assert list(by_level) == ["L5-S1", "L4-L5", "L3-L4"]
     # 120 x 80 image: padded by 20 columns on the left, 120 -> 96 px (x0.8)
-    assert by_level["L5-S1"]["box_xyxy"] == pytest.approx([5.0, 100.0, 55.0, 112.5])
+    assert by_level["L5-S1"].box_xyxy == pytest.approx([5.0, 100.0, 55.0, 112.5])
     low = by_level["L5-S1"]
-    probs = low["pfirrmann_probabilities"]
-    assert low["validated"] is True and sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
-    assert low["pfirrmann"] == int(max(probs, key=probs.get))
+    probs = low.pfirrmann_probabilities
+    assert low.validated is True and sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
+    assert low.pfirrmann == int(max(probs, key=probs.get))
     from lumbarclip.data.transforms import load_model_input, square_boxes
 
     tensor, _ = load_model_input(png, op.preprocess)
-    feats = disc_features("crop", None, tensor, square_boxes(np.array([low["box_xyxy"]]), (120, 80), 32))
+    feats = disc_features("crop", None, tensor, square_boxes(np.array([low.box_xyxy]), (120, 80), 32))
     assert probs["3"] == pytest.approx(float(grader.pfirrmann_proba(feats)[0, 2]), abs=1e-3)  # read on the 32 px model input
-    assert set(low["classes"]) == {"bulge"}
-    assert by_level["L4-L5"]["pfirrmann"] is None and "not validated" in by_level["L4-L5"]["reason"]
-    assert "learnt L5-S1, L4-L5 only" in by_level["L3-L4"]["reason"]
+    assert set(low.classes) == {"bulge"}
+    assert by_level["L4-L5"].pfirrmann is None and "not validated" in by_level["L4-L5"].reason
+    assert "learnt L5-S1, L4-L5 only" in by_level["L3-L4"].reason
 
 
 def test_node_analyser_reads_the_mid_sagittal_slice_and_reports_its_discs(tmp_path):

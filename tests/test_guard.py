@@ -129,29 +129,29 @@ def test_ood_image_gets_no_verdict_and_the_study_uses_only_in_distribution_image
     guard, d_out = _guard_around(model_dir, study, [noise])
     predictor = Predictor.load(model_dir, salt="s")
     result = predictor.predict([*study, noise], top_k=2, study="ward-7")
-    by_path = {line["path"]: line for line in result.images}
+    by_path = {line.path: line for line in result.images}
     odd = by_path[str(noise)]
-    assert odd["in_distribution"] is False and odd["label"] is None and odd["p_abnormal"] is None
-    assert "input guard" in odd["reason"] and "top_findings" not in odd
-    assert odd["ood_score"] == pytest.approx(d_out[0], abs=1e-3)
-    assert all(by_path[str(p)]["in_distribution"] and by_path[str(p)]["label"] in ("normal", "abnormal") for p in study)
+    assert odd.in_distribution is False and odd.label is None and odd.p_abnormal is None
+    assert "input guard" in odd.reason and "top_findings" not in odd.dump()
+    assert odd.ood_score == pytest.approx(d_out[0], abs=1e-3)
+    assert all(by_path[str(p)].in_distribution and by_path[str(p)].label in ("normal", "abnormal") for p in study)
 
     # one study (named by the user) of 7 images, 6 in distribution: exactly the evaluated unit
     (verdict,) = result.studies
-    assert (verdict["study"], verdict["n_images"], verdict["n_in_distribution"]) == ("ward-7", 7, 6)
+    assert (verdict.study, verdict.n_images, verdict.n_in_distribution) == ("ward-7", 7, 6)
     op = ModelFolder.load(model_dir).operating_point
     model = load_model(model_dir)
     logit = embed_images(model, study, PreprocessSpec.of_model(model.config.image_size), progress=False).astype(np.float64) @ op.weights.astype(np.float64) + op.bias
     m = (1 / (1 + np.exp(-logit))).mean()  # the six in-distribution images only
     expected = 1 / (1 + np.exp(-(op.patient_calibration["a"] * np.log(m / (1 - m)) + op.patient_calibration["b"])))
-    assert verdict["p_abnormal_mean_raw"] == pytest.approx(m, abs=1e-5)
-    assert verdict["p_abnormal"] == pytest.approx(expected, abs=1e-5)
-    assert verdict["rule"].startswith("patient")
+    assert verdict.p_abnormal_mean_raw == pytest.approx(m, abs=1e-5)
+    assert verdict.p_abnormal == pytest.approx(expected, abs=1e-5)
+    assert verdict.rule.startswith("patient")
 
     # nothing in distribution: the study says so and gives no verdict
     (alone,) = predictor.predict([noise], top_k=0).studies
-    assert alone["label"] is None and alone["p_abnormal"] is None and alone["n_in_distribution"] == 0
-    assert "none of its images is in distribution" in alone["reason"]
+    assert alone.label is None and alone.p_abnormal is None and alone.n_in_distribution == 0
+    assert "none of its images is in distribution" in alone.reason
 
 
 def test_non_axial_or_non_mr_dicom_is_refused_with_its_reason(model_dir, tmp_path):
@@ -159,19 +159,19 @@ def test_non_axial_or_non_mr_dicom_is_refused_with_its_reason(model_dir, tmp_pat
     predictor = Predictor.load(model_dir, salt="s")
     sagittal = _series(tmp_path / "sag", "T2", "1.2.3.4.2001", orientation=(0, 1, 0, 0, 0, -1), seed=5)
     (line,) = predictor.predict([sagittal["L4-L5"]], top_k=0).images
-    assert line["label"] is None and line["in_distribution"] is False and "sagittal" in line["reason"]
+    assert line.label is None and line.in_distribution is False and "sagittal" in line.reason
     # a series folder with only a sagittal series: nothing chosen, refused with the reason
     result = predictor.predict([tmp_path / "sag"], top_k=0)
-    assert result.images == [] and "no axial T1 or T2 series" in result.skipped[0]["reason"]
+    assert result.images == [] and "no axial T1 or T2 series" in result.skipped[0].reason
     ct = write_dicom(
         tmp_path / "ct.dcm", _pixels(3), Modality="CT", ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
         ImagePositionPatient=[0.0, 0.0, 0.0], StudyInstanceUID="1.2.3.4.9",
     )  # fmt: skip
     (line,) = predictor.predict([ct], top_k=0).images
-    assert line["label"] is None and "not MR" in line["reason"]
+    assert line.label is None and "not MR" in line.reason
     head = write_dicom(
         tmp_path / "head.dcm", _pixels(4), BodyPartExamined="HEAD", ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
         ImagePositionPatient=[0.0, 0.0, 0.0], StudyInstanceUID="1.2.3.4.10",
     )  # fmt: skip
     (line,) = predictor.predict([head], top_k=0).images
-    assert line["label"] is None and "lumbar spine" in line["reason"] and "HEAD" not in line["reason"]
+    assert line.label is None and "lumbar spine" in line.reason and "HEAD" not in line.reason

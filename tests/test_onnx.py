@@ -99,10 +99,10 @@ def test_predictor_onnx_runtime_matches_torch(exported, tmp_path):
     onnx_res = onnx_pred.predict(files, top_k=0)
     assert len(onnx_res.images) == 4
     for a, b in zip(torch_res.images, onnx_res.images, strict=True):
-        assert a["path"] == b["path"] and a["label"] == b["label"]
-        assert abs(a["p_abnormal"] - b["p_abnormal"]) <= 1e-4
+        assert a.path == b.path and a.label == b.label
+        assert abs(a.p_abnormal - b.p_abnormal) <= 1e-4
     for a, b in zip(torch_res.studies, onnx_res.studies, strict=True):
-        assert abs(a["p_abnormal_mean_raw"] - b["p_abnormal_mean_raw"]) <= 1e-4
+        assert abs(a.p_abnormal_mean_raw - b.p_abnormal_mean_raw) <= 1e-4
 
 
 def _retrained_probe(model_dir):
@@ -180,4 +180,4 @@ def test_reexport_after_new_probe_matches_torch(exported, tmp_path):
     torch_res = Predictor.load(model_dir, runtime="torch").predict(files, top_k=0)
     onnx_res = Predictor.load(model_dir, runtime="onnx").predict(files, top_k=0)
     for a, b in zip(torch_res.images, onnx_res.images, strict=True):
-        assert abs(a["p_abnormal"] - b["p_abnormal"]) <= 1e-4
+        assert abs(a.p_abnormal - b.p_abnormal) <= 1e-4

@@ -142,4 +142,4 @@ def test_evaluate_writes_a_model_folder_predict_can_use(tmp_path):
     assert TestClient(create_app(model_dir)).get("/health").json()["nearest_reports"] is True
     images = sorted((tmp_path / "cohort" / "images").glob("*.png"))[:6]
     result = Predictor.load(model_dir).predict(images, top_k=1)
-    assert len(result.images) == 6 and all(len(line["nearest_reports"]) == 1 for line in result.images)
+    assert len(result.images) == 6 and all(len(line.nearest_reports) == 1 for line in result.images)

@@ -16,9 +16,10 @@ import pytest
 from orthanc import NODE_AET, ORTHANC_AET, orthanc  # noqa: F401  (fixture)
 
 from lumbarclip.inference.predict import Predictor
+from lumbarclip.inference.results import StudyResult
 from lumbarclip.pacs.analyse import StudyAnalyser
 from lumbarclip.pacs.node import Destination, NodeConfig, PacsNode, send_datasets
-from lumbarclip.pacs.sr import ModelInfo, build_report, is_abnormal, read_report
+from lumbarclip.pacs.sr import ModelInfo, build_report, read_report
 from lumbarclip.synth.cohort import CohortConfig, make_cohort
 
 
@@ -57,8 +58,11 @@ def test_orthanc_to_node_and_back(orthanc, cohort, tmp_path):  # noqa: F811
     def process(folder, previous=()):
         files = sorted(folder.glob("*.dcm"))
         sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-        study = {"label": 1, "p_abnormal": len(files) / 100, "threshold": 0.5}
-        return [build_report(sources, study, [{}] * len(sources), sources, ModelInfo("stand-in", "0"))]
+        study = StudyResult(
+            study="s", n_images=len(files), n_in_distribution=len(files), p_abnormal_mean_raw=None,
+            p_abnormal=len(files) / 100, label="abnormal", threshold=0.5, rule=None, selection=[], not_validated=[],
+        )  # fmt: skip
+        return [build_report(sources, study, [], sources, ModelInfo("stand-in", "0"))]
 
     node = start_node(orthanc, process, tmp_path)
     try:
@@ -89,7 +93,7 @@ def predictor(model_dir, cohort):
     return Predictor.load(model_dir, runtime="torch")
 
 
-def expected(predictor, files: list[Path]) -> dict:
+def expected(predictor, files: list[Path]) -> StudyResult:
     """What `lumbarclip predict STUDY_FOLDER` says about the study."""
     (study,) = predictor.predict([files[0].parent], top_k=0).studies
     return study
@@ -113,9 +117,9 @@ def test_end_to_end_sr_matches_predict(orthanc, cohort, predictor, tmp_path):  #
         assert len(reports) == 1
         sr = hd.sr.srread(_as_file(reports[0]))  # highdicom parses what Orthanc stored
         got, want = read_report(sr), expected(predictor, cohort[uid])
-        assert got["verdict"] == ("abnormal" if is_abnormal(want["label"]) else "normal")
-        assert got["p_abnormal"] == float(want["p_abnormal"])
-        assert got["threshold"] == float(want["threshold"])
+        assert got["verdict"] == want.label
+        assert got["p_abnormal"] == want.p_abnormal
+        assert got["threshold"] == want.threshold
         assert got["model_name"] == predictor.card["name"]
         sources = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in cohort[uid]}
         assert got["images"] and set(got["images"]) <= sources
@@ -134,7 +138,7 @@ def test_dicomweb_pull_stows_sr(orthanc, cohort, predictor, model_dir, capsys): 
     assert main(["pacs", "run", "--model", str(model_dir), "--dicomweb", orthanc.dicomweb, "--study", uid, "--top-k", "0"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     want = expected(predictor, files)
-    assert line["p_abnormal"] == float(want["p_abnormal"]) and line["stored"]
+    assert line["p_abnormal"] == want.p_abnormal and line["stored"]
     assert uid not in json.dumps(line)  # the summary names the study by its hash only
     reports = stored_reports(orthanc, oid)
     assert len(reports) == before + 1

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
+from lumbarclip.inference.results import Disc, ImageResult, StudyResult
 from lumbarclip.pacs.sr import INTENDED_USE, SCHEME, ModelInfo, build_overlays, build_report, level_findings, read_report
 from lumbarclip.synth.cohort import CohortConfig, make_cohort
 
@@ -26,25 +27,40 @@ def study(tmp_path_factory):
     return files, [pydicom.dcmread(f) for f in files]
 
 
-def fake_images(files):
+def image_line(**fields) -> ImageResult:
+    """An assessed axial image line as Predictor writes it, `fields` over the defaults."""
+    base = {"path": "x.dcm", "study": "P1", "series": 1, "sequence": "T2", "level": None, "plane": "axial",
+            "plane_from": "DICOM header", "in_distribution": True, "ood_score": 0.5, "p_abnormal": 0.5,
+            "label": "normal"}  # fmt: skip
+    return ImageResult(**(base | fields))
+
+
+def study_line(**fields) -> StudyResult:
+    """A study line as Predictor writes it (no verdict unless `fields` give one)."""
+    base = {"study": "P1", "n_images": 6, "n_in_distribution": 6, "p_abnormal_mean_raw": 0.5, "p_abnormal": None,
+            "label": None, "threshold": 0.5, "rule": None, "selection": [], "not_validated": []}  # fmt: skip
+    return StudyResult(**(base | fields))
+
+
+def fake_images(files, assessed=None):
     """Predictor-shaped per-image results: level from the file name, two findings each (a disc
-    bulge, private code; a protrusion, SNOMED CT)."""
+    bulge, private code; a protrusion, SNOMED CT); images not in `assessed` (indices) were
+    refused by the input guard: no verdict, no findings, a reason."""
     levels = {"D3": "L3-L4", "D4": "L4-L5", "D5": "L5-S1"}
     out = []
     for i, f in enumerate(files):
         level = levels[f.stem.split("_")[-1]]
-        out.append(
-            {
-                "path": str(f),
-                "level": level,
-                "plane": "axial",
-                "p_abnormal": 0.1 * i,
-                "top_findings": [
-                    {"finding": "bulge", "level": level, "score": 0.30 + 0.05 * i},
-                    {"finding": "protrusion", "level": level, "score": 0.2},
-                ],
-            }
-        )
+        if assessed is not None and i not in assessed:
+            out.append(image_line(path=str(f), level=level, in_distribution=False, p_abnormal=None, label=None,
+                                  reason="not assessed: unlike the images the model was evaluated on"))  # fmt: skip
+            continue
+        out.append(image_line(
+            path=str(f), level=level, p_abnormal=0.1 * i,
+            top_findings=[
+                {"finding": "bulge", "level": level, "score": 0.30 + 0.05 * i},
+                {"finding": "protrusion", "level": level, "score": 0.2},
+            ],
+        ))  # fmt: skip
     return out
 
 
@@ -58,7 +74,7 @@ def roundtrip(ds) -> pydicom.Dataset:
 def test_sr_reads_back_with_highdicom_and_pydicom(study):
     files, sources = study
     images = fake_images(files)
-    result = {"label": "abnormal", "p_abnormal": 0.8765432101234567, "threshold": 0.4321}
+    result = study_line(label="abnormal", p_abnormal=0.8765432101234567, threshold=0.4321)
     sr = build_report(sources, result, images, sources, ModelInfo.from_card({"name": "tiny", "version": "1.2"}))
     buf = roundtrip(sr)
 
@@ -66,13 +82,13 @@ def test_sr_reads_back_with_highdicom_and_pydicom(study):
     assert isinstance(hsr, hd.sr.ComprehensiveSR)
     got = read_report(hsr)
     assert got["verdict"] == "abnormal"
-    assert got["p_abnormal"] == result["p_abnormal"]  # exact: FloatingPointValue
-    assert got["threshold"] == result["threshold"]
+    assert got["p_abnormal"] == result.p_abnormal  # exact: FloatingPointValue
+    assert got["threshold"] == result.threshold
     assert (got["model_name"], got["model_version"]) == ("tiny", "1.2")
     assert "Not for diagnostic use" in got["intended_use"] and len(got["intended_use"]) <= 256
     assert got["plane"] == "axial"  # the plane the predict lines assessed
     assert got["levels"] == level_findings(images)
-    assert got["levels"]["L4-L5"]["bulge"] == pytest.approx(max(0.30 + 0.05 * i for i, im in enumerate(images) if im["level"] == "L4-L5"))
+    assert got["levels"]["L4-L5"]["bulge"] == pytest.approx(max(0.30 + 0.05 * i for i, im in enumerate(images) if im.level == "L4-L5"))
 
     buf.seek(0)
     ds = pydicom.dcmread(buf)  # and plain pydicom, walking the tags
@@ -96,8 +112,8 @@ def test_sr_reads_back_with_highdicom_and_pydicom(study):
     items = {code(i.ConceptNameCodeSequence): i for i in study_group.ContentSequence}
     assert items["DCM", "112039"].TextValue == "study"  # Tracking Identifier
     assert code(items["DCM", "121073"].ConceptCodeSequence) == ("SCT", "263654008")  # Impression: Abnormal
-    assert float(items["DCM", "122157"].MeasuredValueSequence[0].FloatingPointValue) == result["p_abnormal"]  # Probability
-    assert float(items["DCM", "122411"].MeasuredValueSequence[0].FloatingPointValue) == result["threshold"]  # Threshold Value
+    assert float(items["DCM", "122157"].MeasuredValueSequence[0].FloatingPointValue) == result.p_abnormal  # Probability
+    assert float(items["DCM", "122411"].MeasuredValueSequence[0].FloatingPointValue) == result.threshold  # Threshold Value
     assert (items["DCM", "111001"].TextValue, items["DCM", "111003"].TextValue) == ("tiny", "1.2")  # Algorithm Name/Version
     assert items[SCHEME, "INTENDED_USE"].TextValue == INTENDED_USE
     assert code(items["SCT", "363698007"].ConceptCodeSequence) == ("SCT", "122496007")  # Finding site: lumbar spine
@@ -121,7 +137,7 @@ def test_normal_verdict_and_minimal_headers(study):
         for kw in ("PatientName", "PatientID", "StudyDate", "StudyTime", "AccessionNumber"):
             if kw in ds:
                 delattr(ds, kw)
-    sr = build_report(bare, {"label": 0, "p_abnormal": 0.1, "threshold": 0.5}, fake_images(files)[:1], bare[:1], ModelInfo.from_card({}))
+    sr = build_report(bare, study_line(label="normal", p_abnormal=0.1), fake_images(files)[:1], bare[:1], ModelInfo.from_card({}))
     got = read_report(pydicom.dcmread(roundtrip(sr)))
     assert got["verdict"] == "normal" and got["images"] == [bare[0].SOPInstanceUID]
 
@@ -162,17 +178,13 @@ def _dciodvfy_errors(path) -> list[str]:
 
 def test_not_assessed_sr_gives_reason_and_no_probability(study, tmp_path):
     files, sources = study
-    images = fake_images(files)
-    for image in images[:2]:  # two images refused by the input guard: no findings, a reason
-        image.update(in_distribution=False, label=None, reason="not assessed: unlike the images the model was evaluated on")
-        image.pop("top_findings")
-    result = {"label": None, "p_abnormal": None, "threshold": 0.43,
-              "reason": "no study verdict: 4 in-distribution image(s) are not the evaluated study unit"}  # fmt: skip
+    images = fake_images(files, assessed=range(2, len(files)))  # two images refused by the input guard
+    result = study_line(threshold=0.43, reason="no study verdict: 4 in-distribution image(s) are not the evaluated study unit")
     sr = build_report(sources, result, images, sources, ModelInfo.from_card({"name": "tiny", "version": "1.2"}))
     back = read_report(pydicom.dcmread(roundtrip(sr)))
     assert back["verdict"] == "not assessed" and "p_abnormal" not in back and "threshold" not in back
     assert "not_validated" not in back
-    assert back["reason"] == result["reason"]
+    assert back["reason"] == result.reason
     assert back["images_not_assessed"].startswith("2 of 6: not assessed: unlike the images")
     assert set(back["levels"]) == {"L3-L4", "L4-L5", "L5-S1"}  # the four assessed images' findings
     path = tmp_path / "sr.dcm"
@@ -182,7 +194,7 @@ def test_not_assessed_sr_gives_reason_and_no_probability(study, tmp_path):
 
 def test_verdict_sr_validates_with_dciodvfy(study, tmp_path):
     files, sources = study
-    result = {"label": "normal", "p_abnormal": 0.12, "threshold": 0.43}
+    result = study_line(label="normal", p_abnormal=0.12, threshold=0.43)
     sr = build_report(sources, result, fake_images(files), sources, ModelInfo.from_card({"name": "tiny", "version": "1.2"}))
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
@@ -192,9 +204,9 @@ def test_verdict_sr_validates_with_dciodvfy(study, tmp_path):
 def test_amended_sr_names_its_predecessor_and_validates(study, tmp_path):
     files, sources = study
     model = ModelInfo.from_card({"name": "tiny", "version": "1.2"})
-    first = pydicom.dcmread(roundtrip(build_report(sources[:-1], {"label": "normal", "p_abnormal": 0.2, "threshold": 0.4}, fake_images(files[:-1]), sources[:-1], model)))
+    first = pydicom.dcmread(roundtrip(build_report(sources[:-1], study_line(label="normal", p_abnormal=0.2, threshold=0.4), fake_images(files[:-1]), sources[:-1], model)))
     amended = build_report(
-        sources, {"label": "abnormal", "p_abnormal": 0.7, "threshold": 0.4}, fake_images(files), sources, model, [first]
+        sources, study_line(label="abnormal", p_abnormal=0.7, threshold=0.4), fake_images(files), sources, model, [first]
     )
     (study_ref,) = amended.PredecessorDocumentsSequence
     assert study_ref.StudyInstanceUID == first.StudyInstanceUID
@@ -210,9 +222,8 @@ def test_amended_sr_names_its_predecessor_and_validates(study, tmp_path):
 
 def test_kinds_not_validated_get_one_note_and_no_score(study, tmp_path):
     files, sources = study
-    images = fake_images(files)
-    images[0]["not_validated"] = ["protrusion"]  # scored by the images all the same: left out
-    result = {"label": 1, "p_abnormal": 0.6, "threshold": 0.4, "not_validated": ["extrusion"]}
+    images = fake_images(files)  # protrusion scored by the images all the same: left out
+    result = study_line(label="abnormal", p_abnormal=0.6, threshold=0.4, not_validated=["extrusion", "protrusion"])
     sr = build_report(sources, result, images, sources, ModelInfo.from_card({"name": "tiny", "version": "1.2"}))
     ds = pydicom.dcmread(roundtrip(sr))
     back = read_report(ds)
@@ -238,8 +249,8 @@ def test_secondary_capture_validates_with_dciodvfy(study, tmp_path):
 
 def test_level_without_a_snomed_disc_reads_back_by_name(study):
     files, sources = study
-    images = [{"level": "T12-L1", "top_findings": [{"finding": "canal_narrowing", "score": 0.7}]}]
-    sr = build_report(sources, {"label": 1, "p_abnormal": 0.9, "threshold": 0.5}, images, sources[:1], ModelInfo("tiny", "1"))
+    images = [image_line(level="T12-L1", top_findings=[{"finding": "canal_narrowing", "level": None, "score": 0.7}])]
+    sr = build_report(sources, study_line(label="abnormal", p_abnormal=0.9), images, sources[:1], ModelInfo("tiny", "1"))
     assert read_report(pydicom.dcmread(roundtrip(sr)))["levels"] == {"T12-L1": {"canal_narrowing": 0.7}}
 
 
@@ -249,16 +260,16 @@ def test_one_tid1410_group_per_lumbar_disc_with_its_box_and_grade(study, tmp_pat
     and not-assessed entries none; dciodvfy finds no error."""
     files, sources = study
     images = fake_images(files)
-    images[0]["discs"] = [
-        {"level": "L5-S1", "box_xyxy": [10.0, 40.0, 30.5, 48.0], "score": 0.91, "pfirrmann": 4, "validated": True,
-         "classes": {"bulge": 0.8}},
-        {"level": "L4-L5", "box_xyxy": [12.0, 28.0, 31.0, 35.0], "score": 0.88, "pfirrmann": None, "validated": False,
-         "reason": "Pfirrmann grade at L4-L5 not validated on valid", "classes": {}},
-        {"level": "T12-L1", "box_xyxy": [14.0, 2.0, 30.0, 8.0], "score": 0.5, "pfirrmann": None, "validated": False},
-    ]  # fmt: skip
-    images[1]["discs"] = [{"level": None, "box_xyxy": None, "validated": False, "reason": "not assessed: no disc found"}]
-    result = {"label": "abnormal", "p_abnormal": 0.8, "threshold": 0.5,
-              "selection": ["series 2: sagittal T2, 15 slices: used", "T2: series 2: middle slice (8 of 15 along the slice normal)"]}  # fmt: skip
+    images[0] = images[0].model_copy(update={"discs": [
+        Disc(level="L5-S1", box_xyxy=[10.0, 40.0, 30.5, 48.0], score=0.91, pfirrmann=4, validated=True,
+             classes={"bulge": 0.8}),
+        Disc(level="L4-L5", box_xyxy=[12.0, 28.0, 31.0, 35.0], score=0.88, pfirrmann=None, validated=False,
+             reason="Pfirrmann grade at L4-L5 not validated on valid", classes={}),
+        Disc(level="T12-L1", box_xyxy=[14.0, 2.0, 30.0, 8.0], score=0.5, pfirrmann=None, validated=False),
+    ]})  # fmt: skip
+    images[1] = images[1].model_copy(update={"discs": [Disc(level=None, box_xyxy=None, validated=False, reason="not assessed: no disc found")]})
+    result = study_line(label="abnormal", p_abnormal=0.8,
+                        selection=["series 2: sagittal T2, 15 slices: used", "T2: series 2: middle slice (8 of 15 along the slice normal)"])  # fmt: skip
     sr = build_report(sources, result, images, sources, ModelInfo.from_card({"name": "tiny", "version": "1.2"}))
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)

@@ -65,14 +65,14 @@ def test_sagittal_model_reads_sagittal_and_refuses_axial(sagittal_model, tmp_pat
     sag = _stack(tmp_path / "sag", "T2", "1.2.3.4.71", SAGITTAL)
     ax = _stack(tmp_path / "ax", "T2", "1.2.3.4.72", AXIAL)
     (line,) = predictor.predict([sag[2]], top_k=0).images
-    assert line["in_distribution"] is True and line["plane"] == "sagittal" and line["plane_from"] == "DICOM header"
+    assert line.in_distribution is True and line.plane == "sagittal" and line.plane_from == "DICOM header"
     (line,) = predictor.predict([ax[2]], top_k=0).images
-    assert line["in_distribution"] is False and line["label"] is None
-    assert line["reason"] == "not assessed: axial slice: the model reads sagittal slices only"
-    assert line["plane"] == "axial"
+    assert line.in_distribution is False and line.label is None
+    assert line.reason == "not assessed: axial slice: the model reads sagittal slices only"
+    assert line.plane == "axial"
     # a folder with only the axial stack: nothing of the model's plane, said so
     result = predictor.predict([tmp_path / "ax"], top_k=0)
-    assert result.images == [] and "no sagittal T1 or T2 series" in result.skipped[0]["reason"]
+    assert result.images == [] and "no sagittal T1 or T2 series" in result.skipped[0].reason
 
 
 def test_sagittal_study_folder_takes_the_middle_slice_of_each_sequence(sagittal_model, tmp_path):
@@ -82,13 +82,13 @@ def test_sagittal_study_folder_takes_the_middle_slice_of_each_sequence(sagittal_
     t1 = _stack(study / "s2", "T1", "1.2.3.4.82", SAGITTAL, n=4, seed=2)
     _stack(study / "s3", "T2", "1.2.3.4.83", AXIAL, n=6, seed=3)
     result = predictor.predict([study], top_k=0)
-    chosen = {line["sequence"]: line["path"] for line in result.images}
+    chosen = {line.sequence: line.path for line in result.images}
     # middle by position along the normal, whatever the file order: index n // 2
     assert chosen == {"T2": str(t2[2]), "T1": str(t1[2])}
-    assert {line["plane"] for line in result.images} == {"sagittal"}
+    assert {line.plane for line in result.images} == {"sagittal"}
     (verdict,) = result.studies
-    assert verdict["label"] is not None  # T1 + T2 is the study unit of this model
-    text = " ".join(verdict["selection"])
+    assert verdict.label is not None  # T1 + T2 is the study unit of this model
+    text = " ".join(verdict.selection)
     assert "middle slice (3 of 5" in text and "not sagittal" in text
 
 
@@ -97,8 +97,8 @@ def test_png_lines_name_the_models_plane(sagittal_model, tmp_path):
     path = tmp_path / "T1_0254_S8 .png"
     Image.fromarray((np.random.default_rng(0).random((48, 48)) * 255).astype(np.uint8)).save(path)
     (line,) = predictor.predict([path], top_k=0).images
-    assert line["plane"] == "sagittal" and "no orientation" in line["plane_from"]
-    assert line["sequence"] == "T1"  # from the cohort's file name
+    assert line.plane == "sagittal" and "no orientation" in line.plane_from
+    assert line.sequence == "T1"  # from the cohort's file name
 
 
 def test_evaluate_records_the_training_planes_and_cuts_zero_shot_on_valid(tmp_path):

@@ -116,25 +116,25 @@ def test_png_files_match_independent_computation(model_dir, predictor, tmp_path)
         Image.fromarray(_pixels(i).astype(np.uint16)).save(paths[-1])
     result = predictor.predict(paths, top_k=2)
     expected = _expected(model_dir, paths)
-    got = np.array([line["p_abnormal"] for line in result.images])
+    got = np.array([line.p_abnormal for line in result.images])
     np.testing.assert_allclose(got, expected, atol=1e-5)
     first = result.images[0]
-    assert (first["sequence"], first["level"]) == ("T1", "L3-L4")  # public dataset naming
-    assert result.images[1]["level"] == "L5-S1" and result.images[2]["level"] is None
+    assert (first.sequence, first.level) == ("T1", "L3-L4")  # public dataset naming
+    assert result.images[1].level == "L5-S1" and result.images[2].level is None
     op = ModelFolder.load(model_dir).operating_point
     for line, p in zip(result.images, expected):
-        assert line["label"] == ("abnormal" if p >= op.thresholds["image"] else "normal")
-        assert len(line["top_findings"]) == 2 and line["nearest_reports"] == []  # no bank here
+        assert line.label == ("abnormal" if p >= op.thresholds["image"] else "normal")
+        assert len(line.top_findings) == 2 and line.nearest_reports == []  # no bank here
     # two studies: patient 0007 by name, and the unnamed file on its own
-    by_study = {s["study"]: s for s in result.studies}
+    by_study = {s.study: s for s in result.studies}
     assert len(by_study) == 2
-    named = by_study[first["study"]]
-    assert named["n_images"] == 2 and named["n_in_distribution"] == 2
+    named = by_study[first.study]
+    assert named.n_images == 2 and named.n_in_distribution == 2
     # two of the six evaluated slots: no study verdict, the raw mean beside it
-    assert named["p_abnormal"] is None and named["label"] is None and named["rule"] is None
-    assert "not the evaluated study unit" in named["reason"]
+    assert named.p_abnormal is None and named.label is None and named.rule is None
+    assert "not the evaluated study unit" in named.reason
     raw_mean = _sigmoid(_logits(model_dir, paths[:2])).mean()
-    assert named["p_abnormal_mean_raw"] == pytest.approx(raw_mean, abs=1e-5)
+    assert named.p_abnormal_mean_raw == pytest.approx(raw_mean, abs=1e-5)
     assert [line["type"] for line in result.lines()] == ["image"] * 3 + ["study"] * 2
 
 
@@ -143,42 +143,42 @@ def test_unrelated_files_in_one_folder_are_separate_studies(predictor, tmp_path)
         Image.fromarray(_pixels(10 + i).astype(np.uint16)).save(tmp_path / f"scan{i}.png")
     result = predictor.predict([tmp_path], top_k=0)
     assert len(result.images) == 4 and len(result.studies) == 4
-    assert all(s["n_images"] == 1 and s["label"] is None and s["rule"] is None for s in result.studies)
+    assert all(s.n_images == 1 and s.label is None and s.rule is None for s in result.studies)
     # the user says they belong together: one study, still no patient rule (not the evaluated shape)
     (one,) = predictor.predict([tmp_path], top_k=0, study="ward-7").studies
-    assert one["study"] == "ward-7" and one["n_images"] == 4 and one["label"] is None
+    assert one.study == "ward-7" and one.n_images == 4 and one.label is None
 
 
 def test_single_dicom_file_is_scored_as_given(model_dir, predictor, study):
     _, t1, _ = study
     result = predictor.predict([t1["L4-L5"]], top_k=0)
     (line,) = result.images
-    assert line["sequence"] == "T1" and line["level"] is None  # a lone file has no level
-    assert line["p_abnormal"] == pytest.approx(_expected(model_dir, [t1["L4-L5"]])[0], abs=1e-5)
+    assert line.sequence == "T1" and line.level is None  # a lone file has no level
+    assert line.p_abnormal == pytest.approx(_expected(model_dir, [t1["L4-L5"]])[0], abs=1e-5)
 
 
 def test_series_folder_levels_from_slice_positions(predictor, study):
     folder, _, t2 = study
     result = predictor.predict([folder / "s2"], top_k=0)
-    got = {line["level"]: line["path"] for line in result.images}
+    got = {line.level: line.path for line in result.images}
     assert got == {level: str(path) for level, path in t2.items()}
-    assert all(line["sequence"] == "T2" for line in result.images)
-    assert len(result.studies) == 1 and result.studies[0]["n_images"] == 3
+    assert all(line.sequence == "T2" for line in result.images)
+    assert len(result.studies) == 1 and result.studies[0].n_images == 3
 
 
 def test_study_folder_picks_axial_t1_t2_and_says_why(model_dir, predictor, study):
     folder, t1, t2 = study
     result = predictor.predict([folder], top_k=1)
-    chosen = {(line["sequence"], line["level"]): line["path"] for line in result.images}
+    chosen = {(line.sequence, line.level): line.path for line in result.images}
     expected = {("T1", lv): str(p) for lv, p in t1.items()} | {("T2", lv): str(p) for lv, p in t2.items()}
     assert chosen == expected  # sagittal series and localiser left out
     (verdict,) = result.studies
-    assert verdict["n_images"] == 6 and verdict["rule"].startswith("patient")
-    study_p = _expected_study(model_dir, [line["path"] for line in result.images])
-    assert verdict["p_abnormal"] == pytest.approx(study_p, abs=1e-5)
+    assert verdict.n_images == 6 and verdict.rule.startswith("patient")
+    study_p = _expected_study(model_dir, [line.path for line in result.images])
+    assert verdict.p_abnormal == pytest.approx(study_p, abs=1e-5)
     op = ModelFolder.load(model_dir).operating_point
-    assert verdict["label"] == ("abnormal" if study_p >= op.thresholds["patient"] else "normal")
-    text = " ".join(verdict["selection"])
+    assert verdict.label == ("abnormal" if study_p >= op.thresholds["patient"] else "normal")
+    text = " ".join(verdict.selection)
     assert "not axial" in text and "localiser" in text and "L5-S1 T1" in text
     assert result.skipped == []  # notes.txt is not an image: ignored, not an error
 
@@ -249,20 +249,20 @@ def test_only_validated_findings_are_shown(model_dir, predictor, tmp_path):
     model = load_model(model_dir)
     scores = FindingClassifier.build(model).scores(embed_images(model, paths, PreprocessSpec.of_model(model.config.image_size), progress=False), ["L4-L5"] * 2)
     for n, line in enumerate(result.images):
-        shown = {f["finding"]: f["score"] for f in line["top_findings"]}
+        shown = {f.finding: f.score for f in line.top_findings}
         assert set(shown) == set(VALIDATED)
         for kind, score in shown.items():
             assert score == pytest.approx(scores[kind][n], abs=1e-4)
     (study,) = result.studies
-    assert study["not_validated"] == [k for k in LEVEL_KINDS if k not in VALIDATED]
+    assert study.not_validated == [k for k in LEVEL_KINDS if k not in VALIDATED]
     op = ModelFolder.load(model_dir).operating_point
     op.findings = FindingGate()
     ungated = tmp_path / "ungated"
     shutil.copytree(model_dir, ungated)
     add_parts(ungated, operating_point=op)
     bare = Predictor.load(ungated).predict(paths, top_k=3)  # no gate recorded: nothing is shown
-    assert all(line["top_findings"] == [] for line in bare.images)
-    assert bare.studies[0]["not_validated"] == list(LEVEL_KINDS)
+    assert all(line.top_findings == [] for line in bare.images)
+    assert bare.studies[0].not_validated == list(LEVEL_KINDS)
 
 
 def test_head_scorer_shows_the_finding_heads_own_scores(tmp_path):
@@ -284,7 +284,7 @@ def test_head_scorer_shows_the_finding_heads_own_scores(tmp_path):
     result = Predictor.load(folder, salt="s").predict(paths, top_k=5)
     scores, _ = head_outputs(load_model(folder), load_images(paths, PreprocessSpec.of_model(32), False))
     for n, line in enumerate(result.images):
-        shown = {f["finding"]: f["score"] for f in line["top_findings"]}
+        shown = {f.finding: f.score for f in line.top_findings}
         assert set(shown) == set(VALIDATED)
         for kind, score in shown.items():
             assert score == pytest.approx(scores[kind][n], abs=1e-4)

@@ -88,7 +88,7 @@ def _predicted_inputs(predictor, files):
     recorder = _Recorder(predictor.scorer)
     predictor.scorer = recorder
     result = predictor.predict(files, top_k=0)
-    assert not result.skipped and [line["path"] for line in result.images] == [str(p) for p in files]
+    assert not result.skipped and [line.path for line in result.images] == [str(p) for p in files]
     return torch.from_numpy(np.concatenate(recorder.inputs))
 
 
@@ -135,8 +135,8 @@ def test_refused_images_are_skipped_with_the_reason(model_dir, tmp_path):
     stretched = write_dicom(tmp_path / "stretched.dcm", _pixels((64, 64), np.uint16, 2), spacing_mm=(0.5, 1.0))
     good = write_dicom(tmp_path / "good.dcm", _pixels((64, 64), np.uint16, 3))
     result = Predictor.load(model_dir).predict([small, long, stretched, good], top_k=0)
-    assert [line["path"] for line in result.images] == [str(good)]
-    reasons = {entry["input"]: entry["reason"] for entry in result.skipped}
+    assert [line.path for line in result.images] == [str(good)]
+    reasons = {entry.input: entry.reason for entry in result.skipped}
     assert reasons[str(small)].startswith("image is 6 x 7 pixels; the model takes 32 px")
     assert "aspect 3.00:1" in reasons[str(long)]
     assert "pixels are 0.5 x 1 mm" in reasons[str(stretched)]

@@ -97,14 +97,32 @@ def test_predict_png_and_dicom_equals_predictor(client, predictor, tmp_path):
     (tmp_path / "scan.png").write_bytes(png)
     (tmp_path / "slice.dcm").write_bytes(dcm)
     direct = predictor.predict([tmp_path / "scan.png", tmp_path / "slice.dcm"], top_k=2)
-    want = {Path(r["path"]).name: r for r in direct.images}
+    want = {Path(r.path).name: r for r in direct.images}
     for row in body["images"]:
-        assert row["p_abnormal"] == pytest.approx(want[row["path"]]["p_abnormal"], abs=1e-6)
-        assert row["label"] == want[row["path"]]["label"]
+        # predict's line with the client's name, its overlay and preview inline, no report text
+        assert list(row) == [k for k in want[row["path"]].dump() if k != "nearest_reports"] + ["saliency", "preview"]
+        assert row["p_abnormal"] == pytest.approx(want[row["path"]].p_abnormal, abs=1e-6)
+        assert row["label"] == want[row["path"]].label
         assert row["saliency"].startswith("data:image/png;base64,")
         assert row["preview"].startswith("data:image/png;base64,")
     assert len(body["studies"]) == len(direct.studies)
     assert SECRET_NAME not in res.text and SECRET_ID not in res.text and "Doe" not in res.text
+
+
+def test_openapi_schema_describes_the_prediction(client):
+    """/docs shows what /predict answers: the typed result, field by field, and the refusals."""
+    spec = client.get("/openapi.json").json()
+    answer = spec["paths"]["/predict"]["post"]["responses"]
+    assert answer["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ServedResult"}
+    assert {"413", "415", "422", "503"} <= set(answer)
+    schemas = spec["components"]["schemas"]
+    image = schemas["ServedImage"]["properties"]
+    assert {"p_abnormal", "label", "in_distribution", "ood_score", "discs", "top_findings", "preview"} <= set(image)
+    assert "linear probe" in image["p_abnormal"]["description"]
+    assert {"p_abnormal", "p_abnormal_mean_raw", "rule", "not_validated"} <= set(schemas["StudyResult"]["properties"])
+    assert {"level", "box_xyxy", "pfirrmann", "validated", "classes"} <= set(schemas["Disc"]["properties"])
+    label = schemas["StudyResult"]["properties"]["label"]["anyOf"][0]
+    assert label["enum"] == ["normal", "abnormal"]
 
 
 def test_413_over_the_upload_limit(model_dir, predictor):
@@ -385,8 +403,8 @@ def test_synthetic_reports_shown_by_default(banked, tmp_path):
     assert client.get("/health").json()["nearest_reports"] is True
     texts = nearest_texts(client)
     (tmp_path / "ok.png").write_bytes(png_bytes(5))  # the library on the same file agrees
-    direct = predictor.predict([tmp_path / "ok.png"], top_k=2, progress=False).images[0]["nearest_reports"]
-    assert texts == [r["text"] for r in direct] and len(texts) == 2
+    direct = predictor.predict([tmp_path / "ok.png"], top_k=2, progress=False).images[0].nearest_reports
+    assert texts == [r.text for r in direct] and len(texts) == 2
 
 
 def test_serve_cli_flags(monkeypatch, model_dir):

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         study=args.study,
     )
     for skipped in result.skipped:
-        print(f"skipped: {skipped['input']}: {skipped['reason']}", file=sys.stderr)
+        print(f"skipped: {skipped.input}: {skipped.reason}", file=sys.stderr)
     if not result.images:
         raise InputError(f"nothing readable in {len(args.inputs)} input(s) ({len(result.skipped)} skipped)")
     text = "".join(json.dumps(line) + "\n" for line in result.lines())

@@ -17,7 +17,7 @@ _EXPORTS = {
     "export_onnx": "onnx",
     "fit_operating_point": "operating_point",
     "Predictor": "predict",
-    "PredictResult": "predict",
+    "PredictResult": "results",
     "build_report_bank": "reportbank",
     "saliency_maps": "saliency",
     "save_overlay": "saliency",

@@ -16,6 +16,7 @@ from lumbarclip.data.discs import LUMBAR_FROM_SACRUM, level_name
 from lumbarclip.data.transforms import MEAN, STD, image_boxes, square_boxes, to_square_tensor
 from lumbarclip.bundle.grader import DISC_CLASSES, PFIRRMANN, DiscGrader
 from lumbarclip.inference.grades import disc_features
+from lumbarclip.inference.results import Disc
 from lumbarclip.models.detector import DiscDetector
 
 NOT_GRADED = "no disc grader in this model folder"
@@ -28,7 +29,7 @@ def find_discs(
     grader: DiscGrader | None = None,
     model: object | None = None,
     model_input: torch.Tensor | None = None,
-) -> list[dict[str, object]]:
+) -> list[Disc]:
     """Named (and, with a grader, graded) discs of one [H, W] image in [0, 1], from the sacrum
     up; [] when none is found. `model` is the CLIP model, for a grader of source "clip";
     `model_input` the image already preprocessed for it, reused when its size fits."""
@@ -56,7 +57,7 @@ def find_discs(
             disc["reason"] = NOT_GRADED
         else:
             disc |= _shown(grader, str(disc["level"]), grades[0][rank], grades[1][rank])  # type: ignore[arg-type]
-        out.append(disc)
+        out.append(Disc(**disc))  # type: ignore[arg-type]
     return out
 
 
@@ -73,7 +74,8 @@ def _grades(
 
 
 def _shown(grader: DiscGrader, level: str, pfirrmann: np.ndarray, classes: np.ndarray) -> dict[str, object]:
-    """What a disc shows of its grades: only the validated level's grade and validated classes."""
+    """What a disc shows of its grades (`Disc` fields): only the validated level's grade and
+    validated classes."""
     out: dict[str, object] = {}
     if grader.validated_level(level):
         out["pfirrmann"] = PFIRRMANN[int(np.argmax(pfirrmann))]
@@ -90,6 +92,6 @@ def _shown(grader: DiscGrader, level: str, pfirrmann: np.ndarray, classes: np.nd
     return out
 
 
-def not_assessed(reason: str) -> list[dict[str, object]]:
+def not_assessed(reason: str) -> list[Disc]:
     """The `discs` entry of a slice whose discs were not looked for, and why."""
-    return [{"level": None, "box_xyxy": None, "validated": False, "reason": f"not assessed: {reason}"}]
+    return [Disc(level=None, box_xyxy=None, validated=False, reason=f"not assessed: {reason}")]

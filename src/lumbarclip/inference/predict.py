@@ -40,8 +40,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +55,7 @@ from lumbarclip.data.transforms import load_model_input
 from lumbarclip.decision import InputGuard, guard_views, sigmoid, slot, unit_mismatch
 from lumbarclip.errors import InputError
 from lumbarclip.bundle import ModelFolder, OperatingPoint
+from lumbarclip.inference.results import Disc, Finding, ImageResult, Label, NearestReport, PredictResult, Skipped, StudyResult
 
 if TYPE_CHECKING:
     from lumbarclip.models import LumbarCLIP
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
 RUNTIMES: tuple[str, ...] = ("torch", "onnx")
 #: Suffixes of non-DICOM images picked up inside folders (other files there are ignored).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz")
-LABELS: tuple[str, str] = ("normal", "abnormal")
+LABELS: tuple[Label, Label] = ("normal", "abnormal")
 
 
 @dataclass
@@ -78,20 +79,6 @@ class _Item:
     series_notes: tuple[str, ...] = ()
     refusal: str | None = None  # why the header puts it outside what the model takes
     plane: str | None = None  # from the DICOM header; None when the file has no orientation
-
-
-@dataclass
-class PredictResult:
-    images: list[dict[str, object]] = field(default_factory=list)
-    studies: list[dict[str, object]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-
-    def lines(self) -> Iterator[dict[str, object]]:
-        """The JSON lines `lumbarclip predict` prints: images, then studies."""
-        for image in self.images:
-            yield {"type": "image", **image}
-        for study in self.studies:
-            yield {"type": "study", **study}
 
 
 class Predictor:
@@ -179,7 +166,7 @@ class Predictor:
             try:
                 tensor, image = load_model_input(item.path, spec)
             except InputError as err:
-                result.skipped.append({"input": str(item.path), "reason": _reason(err, item.path)})
+                result.skipped.append(Skipped(input=str(item.path), reason=_reason(err, item.path)))
                 continue
             tensors.append(tensor)
             kept.append(item)
@@ -206,44 +193,46 @@ class Predictor:
         nearest = self.bank.nearest(embeddings, top_k) if self.bank is not None and top_k else [[] for _ in kept]
         overlays = self._saliency(torch.from_numpy(images), pixels, study_ids, saliency_dir, overwrite)
         for n, item in enumerate(kept):
-            line: dict[str, object] = {
-                "path": str(item.path),
-                "study": study_ids[n],
-                "series": item.series,
-                "sequence": item.sequence,
-                "level": item.level,
-                "plane": item.plane or " or ".join(spec.planes),
-                "plane_from": "DICOM header" if item.plane else "the model's plane (the file states no orientation)",
-                "in_distribution": bool(inside[n]),
-                "ood_score": round(float(ood[n]), 4),
-            }
+            plane = item.plane or " or ".join(spec.planes)
+            verdict: dict[str, object]
             if inside[n]:
-                line |= {
+                verdict = {
                     "p_abnormal": round(float(prob[n]), 6),
                     "label": LABELS[int(self.operating_point.label(prob[n], "image"))],
                     "threshold": round(self.operating_point.thresholds["image"], 6),
                     "top_findings": findings[n],
-                    "nearest_reports": nearest[n],
+                    "nearest_reports": [NearestReport(**report) for report in nearest[n]],
                 }
             else:
-                line |= {
+                verdict = {
                     "p_abnormal": None,
                     "label": None,
                     "reason": "not assessed: "
                     + (item.refusal or _guard_reason({name: float(r[n]) for name, r in ratios.items()})),
                 }  # fmt: skip
             if overlays:
-                line["saliency"] = str(overlays[n])
+                verdict["saliency"] = str(overlays[n])
             if self.detector is not None:
-                line["discs"] = self._discs(pixels[n], torch.from_numpy(images[n]), bool(inside[n]), str(line["plane"]))
-                line["image_size"] = [int(pixels[n].shape[1]), int(pixels[n].shape[0])]  # width, height: the boxes' frame
-            result.images.append(line)
+                verdict["discs"] = self._discs(pixels[n], torch.from_numpy(images[n]), bool(inside[n]), plane)
+                verdict["image_size"] = [int(pixels[n].shape[1]), int(pixels[n].shape[0])]  # width, height: the boxes' frame
+            result.images.append(ImageResult(
+                path=str(item.path),
+                study=study_ids[n],
+                series=item.series,
+                sequence=item.sequence,
+                level=item.level,
+                plane=plane,
+                plane_from="DICOM header" if item.plane else "the model's plane (the file states no orientation)",
+                in_distribution=bool(inside[n]),
+                ood_score=round(float(ood[n]), 4),
+                **verdict,  # type: ignore[arg-type]
+            ))  # fmt: skip
         result.studies = self._studies(kept, study_ids, logits, inside)
         return result
 
     def _studies(
         self, kept: list[_Item], study_ids: list[str], logits: np.ndarray, inside: np.ndarray
-    ) -> list[dict[str, object]]:
+    ) -> list[StudyResult]:
         """One line per study. A verdict only from its in-distribution images, and only when they
         have the evaluated unit's shape: then evaluation's patient rule (mean of the images' probe
         probabilities) through the patient-level map, at the patient threshold."""
@@ -281,10 +270,10 @@ class Predictor:
                     "rule": "patient: patient-level Platt map of the mean of its in-distribution images' "
                     "uncalibrated probabilities (evaluation's patient rule), fitted on valid patients",
                 }
-            out.append(line)
+            out.append(StudyResult(**line))  # type: ignore[arg-type]
         return out
 
-    def _discs(self, pixels: np.ndarray, model_input: torch.Tensor, inside: bool, view: str) -> list[dict[str, object]]:
+    def _discs(self, pixels: np.ndarray, model_input: torch.Tensor, inside: bool, view: str) -> list[Disc]:
         """The slice's named discs, or one "not assessed" entry with the reason."""
         from lumbarclip.inference.discs import find_discs, not_assessed
 
@@ -306,7 +295,7 @@ class Predictor:
 
     def _top_findings(
         self, embeddings: np.ndarray, images: np.ndarray, levels: list[str | None], k: int
-    ) -> list[list[dict[str, object]]]:
+    ) -> list[list[Finding]]:
         """The `k` best-scoring VALIDATED finding kinds of each image, at its level, scored by the
         scorer evaluation chose on valid: the prompts (zero-shot) or the model's finding head."""
         if not k or not self.operating_point.validated_findings:
@@ -322,7 +311,7 @@ class Predictor:
         out = []
         for row, level in zip(table, levels):
             best = np.argsort(-row, kind="stable")[:k]
-            out.append([{"finding": kinds[j], "level": level, "score": round(float(row[j]), 4)} for j in best])
+            out.append([Finding(finding=kinds[j], level=level, score=round(float(row[j]), 4)) for j in best])
         return out
 
     def _saliency(
@@ -362,7 +351,7 @@ class Predictor:
                 if item is not None:
                     items.append(item)
             else:
-                result.skipped.append({"input": str(path), "reason": "no such file or folder"})
+                result.skipped.append(Skipped(input=str(path), reason="no such file or folder"))
         return items
 
     def _file(self, path: Path, result: PredictResult) -> _Item | None:
@@ -379,7 +368,7 @@ class Predictor:
                 refusal = header_refusal(head, self.operating_point.preprocess.planes)
                 return _Item(path, key, head.sequence, reason="given as a file", refusal=refusal, plane=plane(head.normal))
         except (InputError, OSError) as err:
-            result.skipped.append({"input": str(path), "reason": _reason(err, path)})
+            result.skipped.append(Skipped(input=str(path), reason=_reason(err, path)))
             return None
         return _named_item(path, path.parent, "given as a file")
 
@@ -396,14 +385,14 @@ class Predictor:
             try:
                 head = slice_header(path)
             except InputError as err:
-                result.skipped.append({"input": str(path), "reason": _reason(err, path)})
+                result.skipped.append(Skipped(input=str(path), reason=_reason(err, path)))
                 continue
             if head is None:
-                result.skipped.append({"input": str(path), "reason": "DICOM without image geometry (orientation/position)"})
+                result.skipped.append(Skipped(input=str(path), reason="DICOM without image geometry (orientation/position)"))
                 continue
             refusal = header_refusal(head, planes=None)
             if refusal:
-                result.skipped.append({"input": str(path), "reason": f"not assessed: {refusal}"})
+                result.skipped.append(Skipped(input=str(path), reason=f"not assessed: {refusal}"))
                 continue
             studies.setdefault(head.study or f"file:{path.resolve()}", []).append(head)
         items = [_named_item(p, folder, f"image file in {folder}") for p in images]
@@ -413,7 +402,7 @@ class Predictor:
             if not chosen:
                 where = f"{folder} (study {n} of {len(studies)})" if len(studies) > 1 else str(folder)
                 wanted = " or ".join(planes)
-                result.skipped.append({"input": where, "reason": f"not assessed: no {wanted} T1 or T2 series: " + "; ".join(notes)})
+                result.skipped.append(Skipped(input=where, reason=f"not assessed: no {wanted} T1 or T2 series: " + "; ".join(notes)))
                 continue
             by_path = {h.path: h for h in heads}
             for c in chosen:

@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 
 from lumbarclip.bundle import layout
 from lumbarclip.errors import InputError
+from lumbarclip.inference.results import Skipped, StudyResult
 from lumbarclip.pacs.sr import ModelInfo, build_overlays, build_report
 
 
@@ -61,24 +62,26 @@ class StudyAnalyser:
             result = self.predictor.predict(
                 [folder], top_k=self.top_k, saliency_dir=Path(tmp) if self.overlays else None
             )
-            reasons = sorted({str(s.get("reason", "?")) for s in result.skipped})
             if len(result.studies) > 1:
                 raise InputError(f"expected one study, got {len(result.studies)}")
-            if result.studies:
-                study = result.studies[0]
-            else:  # nothing the model takes (e.g. no axial T1/T2 series): a "not assessed" SR
-                study = {"label": None, "p_abnormal": None, "reason": "; ".join(reasons) or "no image to assess"}
-            image_sources = [headers[str(Path(img["path"]))] for img in result.images]
+            study = result.studies[0] if result.studies else self._not_assessed(result.skipped)
+            image_sources = [headers[str(Path(img.path))] for img in result.images]
             out: list[Dataset] = [
                 build_report(
                     list(headers.values()), study, result.images, image_sources, self.model, previous
                 )
             ]
             if self.overlays:
-                pairs = [
-                    (ds, img["saliency"])
-                    for img, ds in zip(result.images, image_sources)
-                    if img.get("saliency")
-                ]
+                pairs = [(ds, img.saliency) for img, ds in zip(result.images, image_sources) if img.saliency]
                 out += build_overlays([ds for ds, _ in pairs], [png for _, png in pairs])
         return out
+
+    def _not_assessed(self, skipped: Sequence[Skipped]) -> StudyResult:
+        """The study line of a study with nothing the model takes (e.g. no axial T1/T2 series):
+        no verdict, the reasons its files were left out."""
+        reasons = sorted({s.reason for s in skipped})
+        return StudyResult(
+            study="", n_images=0, n_in_distribution=0, p_abnormal_mean_raw=None, p_abnormal=None, label=None,
+            threshold=self.predictor.operating_point.thresholds["patient"], rule=None, selection=[],
+            not_validated=[], reason="; ".join(reasons) or "no image to assess",
+        )  # fmt: skip

@@ -10,17 +10,20 @@ The SR is a TID 1500 Measurement Report (highdicom templates), so that any TID 1
   (SCT 122496007), Algorithm Identification (model name and version), the analysed images as
   source images, qualitative evaluation Impression (DCM 121073) = Abnormal (SCT 263654008),
   Normal (SCT 17621005) or Not evaluated (SCT 373121007, the model gave no study verdict);
-  measurements Probability (DCM 122157, the calibrated probability of abnormality) and
-  Threshold Value (DCM 122411), only with a verdict; TEXT items: Intended use (research use
+  measurements Probability (DCM 122157, the study's `p_abnormal`: the calibrated probability of
+  abnormality from the linear probe on the image embeddings, its images' probe probabilities
+  averaged and mapped by the patient-level Platt map fitted on valid) and Threshold Value
+  (DCM 122411, the patient threshold chosen on valid), only with a verdict; TEXT items: Intended use (research use
   only), Reason (why not evaluated), Images not assessed (how many of the analysed images the
   input guard or the header checks left out, and why), Findings not validated (the finding
   kinds this model was not validated for, which get no score).
 - One measurement group per disc level and finding kind: Finding (DCM 121071) = the kind,
-  finding site = the disc (SCT L1/L2 .. L5/S1 disc), measurement Probability = the zero-shot
-  score (highest over the level's images), the level's images as source images.
+  finding site = the disc (SCT L1/L2 .. L5/S1 disc), measurement Probability = P(finding) from
+  the finding scorer evaluation chose on valid (the prompts or the finding head; uncalibrated),
+  highest over the level's images, the level's images as source images.
 Concepts with no standard code (the TEXT items above, most finding kinds) use the private
 scheme 99LUMBARCLIP, declared in the CodingSchemeIdentificationSequence. `read_report` reads
-these values back.
+these values back. The values come from `Predictor`'s typed result (`inference.results`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
+
+from lumbarclip.inference.results import Disc, ImageResult, StudyResult
 
 SCHEME = "99LUMBARCLIP"
 MANUFACTURER = "LumbarCLIP"
@@ -105,35 +110,21 @@ def _finding_kind(code: Dataset) -> str:
     return str(code.CodeMeaning).replace(" ", "_")
 
 
-def is_abnormal(label: Any) -> bool:
-    """A study label as Predictor writes it (1/0, True/False or 'abnormal'/'normal')."""
-    if isinstance(label, str):
-        return label.strip().lower() == "abnormal"
-    return bool(label)
-
-
-def not_validated(study: dict, images: Iterable[dict]) -> list[str]:
-    """Finding kinds the model was not validated for, as the study or any image names them."""
-    kinds = [*(study.get("not_validated") or [])]
-    for image in images:
-        kinds += image.get("not_validated") or []
-    return list(dict.fromkeys(str(k) for k in kinds))
-
-
-def level_findings(images: Sequence[dict], exclude: Iterable[str] = ()) -> dict[str, dict[str, float]]:
+def level_findings(images: Sequence[ImageResult], exclude: Iterable[str] = ()) -> dict[str, dict[str, float]]:
     """Per disc level, each finding's highest score over the level's images (T1 and T2);
     kinds in `exclude` (not validated for the model) get no score."""
     skip = set(exclude)
     out: dict[str, dict[str, float]] = {}
     for image in images:
-        for item in image.get("top_findings") or []:
-            level = item.get("level") or image.get("level")
-            kind = str(item["finding"])
-            if not level or kind in skip:
+        for item in image.top_findings or []:
+            level = item.level or image.level
+            if not level or item.finding in skip:
                 continue
-            scores = out.setdefault(str(level), {})
-            scores[kind] = max(scores.get(kind, 0.0), float(item["score"]))
+            scores = out.setdefault(level, {})
+            scores[item.finding] = max(scores.get(item.finding, 0.0), item.score)
     return dict(sorted(out.items()))
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Name and version written into the report, from the model's card."""
@@ -161,8 +152,8 @@ class ModelInfo:
 
 def build_report(
     sources: Sequence[Dataset],
-    study: dict,
-    images: Sequence[dict],
+    study: StudyResult,
+    images: Sequence[ImageResult],
     image_sources: Sequence[Dataset],
     model: ModelInfo,
     previous: Sequence[Dataset] = (),
@@ -176,9 +167,9 @@ def build_report(
     groups = [_study_group(study, images, list(refs.values()), algorithm)]
     by_level: dict[str, list[Dataset]] = {}
     for image, ds in zip(images, image_sources):
-        if image.get("level"):
-            by_level.setdefault(str(image["level"]), []).append(ds)
-    for level, scores in level_findings(images, not_validated(study, images)).items():
+        if image.level:
+            by_level.setdefault(image.level, []).append(ds)
+    for level, scores in level_findings(images, study.not_validated).items():
         site = hd.sr.FindingSite(LEVEL_SITES.get(level, LUMBAR_SPINE))
         for kind, score in sorted(scores.items(), key=lambda kv: -kv[1]):
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -226,56 +217,64 @@ def build_report(
 
 
 def _disc_groups(
-    image: dict, source: Dataset, algorithm: hd.sr.AlgorithmIdentification
+    image: ImageResult, source: Dataset, algorithm: hd.sr.AlgorithmIdentification
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
     """One TID 1410 group per lumbar disc the image's line lists: the disc's SNOMED CT code as
     finding site, its box as a closed SCOORD polyline on the image, the detection score, the
     Pfirrmann grade where it was validated (a NUM, 1-5) and each validated class's probability."""
     groups = []
-    for disc in image.get("discs") or []:
-        level, box = disc.get("level"), disc.get("box_xyxy")
-        if box is None or level not in LEVEL_SITES:  # not assessed, or a thoracic disc
+    for disc in image.discs or []:
+        if disc.box_xyxy is None or disc.level not in LEVEL_SITES:  # not assessed, or a thoracic disc
             continue
-        x0, y0, x1, y1 = (float(v) for v in box)
-        region = hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32),
-            source_image=hd.sr.SourceImageForRegion.from_source_image(source),
-        )
-        measurements = [hd.sr.Measurement(DETECTION_SCORE, float(disc.get("score", 0.0)), NO_UNITS)]
-        if disc.get("validated") and disc.get("pfirrmann") is not None:
-            measurements.append(hd.sr.Measurement(PFIRRMANN_GRADE, float(disc["pfirrmann"]), NO_UNITS))
-        measurements += [
-            hd.sr.Measurement(CodedConcept(f"P_{name.upper()[:12]}", SCHEME, f"Probability of {name}"), float(p), NO_UNITS)
-            for name, p in sorted((disc.get("classes") or {}).items())
-        ]
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"disc {level}"),
-            referenced_region=region,
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"disc {disc.level}"),
+            referenced_region=_box_region(disc.box_xyxy, source),
             finding_type=DISC,
-            finding_sites=[hd.sr.FindingSite(LEVEL_SITES[level])],
+            finding_sites=[hd.sr.FindingSite(LEVEL_SITES[disc.level])],
             algorithm_id=algorithm,
-            measurements=measurements,
+            measurements=_disc_measurements(disc),
         ))  # fmt: skip
     return groups
 
 
+def _box_region(box: Sequence[float], source: Dataset) -> hd.sr.ImageRegion:
+    """A box [x0, y0, x1, y1] (pixels of `source`) as a closed polyline on it."""
+    x0, y0, x1, y1 = box
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+    )
+
+
+def _disc_measurements(disc: Disc) -> list[hd.sr.Measurement]:
+    """Detection score, the validated Pfirrmann grade, each validated class's probability."""
+    out = [hd.sr.Measurement(DETECTION_SCORE, disc.score or 0.0, NO_UNITS)]
+    if disc.validated and disc.pfirrmann is not None:
+        out.append(hd.sr.Measurement(PFIRRMANN_GRADE, float(disc.pfirrmann), NO_UNITS))
+    out += [
+        hd.sr.Measurement(CodedConcept(f"P_{name.upper()[:12]}", SCHEME, f"Probability of {name}"), p, NO_UNITS)
+        for name, p in sorted((disc.classes or {}).items())
+    ]
+    return out
+
+
 def _study_group(
-    study: dict,
-    images: Sequence[dict],
+    study: StudyResult,
+    images: Sequence[ImageResult],
     image_sources: Sequence[Dataset],
     algorithm: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """The study's measurement group: verdict, probability and threshold (or why there is no
     verdict), and the notes a reader needs to weigh them (intended use, images left out,
     finding kinds not validated)."""
-    if study.get("label") is None:  # no study verdict: say so and why, give no probability
+    if study.label is None or study.p_abnormal is None:  # no study verdict: say so and why, give no probability
         verdict, measurements = NOT_EVALUATED, []
     else:
-        verdict = ABNORMAL if is_abnormal(study["label"]) else NORMAL
+        verdict = ABNORMAL if study.label == "abnormal" else NORMAL
         measurements = [
-            hd.sr.Measurement(PROBABILITY, float(study["p_abnormal"]), NO_UNITS),
-            hd.sr.Measurement(THRESHOLD, float(study["threshold"]), NO_UNITS),
+            hd.sr.Measurement(PROBABILITY, study.p_abnormal, NO_UNITS),
+            hd.sr.Measurement(THRESHOLD, study.threshold, NO_UNITS),
         ]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=STUDY_GROUP),
@@ -287,21 +286,20 @@ def _study_group(
     )
     # kept short: viewers such as Orthanc Explorer hide text values longer than 256 chars
     notes = [(INTENDED_USE_NAME, INTENDED_USE)]
-    planes = sorted({str(image["plane"]) for image in images if image.get("plane")})
+    planes = sorted({image.plane for image in images})
     if planes:
         notes.append((PLANE_ASSESSED, " and ".join(planes)))
-    picked = [str(line) for line in study.get("selection") or [] if "middle slice" in str(line) or "slab" in str(line)]
+    picked = [line for line in study.selection if "middle slice" in line or "slab" in line]
     if picked:  # which slice of each series was read (the node picks them itself)
         notes.append((SLICES_USED, _short("; ".join(picked))))
-    if study.get("label") is None:
-        notes.append((REASON, _short(str(study.get("reason") or "no study verdict"))))
-    outside = [image for image in images if image.get("in_distribution") is False]
+    if verdict is NOT_EVALUATED:
+        notes.append((REASON, _short(study.reason or "no study verdict")))
+    outside = [image for image in images if not image.in_distribution]
     if outside:
-        why = "; ".join(dict.fromkeys(str(image.get("reason") or "outside the input guard") for image in outside))
+        why = "; ".join(dict.fromkeys(image.reason or "outside the input guard" for image in outside))
         notes.append((IMAGES_NOT_ASSESSED, _short(f"{len(outside)} of {len(images)}: {why}")))
-    kinds = not_validated(study, images)
-    if kinds:
-        notes.append((NOT_VALIDATED, _short(NOT_VALIDATED_TEXT + ", ".join(kinds))))
+    if study.not_validated:
+        notes.append((NOT_VALIDATED, _short(NOT_VALIDATED_TEXT + ", ".join(study.not_validated))))
     group[0].ContentSequence.extend(
         hd.sr.TextContentItem(name, value, relationship_type="CONTAINS") for name, value in notes
     )

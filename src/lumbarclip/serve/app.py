@@ -2,8 +2,9 @@
 
 - `POST /predict`: multipart field `files` (one or more image files, or a zip of a DICOM
   series); query `saliency=1` adds overlay PNGs and `previews=1` the slices themselves, both as
-  data URLs; `top_k` (0-10) findings and nearest reports. The answer is predict's JSON
-  (`images`, `studies`, `skipped`) with each path replaced by the name the client sent.
+  data URLs; `top_k` (0-10) findings and nearest reports. The answer is predict's result
+  (`ServedResult`: `images`, `studies`, `skipped`, the models of `inference.results`, so the
+  OpenAPI schema describes every field) with each path replaced by the name the client sent.
   Nearest reports are shown only when the model folder's report bank holds the built-in
   synthetic notes, or the server was started with `show_reports`: a bank built from user
   reports may hold names or dates, so by default no report text leaves the server.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
 import tempfile
 import threading
@@ -32,14 +32,16 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lumbarclip.errors import InputError
-from lumbarclip.inference.reportbank import SYNTHETIC_REPORTS
+from lumbarclip.bundle.reportbank import SYNTHETIC_REPORTS
+from lumbarclip.inference.results import ImageResult, Line, Skipped, StudyResult
 from lumbarclip.serve.uploads import SavedUploads, UploadError, UploadLimits, display_name, save_uploads
 
 STATIC = Path(__file__).parent / "static"
@@ -77,6 +79,28 @@ class BodyLimit:
     def _reason(self) -> dict[str, str]:
         return {"detail": f"upload larger than the limit of {self.max_bytes / 2**20:g} MB"}
 
+
+class ServedImage(ImageResult):
+    """An image line as `POST /predict` answers it: with the slice itself, when asked for."""
+
+    preview: str | None = Field(None, description="the slice as a PNG data URL (at most 256 px), when asked for")
+
+
+class ServedResult(Line):
+    """`POST /predict`'s answer: predict's result with each path the name the client sent."""
+
+    images: list[ServedImage] = Field(description="one verdict per image scored")
+    studies: list[StudyResult] = Field(description="one verdict per study")
+    skipped: list[Skipped] = Field(description="inputs left out, each with the reason")
+
+
+#: The refusals of `POST /predict`, each a JSON {"detail": reason}, for the OpenAPI schema.
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "upload over the size limit, or a zip expanding too far"},
+    415: {"description": "a file type no reader takes"},
+    422: {"description": "no uploaded file could be read (with `skipped`), or bad query values"},
+    503: {"description": "every upload slot is taken; retry after Retry-After seconds"},
+}
 
 #: Seconds a client is asked to wait (Retry-After) when every upload slot is taken.
 RETRY_AFTER_S = 5
@@ -127,13 +151,13 @@ def create_app(
     def model_card() -> dict[str, Any]:
         return card
 
-    @app.post("/predict")
+    @app.post("/predict", response_model=ServedResult, response_model_exclude_unset=True, responses=REFUSALS)
     async def predict(
         request: Request,
         saliency: bool = Query(False, description="add saliency overlays as PNG data URLs"),
         previews: bool = Query(False, description="add each slice as a PNG data URL"),
         top_k: int = Query(3, ge=0, le=10, description="findings and nearest reports per image (0: none)"),
-    ) -> Response:
+    ) -> ServedResult | JSONResponse:
         if not slots.acquire(blocking=False):
             log.info("predict refused: 503 (%d uploads in progress)", max_concurrent)
             return JSONResponse(
@@ -145,7 +169,7 @@ def create_app(
         finally:
             slots.release()
 
-    async def _handle(request: Request, saliency: bool, previews: bool, top_k: int) -> Response:
+    async def _handle(request: Request, saliency: bool, previews: bool, top_k: int) -> ServedResult | JSONResponse:
         started = time.perf_counter()
         async with request.form(max_files=limits.max_files + 1) as form:
             uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
@@ -164,16 +188,15 @@ def create_app(
         except UploadError as err:
             log.info("predict refused: %d (%d files, %d bytes)", err.status, len(uploads), n_bytes)
             return JSONResponse({"detail": err.reason}, status_code=err.status)
-        status = 200 if body["images"] else 422
-        if status == 422:
-            body = {"detail": "no uploaded file could be read: " + "; ".join(
-                f"{s['input']}: {s['reason']}" for s in body["skipped"]), "skipped": body["skipped"]}
         log.info(
             "predict %d: %d files, %d bytes -> %d images, %d studies, %d skipped in %.0f ms",
-            status, len(uploads), n_bytes, len(body.get("images", [])), len(body.get("studies", [])),
-            len(body["skipped"]), 1000 * (time.perf_counter() - started),
+            200 if body.images else 422, len(uploads), n_bytes, len(body.images), len(body.studies),
+            len(body.skipped), 1000 * (time.perf_counter() - started),
         )
-        return Response(json.dumps(body, default=_json_default), status_code=status, media_type="application/json")
+        if not body.images:
+            detail = "no uploaded file could be read: " + "; ".join(f"{s.input}: {s.reason}" for s in body.skipped)
+            return JSONResponse({"detail": detail, "skipped": [s.dump() for s in body.skipped]}, status_code=422)
+        return body
 
     return app
 
@@ -188,7 +211,7 @@ def _run_predictor(
     top_k: int,
     study: str | None = None,
     reports: bool = False,
-) -> dict[str, Any]:
+) -> ServedResult:
     """predict's answer for the stored uploads, paths turned back into the client's names. One
     upload is not one study: files are grouped by their identity unless `study` names one.
     Nearest reports are dropped from each image unless `reports`."""
@@ -200,32 +223,30 @@ def _run_predictor(
             result = predictor.predict(saved.inputs, top_k=top_k, saliency_dir=saliency_dir, progress=False, study=study)
     except InputError as err:  # nothing readable at all
         raise UploadError(422, _strip_paths(str(err), saved)) from None
+    hidden = set() if reports else {"nearest_reports"}
     images = []
     for row in result.images:
-        row = dict(row)
-        stored = str(row["path"])
-        row["path"] = saved.display(stored)
-        if not reports:
-            row.pop("nearest_reports", None)
-        if row.get("saliency"):
-            row["saliency"] = _data_url(Path(row["saliency"]).read_bytes())
+        shown: dict[str, Any] = {"path": saved.display(row.path)}
+        if row.saliency:
+            shown["saliency"] = _data_url(Path(row.saliency).read_bytes())
         if previews:
-            row["preview"] = _preview(stored)
-        images.append(row)
-    studies = [_rename(dict(s), saved) for s in result.studies]
+            shown["preview"] = _preview(row.path)
+        images.append(ServedImage.model_validate(row.model_dump(exclude_unset=True, exclude=hidden) | shown))
+    studies = [_rename(s, saved) for s in result.studies]
     skipped = saved.skipped + [
-        {"input": saved.display(s["input"]), "reason": _strip_paths(str(s["reason"]), saved)} for s in result.skipped
+        Skipped(input=saved.display(s.input), reason=_strip_paths(s.reason, saved)) for s in result.skipped
     ]
-    return {"images": images, "studies": studies, "skipped": skipped}
+    return ServedResult(images=images, studies=studies, skipped=skipped)
 
 
-def _rename(study: dict[str, Any], saved: SavedUploads) -> dict[str, Any]:
+def _rename(study: StudyResult, saved: SavedUploads) -> StudyResult:
     """Stored paths inside a study's selection and reason become the client's names."""
-    if study.get("selection"):
-        study["selection"] = [_strip_paths(str(line), saved) for line in study["selection"]]
-    if study.get("reason"):
-        study["reason"] = _strip_paths(str(study["reason"]), saved)
-    return study
+    update: dict[str, Any] = {}
+    if study.selection:
+        update["selection"] = [_strip_paths(line, saved) for line in study.selection]
+    if study.reason:
+        update["reason"] = _strip_paths(study.reason, saved)
+    return study.model_copy(update=update)
 
 
 def _strip_paths(reason: str, saved: SavedUploads) -> str:
@@ -254,12 +275,3 @@ def _preview(path: str, side: int = 256) -> str | None:
     image.save(buf, format="PNG")
     return _data_url(buf.getvalue())
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from lumbarclip.data.imageio import DICOM_SUFFIXES, NIFTI_SUFFIXES
+from lumbarclip.inference.results import Skipped
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 ACCEPTED = "DICOM (.dcm/.ima/.dicom or the DICM marker), PNG, JPEG, TIFF, NIfTI (.nii/.nii.gz), or a .zip of them"
@@ -58,7 +59,7 @@ class SavedUploads:
 
     inputs: list[Path] = field(default_factory=list)  # files, and one folder per zip
     names: dict[str, str] = field(default_factory=dict)  # stored path -> display name
-    skipped: list[dict[str, str]] = field(default_factory=list)  # zip entries left out, with why
+    skipped: list[Skipped] = field(default_factory=list)  # zip entries left out, with why
 
     def display(self, path: str | Path) -> str:
         return self.names.get(str(path), Path(path).name)
@@ -200,10 +201,10 @@ def _extract(
         try:
             kind = kind_of(entry.filename, head[:132])
         except UploadError as err:
-            saved.skipped.append({"input": shown, "reason": err.reason.split(": ", 1)[1]})
+            saved.skipped.append(Skipped(input=shown, reason=err.reason.split(": ", 1)[1]))
             continue
         if kind == "zip":
-            saved.skipped.append({"input": shown, "reason": "a zip inside the zip is not opened"})
+            saved.skipped.append(Skipped(input=shown, reason="a zip inside the zip is not opened"))
             continue
         path = safe_name(entry.filename, kind, _safe_folder(target, entry.filename))
         written = 0
