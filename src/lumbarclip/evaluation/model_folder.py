@@ -15,14 +15,15 @@ import numpy as np
 
 from lumbarclip.data.transforms import PREPROCESS_FILE
 from lumbarclip.decision import GUARD_ARRAYS, GUARD_FILE, InputGuard, guard_views, slot, study_unit
+from lumbarclip.evaluation.card import build_card
 from lumbarclip.evaluation.metrics import classification_metrics
+from lumbarclip.evaluation.metrics_file import parse_metrics
 from lumbarclip.evaluation.predictions import Predictions
 from lumbarclip.inference.operating_point import (
     CARD_FILE,
     OPERATING_POINT_ARRAYS,
     OPERATING_POINT_FILE,
     OperatingPoint,
-    build_card,
     fit_operating_point,
     write_card,
 )
@@ -73,9 +74,7 @@ class ModelFolderUpdate:
         else:
             for name in (BANK_ARRAYS, BANK_TEXTS):  # a stale bank must not outlive a re-evaluation
                 (self.model_dir / name).unlink(missing_ok=True)
-        card = build_card(
-            config, metrics, self.operating_point, len(self.bank) if self.bank else None, metrics.get("input_guard")  # type: ignore[arg-type]
-        )
+        card = build_card(config, parse_metrics(metrics), self.operating_point, len(self.bank) if self.bank else None)
         write_card(self.model_dir, card)
         return []
 
