@@ -55,14 +55,6 @@ def _commit() -> str:
         return "unknown"
 
 
-def _pick(metrics: dict, *path: str) -> float | None:
-    for key in path:
-        if not isinstance(metrics, dict) or key not in metrics:
-            return None
-        metrics = metrics[key]
-    return metrics  # type: ignore[return-value]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", required=True, help="YOLOspine checkout at commit aab0746")
@@ -89,6 +81,7 @@ def main() -> int:
     from lumbarclip.data.mendeley_sagittal import build_sagittal_manifest
     from lumbarclip.errors import InputError
     from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run, format_summary
+    from lumbarclip.evaluation.metrics_file import read_metrics
     from lumbarclip.training import load_config, train
     from lumbarclip.training.detector import build_disc_layer
 
@@ -122,12 +115,13 @@ def main() -> int:
         lap = time.perf_counter()
         extra = [f"seed={args.seed}"] + ([f"trainer.max_epochs={args.epochs}"] if args.epochs else [])
         run_dir = train(load_config(PRESET, overrides + extra), manifest, out / "candidates" / name, overwrite=args.overwrite)
-        metrics = evaluate_run(run_dir, manifest, "valid", options=quick, overwrite=args.overwrite)
+        evaluate_run(run_dir, manifest, "valid", options=quick, overwrite=args.overwrite)
+        valid = read_metrics(run_dir / "eval-valid" / "metrics.json")
         valid_figures[name] = {
             "overrides": overrides,
-            "probe_patient_auroc": _pick(metrics, "patient", "auroc"),
-            "probe_patient_balanced_accuracy": _pick(metrics, "patient", "balanced_accuracy"),
-            "zero_shot_patient_auroc": _pick(metrics, "zero_shot", "patient", "auroc"),
+            "probe_patient_auroc": valid.patient.auroc,
+            "probe_patient_balanced_accuracy": valid.patient.balanced_accuracy,
+            "zero_shot_patient_auroc": valid.zero_shot.patient.auroc,
             "seconds": round(time.perf_counter() - lap, 1),
         }
         print(f"  {name}: valid probe patient AUROC {valid_figures[name]['probe_patient_auroc']:.3f}", flush=True)

@@ -23,6 +23,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from lumbarclip.data.manifest import read_manifest
+from lumbarclip.evaluation.metrics_file import read_metrics
 from lumbarclip.findings import IMAGED_LEVELS, Findings
 
 
@@ -51,9 +52,10 @@ def main() -> None:
     args = parser.parse_args()
     result = {"oracle": oracle(args.data, args.split)}
     if args.metrics:
-        patient = json.loads(args.metrics.read_text())["patient"]  # the probe's patient figures
-        names = {"accuracy": "accuracy", "macro_f1": "f1_macro", "balanced_accuracy": "balanced_accuracy"}
-        result["probe"] = {k: patient[name] for k, name in names.items()}
+        patient = read_metrics(args.metrics).patient  # the probe's patient figures
+        result["probe"] = {
+            "accuracy": patient.accuracy, "macro_f1": patient.f1_macro, "balanced_accuracy": patient.balanced_accuracy,
+        }
         result["probe_over_oracle"] = {k: v / result["oracle"][k] for k, v in result["probe"].items()}
     print(json.dumps(result, indent=1))
 

@@ -5,7 +5,7 @@ nothing is typed into a page by hand. Each file carries where its figures come f
 `command`, `commit`, `seed` and `machine` (a table may override them for its own rows), and
 `tables: {name: {columns, rows}}`. `demo.json` instead points at `demo-metrics.json`, the
 `metrics.json` written by `lumbarclip evaluate` in the demo run, and the demo tables are computed
-from it.
+from it (read with `lumbarclip.evaluation.metrics_file.read_metrics`).
 
     python scripts/docs_tables.py            # write the snippets and the README's demo table
     python scripts/docs_tables.py --check    # exit 1 if the README's demo table is stale
@@ -22,6 +22,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from lumbarclip.evaluation.metrics_file import PerFinding, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "docs" / "results" / "data"
@@ -67,105 +69,97 @@ def _f(x: float, nd: int = 3) -> str:
 
 
 def demo_tables(meta: dict) -> dict[str, str]:
-    m = json.loads((DATA / meta["metrics"]).read_text())
+    m = read_metrics(DATA / meta["metrics"])
     blocks = {
         "linear_probe": m,
-        "zero_shot": m["zero_shot"],
-        **({"zero_shot_valid_threshold": m["zero_shot_valid_threshold"]} if "zero_shot_valid_threshold" in m else {}),
-        "majority": m["baselines"]["majority"],
-        "raw_pixels": m["baselines"]["raw_pixels"],
+        "zero_shot": m.zero_shot,
+        **({"zero_shot_valid_threshold": m.zero_shot_valid_threshold} if m.zero_shot_valid_threshold else {}),
+        "majority": m.baselines["majority"],
+        "raw_pixels": m.baselines["raw_pixels"],
     }
     rows = []
     for name, b in blocks.items():
         rows.append([
             f"`{name}`",
-            _f(b["image"]["balanced_accuracy"]),
-            _f(b["image"]["auroc"]),
-            _f(b["patient"]["balanced_accuracy"]),
-            _f(b["patient"]["auroc"]),
+            _f(b.image.balanced_accuracy),
+            _f(b.image.auroc),
+            _f(b.patient.balanced_accuracy),
+            _f(b.patient.auroc),
         ])
     main = md_table(
         ["classifier", "image bal. acc", "image AUROC", "patient bal. acc", "patient AUROC"], rows
     )
-    ci = m["ci95"]
     ci_rows = [
-        [key, _f(_get(m, key)), f"[{_f(ci[key][0])}, {_f(ci[key][1])}]"]
-        for key in (
-            "image.balanced_accuracy", "image.auroc", "patient.balanced_accuracy", "patient.auroc",
-            "patient.f1_macro", "patient.ece", "patient.brier",
+        [f"{lv}.{metric}", _f(getattr(m.level(lv), metric)), f"[{_f(ci[0])}, {_f(ci[1])}]"]
+        for lv, metric in (
+            ("image", "balanced_accuracy"), ("image", "auroc"), ("patient", "balanced_accuracy"), ("patient", "auroc"),
+            ("patient", "f1_macro"), ("patient", "ece"), ("patient", "brier"),
         )
-        if key in ci
+        if (ci := m.interval(f"{lv}.{metric}"))
     ]
     ci_table = md_table(["metric (linear probe)", "value", "95% BCa CI"], ci_rows)
-    r = m["retrieval"]
-    fm = r["findings_match"]["i2t"] if "findings_match" in r else None
-    ret_rows = [[f"same patient, image -> report R@{k}", _f(r[f"i2t_r@{k}"]), _f(r[f"chance_i2t_r@{k}"])]
-                for k in (1, 5, 10)]
-    ret_rows += [[f"same patient, report -> image R@{k}", _f(r[f"t2i_r@{k}"]), _f(r[f"chance_t2i_r@{k}"])]
-                 for k in (1, 5, 10)]
-    if fm:
-        ret_rows.append(["findings match, image -> report mAP", _f(fm["map"]), _f(fm["chance_map"])])
-    st = r.get("study")
-    if st:
-        ret_rows.append(["study -> report R@5 (slice embeddings averaged)", _f(st["i2t_r@5"]),
-                         _f(st["chance_i2t_r@5"])])
+    r = m.retrieval
+    ret_rows = [[f"same patient, image -> report R@{k}", *map(_f, r.recall("i2t", k))] for k in (1, 5, 10)]
+    ret_rows += [[f"same patient, report -> image R@{k}", *map(_f, r.recall("t2i", k))] for k in (1, 5, 10)]
+    if r.findings_match:
+        fm = r.findings_match.i2t
+        ret_rows.append(["findings match, image -> report mAP", _f(fm.map), _f(fm.chance_map)])
+    if r.study:
+        ret_rows.append(["study -> report R@5 (slice embeddings averaged)", *map(_f, r.study.recall("i2t", 5))])
     retrieval = md_table(["retrieval", "value", "chance"], ret_rows)
-    fz = m["finding_zero_shot"]
-    ceiling = (fz.get("pixel_ceiling") or {}).get("per_kind", {})
-    gate = fz.get("valid_auroc") or {}
-    cosine = (fz.get("prompt_pair_cosine") or {}).get("per_kind", {})
-    head = (fz.get("finding_head") or {}).get("per_kind")
-
-    def opt(value: float | None) -> str:
-        return _f(value) if value is not None else "-"
-
-    fz_rows = []
-    for k, v in fz["per_kind"].items():
-        row = [f"`{k}`", opt(v["auroc"]),
-               f"[{_f(v['ci95'][0])}, {_f(v['ci95'][1])}]" if v.get("ci95") else "-",
-               v["positives"], v["negatives"]]
-        if "valid_auroc" in fz:  # metrics from a version with the pixel ceiling and the gate
-            row += [opt((ceiling.get(k) or {}).get("auroc")), opt(gate.get(k)),
-                    "yes" if k in fz.get("validated", []) else "no", opt(cosine.get(k))]
-        if head is not None:
-            row.append(opt((head.get(k) or {}).get("auroc")))
-        fz_rows.append(row)
-    columns = ["finding kind", "zero-shot AUROC (test)", "95% CI", "positives", "negatives"]
-    if "valid_auroc" in fz:
-        columns += ["pixel ceiling (test)", "valid AUROC (gate)", "shown by predict", "cos(pos, neg)"]
-    if head is not None:
-        columns.append("finding head AUROC (test)")
-    findings = md_table(columns, fz_rows)
-    macro = fz.get("macro_auroc")
-    if macro is not None:
-        findings += f"\nMacro AUROC over kinds with >= 20 positives: {_f(macro)}"
-        if (fz.get("pixel_ceiling") or {}).get("macro_auroc") is not None:
-            findings += f"; pixel ceiling {_f(fz['pixel_ceiling']['macro_auroc'])}"
-        if head is not None and fz["finding_head"].get("macro_auroc") is not None:
-            findings += f"; finding head {_f(fz['finding_head']['macro_auroc'])}"
-        findings += ".\n"
-        if fz.get("scorer"):
-            findings += (f"The findings `predict` shows are scored by the {fz['scorer']} "
-                         "(the better valid macro AUROC), and the gate is that scorer's valid AUROC.\n")
-    integ = m["integrity"]["class_balance"]
-    split_rows = [[s, v["images"], v["patients"], v["patients_normal"], v["patients_abnormal"]]
-                  for s, v in integ.items()]
-    splits = md_table(["split", "images", "patients", "normal patients", "abnormal patients"], split_rows)
+    splits = md_table(
+        ["split", "images", "patients", "normal patients", "abnormal patients"],
+        [[s, v.images, v.patients, v.patients_normal, v.patients_abnormal] for s, v in m.integrity.class_balance.items()],
+    )
     return {
         "demo.main.md": main,
         "demo.ci.md": ci_table,
         "demo.retrieval.md": retrieval,
-        "demo.findings.md": findings,
+        "demo.findings.md": findings_table(m.per_finding) if m.per_finding else "",
         "demo.splits.md": splits,
         "demo.provenance.md": provenance(meta),
     }
 
 
-def _get(m: dict, dotted: str) -> float:
-    cur = m
-    for part in dotted.split("."):
-        cur = cur[part]
-    return cur
+def findings_table(fz: PerFinding) -> str:
+    """Per finding kind: the zero-shot test AUROC, and beside it (where measured) the pixel
+    ceiling, the valid gate, the prompt-pair cosine and the finding head; the macro AUROCs below."""
+    ceiling = fz.pixel_ceiling.per_kind if fz.pixel_ceiling else {}
+    cosine = fz.prompt_pair_cosine.per_kind if fz.prompt_pair_cosine else {}
+    head = fz.finding_head.per_kind if fz.finding_head else None
+    gated = fz.valid_auroc is not None  # metrics from a version with the pixel ceiling and the gate
+
+    def opt(value: float | None) -> str:
+        return _f(value) if value is not None else "-"
+
+    def auroc(scores: dict, kind: str) -> str:
+        return opt(scores[kind].auroc if kind in scores else None)
+
+    rows = []
+    for k, v in fz.per_kind.items():
+        row = [f"`{k}`", opt(v.auroc), f"[{_f(v.ci95[0])}, {_f(v.ci95[1])}]" if v.ci95 else "-", v.positives, v.negatives]
+        if gated:
+            row += [auroc(ceiling, k), opt(fz.valid_auroc.get(k)), "yes" if k in fz.validated else "no", opt(cosine.get(k))]
+        if head is not None:
+            row.append(auroc(head, k))
+        rows.append(row)
+    columns = ["finding kind", "zero-shot AUROC (test)", "95% CI", "positives", "negatives"]
+    if gated:
+        columns += ["pixel ceiling (test)", "valid AUROC (gate)", "shown by predict", "cos(pos, neg)"]
+    if head is not None:
+        columns.append("finding head AUROC (test)")
+    text = md_table(columns, rows)
+    if fz.macro_auroc is not None:
+        text += f"\nMacro AUROC over kinds with >= 20 positives: {_f(fz.macro_auroc)}"
+        if fz.pixel_ceiling and fz.pixel_ceiling.macro_auroc is not None:
+            text += f"; pixel ceiling {_f(fz.pixel_ceiling.macro_auroc)}"
+        if fz.finding_head and fz.finding_head.macro_auroc is not None:
+            text += f"; finding head {_f(fz.finding_head.macro_auroc)}"
+        text += ".\n"
+        if fz.scorer:
+            text += (f"The findings `predict` shows are scored by the {fz.scorer} "
+                     "(the better valid macro AUROC), and the gate is that scorer's valid AUROC.\n")
+    return text
 
 
 def snippets() -> dict[str, str]:
@@ -200,17 +194,17 @@ def readme_block() -> str:
 
 def _readme_findings(meta: dict) -> str:
     """One line on the per-finding scores of the demo model, when its metrics have them."""
-    fz = json.loads((DATA / meta["metrics"]).read_text()).get("finding_zero_shot") or {}
-    head = (fz.get("finding_head") or {}).get("macro_auroc")
-    ceiling = (fz.get("pixel_ceiling") or {}).get("macro_auroc")
-    if fz.get("macro_auroc") is None or head is None:
+    fz = read_metrics(DATA / meta["metrics"]).per_finding
+    head = fz.finding_head.macro_auroc if fz and fz.finding_head else None
+    ceiling = fz.pixel_ceiling.macro_auroc if fz and fz.pixel_ceiling else None
+    if fz is None or fz.macro_auroc is None or head is None:
         return ""
-    parts = [f"zero-shot {_f(fz['macro_auroc'])}", f"finding head {_f(head)}"]
+    parts = [f"zero-shot {_f(fz.macro_auroc)}", f"finding head {_f(head)}"]
     if ceiling is not None:
         parts.append(f"pixel ceiling (a short supervised run) {_f(ceiling)}")
     return (
         f"\nPer finding kind at each slice's level (11 kinds, test), macro AUROC: {', '.join(parts)}; "
-        f"`predict` shows only the kinds validated on valid ({len(fz.get('validated', []))} of 11).\n"
+        f"`predict` shows only the kinds validated on valid ({len(fz.validated)} of 11).\n"
     )
 
 

@@ -16,7 +16,7 @@ import torch
 
 from lumbarclip.bundle import ModelFolder
 from lumbarclip.data.manifest import read_manifest
-from lumbarclip.evaluation.findings import finding_sets, per_finding_zero_shot
+from lumbarclip.evaluation.findings import finding_sets, per_finding_scores
 from lumbarclip.evaluation.predictions import Predictions
 from lumbarclip.evaluation.retrieval import findings_match_metrics, retrieval_metrics
 from lumbarclip.evaluation.zeroshot import default_prompts, zero_shot_abnormal_proba
@@ -35,11 +35,11 @@ ret = retrieval_metrics(emb, pids, temb, np.array([p for p, _ in texts]))
 sets = finding_sets(recs)
 byp = dict(zip(pids.tolist(), sets))
 ret["findings_match"] = findings_match_metrics(emb, sets, temb, [byp[p] for p, _ in texts])
-fz = per_finding_zero_shot(FindingClassifier.build(model).scores(emb, [r.level or None for r in recs]), recs, 300, 0)
+fz = per_finding_scores(FindingClassifier.build(model).scores(emb, [r.level or None for r in recs]), recs, 300, 0)
 with torch.no_grad():
     classes = class_embeddings(model, default_prompts()).cpu()
 zs = Predictions(np.array([r.label for r in recs]), zero_shot_abnormal_proba(model, emb, classes), pids).metrics()
-res = {"retrieval": ret, "finding_zero_shot": fz, "zero_shot": {lv: {k: zs[lv][k] for k in ("balanced_accuracy", "auroc")} for lv in ("image", "patient")}}
+res = {"retrieval": ret, "per_finding": fz, "zero_shot": {lv: {k: zs[lv][k] for k in ("balanced_accuracy", "auroc")} for lv in ("image", "patient")}}
 json.dump(res, open(out, "w"), indent=1)
 r, m = ret, ret["findings_match"]["i2t"]
 print(f"i2t R@1/5/10 {r['i2t_r@1']:.3f}/{r['i2t_r@5']:.3f}/{r['i2t_r@10']:.3f} chance {r['chance_i2t_r@1']:.3f}/{r['chance_i2t_r@5']:.3f}/{r['chance_i2t_r@10']:.3f}; t2i {r['t2i_r@1']:.3f}/{r['t2i_r@5']:.3f}/{r['t2i_r@10']:.3f} chance {r['chance_t2i_r@1']:.3f}/{r['chance_t2i_r@5']:.3f}/{r['chance_t2i_r@10']:.3f}")

@@ -15,47 +15,40 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+
+from lumbarclip.evaluation.metrics_file import MetricsFile, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "docs" / "results" / "data" / "real.json"
 PAPER = {"accuracy": 0.9500, "f1": 0.9475}  # arXiv 2509.20813, axial, per image as its code computes it
 METRICS = ("accuracy", "f1_macro", "f1_weighted", "balanced_accuracy", "auroc", "auprc")
-METHODS = {  # metrics.json block -> (name, ci95 prefix)
-    "linear probe": ((), ""),
-    "zero-shot, threshold chosen on valid": (("zero_shot_valid_threshold",), "zero_shot_valid_threshold."),
-    "zero-shot, 0.5 rule": (("zero_shot",), "zero_shot."),
-    "fine-tuned vision tower": (("finetune",), "finetune."),
-    "majority (always LBP)": (("baselines", "majority"), "baselines.majority."),
-    "raw pixels (logistic regression)": (("baselines", "raw_pixels"), "baselines.raw_pixels."),
+METHODS = {  # name -> the classifier's ci95 prefix (`MetricsFile.classifier_scores`)
+    "linear probe": "",
+    "zero-shot, threshold chosen on valid": "zero_shot_valid_threshold.",
+    "zero-shot, 0.5 rule": "zero_shot.",
+    "fine-tuned vision tower": "finetune.",
+    "majority (always LBP)": "baselines.majority.",
+    "raw pixels (logistic regression)": "baselines.raw_pixels.",
 }
 
 
-def _block(metrics: dict, path: tuple[str, ...]) -> dict | None:
-    node: object = metrics
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node if isinstance(node, dict) else None
-
-
-def _cell(value: float | None, ci: list[float] | None = None) -> str:
+def _cell(value: float | None, ci: tuple[float, float] | None = None) -> str:
     if value is None:
         return "-"
     text = f"{value:.3f}"
     return text + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else "")
 
 
-def method_rows(metrics: dict, level: str) -> list[list[str]]:
+def method_rows(metrics: MetricsFile, level: Literal["image", "patient"]) -> list[list[str]]:
     rows = []
-    ci95 = metrics.get("ci95", {})
-    for name, (path, prefix) in METHODS.items():
-        block = _block(metrics, path)
-        if block is None or level not in block:
-            continue
-        rows.append([name] + [_cell(block[level].get(m), ci95.get(f"{prefix}{level}.{m}")) for m in METRICS])
+    blocks = metrics.classifier_scores()
+    for name, prefix in METHODS.items():
+        if prefix in blocks:
+            scores = blocks[prefix].level(level)
+            rows.append([name] + [_cell(getattr(scores, m), metrics.interval(f"{prefix}{level}.{m}")) for m in METRICS])
     return rows
 
 
@@ -126,23 +119,23 @@ def main() -> int:
     summary = json.loads((args.out / "real.json").read_text())
     for path in args.extra_candidates:
         summary["candidates"].update(json.loads(path.read_text())["candidates"])
-    metrics = json.loads((args.out / "run" / "eval-test" / "metrics.json").read_text())
-    patients = metrics["patient"]["n"]
-    negatives = int(np.asarray(metrics["patient"]["confusion_matrix"])[0].sum())
+    metrics = read_metrics(args.out / "run" / "eval-test" / "metrics.json")
+    probe = metrics.patient
+    patients = probe.n
+    negatives = int(np.asarray(probe.confusion_matrix)[0].sum())
     columns = ["method", "accuracy", "macro-F1", "weighted F1", "balanced accuracy", "AUROC", "AUPRC"]
     tables: dict[str, dict] = {
         "test": {"columns": columns, "rows": method_rows(metrics, "patient")},
         "image": {"columns": columns, "rows": method_rows(metrics, "image")},
     }
-    probe, ci = metrics["patient"], metrics.get("ci95", {})
-    acc_ci = ci.get("patient.accuracy") or [None, None]
+    acc_ci = metrics.interval("patient.accuracy") or (None, None)
     tables["paper"] = {
         "columns": ["", "accuracy", "F1", "unit"],
         "rows": [
             ["the paper (axial slices)", f"{PAPER['accuracy']:.4f}", f"{PAPER['f1']:.4f}", "per image, as its code computes it (weighted F1)"],
-            ["always LBP on these 78 test patients", f"{metrics['baselines']['majority']['patient']['accuracy']:.3f}", "-", "per patient"],
-            ["linear probe, per image (the paper's definition)", _cell(metrics["image"]["accuracy"]), _cell(metrics["image"]["f1_weighted"]), "per image, mid-sagittal slices"],
-            ["linear probe, per patient", _cell(probe["accuracy"], acc_ci), _cell(probe["f1_weighted"]), "per patient, mid-sagittal slices"],
+            ["always LBP on these 78 test patients", f"{metrics.baselines['majority'].patient.accuracy:.3f}", "-", "per patient"],
+            ["linear probe, per image (the paper's definition)", _cell(metrics.image.accuracy), _cell(metrics.image.f1_weighted), "per image, mid-sagittal slices"],
+            ["linear probe, per patient", _cell(probe.accuracy, acc_ci), _cell(probe.f1_weighted), "per patient, mid-sagittal slices"],
         ],
     }
     tables["candidates"] = {
@@ -154,17 +147,17 @@ def main() -> int:
         ],
     }  # fmt: skip
     def target(name: str, metric: str, met: bool) -> list[str]:
-        lo, hi = ci.get(f"patient.{metric}") or [None, None]
+        lo, hi = metrics.interval(f"patient.{metric}") or (None, None)
         bounds = "-" if lo is None else f"[{lo:.2f}, {hi:.2f}]"
-        return [name, _cell(probe[metric]), bounds, "-" if lo is None else f"{hi - lo:.2f}", "yes" if met else "no"]
+        return [name, _cell(getattr(probe, metric)), bounds, "-" if lo is None else f"{hi - lo:.2f}", "yes" if met else "no"]
 
     tables["targets"] = {
         "columns": ["target", "measured (linear probe, 78 test patients)", "95% CI", "CI width", "met"],
         "rows": [
-            target("patient balanced accuracy >= 0.85", "balanced_accuracy", probe["balanced_accuracy"] >= 0.85),
-            target("patient macro-F1 >= 0.85", "f1_macro", probe["f1_macro"] >= 0.85),
+            target("patient balanced accuracy >= 0.85", "balanced_accuracy", probe.balanced_accuracy >= 0.85),
+            target("patient macro-F1 >= 0.85", "f1_macro", probe.f1_macro >= 0.85),
             target("accuracy > 0.95 with a CI above 0.885", "accuracy",
-                   probe["accuracy"] > 0.95 and acc_ci[0] is not None and acc_ci[0] > 0.885),
+                   probe.accuracy > 0.95 and acc_ci[0] is not None and acc_ci[0] > 0.885),
         ],
     }  # fmt: skip
     ceiling = expert_ceiling(args.out / "cohort" / "manifest.csv")

@@ -9,19 +9,36 @@ import statistics
 import pytest
 from scipy import stats as scipy_stats
 
+from _metrics_file import small_metrics
 from lumbarclip.cli import main
+from lumbarclip.evaluation.metrics_file import parse_metrics
 from lumbarclip.experiments import LOSS_VARIANTS, AblationGrid, _row_metrics, markdown_table, seed_interval
 
 
 def _metrics(bacc, lo, hi):
-    block = {"balanced_accuracy": bacc, "auroc": 0.9}
-    return {
-        "image": block,
-        "patient": block,
-        "zero_shot": {"image": block, "patient": block},
-        "retrieval": {"i2t_r@1": 0.2, "i2t_r@5": 0.6, "t2i_r@1": 0.3, "t2i_r@5": 0.7},
-        "ci95": {"patient.balanced_accuracy": [lo, hi]},
-    }
+    metrics = small_metrics()
+    for block in (metrics, metrics["zero_shot"]):
+        for level in ("image", "patient"):
+            block[level] |= {"balanced_accuracy": bacc, "auroc": 0.9}
+    metrics["retrieval"] |= {"i2t_r@1": 0.2, "i2t_r@5": 0.6, "t2i_r@1": 0.3, "t2i_r@5": 0.7}
+    metrics["ci95"] = {"patient.balanced_accuracy": [lo, hi]}
+    return parse_metrics(metrics)
+
+
+def test_a_row_holds_each_column_of_the_metrics_and_blanks_where_a_block_is_absent():
+    metrics = small_metrics()
+    row = _row_metrics(parse_metrics(metrics))
+    assert row["probe_patient_acc"] == metrics["patient"]["accuracy"]
+    assert (row["probe_patient_acc_lo"], row["probe_patient_acc_hi"]) == tuple(metrics["ci95"]["patient.accuracy"])
+    assert row["zs_patient_bacc"] == metrics["zero_shot"]["patient"]["balanced_accuracy"]
+    assert (row["zs_patient_bacc_lo"], row["zs_patient_bacc_hi"]) == (0.5, 0.75)
+    assert row["zs_patient_auroc_lo"] is None  # no interval in ci95
+    assert row["chance_i2t_r@5"] == metrics["retrieval"]["chance_i2t_r@5"]
+    assert row["study_findings_i2t_map"] == metrics["retrieval"]["study"]["findings_match"]["i2t"]["map"]
+    assert row["finding_zs_macro_auroc"] == metrics["per_finding"]["macro_auroc"]  # the prompts' macro AUROC
+    without = {**metrics, "per_finding": {}, "retrieval": {**metrics["retrieval"], "findings_match": None}}
+    row = _row_metrics(parse_metrics(without))
+    assert row["finding_zs_macro_auroc"] is None and row["findings_i2t_map"] is None
 
 
 def test_grid_is_the_full_product_of_named_variants():

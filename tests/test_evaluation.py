@@ -21,11 +21,8 @@ from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run
 from lumbarclip.evaluation.integrity import TrainingPatients
-from lumbarclip.evaluation.supervised import (
-    SupervisedConfig,
-    classifier_proba,
-    train_classifier,
-)
+from lumbarclip.evaluation.metrics_file import read_metrics
+from lumbarclip.evaluation.supervised import SupervisedConfig, classifier_proba, train_classifier
 from lumbarclip.models import ModelConfig, create_model, create_vision_tower
 from lumbarclip.synth.cohort import CohortConfig, make_cohort
 
@@ -72,6 +69,9 @@ def test_metrics_json_has_every_contract_key(evaluated):
     metrics, out = evaluated
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == metrics
+    typed = read_metrics(out / "metrics.json")  # every block the writer fills validates
+    assert typed.patient.n == metrics["patient"]["n"] and typed.per_finding is not None
+    assert not {"finding_zero_shot", "n_images"} & (set(metrics) | set(metrics["retrieval"]["study"]))
     for block in (metrics, metrics["zero_shot"], *metrics["baselines"].values()):
         check_block(block["image"])
         check_block(block["patient"])
@@ -80,7 +80,7 @@ def test_metrics_json_has_every_contract_key(evaluated):
     assert RETRIEVAL_KEYS <= set(metrics["retrieval"])
     assert all(0 <= metrics["retrieval"][k] <= 1 for k in RETRIEVAL_KEYS)
     study = metrics["retrieval"]["study"]  # one query per patient: the slices averaged
-    assert study["n_images"] == metrics["patient"]["n"] and RETRIEVAL_KEYS <= set(study)
+    assert study["n_studies"] == metrics["patient"]["n"] and RETRIEVAL_KEYS <= set(study)
     assert 0 <= study["findings_match"]["i2t"]["map"] <= 1
     assert set(metrics["label_efficiency"]) == {"linear_probe"}
     for curve in metrics["label_efficiency"].values():
@@ -277,9 +277,9 @@ def test_train_then_evaluate_end_to_end(cohort, capsys):
 def test_findings_figures_and_the_gate_reach_metrics_card_and_operating_point(evaluated):
     from lumbarclip.evaluation.findings import MIN_VALID_AUROC
     from lumbarclip.findings import LEVEL_KINDS
-    
+
     metrics, out = evaluated
-    fz = metrics["finding_zero_shot"]
+    fz = metrics["per_finding"]
     assert "macro_auroc" in fz and set(fz["per_kind"]) == set(LEVEL_KINDS)
     ceiling = fz["pixel_ceiling"]
     assert "macro_auroc" in ceiling and ceiling["per_kind"]

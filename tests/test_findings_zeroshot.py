@@ -81,7 +81,7 @@ def _record(pid: str, level: str, findings):
 def test_per_finding_auroc_against_scipy():
     from scipy.stats import mannwhitneyu
 
-    from lumbarclip.evaluation.findings import level_truth, per_finding_zero_shot
+    from lumbarclip.evaluation.findings import PROMPTS_RULE, level_truth, per_finding_scores
     from lumbarclip.findings import Findings, LevelFindings
 
     rng = np.random.default_rng(0)
@@ -94,7 +94,7 @@ def test_per_finding_auroc_against_scipy():
     truth, usable = level_truth(records)
     assert usable.sum() == 80 and truth[:, LEVEL_KINDS.index("bulge")].sum() == 14
     scores = {k: rng.random(len(records)) for k in LEVEL_KINDS}
-    out = per_finding_zero_shot(scores, records, n_resamples=200, seed=0, min_positives=10)
+    out = per_finding_scores(scores, records, n_resamples=200, seed=0, min_positives=10)
     y = truth[usable, LEVEL_KINDS.index("bulge")]
     s = scores["bulge"][usable]
     u = mannwhitneyu(s[y == 1], s[y == 0]).statistic  # AUROC = U / (n1 n0)
@@ -105,6 +105,8 @@ def test_per_finding_auroc_against_scipy():
     assert out["per_kind"]["extrusion"]["auroc"] is None  # no positives: undefined, not 0.5
     assert out["macro_kinds"] == ["bulge"] and out["macro_auroc"] == bulge["auroc"]
     assert out["n_images_without_level_or_findings"] == 1
+    assert out["rule"] == PROMPTS_RULE  # scores of another scorer say how they were made
+    assert per_finding_scores(scores, records, 20, 0, rule="the head")["rule"] == "the head"
 
 
 def test_integrity_flags_a_prompt_equal_to_a_training_sentence():

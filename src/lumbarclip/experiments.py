@@ -36,6 +36,7 @@ from lumbarclip.data.manifest import read_manifest
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run
 from lumbarclip.evaluation.integrity import check_patient_overlap
+from lumbarclip.evaluation.metrics_file import MetricsFile, read_metrics
 from lumbarclip.training import load_config, train
 
 #: Small members of the paper's three vision families, sized to train on a CPU at 32-64 px
@@ -60,26 +61,27 @@ LOSS_VARIANTS: dict[str, tuple[str, ...]] = {
 }
 HEADS: tuple[str, ...] = ("linear", "mlp")
 
-#: (column, path into metrics.json, ci95 key or None)
-COLUMNS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
-    ("probe_patient_acc", ("patient", "accuracy"), "patient.accuracy"),
-    ("probe_patient_f1", ("patient", "f1_macro"), "patient.f1_macro"),
-    ("probe_patient_bacc", ("patient", "balanced_accuracy"), "patient.balanced_accuracy"),
-    ("probe_patient_auroc", ("patient", "auroc"), "patient.auroc"),
-    ("probe_image_bacc", ("image", "balanced_accuracy"), "image.balanced_accuracy"),
-    ("zs_patient_acc", ("zero_shot", "patient", "accuracy"), "zero_shot.patient.accuracy"),
-    ("zs_patient_f1", ("zero_shot", "patient", "f1_macro"), "zero_shot.patient.f1_macro"),
-    ("zs_patient_bacc", ("zero_shot", "patient", "balanced_accuracy"), "zero_shot.patient.balanced_accuracy"),
-    ("zs_patient_auroc", ("zero_shot", "patient", "auroc"), "zero_shot.patient.auroc"),
-    ("i2t_r@1", ("retrieval", "i2t_r@1"), None),
-    ("i2t_r@5", ("retrieval", "i2t_r@5"), None),
-    ("chance_i2t_r@5", ("retrieval", "chance_i2t_r@5"), None),
-    ("t2i_r@5", ("retrieval", "t2i_r@5"), None),
-    ("findings_i2t_map", ("retrieval", "findings_match", "i2t", "map"), None),
-    ("chance_findings_i2t_map", ("retrieval", "findings_match", "i2t", "chance_map"), None),
-    ("study_i2t_r@5", ("retrieval", "study", "i2t_r@5"), None),
-    ("study_findings_i2t_map", ("retrieval", "study", "findings_match", "i2t", "map"), None),
-    ("finding_zs_macro_auroc", ("finding_zero_shot", "macro_auroc"), None),
+#: (column, the figure as an attribute path of the typed metrics.json (`MetricsFile`), whether
+#: the CSV gets its 95% CI: the path is also its `ci95` key)
+COLUMNS: tuple[tuple[str, str, bool], ...] = (
+    ("probe_patient_acc", "patient.accuracy", True),
+    ("probe_patient_f1", "patient.f1_macro", True),
+    ("probe_patient_bacc", "patient.balanced_accuracy", True),
+    ("probe_patient_auroc", "patient.auroc", True),
+    ("probe_image_bacc", "image.balanced_accuracy", True),
+    ("zs_patient_acc", "zero_shot.patient.accuracy", True),
+    ("zs_patient_f1", "zero_shot.patient.f1_macro", True),
+    ("zs_patient_bacc", "zero_shot.patient.balanced_accuracy", True),
+    ("zs_patient_auroc", "zero_shot.patient.auroc", True),
+    ("i2t_r@1", "retrieval.i2t_r1", False),
+    ("i2t_r@5", "retrieval.i2t_r5", False),
+    ("chance_i2t_r@5", "retrieval.chance_i2t_r5", False),
+    ("t2i_r@5", "retrieval.t2i_r5", False),
+    ("findings_i2t_map", "retrieval.findings_match.i2t.map", False),
+    ("chance_findings_i2t_map", "retrieval.findings_match.i2t.chance_map", False),
+    ("study_i2t_r@5", "retrieval.study.i2t_r5", False),
+    ("study_findings_i2t_map", "retrieval.study.findings_match.i2t.map", False),
+    ("finding_zs_macro_auroc", "per_finding.macro_auroc", False),
 )
 GRID_KEYS: tuple[str, ...] = ("vision", "head", "loss", "seed")
 
@@ -190,18 +192,15 @@ def run_ablation(
             train(config, manifest, run, progress=progress, overwrite=True)
         metrics_path = run / "eval-test" / "metrics.json"
         if (
-            metrics_path.is_file()
-            and metrics_path.stat().st_mtime >= (run / "train_summary.json").stat().st_mtime
+            not metrics_path.is_file()
+            or metrics_path.stat().st_mtime < (run / "train_summary.json").stat().st_mtime
         ):
-            metrics = json.loads(metrics_path.read_text())
-        else:
-            metrics = evaluate_run(
-                run, manifest, "test", options=replace(options, seed=int(cell["seed"])), overwrite=True
-            )
+            evaluate_run(run, manifest, "test", options=replace(options, seed=int(cell["seed"])), overwrite=True)
+        metrics = read_metrics(metrics_path)
         summary = json.loads((run / "train_summary.json").read_text())
         timing = {
             "train_seconds": summary.get("seconds"),
-            "eval_seconds": round(sum(metrics["meta"]["seconds"].values()), 1),
+            "eval_seconds": round(sum(metrics.meta.seconds.values()), 1),
         }
         rows.append({**cell, "run": str(run), **_row_metrics(metrics), **timing})
         _write_csv(out / "ablation.csv.partial", rows)  # what is done so far, should the grid stop
@@ -220,22 +219,24 @@ def _same_config(run: Path, config: object) -> bool:
     )
 
 
-def _lookup(metrics: Mapping[str, object], path: tuple[str, ...]) -> object:
+def _figure(metrics: MetricsFile, path: str) -> object:
+    """The figure at an attribute path of `metrics`; None where a block on the way is absent
+    (no findings in the manifest, no study retrieval)."""
     node: object = metrics
-    for key in path:
-        node = node.get(key) if isinstance(node, dict) else None
+    for name in path.split("."):
+        if node is None:
+            return None
+        node = getattr(node, name)
     return node
 
 
-def _row_metrics(metrics: Mapping[str, object]) -> dict[str, object]:
+def _row_metrics(metrics: MetricsFile) -> dict[str, object]:
     """One run's numbers for the CSV: each column, and its CI bounds where there is a CI."""
-    ci95 = metrics.get("ci95", {})
     row: dict[str, object] = {}
-    for name, path, ci_key in COLUMNS:
-        row[name] = _lookup(metrics, path)
-        if ci_key:
-            ci = ci95.get(ci_key) if isinstance(ci95, dict) else None
-            row[f"{name}_lo"], row[f"{name}_hi"] = ci if ci else (None, None)
+    for name, path, with_ci in COLUMNS:
+        row[name] = _figure(metrics, path)
+        if with_ci:
+            row[f"{name}_lo"], row[f"{name}_hi"] = metrics.interval(path) or (None, None)
     return row
 
 

@@ -11,6 +11,8 @@ _EXPORTS = {
     "format_summary": "evaluate",
     "classification_metrics": "metrics",
     "bootstrap_ci": "metrics",
+    "MetricsFile": "metrics_file",
+    "read_metrics": "metrics_file",
     "Predictions": "predictions",
     "retrieval_metrics": "retrieval",
     "integrity_checks": "integrity",

@@ -213,20 +213,20 @@ def evaluate_run(
     text = _text_side(run, prompts, opts)
     preds["zero_shot"] = text.zero_shot
     timer.lap("probe_zero_shot_retrieval")
-    finding_zero_shot = text.finding_zero_shot
-    if finding_zero_shot and model.finding_head is not None and test.images is not None:
-        finding_zero_shot["finding_head"] = head = _finding_head(run, opts)
-        _choose_scorer(finding_zero_shot, head)
+    per_finding = text.per_finding
+    if per_finding and model.finding_head is not None and test.images is not None:
+        per_finding["finding_head"] = head = _finding_head(run, opts)
+        _choose_scorer(per_finding, head)
         timer.lap("finding_head")
-    if finding_zero_shot and opts.pixel_ceiling and test.images is not None:
-        finding_zero_shot["pixel_ceiling"] = _pixel_ceiling(model, run, opts)
+    if per_finding and opts.pixel_ceiling and test.images is not None:
+        per_finding["pixel_ceiling"] = _pixel_ceiling(model, run, opts)
         timer.lap("pixel_ceiling")
     folder = None
     if opts.model_folder and split == "test":  # the card carries the once-scored test figures only
         from lumbarclip.evaluation.model_folder import prepare_model_folder
 
         folder = prepare_model_folder(
-            model, run.folder, run.preprocess, FindingGate.from_dict(finding_zero_shot),
+            model, run.folder, run.preprocess, FindingGate.from_dict(per_finding),
             probe.pipeline, run.train, run.valid, test, text.classes.numpy(),
             preds[MAIN].thresholds, opts.report_bank,
             {"fitted_on": "valid", "manifest": Path(manifest.path).name, "probe_C": probe.C},
@@ -260,7 +260,7 @@ def evaluate_run(
         "zero_shot": preds["zero_shot"].metrics(),
         "zero_shot_valid_threshold": text.zero_shot_valid_threshold.metrics(),
         "retrieval": text.retrieval,
-        "finding_zero_shot": finding_zero_shot,
+        "per_finding": per_finding,
         "ci95": ci95,
         "baselines": {name: p.metrics() for name, p in baselines.items()},
         "label_efficiency": efficiency,
@@ -351,7 +351,7 @@ class _TextSide:
     texts: list[tuple[str, str]]  # (patient id, report)
     text_emb: np.ndarray
     retrieval: dict[str, object]
-    finding_zero_shot: dict[str, object]
+    per_finding: dict[str, object]
 
 
 def _text_side(run: Downstream, prompts: dict[int, list[str]], opts: EvalOptions) -> _TextSide:
@@ -369,9 +369,10 @@ def _text_side(run: Downstream, prompts: dict[int, list[str]], opts: EvalOptions
     text_patients = np.array([p for p, _ in texts])
     retrieval = retrieval_metrics(test.embeddings, test.patients, text_emb, text_patients)
     study = study_embeddings(test.embeddings, test.patients)
-    retrieval["study"] = retrieval_metrics(study[1], study[0], text_emb, text_patients)
-    finding_zero_shot = _findings_level(model, run, texts, text_emb, study, retrieval, opts)
-    return _TextSide(classes, zero_shot, tuned, texts, text_emb, retrieval, finding_zero_shot)
+    by_study = retrieval_metrics(study[1], study[0], text_emb, text_patients)
+    retrieval["study"] = {("n_studies" if k == "n_images" else k): v for k, v in by_study.items()}
+    per_finding = _findings_level(model, run, texts, text_emb, study, retrieval, opts)
+    return _TextSide(classes, zero_shot, tuned, texts, text_emb, retrieval, per_finding)
 
 
 def _baselines(run: Downstream, timer: _Timer) -> tuple[dict[str, Predictions], float | None]:
@@ -498,7 +499,7 @@ def format_summary(metrics: dict[str, object]) -> str:
             + f" (chance R@5 {_num(study.get('chance_i2t_r@5'))})"
             + (f", findings-match mAP {_num(study_match['i2t']['map'])}" if study_match else "")
         )
-    fz = metrics.get("finding_zero_shot") or {}
+    fz = metrics.get("per_finding") or {}
     if fz:
         lines.append(
             f"per-finding zero-shot macro AUROC {_num(fz.get('macro_auroc'))} "  # type: ignore[union-attr]
@@ -564,7 +565,7 @@ def _findings_level(
     kind's positive and negative prompt ensembles; empty when the manifest has no findings. The
     contrast of the zero-shot score (`inference.findings.CONTRASTS`) is the one with the better
     valid macro AUROC; test is scored with it only."""
-    from lumbarclip.evaluation.findings import finding_sets, per_finding_zero_shot, valid_gate
+    from lumbarclip.evaluation.findings import finding_sets, per_finding_scores, valid_gate
     from lumbarclip.evaluation.retrieval import findings_match_metrics
     from lumbarclip.findings import LEVELS
     from lumbarclip.inference.findings import CONTRASTS, FindingClassifier
@@ -589,7 +590,7 @@ def _findings_level(
     contrast = max(CONTRASTS, key=lambda c: valid_macro.get(c) or -1.0)  # a tie keeps "negative"
     classifier = base.with_contrast(contrast)
     scores = classifier.scores(test.embeddings, [r.level or None for r in test.records])
-    out = per_finding_zero_shot(scores, test.records, opts.bootstrap, opts.seed)
+    out = per_finding_scores(scores, test.records, opts.bootstrap, opts.seed)
     out |= gates.get(contrast, {})
     out |= {"contrast": contrast, "valid_macro_auroc_by_contrast": valid_macro}
     imaged = sorted({r.level for r in test.records if r.level in LEVELS}) or list(LEVELS)
@@ -600,27 +601,27 @@ def _findings_level(
 
 def _finding_head(run: Downstream, opts: EvalOptions) -> dict[str, object]:
     """The finding head's per-kind AUROC on test and on valid (its gate), beside zero-shot."""
-    from lumbarclip.evaluation.findings import per_finding_zero_shot, valid_gate
+    from lumbarclip.evaluation.findings import per_finding_scores, valid_gate
     from lumbarclip.inference.findings import head_outputs
 
     test_scores, _ = head_outputs(run.model, run.test.images, opts.batch_size)
     valid_scores, _ = head_outputs(run.model, run.valid.images, opts.batch_size)
-    out = per_finding_zero_shot(test_scores, run.test.records, opts.bootstrap, opts.seed)
-    out["rule"] = "P(finding) = the finding head's sigmoid at the image's level (trained on the reports' statements)"
+    rule = "P(finding) = the finding head's sigmoid at the image's level (trained on the reports' statements)"
+    out = per_finding_scores(test_scores, run.test.records, opts.bootstrap, opts.seed, rule=rule)
     return out | valid_gate(valid_scores, run.valid.records)
 
 
-def _choose_scorer(finding_zero_shot: dict[str, object], head: dict[str, object]) -> None:
+def _choose_scorer(per_finding: dict[str, object], head: dict[str, object]) -> None:
     """Which scores `predict` shows per finding: the prompts' (zero-shot) or the finding head's,
     whichever has the better valid macro AUROC; the chosen one's valid gate becomes the gate."""
-    prompts_valid = _macro(finding_zero_shot.get("valid_auroc") or {})  # type: ignore[arg-type]
+    prompts_valid = _macro(per_finding.get("valid_auroc") or {})  # type: ignore[arg-type]
     head_valid = _macro(head.get("valid_auroc") or {})  # type: ignore[arg-type]
-    finding_zero_shot["valid_macro_auroc_by_scorer"] = {"prompts": prompts_valid, "head": head_valid}
+    per_finding["valid_macro_auroc_by_scorer"] = {"prompts": prompts_valid, "head": head_valid}
     if head_valid is not None and head_valid > (prompts_valid or -1.0):
-        finding_zero_shot["scorer"] = "head"
-        finding_zero_shot |= {k: head[k] for k in GATE_FIELDS if k in head}
+        per_finding["scorer"] = "head"
+        per_finding |= {k: head[k] for k in GATE_FIELDS if k in head}
     else:
-        finding_zero_shot["scorer"] = "prompts"
+        per_finding["scorer"] = "prompts"
 
 
 def _pixel_ceiling(model: LumbarCLIP, run: Downstream, opts: EvalOptions) -> dict[str, object]:

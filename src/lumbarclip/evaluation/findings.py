@@ -1,9 +1,11 @@
-"""Findings-level evaluation: per-finding zero-shot AUROC and the findings sets of retrieval.
+"""Findings-level evaluation: per-finding AUROC of any scorer, the valid gate, the pixel
+ceiling and the findings sets of retrieval.
 
 The truth for an image is its patient's parsed findings at the image's own level
 (`Findings.level(record.level)`); images without a level or findings are left out (counted).
-Scores come from `lumbarclip.inference.findings.FindingClassifier`, nothing is fitted, so this
-is zero-shot. Intervals: `metrics.bootstrap_ci` over patients (a patient's images together).
+Scores come from the zero-shot prompts (`lumbarclip.inference.findings.FindingClassifier`,
+nothing fitted) or the model's finding head. Intervals: `metrics.bootstrap_ci` over patients
+(a patient's images together).
 """
 
 from __future__ import annotations
@@ -51,15 +53,24 @@ def _auroc(y: np.ndarray, p: np.ndarray) -> float | None:
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
 
 
-def per_finding_zero_shot(
+#: How the zero-shot prompts score a finding (the `rule` of their per-finding figures).
+PROMPTS_RULE = (
+    "P(finding) = softmax over (negative, positive) prompt ensembles at the image's level; "
+    "truth = the patient's findings at that level"
+)
+
+
+def per_finding_scores(
     scores: dict[str, np.ndarray],
     records: Sequence[ImageRecord],
     n_resamples: int = 1000,
     seed: int = 0,
     min_positives: int = MIN_POSITIVES,
+    rule: str = PROMPTS_RULE,
 ) -> dict[str, object]:
-    """AUROC per finding kind (image level, each image at its level) with a 95% CI, counts,
-    and the macro AUROC over kinds with >= `min_positives` positive images."""
+    """AUROC per finding kind of a scorer's `scores` (image level, each image at its level) with
+    a 95% CI, counts, and the macro AUROC over kinds with >= `min_positives` positive images;
+    `rule` says how the scores were made."""
     kinds = [k for k in LEVEL_KINDS if k in scores]
     truth, usable = level_truth(records, kinds)
     idx = np.flatnonzero(usable)
@@ -90,13 +101,12 @@ def per_finding_zero_shot(
         "min_positives": min_positives,
         "n_images": int(len(idx)),
         "n_images_without_level_or_findings": int(len(records) - len(idx)),
-        "rule": "P(finding) = softmax over (negative, positive) prompt ensembles at the image's level; "
-        "truth = the patient's findings at that level",
+        "rule": rule,
     }
 
 
-#: A finding kind is shown by predict, the page and the SR only when its zero-shot AUROC on the
-#: valid split reaches this, measured on at least `MIN_VALID_POSITIVES` positive valid images.
+#: A finding kind is shown by predict, the page and the SR only when its AUROC on the valid split
+#: (by the chosen scorer) reaches this, measured on at least `MIN_VALID_POSITIVES` positive valid images.
 MIN_VALID_AUROC = 0.80
 MIN_VALID_POSITIVES = 10
 

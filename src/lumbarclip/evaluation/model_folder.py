@@ -19,9 +19,11 @@ from lumbarclip.bundle.reportbank import USER_REPORTS
 from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.decision import InputGuard, guard_views, slot, study_unit
 from lumbarclip.errors import InputError
+from lumbarclip.evaluation.card import build_card
 from lumbarclip.evaluation.metrics import classification_metrics
+from lumbarclip.evaluation.metrics_file import parse_metrics
 from lumbarclip.evaluation.predictions import Predictions
-from lumbarclip.inference.operating_point import build_card, fit_operating_point
+from lumbarclip.inference.operating_point import fit_operating_point
 from lumbarclip.inference.reportbank import build_report_bank, reports_source
 
 #: What evaluate writes into the model folder.
@@ -58,7 +60,7 @@ class ModelFolderUpdate:
         preprocessing spec when the folder has none yet; an existing operating point is kept
         unless `overwrite`. Returns notes for the user (empty when everything was written)."""
         folder = self.folder
-        card = build_card(config, metrics, self.operating_point, len(self.bank) if self.bank else None, metrics.get("input_guard"))  # type: ignore[arg-type]
+        card = build_card(config, parse_metrics(metrics), self.operating_point, len(self.bank) if self.bank else None)
         if folder.card and "discs" in folder.card and folder.detector is not None:
             card["discs"] = folder.card["discs"]  # the disc layer's own section outlives a re-evaluation
         parts = PARTS if folder.preprocess is not None else ("preprocess", *PARTS)

@@ -114,7 +114,7 @@ def render_report(inputs: ReportInputs) -> str:
         _section("Baselines", _scores_table(_level_rows(metrics.get("baselines", {})), {})),
         _section("Label efficiency", _label_efficiency_html(metrics.get("label_efficiency", {}))),
         _section("Retrieval", _retrieval_html(metrics.get("retrieval", {}))),
-        _section("Per-finding zero-shot", _finding_zero_shot_html(metrics.get("finding_zero_shot", {}))),
+        _section("Per-finding scores", _per_finding_html(metrics.get("per_finding", {}))),
         _section(
             f"Gallery: {_label(main)} (abnormal when P >= {main_threshold:.2f}), worst errors first",
             _gallery_html(inputs.predictions[main], inputs.records, names),
@@ -397,8 +397,9 @@ def _retrieval_html(retrieval: Mapping[str, object], query: str = "image") -> st
         rows += [
             [text, k, retrieval[f"{direction}_r@{k}"], retrieval.get(f"chance_{direction}_r@{k}")] for k in ks
         ]
+    queries = retrieval.get("n_studies" if query == "study" else "n_images")
     note = (
-        f"<p class='meta'>{retrieval.get('n_images')} {query} queries, {retrieval.get('n_texts')} reports; "
+        f"<p class='meta'>{queries} {query} queries, {retrieval.get('n_texts')} reports; "
         "a hit is an item of the query's patient.</p>"
     )
     html = _table(["direction", "K", "Recall@K", "chance"], rows) + note
@@ -431,7 +432,7 @@ def _findings_match_html(match: Mapping[str, object] | None, query: str = "image
     return "<h3>Findings match</h3>" + _table(["direction", "score", "value", "chance"], rows) + note
 
 
-def _finding_zero_shot_html(fz: Mapping[str, object]) -> str:
+def _per_finding_html(fz: Mapping[str, object]) -> str:
     """Per kind: test zero-shot AUROC with its CI, the pixel ceiling (what the images show), the
     valid AUROC that gates whether predict shows the kind, and the prompt-pair cosine."""
     if not fz:
