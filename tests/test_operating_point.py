@@ -14,7 +14,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from lumbarclip.bundle import OperatingPoint, save_model
+from lumbarclip.bundle import ModelFolder, OperatingPoint, save_model
 from lumbarclip.bundle.reportbank import SYNTHETIC_REPORTS, ReportBank
 from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.decision import PLATT_C, fit_platt
@@ -131,7 +131,7 @@ def test_evaluate_writes_a_model_folder_predict_can_use(tmp_path):
     headline = card["evaluation"]["headline"]["patient"]["balanced_accuracy"]
     assert headline["value"] == metrics["patient"]["balanced_accuracy"]
     assert headline["ci95"] == metrics["ci95"]["patient.balanced_accuracy"]
-    bank = ReportBank.load(model_dir)
+    bank = ModelFolder.load(model_dir).bank
     assert len(bank) == metrics["report_bank"]["reports"] == 16  # 24 patients: 16 in train
     # the built-in writer's reports, checked pair by pair: serve may show them without a flag
     assert metrics["report_bank"]["texts"] == bank.source == SYNTHETIC_REPORTS
