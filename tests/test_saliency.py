@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from lumbarclip.evaluation.pointing import dilate, lesion_region, peak, pointing_game
+from lumbarclip.data.lesions import ImageLesions
+from lumbarclip.evaluation.pointing import dilate, peak, pointing_game
 from lumbarclip.inference.saliency import METHODS, overlay, saliency_maps, save_overlay
 from lumbarclip.models import LumbarCLIP, ModelConfig, create_model
 
@@ -144,9 +145,9 @@ def test_pointing_game_against_its_baselines():
 
 def test_lesion_region_from_runs_and_boxes():
     found = {"boxes": [{"kind": "bulge", "box": [2, 3, 5, 4]}], "runs": [[3, 2, 3], [4, 5, 5]]}
-    mask = lesion_region(found, (8, 8), "mask")
+    mask = ImageLesions.from_dict(found).region((8, 8), "mask")
     assert mask.sum() == 3 and mask[3, 2] and mask[3, 3] and mask[4, 5]
-    box = lesion_region(found, (8, 8), "box")
+    box = ImageLesions.from_dict(found).region((8, 8), "box")
     assert box.sum() == 8 and box[3:5, 2:6].all()
 
 
@@ -172,7 +173,8 @@ def test_every_listed_method_runs(models):
 def test_report_section_on_a_synthetic_cohort(models, tmp_path):
     """The gallery scores every abnormal image with a visible lesion and renders in report.html."""
     from lumbarclip.data.manifest import read_manifest
-    from lumbarclip.evaluation.pointing import read_lesions, saliency_gallery
+    from lumbarclip.data.lesions import read_lesions
+    from lumbarclip.evaluation.pointing import saliency_gallery
     from lumbarclip.evaluation.report import _saliency_html
     from lumbarclip.inference import load_images
     from lumbarclip.synth import CohortConfig, make_cohort

@@ -23,8 +23,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lumbarclip._lightning import quiet_lightning
 from lumbarclip.data.datamodule import PairDataModule
+from lumbarclip.data.privacy import TRAIN_PATIENTS_KEY, train_patient_hashes
 from lumbarclip.errors import InputError
-from lumbarclip.evaluation.integrity import TRAIN_PATIENTS_KEY, train_patient_hashes
 from lumbarclip.models import create_model
 from lumbarclip.reports import class_prompts
 from lumbarclip.training.config import TrainConfig, load_config, save_config
