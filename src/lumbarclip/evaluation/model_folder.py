@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lumbarclip.data.transforms import PREPROCESS_FILE
-from lumbarclip.decision import GUARD_ARRAYS, GUARD_FILE, InputGuard, guard_views, slot, study_unit
+from lumbarclip.decision import GUARD_ARRAYS, GUARD_FILE, InputGuard, guard_views, sigmoid, slot, study_unit
 from lumbarclip.evaluation.metrics import classification_metrics
 from lumbarclip.evaluation.predictions import Predictions
 from lumbarclip.inference.operating_point import (
@@ -112,7 +112,7 @@ def prepare_model_folder(
     guard = InputGuard.fit(guard_features(train, value_range), guard_features(valid, value_range))
     test_in = guard.accepts(guard.score(guard_features(test, value_range)))
     logit = op.logit(test.embeddings)
-    before = Predictions(test.labels, 1.0 / (1.0 + np.exp(-logit)), test.patients, dict(probe_thresholds))
+    before = Predictions(test.labels, sigmoid(logit), test.patients, dict(probe_thresholds))
     keys = ("ece", "brier", "balanced_accuracy", "accuracy")
     patients = before.by_patient()
     after = {

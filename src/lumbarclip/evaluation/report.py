@@ -26,7 +26,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from lumbarclip.data.imageio import load_image
 from lumbarclip.data.manifest import ImageRecord
 from lumbarclip.evaluation.metrics import reliability_bins
-from lumbarclip.evaluation.predictions import LEVELS, Predictions
+from lumbarclip.evaluation.predictions import AGGREGATION_LEVELS, Predictions
 
 CLASS_NAMES = ("normal", "abnormal")
 HEADLINE_METRICS: tuple[str, ...] = (
@@ -83,7 +83,7 @@ class ReportInputs:
     saliency: SaliencyGallery | None = None  # optional section
 
 
-def write_report(inputs: ReportInputs, path: str | Path) -> Path:
+def write_html_report(inputs: ReportInputs, path: str | Path) -> Path:
     """Render the page and write it to `path` (UTF-8)."""
     path = Path(path)
     path.write_text(render_report(inputs), encoding="utf-8")
@@ -218,7 +218,7 @@ def _level_rows(
     blocks: Mapping[str, Mapping[str, Mapping[str, object]]],
 ) -> list[tuple[str, str, Mapping[str, object]]]:
     """(classifier, level, metrics) for every classifier's image and patient blocks."""
-    return [(name, lv, block[lv]) for name, block in blocks.items() for lv in LEVELS if lv in block]
+    return [(name, lv, block[lv]) for name, block in blocks.items() for lv in AGGREGATION_LEVELS if lv in block]
 
 
 def _scores_table(
@@ -252,7 +252,7 @@ def _curves_figure(predictions: Mapping[str, Predictions]) -> Figure | None:
     fig = Figure(figsize=(10, 8))
     axes = fig.subplots(2, 2)
     drawn = False
-    for row, lv in enumerate(LEVELS):
+    for row, lv in enumerate(AGGREGATION_LEVELS):
         roc_ax, pr_ax = axes[row]
         for name, pred in predictions.items():
             p = pred.level(lv)
@@ -277,7 +277,7 @@ def _confusion_figure(metrics: Mapping[str, object]) -> Figure | None:
     if "image" not in metrics:
         return None
     fig = Figure(figsize=(8, 3.6))
-    for ax, lv in zip(fig.subplots(1, 2), LEVELS, strict=True):
+    for ax, lv in zip(fig.subplots(1, 2), AGGREGATION_LEVELS, strict=True):
         cm = np.asarray(metrics[lv]["confusion_matrix"])  # type: ignore[index]
         ax.imshow(cm, cmap="Blues")
         for (i, j), v in np.ndenumerate(cm):
