@@ -175,7 +175,8 @@ def test_report_section_on_a_synthetic_cohort(models, tmp_path):
     from lumbarclip.data.manifest import read_manifest
     from lumbarclip.data.lesions import read_lesions
     from lumbarclip.evaluation.pointing import saliency_gallery
-    from lumbarclip.evaluation.report import _saliency_html
+    from lumbarclip.evaluation.predictions import Predictions
+    from lumbarclip.evaluation.report import ReportInputs, render_report
     from lumbarclip.inference import load_images
     from lumbarclip.synth import CohortConfig, make_cohort
 
@@ -188,8 +189,10 @@ def test_report_section_on_a_synthetic_cohort(models, tmp_path):
     assert gallery.pointing_game["n_images"] == n_lesions > 3
     assert len(gallery.overlays) == 3 and all(png[:4] == b"\x89PNG" for png, _ in gallery.overlays)
     assert all(caption.endswith(("hit", "miss")) for _, caption in gallery.overlays)
-    page = _saliency_html(gallery, {})
-    assert page.count("data:image/png;base64,") == 3 and "centre prior" in page
+    labels = [r.label for r in records]
+    page = render_report(ReportInputs({}, {"m": Predictions(labels, labels, [r.patient_id for r in records])}, saliency=gallery))
+    section = page[page.index("<h2>Saliency") :]
+    assert section.count("data:image/png;base64,") == 3 and "centre prior" in section
     (tmp_path / "c" / "findings.jsonl").unlink()  # real data: no lesions, no pointing game
     plain = saliency_gallery(model, records, images, torch.randn(8), manifest, size=2)
     assert plain.pointing_game == {} and len(plain.overlays) == 2
