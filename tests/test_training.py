@@ -53,6 +53,7 @@ def test_unknown_preset_is_an_input_error(tmp_path):
         load_config(str(bad))
 
 
+@pytest.mark.slow
 def test_train_writes_a_loadable_run(cohort, tmp_path):
     run = train(load_config("cpu-demo", TINY), cohort, tmp_path / "run", progress=False)
     summary = json.loads((run / "train_summary.json").read_text())
