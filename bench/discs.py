@@ -2,7 +2,7 @@
 split's disc boxes (epoch of best valid F1), the grader's feature source chosen on valid, and
 with --test the test split scored once: detection at IoU >= 0.5, level naming from the sacrum,
 Pfirrmann grades per patient and level, disc classes per disc. `make real` runs the same
-(`lumbarclip.training.detector.build_disc_layer`) as its last stage.
+(`lumbarclip.disc_layer.build_disc_layer`) as its last stage.
 
     python bench/discs.py --data real-out/cohort/manifest.csv --model real-out/run/model [--test] [--out discs.json]
 
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from lumbarclip.models.detector import DetectorConfig
-from lumbarclip.training.detector import build_disc_layer
+from lumbarclip.disc_layer import build_disc_layer
 
 
 def main(argv: list[str] | None = None) -> int:

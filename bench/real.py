@@ -83,7 +83,7 @@ def main() -> int:
     from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run, format_summary
     from lumbarclip.evaluation.metrics_file import read_metrics
     from lumbarclip.training import load_config, train
-    from lumbarclip.training.detector import build_disc_layer
+    from lumbarclip.disc_layer import build_disc_layer
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:

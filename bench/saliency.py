@@ -33,9 +33,10 @@ import torch
 
 from lumbarclip.data.imageio import load_image
 from lumbarclip.bundle import load_model
+from lumbarclip.data.lesions import read_lesions
 from lumbarclip.data.manifest import read_manifest
 from lumbarclip.data.transforms import PreprocessSpec
-from lumbarclip.evaluation.pointing import lesion_region, pointing_game, read_lesions
+from lumbarclip.evaluation.pointing import pointing_game
 from lumbarclip.evaluation.zeroshot import default_prompts
 from lumbarclip.inference import class_embeddings, load_images
 from lumbarclip.inference.saliency import DEFAULT_LAYERS, DEFAULT_METHOD, saliency_maps
@@ -70,7 +71,7 @@ def score_split(
         raise SystemExit(f"no abnormal {split} images with a visible lesion in {data}")
     images = load_images([r.image_path for r in records], PreprocessSpec.of_model(model.config.image_size), progress=False)
     shapes = [load_image(r.image_path).shape for r in records]
-    regions = {t: [lesion_region(lesions[r.image_path.resolve()], s, t) for r, s in zip(records, shapes)] for t in truths}
+    regions = {t: [lesions[r.image_path.resolve()].region(s, t) for r, s in zip(records, shapes)] for t in truths}
     classes = class_embeddings(model, default_prompts())
     directions = {"abnormal-normal": classes[1] - classes[0], "abnormal": classes[1]}
     print(

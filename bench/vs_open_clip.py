@@ -55,7 +55,7 @@ from lumbarclip.data.manifest import ImageRecord  # noqa: E402
 from lumbarclip.data.transforms import eval_transform  # noqa: E402
 from lumbarclip.models import create_model  # noqa: E402
 from lumbarclip.models.text import resolve_text_tower  # noqa: E402
-from lumbarclip.reports import class_prompts, split_sentences, write_report  # noqa: E402
+from lumbarclip.reports import class_prompts, split_sentences, write_synthetic_note  # noqa: E402
 from lumbarclip.training import load_config  # noqa: E402
 from lumbarclip.training.module import CLIPModule  # noqa: E402
 
@@ -80,7 +80,7 @@ def reports(notes: str | None, n: int = 400) -> list[tuple[str, int]]:
     for i in range(n):
         label = int(rng.random() < 0.85)
         findings = sample_findings(np.random.default_rng([0, i]), abnormal=bool(label))
-        out.append((write_report(findings, random.Random(i)), label))
+        out.append((write_synthetic_note(findings, random.Random(i)), label))
     return out
 
 

@@ -14,12 +14,9 @@ from _model_folder import add_parts
 from PIL import Image
 
 from lumbarclip.bundle import ModelFolder, layout
+from lumbarclip.data.detection import DetectionScore, match_boxes
+from lumbarclip.data.discs import names_from_the_sacrum
 from lumbarclip.data.transforms import image_boxes, square_boxes
-from lumbarclip.evaluation.discs import (
-    DetectionScore,
-    match_boxes,
-    names_from_the_sacrum,
-)
 from lumbarclip.models.detector import DetectorConfig, DiscDetector
 from lumbarclip.training.detector import score_detector, train_detector
 
@@ -247,7 +244,7 @@ def test_node_analyser_reads_the_mid_sagittal_slice_and_reports_its_discs(tmp_pa
 
 def test_disc_layer_is_described_in_the_card(tmp_path):
     """build_disc_layer writes the card's discs section from the figures it measured."""
-    from lumbarclip.training import detector as module
+    from lumbarclip import disc_layer as module
 
     figures = {
         "detector_train": {"best_valid_f1": 0.9},

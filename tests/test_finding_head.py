@@ -49,6 +49,7 @@ def test_each_query_learns_its_kind_and_attends_to_where_it_is():
         assert (peak == k).float().mean() > 0.9
 
 
+@pytest.mark.slow
 def test_finding_head_trains_with_sentence_targets_only(tmp_path):
     cohort = make_cohort(tmp_path / "cohort", CohortConfig(n_patients=12, size=32), progress=False)
     tiny = [

@@ -8,7 +8,7 @@ from lumbarclip.findings import LEVEL_KINDS, LEVELS
 from lumbarclip.inference import embed_texts
 from lumbarclip.inference.findings import UNKNOWN_LEVEL, FindingClassifier, finding_prompts, render_prompts
 from lumbarclip.models import ModelConfig, create_model
-from lumbarclip.reports import split_sentences, write_report
+from lumbarclip.reports import split_sentences, write_synthetic_note
 from lumbarclip.synth.cohort import sample_findings
 
 
@@ -36,7 +36,7 @@ def test_prompts_are_not_report_sentences():
     rng, pyrng = np.random.default_rng(0), random.Random(0)
     sentences = set()
     for i in range(300):
-        for s in split_sentences(write_report(sample_findings(rng, abnormal=i % 2 == 1), pyrng)):
+        for s in split_sentences(write_synthetic_note(sample_findings(rng, abnormal=i % 2 == 1), pyrng)):
             sentences.add(s.strip().rstrip(".").lower())
     from lumbarclip.inference.findings import NORMAL_PROMPTS
 

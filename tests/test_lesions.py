@@ -10,9 +10,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from lumbarclip.data.lesions import ImageLesions
 from lumbarclip.findings import LevelFindings
 from lumbarclip.synth import Anatomy, CohortConfig, Nuisance, make_cohort, render_slice
-from lumbarclip.synth.phantom import Lesions, find_lesions, landmarks, pixel_of, render_slice_with_lesions
+from lumbarclip.synth.phantom import find_lesions, landmarks, pixel_of, render_slice_with_lesions
 
 SIZE = 128
 ADULT = Anatomy()
@@ -82,8 +83,7 @@ def test_mask_and_boxes_cover_every_visibly_changed_pixel():
         for x0, y0, x1, y1 in boxes:
             in_a_box[y0 : y1 + 1, x0 : x1 + 1] = True
         assert in_a_box[found.mask].all() and in_a_box.sum() > 1.5 * found.mask.sum()
-        runs = found.to_dict()["runs"]
-        assert np.array_equal(Lesions.mask_from_runs(runs, (SIZE, SIZE)), found.mask)
+        assert np.array_equal(ImageLesions.from_dict(found.to_dict()).mask((SIZE, SIZE)), found.mask)
         kinds = {b["kind"] for b in found.boxes}
         assert {"extrusion", "canal_narrowing", "desiccation", "facet_hypertrophy"} <= kinds
 
@@ -107,7 +107,7 @@ def test_cohort_writes_boxes_for_images_with_a_visible_lesion(tmp_path):
         if not patient["label"]:
             assert lesions == {}
         for image, found in lesions.items():
-            boxes, mask = found["boxes"], Lesions.mask_from_runs(found["runs"], (48, 48))
+            boxes, mask = found["boxes"], ImageLesions.from_dict(found).mask((48, 48))
             assert mask.any()
             assert image.startswith("images/") and image.removeprefix("images/") in images
             assert image.split("_")[1] == patient["patient_id"]

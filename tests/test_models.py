@@ -8,13 +8,7 @@ from safetensors.torch import save_file
 from lumbarclip.bundle import load_model, save_model
 from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.errors import InputError
-from lumbarclip.models import (
-    LumbarCLIP,
-    ModelConfig,
-    create_head,
-    create_model,
-    create_vision_tower,
-)
+from lumbarclip.models import LumbarCLIP, ModelConfig, create_head, create_model, create_vision_tower, vision_tower_for
 
 TINY = {
     "resnet18": {},
@@ -35,6 +29,16 @@ def test_vision_towers_take_one_channel(name):
     tower = create_vision_tower(name, **TINY[name])
     out = tower(torch.randn(2, 1, 32, 32))
     assert out.shape == (2, tower.num_features)
+
+
+def test_vision_tower_for_a_config_is_the_model_s_own_tower():
+    """The config's timm name, input size and extra arguments reach the tower: a ViT at 32 px with
+    patch 8 has 16 patch tokens, and its parameters match the CLIP model's vision tower."""
+    config = ModelConfig(vision="vit_tiny_patch16_224", image_size=32, vision_kwargs={"patch_size": 8, "depth": 1}, embed_dim=8)
+    tower = vision_tower_for(config)
+    assert tower.patch_embed.num_patches == (32 // 8) ** 2
+    own = create_model(config).visual.state_dict()
+    assert {k: v.shape for k, v in tower.state_dict().items()} == {k: v.shape for k, v in own.items()}
 
 
 def test_vision_tower_loads_local_weights_file(tmp_path):

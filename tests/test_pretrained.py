@@ -8,8 +8,6 @@ import torch
 from safetensors.torch import save_file
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
-from lumbarclip.bundle import save_model
-from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.errors import InputError
 from lumbarclip.models import ModelConfig, create_model
 from lumbarclip.training import load_config
@@ -92,7 +90,7 @@ def test_text_folder_with_wrong_shapes_is_refused(bert_folder, tmp_path):
         (broken / f.name).write_bytes(f.read_bytes())
     config = BertConfig.from_pretrained(bert_folder)
     config.hidden_size, config.intermediate_size = 48, 96  # the weights stay 32 wide
-    save_model(config, broken, PreprocessSpec.of_model(config.config.image_size))
+    config.save_pretrained(broken)
     with pytest.raises(InputError, match="broken-bert.*could not be loaded: its weights do not fit"):
         create_model(ModelConfig(vision="test_resnet", text=str(broken), image_size=32))
 

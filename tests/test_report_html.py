@@ -17,7 +17,7 @@ from PIL import Image
 from lumbarclip.data.manifest import ImageRecord, Manifest
 from lumbarclip.evaluation.integrity import integrity_checks
 from lumbarclip.evaluation.predictions import Predictions
-from lumbarclip.evaluation.report import ReportInputs, SaliencyGallery, render_report, write_report
+from lumbarclip.evaluation.report import ReportInputs, SaliencyGallery, render_report, write_html_report
 from lumbarclip.evaluation.retrieval import retrieval_metrics
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -77,7 +77,7 @@ def report_inputs(tmp_path_factory) -> ReportInputs:
 
 @pytest.fixture(scope="module")
 def report_path(report_inputs, tmp_path_factory) -> Path:
-    return write_report(report_inputs, tmp_path_factory.mktemp("page") / "report.html")
+    return write_html_report(report_inputs, tmp_path_factory.mktemp("page") / "report.html")
 
 
 def test_report_is_self_contained_with_decodable_figures(report_path):

@@ -24,7 +24,7 @@ from lumbarclip.findings import (
     Findings,
     LevelFindings,
 )
-from lumbarclip.reports import parse_report, write_report
+from lumbarclip.reports import parse_report, write_synthetic_note
 from lumbarclip.reports.lexicon import canonical_word
 from lumbarclip.reports.levels import find_levels
 
@@ -336,7 +336,7 @@ def test_writer_parser_round_trip() -> None:
     rng = random.Random(2024)
     for _ in range(300):
         truth = random_findings(rng)
-        text = write_report(truth, rng)
+        text = write_synthetic_note(truth, rng)
         parsed = parse_report(text)
         assert parsed.abnormal == truth.abnormal, text
         assert (set(parsed.other), set(parsed.incidental)) == (set(truth.other), set(truth.incidental)), text

@@ -9,13 +9,13 @@ from dataclasses import replace
 import pytest
 
 from lumbarclip.findings import ABNORMAL_OTHER, INCIDENTAL, LEVELS, Findings, LevelFindings
-from lumbarclip.reports import CLASS_PROMPTS, class_prompts, parse_report, split_sentences, write_report
+from lumbarclip.reports import CLASS_PROMPTS, class_prompts, parse_report, split_sentences, write_synthetic_note
 from lumbarclip.reports.levels import LEVEL_STYLES, spell_level
 from lumbarclip.reports.writer import HEADERS
 
 
 def notes(findings: Findings, seeds: range = range(12)) -> list[str]:
-    return [write_report(findings, random.Random(seed)) for seed in seeds]
+    return [write_synthetic_note(findings, random.Random(seed)) for seed in seeds]
 
 
 BULGE = LevelFindings("L4-L5", "bulge", "diffuse", thecal_sac="compressed")
@@ -104,7 +104,7 @@ def test_sentences_are_split_back_and_headers_dropped() -> None:
     protrusion = replace(BULGE, level="L3-L4", disc="protrusion")
     findings = Findings({"L4-L5": BULGE, "L3-L4": protrusion}, incidental=["hemangioma"])
     for seed in range(20):
-        text = write_report(findings, random.Random(seed))
+        text = write_synthetic_note(findings, random.Random(seed))
         sentences = split_sentences(text)
         header = max((h for h in HEADERS if text.startswith(h + " ")), key=len, default="")
         body = text[len(header) :]
@@ -144,5 +144,5 @@ def test_class_prompts_are_single_sentences_the_parser_classifies_correctly() ->
 
 def test_every_level_can_be_written() -> None:
     for level in LEVELS:
-        text = write_report(Findings({level: replace(BULGE, level=level)}), random.Random(0))
+        text = write_synthetic_note(Findings({level: replace(BULGE, level=level)}), random.Random(0))
         assert parse_report(text).level(level).disc == "bulge", text

@@ -73,7 +73,8 @@ def test_study_embeddings_average_a_patients_slices():
 
 
 def test_report_sections_show_findings_match_and_per_finding_auroc():
-    from lumbarclip.evaluation.report import _per_finding_html, _retrieval_html
+    from lumbarclip.evaluation.predictions import Predictions
+    from lumbarclip.evaluation.report import ReportInputs, render_report
     from lumbarclip.evaluation.retrieval import retrieval_metrics
 
     img = np.eye(3)[[0, 1, 2, 2]]
@@ -83,17 +84,17 @@ def test_report_sections_show_findings_match_and_per_finding_auroc():
     ids, study = study_embeddings(img, np.array(["a", "b", "c", "c"]))
     by_study = retrieval_metrics(study, ids, np.eye(3), np.array(["a", "b", "c"]))
     retrieval["study"] = {("n_studies" if k == "n_images" else k): v for k, v in by_study.items()}  # as evaluate writes it
-    page = _retrieval_html(retrieval)
-    assert "Study level" in page and "study -&gt; report" in page
-    assert "4 image queries" in page and "3 study queries" in page
-    assert "Findings match" in page and "mAP" in page and "Jaccard of the level:kind sets &gt;= 0.5" in page
     fz = {
         "per_kind": {"bulge": {"auroc": 0.912, "ci95": [0.85, 0.96], "positives": 30, "negatives": 70}},
         "macro_auroc": 0.912, "macro_kinds": ["bulge"], "min_positives": 20, "rule": "r",
-    }
-    page = _per_finding_html(fz)
+    }  # fmt: skip
+    predictions = {"linear_probe": Predictions([0, 1, 1, 0], [0.2, 0.7, 0.6, 0.4], ["a", "b", "c", "c"])}
+    page = render_report(ReportInputs({"retrieval": retrieval, "per_finding": fz}, predictions))
+    assert "Study level" in page and "study -&gt; report" in page
+    assert "4 image queries" in page and "3 study queries" in page
+    assert "Findings match" in page and "mAP" in page and "Jaccard of the level:kind sets &gt;= 0.5" in page
     assert "0.912" in page and "0.850-0.960" in page and ">30<" in page
-    assert "Not computed" in _per_finding_html({})
+    assert "Not computed (the manifest has no findings column)" in render_report(ReportInputs({}, predictions))
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 7])

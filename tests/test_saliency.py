@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lumbarclip.data.lesions import ImageLesions
 from lumbarclip.data.transforms import PreprocessSpec
-from lumbarclip.evaluation.pointing import dilate, lesion_region, peak, pointing_game
+from lumbarclip.evaluation.pointing import dilate, peak, pointing_game
 from lumbarclip.inference.saliency import METHODS, overlay, saliency_maps, save_overlay
 from lumbarclip.models import LumbarCLIP, ModelConfig, create_model
 
@@ -145,9 +146,9 @@ def test_pointing_game_against_its_baselines():
 
 def test_lesion_region_from_runs_and_boxes():
     found = {"boxes": [{"kind": "bulge", "box": [2, 3, 5, 4]}], "runs": [[3, 2, 3], [4, 5, 5]]}
-    mask = lesion_region(found, (8, 8), "mask")
+    mask = ImageLesions.from_dict(found).region((8, 8), "mask")
     assert mask.sum() == 3 and mask[3, 2] and mask[3, 3] and mask[4, 5]
-    box = lesion_region(found, (8, 8), "box")
+    box = ImageLesions.from_dict(found).region((8, 8), "box")
     assert box.sum() == 8 and box[3:5, 2:6].all()
 
 
@@ -173,8 +174,10 @@ def test_every_listed_method_runs(models):
 def test_report_section_on_a_synthetic_cohort(models, tmp_path):
     """The gallery scores every abnormal image with a visible lesion and renders in report.html."""
     from lumbarclip.data.manifest import read_manifest
-    from lumbarclip.evaluation.pointing import read_lesions, saliency_gallery
-    from lumbarclip.evaluation.report import _saliency_html
+    from lumbarclip.data.lesions import read_lesions
+    from lumbarclip.evaluation.pointing import saliency_gallery
+    from lumbarclip.evaluation.predictions import Predictions
+    from lumbarclip.evaluation.report import ReportInputs, render_report
     from lumbarclip.inference import load_images
     from lumbarclip.synth import CohortConfig, make_cohort
 
@@ -187,8 +190,10 @@ def test_report_section_on_a_synthetic_cohort(models, tmp_path):
     assert gallery.pointing_game["n_images"] == n_lesions > 3
     assert len(gallery.overlays) == 3 and all(png[:4] == b"\x89PNG" for png, _ in gallery.overlays)
     assert all(caption.endswith(("hit", "miss")) for _, caption in gallery.overlays)
-    page = _saliency_html(gallery, {})
-    assert page.count("data:image/png;base64,") == 3 and "centre prior" in page
+    labels = [r.label for r in records]
+    page = render_report(ReportInputs({}, {"m": Predictions(labels, labels, [r.patient_id for r in records])}, saliency=gallery))
+    section = page[page.index("<h2>Saliency") :]
+    assert section.count("data:image/png;base64,") == 3 and "centre prior" in section
     (tmp_path / "c" / "findings.jsonl").unlink()  # real data: no lesions, no pointing game
     plain = saliency_gallery(model, records, images, torch.randn(8), manifest, size=2)
     assert plain.pointing_game == {} and len(plain.overlays) == 2

@@ -72,6 +72,7 @@ def test_processes_get_disjoint_equal_shares(shards):
     assert first != [s.index for s in next(iter(ds))]
 
 
+@pytest.mark.slow
 def test_train_streams_from_shards(cohort, shards, tmp_path):
     overrides = ["model.vision=test_resnet", "model.image_size=32", "model.embed_dim=16", "data.batch_size=8",
                  "trainer.max_epochs=1", "trainer.precision=32-true", "trainer.log_every_n_steps=1"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lumbarclip.findings import IMAGED_LEVELS, LEVEL_KINDS, level_kinds
-from lumbarclip.reports import split_sentences, write_report
+from lumbarclip.reports import split_sentences, write_synthetic_note
 from lumbarclip.reports.statements import Statement, sentence_statements, statement_vector
 from lumbarclip.synth.cohort import sample_findings
 
@@ -73,7 +73,7 @@ def test_written_notes_never_contradict_their_findings(seed: int) -> None:
     denials = 0
     for _ in range(150):
         findings = sample_findings(rng, abnormal=bool(rng.random() < 0.7))
-        for sentence in split_sentences(write_report(findings, text_rng)):
+        for sentence in split_sentences(write_synthetic_note(findings, text_rng)):
             for s in sentence_statements(sentence):
                 for level in [s.level] if s.level else list(IMAGED_LEVELS):
                     has = s.kind in level_kinds(findings.level(level))

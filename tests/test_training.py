@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lumbarclip.bundle import load_model
+from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.cli import main
 from lumbarclip.errors import InputError
 from lumbarclip.synth.cohort import CohortConfig, make_cohort
@@ -53,6 +54,7 @@ def test_unknown_preset_is_an_input_error(tmp_path):
         load_config(str(bad))
 
 
+@pytest.mark.slow
 def test_train_writes_a_loadable_run(cohort, tmp_path):
     run = train(load_config("cpu-demo", TINY), cohort, tmp_path / "run", progress=False)
     summary = json.loads((run / "train_summary.json").read_text())
@@ -108,14 +110,14 @@ def test_export_best_follows_the_metric_direction(monitor, mode, values, best, t
     from lumbarclip.training.trainer import ExportBest, monitor_mode
 
     config = load_config("cpu-demo", [f"trainer.monitor={monitor}", f"trainer.monitor_mode={mode}"])
-    export = ExportBest(tmp_path / "model", monitor, monitor_mode(config))
+    export = ExportBest(tmp_path / "model", monitor, monitor_mode(config), PreprocessSpec.of_model(32))
     for epoch, value in enumerate(values):
         trainer = SimpleNamespace(
             sanity_checking=False, callback_metrics={monitor: torch.tensor(value)}, current_epoch=epoch, is_global_zero=False
         )
         export.on_validation_end(trainer, None)
     assert export.best_epoch == best and export.best == pytest.approx(values[best])
-    restored = ExportBest(tmp_path / "model", monitor, "min")
+    restored = ExportBest(tmp_path / "model", monitor, "min", PreprocessSpec.of_model(32))
     restored.load_state_dict(export.state_dict())  # carried by the checkpoints across a resume
     assert (restored.best, restored.best_epoch) == (export.best, export.best_epoch)
 

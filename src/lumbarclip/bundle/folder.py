@@ -123,7 +123,7 @@ class ModelFolder:
                 load_weights(model, str(self.path / layout.WEIGHTS), device="cpu")
             except (OSError, RuntimeError, ValueError) as err:
                 raise InputError(f"{self.path / layout.WEIGHTS}: weights do not fit {layout.CONFIG} ({str(err)[:200]})") from None
-            model.clamp_logit_scale_()
+            model.clamp_logit_scale_()  # the scale within its cap, as training keeps it
             self._model = model.eval()
         return self._model
 

@@ -18,10 +18,14 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 LUMBAR_FROM_SACRUM: tuple[str, ...] = ("L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2")
 THORACIC_FROM_LUMBAR: tuple[str, ...] = tuple(
     ["T12-L1"] + [f"T{n - 1}-T{n}" for n in range(12, 1, -1)]
 )
+#: The levels the paper's data grades (and the naming target of the disc layer).
+NAMED_LEVELS: tuple[str, ...] = ("L3-L4", "L4-L5", "L5-S1")
 #: YOLOspine's six box classes (its data.yaml), as short names.
 BOX_CLASSES: tuple[str, ...] = ("DDD", "normal", "stenosis", "spondylolisthesis", "bulge", "thoracic_bulge")
 #: Classes drawn around the canal behind a disc rather than around the disc itself.
@@ -78,6 +82,21 @@ def level_name(rank: int) -> str:
         return LUMBAR_FROM_SACRUM[rank]
     rank -= len(LUMBAR_FROM_SACRUM)
     return THORACIC_FROM_LUMBAR[rank] if rank < len(THORACIC_FROM_LUMBAR) else f"thoracic+{rank}"
+
+
+def order_from_the_sacrum(boxes: np.ndarray) -> np.ndarray:
+    """Indices of boxes [N, 4] (x0, y0, x1, y1) by their vertical centres, lowest in the image
+    first (the rank `level_name` reads)."""
+    boxes = np.asarray(boxes)
+    return np.argsort(-(boxes[:, 1] + boxes[:, 3]) / 2, kind="stable")
+
+
+def names_from_the_sacrum(boxes: np.ndarray) -> list[str]:
+    """Level names of boxes [N, 4] by the order of their vertical centres from the bottom."""
+    names = [""] * len(boxes)
+    for rank, i in enumerate(order_from_the_sacrum(boxes)):
+        names[int(i)] = level_name(rank)
+    return names
 
 
 def _overlaps(a: Box, b: Box) -> bool:

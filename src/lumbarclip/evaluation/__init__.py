@@ -17,7 +17,7 @@ _EXPORTS = {
     "retrieval_metrics": "retrieval",
     "integrity_checks": "integrity",
     "ReportInputs": "report",
-    "write_report": "report",
+    "write_html_report": "report",
 }
 __all__ = sorted(_EXPORTS)
 

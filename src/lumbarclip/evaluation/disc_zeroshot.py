@@ -14,11 +14,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from lumbarclip.data.dataset import level_names
-from lumbarclip.data.discs import discs_from_json
+from lumbarclip.data.discs import NAMED_LEVELS, discs_from_json
 from lumbarclip.data.imageio import load_image
 from lumbarclip.data.manifest import ImageRecord
 from lumbarclip.data.transforms import MEAN, STD, to_square_tensor
-from lumbarclip.evaluation.discs import NAMED_LEVELS
 from lumbarclip.findings import Findings, level_kinds
 from lumbarclip.inference.findings import FindingClassifier
 from lumbarclip.reports.sentences import split_sentences

@@ -30,9 +30,9 @@ from lumbarclip.errors import InputError
 from lumbarclip.evaluation.baselines import majority_proba, raw_pixel_features
 from lumbarclip.evaluation.integrity import TrainingPatients, integrity_checks, outcome_warnings
 from lumbarclip.evaluation.metrics import CI_METHOD
-from lumbarclip.evaluation.predictions import LEVELS, Predictions
+from lumbarclip.evaluation.predictions import AGGREGATION_LEVELS, Predictions
 from lumbarclip.evaluation.probe import LinearProbe, fit_probe, subsample_patients
-from lumbarclip.evaluation.report import ReportInputs, write_report
+from lumbarclip.evaluation.report import ReportInputs, write_html_report
 from lumbarclip.evaluation.retrieval import retrieval_metrics, study_embeddings
 from lumbarclip.evaluation.supervised import SupervisedConfig, classifier_proba, train_classifier
 from lumbarclip.evaluation.zeroshot import default_prompts, zero_shot_abnormal_proba
@@ -145,12 +145,9 @@ class Downstream:
 
     def from_scratch(self, mask: np.ndarray | None = None) -> Predictions:
         """The same architecture as the model's vision tower, randomly initialised."""
-        from lumbarclip.models import create_vision_tower
+        from lumbarclip.models import vision_tower_for
 
-        cfg = self.model.config
-        return self.supervised(
-            create_vision_tower(cfg.vision, **{"img_size": cfg.image_size, **cfg.vision_kwargs}), self.opts.supervised, mask
-        )
+        return self.supervised(vision_tower_for(self.model.config), self.opts.supervised, mask)
 
     def finetune(self) -> Predictions:
         """The pre-trained vision tower, trained end to end at a smaller learning rate."""
@@ -274,7 +271,7 @@ def evaluate_run(
     if opts.report:
         shown = {**preds, **{k: v for k, v in baselines.items() if k != "majority"}}
         title = f"LumbarCLIP evaluation: {run_root.name} on {split}"
-        _write_report(run, metrics, shown, text, title, model_dir, manifest.path, split, out)
+        _write_html_report(run, metrics, shown, text, title, model_dir, manifest.path, split, out)
         timer.lap("report")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     if folder:
@@ -423,7 +420,7 @@ def _meta(
     }
 
 
-def _write_report(
+def _write_html_report(
     run: Downstream,
     metrics: dict[str, object],
     predictions: dict[str, Predictions],
@@ -438,7 +435,7 @@ def _write_report(
     from lumbarclip.evaluation.pointing import saliency_gallery
 
     test = run.test
-    write_report(
+    write_html_report(
         ReportInputs(
             metrics=metrics,
             predictions=predictions,
@@ -471,7 +468,7 @@ def format_summary(metrics: dict[str, object]) -> str:
     ci = metrics.get("ci95", {})
     lines = [f"{'classifier':<14} {'img bal.acc':>11} {'img AUROC':>9} {'pat bal.acc':>11} {'pat AUROC':>9}"]
     for name, block in rows:
-        cells = [_num(block[lv][m]) for lv in LEVELS for m in ("balanced_accuracy", "auroc")]  # type: ignore[index]
+        cells = [_num(block[lv][m]) for lv in AGGREGATION_LEVELS for m in ("balanced_accuracy", "auroc")]  # type: ignore[index]
         lines.append(f"{name:<14} {cells[0]:>11} {cells[1]:>9} {cells[2]:>11} {cells[3]:>9}")
     main_ci = ci.get("patient.balanced_accuracy")  # type: ignore[union-attr]
     if main_ci:
@@ -627,10 +624,9 @@ def _choose_scorer(per_finding: dict[str, object], head: dict[str, object]) -> N
 def _pixel_ceiling(model: LumbarCLIP, run: Downstream, opts: EvalOptions) -> dict[str, object]:
     """`evaluation.findings.pixel_ceiling` with the model's vision tower, freshly initialised."""
     from lumbarclip.evaluation.findings import pixel_ceiling
-    from lumbarclip.models import create_vision_tower
+    from lumbarclip.models import vision_tower_for
 
-    cfg = model.config
-    tower = create_vision_tower(cfg.vision, **{"img_size": cfg.image_size, **cfg.vision_kwargs})
+    tower = vision_tower_for(model.config)
     return pixel_ceiling(
         (run.train.images, run.train.records), (run.valid.images, run.valid.records),
         (run.test.images, run.test.records), tower, opts.supervised, opts.seed, opts.progress,

@@ -21,12 +21,11 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix,
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from lumbarclip.data.discs import discs_from_json
+from lumbarclip.data.discs import NAMED_LEVELS, discs_from_json
 from lumbarclip.data.imageio import load_image
 from lumbarclip.data.manifest import ImageRecord
 from lumbarclip.data.transforms import MEAN, STD, square_boxes, to_square_tensor
 from lumbarclip.decision import choose_threshold
-from lumbarclip.evaluation.discs import NAMED_LEVELS
 from lumbarclip.bundle.grader import DISC_CLASSES, PFIRRMANN, SOURCES, DiscGrader
 from lumbarclip.inference.grades import disc_features
 

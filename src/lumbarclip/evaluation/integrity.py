@@ -14,40 +14,17 @@ skipped manifest rows.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from lumbarclip.data.manifest import Manifest, check_manifest, check_patient_overlap, read_manifest
+from lumbarclip.data.privacy import TRAIN_PATIENTS_KEY, hash_patient_id, hash_patient_ids
 from lumbarclip.errors import InputError
 
 #: Test-time inputs a classifier may have without a warning; anything else is text about the case.
 IMAGE_ONLY_INPUTS: frozenset[str] = frozenset({"image", "class prompts"})
-#: train_summary.json key: sorted sha256 hex digests of the training patient ids.
-TRAIN_PATIENTS_KEY = "train_patients_sha256"
-
-
-def hash_patient_id(patient_id: str) -> str:
-    """sha256 hex digest of a patient id: enough to recognise the patient again without
-    writing the id itself into the run folder. Unkeyed, so not a pseudonym: short ids can be
-    recovered by hashing every candidate (use `data.privacy` for that)."""
-    return hashlib.sha256(patient_id.encode("utf-8")).hexdigest()
-
-
-def hash_patient_ids(patient_ids: Iterable[str]) -> list[str]:
-    """Sorted unique `hash_patient_id` digests."""
-    return sorted({hash_patient_id(pid) for pid in patient_ids})
-
-
-def train_patient_hashes(manifest: Manifest | None, manifest_path: str | None) -> list[str] | None:
-    """What `train` records under `TRAIN_PATIENTS_KEY`: the hashed train-split patients of the
-    manifest it trained on, or of the manifest a shard folder was written from (None when that
-    file is gone, and `evaluate` then warns that it cannot check)."""
-    if manifest is None and manifest_path and Path(manifest_path).is_file():
-        manifest = read_manifest(manifest_path, check_files=False)
-    return hash_patient_ids(r.patient_id for r in manifest.split("train")) if manifest is not None else None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 from lumbarclip.bundle import FindingGate, ModelFolder, OperatingPoint, ReportBank
 from lumbarclip.bundle.reportbank import USER_REPORTS
 from lumbarclip.data.transforms import PreprocessSpec
-from lumbarclip.decision import InputGuard, guard_views, slot, study_unit
+from lumbarclip.decision import InputGuard, guard_views, sigmoid, slot, study_unit
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.card import build_card
 from lumbarclip.evaluation.metrics import classification_metrics
@@ -103,7 +103,7 @@ def prepare_model_folder(
     guard = InputGuard.fit(guard_features(train, value_range), guard_features(valid, value_range))
     test_in = guard.accepts(guard.score(guard_features(test, value_range)))
     logit = op.logit(test.embeddings)
-    before = Predictions(test.labels, 1.0 / (1.0 + np.exp(-logit)), test.patients, dict(probe_thresholds))
+    before = Predictions(test.labels, sigmoid(logit), test.patients, dict(probe_thresholds))
     keys = ("ece", "brier", "balanced_accuracy", "accuracy")
     patients = before.by_patient()
     after = {

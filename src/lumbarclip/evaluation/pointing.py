@@ -1,12 +1,11 @@
 """Does a saliency map point at the lesion? The pointing game on synthetic cohorts, whose
-`findings.jsonl` records the pixels each visible lesion changes, against a centre prior and a
-random map, and the report's saliency gallery built with it.
+`findings.jsonl` records the pixels each visible lesion changes (`data.lesions`), against a
+centre prior and a random map, and the report's saliency gallery built with it.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +13,12 @@ import numpy as np
 import torch
 
 from lumbarclip.data.imageio import load_image
+from lumbarclip.data.lesions import ImageLesions, read_lesions
 from lumbarclip.data.manifest import ImageRecord
 from lumbarclip.errors import InputError
 from lumbarclip.evaluation.report import SaliencyGallery
 from lumbarclip.inference.saliency import DEFAULT_METHOD, overlay_png, saliency_maps
 from lumbarclip.models import LumbarCLIP
-from lumbarclip.synth.phantom import Lesions
 
 
 def peak(cam: np.ndarray, image_shape: tuple[int, int]) -> tuple[float, float]:
@@ -33,49 +32,6 @@ def peak(cam: np.ndarray, image_shape: tuple[int, int]) -> tuple[float, float]:
     x = (cols.mean() + 0.5) * scale - 0.5 - (side - width) // 2
     y = (rows.mean() + 0.5) * scale - 0.5 - (side - height) // 2
     return float(x), float(y)
-
-
-def read_lesions(manifest: str | Path) -> dict[Path, dict[str, object]]:
-    """Lesions of a synthetic cohort (`findings.jsonl` beside its manifest, written by
-    `lumbarclip synth`): resolved image path -> `{"boxes": [{"kind", "box"}], "runs": [...]}`
-    (see `synth.phantom.Lesions`), images with a visible lesion only. Raises InputError when
-    the cohort has none (rendered before lesions were written)."""
-    root = Path(manifest).parent
-    path = root / "findings.jsonl"
-    if not path.is_file():
-        raise InputError(f"{path}: not found; lesions come with synthetic cohorts (lumbarclip synth)")
-    lesions: dict[Path, dict[str, object]] = {}
-    seen = False
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}: line {number}: not JSON ({err.msg})") from None
-        if "lesions" in record:
-            seen = True
-            for image, found in record["lesions"].items():
-                if not isinstance(found, dict) or "boxes" not in found or "runs" not in found:
-                    raise InputError(f"{path}: line {number}: lesions of {image} need boxes and runs")
-                lesions[(root / image).resolve()] = found
-    if not seen:
-        raise InputError(f"{path}: no lesions; re-render the cohort with this version of lumbarclip synth")
-    return lesions
-
-
-def lesion_region(found: Mapping[str, object], shape: tuple[int, int], truth: str = "mask") -> np.ndarray:
-    """[H, W] bool region of one image's lesions: the changed pixels (`mask`) or their boxes
-    filled (`box`)."""
-    if truth == "mask":
-        return Lesions.mask_from_runs(found["runs"], shape)
-    if truth == "box":
-        region = np.zeros(shape, dtype=bool)
-        for item in found["boxes"]:
-            x0, y0, x1, y1 = item["box"]
-            region[y0 : y1 + 1, x0 : x1 + 1] = True
-        return region
-    raise ValueError(f"truth must be mask or box; got {truth!r}")
 
 
 @dataclass(frozen=True)
@@ -162,7 +118,7 @@ def saliency_gallery(
     the split and, when the manifest's cohort has lesions (`read_lesions`), the pointing game on
     every abnormal image with a visible lesion, whose outline the overlays show. None when the
     split has no abnormal image."""
-    lesions: dict[Path, dict[str, object]] = {}
+    lesions: dict[Path, ImageLesions] = {}
     if manifest is not None:
         try:
             lesions = read_lesions(manifest)
@@ -179,7 +135,7 @@ def saliency_gallery(
     game = None
     if lesions:
         for i in scored:
-            regions[i] = lesion_region(lesions[records[i].image_path.resolve()], pixels[i].shape)
+            regions[i] = lesions[records[i].image_path.resolve()].region(pixels[i].shape)
         game = pointing_game(np.stack([cams[i] for i in scored]), [regions[i] for i in scored], margin, seed)
         hit = dict(zip(scored, game.hits))
     overlays = []

@@ -10,7 +10,8 @@ import numpy as np
 from lumbarclip.decision import aggregate_patients, choose_threshold
 from lumbarclip.evaluation.metrics import SCALAR_METRICS, bootstrap_ci, classification_metrics
 
-LEVELS: tuple[str, str] = ("image", "patient")
+#: The units a classifier is scored on: each image, and each patient (its images aggregated).
+AGGREGATION_LEVELS: tuple[str, str] = ("image", "patient")
 
 
 @dataclass
@@ -40,13 +41,13 @@ class Predictions:
 
     def tuned_on(self, valid: Predictions) -> Predictions:
         """A copy whose thresholds maximise balanced accuracy on `valid` at each level."""
-        chosen = {lv: choose_threshold(valid.level(lv).y_true, valid.level(lv).prob) for lv in LEVELS}
+        chosen = {lv: choose_threshold(valid.level(lv).y_true, valid.level(lv).prob) for lv in AGGREGATION_LEVELS}
         return replace(self, thresholds=chosen)
 
     def metrics(self) -> dict[str, dict[str, object]]:
         """The contract's {"image": {...}, "patient": {...}} blocks, with the thresholds used."""
         out = {}
-        for lv in LEVELS:
+        for lv in AGGREGATION_LEVELS:
             pred = self.level(lv)
             out[lv] = {
                 **classification_metrics(pred.y_true, pred.prob, self.thresholds[lv]),

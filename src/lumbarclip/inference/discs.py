@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lumbarclip.data.discs import LUMBAR_FROM_SACRUM, level_name
+from lumbarclip.data.discs import LUMBAR_FROM_SACRUM, level_name, order_from_the_sacrum
 from lumbarclip.data.transforms import MEAN, STD, image_boxes, square_boxes, to_square_tensor
 from lumbarclip.bundle.grader import DISC_CLASSES, PFIRRMANN, DiscGrader
 from lumbarclip.inference.grades import disc_features
@@ -40,7 +40,7 @@ def find_discs(
     boxes = np.clip(image_boxes(found["boxes"].numpy(), (h, w), size), 0.0, [w, h, w, h])  # padding is not image
     keep = (boxes[:, 2] - boxes[:, 0] >= 1.0) & (boxes[:, 3] - boxes[:, 1] >= 1.0)
     boxes, scores = boxes[keep], found["scores"].numpy()[keep]
-    order = np.argsort(-(boxes[:, 1] + boxes[:, 3]) / 2, kind="stable")
+    order = order_from_the_sacrum(boxes)
     boxes, scores = boxes[order], scores[order]
     grades = _grades(grader, model, pixels, boxes, model_input) if grader is not None and len(boxes) else None
     out = []

@@ -117,8 +117,8 @@ class FindingClassifier:
     def build(
         cls, model: LumbarCLIP, prompts: dict[str, dict[str, list[str]]] | None = None, contrast: str = "negative"
     ) -> FindingClassifier:
-        """Embed every prompt once, in one batched pass of the text tower (one call per ensemble
-        was 132 small forwards: minutes on a busy CPU): (len(LEVELS) + 1) levels x kinds x 2."""
+        """Embed every prompt once, in one batched pass of the text tower rather than one small
+        forward per ensemble ((len(LEVELS) + 1) levels x kinds x 2 of them)."""
         from lumbarclip.inference.embed import embed_texts
 
         prompts = prompts or finding_prompts()

@@ -13,6 +13,7 @@ _EXPORTS = {
     "load_text_tower": "text",
     "resolve_text_tower": "text",
     "create_vision_tower": "vision",
+    "vision_tower_for": "vision",
 }
 __all__ = sorted(_EXPORTS)
 

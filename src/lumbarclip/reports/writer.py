@@ -283,7 +283,7 @@ def _denials(findings: Findings, style: str, rng: random.Random) -> list[str]:
     return out
 
 
-def write_report(findings: Findings, rng: random.Random) -> str:
+def write_synthetic_note(findings: Findings, rng: random.Random) -> str:
     """One note for `findings`; the same rng state always gives the same note."""
     style = rng.choice(LEVEL_STYLES)
     extra = list(findings.other) + list(findings.incidental)

@@ -47,7 +47,7 @@ from lumbarclip.findings import (
     Findings,
     LevelFindings,
 )
-from lumbarclip.reports import parse_report, write_report
+from lumbarclip.reports import parse_report, write_synthetic_note
 from lumbarclip.synth.phantom import (
     Anatomy,
     Nuisance,
@@ -357,7 +357,7 @@ def make_cohort(
             findings = sample_findings(
                 np.random.default_rng([config.seed, 2, i]), abnormal=bool(label)
             )
-            report = write_report(findings, random.Random(f"{config.seed}-{pid}"))
+            report = write_synthetic_note(findings, random.Random(f"{config.seed}-{pid}"))
             yield PatientSpec(pid, split, label, findings, report)
 
     return write_cohort(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import ndimage
 
+from lumbarclip.data.lesions import ImageLesions
 from lumbarclip.findings import LEVELS, SEQUENCES, LevelFindings
 
 #: Signal of each tissue as (T1, T2) on a 0..1 scale, before per-patient variation.
@@ -531,21 +532,8 @@ class Lesions:
     mask: np.ndarray
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready: the boxes and the mask as runs `[row, x0, x1]` (inclusive columns)."""
-        runs = []
-        for row in np.flatnonzero(self.mask.any(axis=1)):
-            padded = np.concatenate(([0], self.mask[row].astype(np.int8), [0]))
-            edges = np.flatnonzero(np.diff(padded))
-            runs += [[int(row), int(a), int(b) - 1] for a, b in zip(edges[::2], edges[1::2])]
-        return {"boxes": self.boxes, "runs": runs}
-
-    @staticmethod
-    def mask_from_runs(runs: list[list[int]], shape: tuple[int, int]) -> np.ndarray:
-        """Inverse of the runs in `to_dict`."""
-        mask = np.zeros(shape, dtype=bool)
-        for row, x0, x1 in runs:
-            mask[row, x0 : x1 + 1] = True
-        return mask
+        """The `findings.jsonl` record of the image (`data.lesions.ImageLesions`)."""
+        return ImageLesions.from_mask(self.boxes, self.mask).to_dict()
 
 
 def find_lesions(

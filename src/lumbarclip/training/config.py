@@ -43,7 +43,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.1
     grad_clip: float = 1.0
-    implementation: str = "fused"  # AdamW: fused (3.3x faster step on CPU) | foreach | for-loop
+    implementation: str = "fused"  # AdamW: fused (one kernel over all tensors) | foreach | for-loop
 
     def __post_init__(self) -> None:
         if self.implementation not in ("fused", "foreach", "for-loop"):

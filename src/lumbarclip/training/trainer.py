@@ -24,10 +24,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lumbarclip._lightning import quiet_lightning
 from lumbarclip.bundle.folder import save_model
 from lumbarclip.data.datamodule import PairDataModule
+from lumbarclip.data.privacy import TRAIN_PATIENTS_KEY, train_patient_hashes
 from lumbarclip.data.shards import read_shard_index
 from lumbarclip.data.transforms import PreprocessSpec
 from lumbarclip.errors import InputError
-from lumbarclip.evaluation.integrity import TRAIN_PATIENTS_KEY, train_patient_hashes
 from lumbarclip.models import create_model
 from lumbarclip.reports import class_prompts
 from lumbarclip.training.config import TrainConfig, load_config, save_config

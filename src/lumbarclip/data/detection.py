@@ -1,6 +1,7 @@
-"""Measures of the disc layer: detection (boxes matched one to one at IoU >= 0.5, torchvision's
-IoU and scipy's assignment) and level naming (a matched disc's name from the predicted order
-against the labelled one)."""
+"""Counting a disc detector's boxes against the labelled ones: one-to-one matches at IoU >= 0.5
+(torchvision's IoU, scipy's assignment) and, for matched discs, the level each is named by its
+order from the sacrum against its labelled level. Training picks the detector's epoch by the
+valid F1 and the disc figures report the same counts."""
 
 from __future__ import annotations
 
@@ -11,10 +12,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_iou
 
-from lumbarclip.data.discs import level_name
-
-#: The levels the paper's data grades (and the naming target of the disc layer).
-NAMED_LEVELS: tuple[str, ...] = ("L3-L4", "L4-L5", "L5-S1")
+from lumbarclip.data.discs import NAMED_LEVELS, names_from_the_sacrum
 
 
 def match_boxes(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> list[tuple[int, int]]:
@@ -24,15 +22,6 @@ def match_boxes(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> list[t
     overlap = box_iou(torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(truth, dtype=torch.float64)).numpy()
     rows, cols = linear_sum_assignment(-overlap)
     return [(int(r), int(c)) for r, c in zip(rows, cols) if overlap[r, c] >= iou]
-
-
-def names_from_the_sacrum(boxes: np.ndarray) -> list[str]:
-    """Level names of boxes [N, 4] by the order of their vertical centres from the bottom."""
-    order = np.argsort(-(np.asarray(boxes)[:, 1] + np.asarray(boxes)[:, 3]) / 2, kind="stable")
-    names = [""] * len(order)
-    for rank, i in enumerate(order):
-        names[int(i)] = level_name(rank)
-    return names
 
 
 @dataclass

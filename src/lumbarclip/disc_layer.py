@@ -1,0 +1,76 @@
+"""`build_disc_layer()`: the disc layer of a sagittal model folder in one call. It trains the
+disc detector (`training.detector`), fits the disc grader (`evaluation.grades`), scores both,
+writes them into the model folder (`lumbarclip.bundle`) and describes them in the model card.
+It sits in the top layers because it both trains and evaluates.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lumbarclip.bundle import ModelFolder
+from lumbarclip.data.manifest import read_manifest
+from lumbarclip.evaluation.grades import choose_grader, class_scores, disc_table, pfirrmann_scores
+from lumbarclip.models.detector import DetectorConfig, DiscDetector
+from lumbarclip.training.detector import score_detector, train_detector
+
+
+def build_disc_layer(
+    manifest: str | Path,
+    model_dir: str | Path,
+    config: DetectorConfig | None = None,
+    epochs: int = 8,
+    seed: int = 0,
+    test: bool = False,
+    detector: bool = True,
+    grader: bool = True,
+    progress: bool = True,
+) -> dict[str, object]:
+    """The disc layer of a sagittal model folder: the detector (epoch by valid F1) and the
+    grader (feature source chosen on valid), then their figures on valid and, with `test`, on
+    the test split (score it once, for the chosen settings). `detector=False` / `grader=False`
+    keep what the folder already has. The card gets a `discs` section when the folder has one."""
+    started = time.perf_counter()
+    folder = ModelFolder.load(model_dir, require=())
+    figures: dict[str, object] = {}
+    if detector:
+        folder.detector, figures["detector_train"] = train_detector(manifest, config, epochs=epochs, seed=seed, progress=progress)
+        folder.write(("detector",), overwrite=True)
+    folder.require("detector")
+    for split in ("valid", "test") if test else ("valid",):
+        figures[f"detection_{split}"] = score_detector(folder.detector, manifest, split, progress=progress).to_dict()
+    figures["seconds_detector"] = round(time.perf_counter() - started, 1)
+    records = read_manifest(manifest).records
+    model = folder.model()
+    size = model.config.image_size
+    if grader:
+        folder.grader, figures["grader_sources_valid"] = choose_grader(model, records, size, seed, progress=progress)
+        folder.write(("grader",), overwrite=True)
+    folder.require("grader")
+    kept = folder.grader
+    figures["grader"] = {"source": kept.source, "gate": kept.gate}
+    if test:
+        table = disc_table(kept.source, model, [r for r in records if r.split == "test"], size, progress)
+        figures["pfirrmann_test"] = pfirrmann_scores(kept, table)
+        figures["classes_test"] = class_scores(kept, table)
+    figures["seconds"] = round(time.perf_counter() - started, 1)
+    if folder.card is not None:
+        folder.card["discs"] = _card_section(folder.detector, figures)
+        folder.write(("card",), overwrite=True)
+    return figures
+
+
+def _card_section(detector: DiscDetector, figures: dict[str, object]) -> dict[str, object]:
+    """The card's `discs` section: what finds, names and grades the discs, and how well on valid."""
+    config = detector.config
+    train = figures.get("detector_train") or {}
+    return {
+        "detector": f"torchvision FCOS over timm {config.backbone} (weights: {config.pretrained or 'none'}), "
+        f"{config.image_size} px, one class; epoch of best valid F1 at IoU 0.5",
+        "valid_f1": train.get("best_valid_f1"),  # type: ignore[union-attr]
+        "valid_detection": figures.get("detection_valid"),
+        "levels": "named by order from the sacrum (lowest disc L5-S1); a missed or transitional disc shifts the names above it",
+        "grader": figures["grader"],
+        "output": "predict: discs (level, box in image pixels, Pfirrmann grade and class probabilities where validated on valid)",
+    }
