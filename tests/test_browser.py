@@ -160,8 +160,9 @@ def test_page_draws_the_discs_of_a_sagittal_slice(tmp_path):
     add_parts(model_dir, operating_point=op)
     add_parts(model_dir, card={**ModelFolder.load(model_dir, require=()).card, "input": {"planes": ["sagittal"]}})
     torch.manual_seed(0)
-    DiscDetector(DetectorConfig(backbone="test_efficientnet", pretrained="", image_size=96, fpn_channels=32, head_convs=1,
-                                score_thresh=0.0, max_discs=5)).save(model_dir / "detector")  # fmt: skip
+    detector = DiscDetector(DetectorConfig(backbone="test_efficientnet", pretrained="", image_size=96, fpn_channels=32,
+                                           head_convs=1, score_thresh=0.0, max_discs=5))  # fmt: skip
+    add_parts(model_dir, detector=detector)
     png = tmp_path / "T2_sagittal.png"
     Image.fromarray((np.random.default_rng(0).random((120, 80)) * 255).astype(np.uint8)).save(png)
     predictor = Predictor.load(model_dir)
