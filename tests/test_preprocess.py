@@ -156,3 +156,13 @@ def test_preprocess_spec_limits_round_trip_and_default():
     for key in ("max_upscale", "max_aspect", "max_pixel_aspect"):
         del doc[key]
     assert PreprocessSpec.from_dict(doc) == PreprocessSpec.of_model(64)
+
+
+def test_spec_of_a_training_split_takes_its_planes_and_sequences():
+    from types import SimpleNamespace
+
+    rows = [SimpleNamespace(plane="sagittal", sequence="T2"), SimpleNamespace(plane="sagittal", sequence="T1"),
+            SimpleNamespace(plane="axial", sequence=None)]  # fmt: skip
+    spec = PreprocessSpec.of_split(48, rows)
+    assert (spec.image_size, spec.planes, spec.sequences) == (48, ("axial", "sagittal"), ("T1", "T2"))
+    assert PreprocessSpec.of_split(48, [SimpleNamespace(plane="", sequence=None)]) == PreprocessSpec.of_model(48)

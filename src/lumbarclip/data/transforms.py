@@ -11,7 +11,7 @@ default because reports name sides (Rt/Lt) and a flip would contradict the text.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -61,6 +61,14 @@ class PreprocessSpec:
     ) -> PreprocessSpec:
         """The spec of the package's evaluation transform at `image_size`."""
         return cls(image_size=image_size, mean=MEAN, std=STD, planes=tuple(planes), sequences=tuple(sequences))
+
+    @classmethod
+    def of_split(cls, image_size: int, records: Iterable) -> PreprocessSpec:
+        """The spec a model trained on `records` (manifest rows with `plane` and `sequence`)
+        takes: `of_model` with their planes and sequences (axial T1/T2 where none is known)."""
+        records = list(records)
+        planes = tuple(sorted({r.plane for r in records if r.plane})) or ("axial",)
+        return cls.of_model(image_size, planes, tuple(sorted({r.sequence for r in records if r.sequence})) or ("T1", "T2"))
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -320,20 +320,13 @@ def _load_and_embed(model_dir: Path, manifest: Manifest, split: str, opts: EvalO
 
     folder = ModelFolder.load(model_dir, require=())
     model = folder.model()
-    preprocess = folder.preprocess or _training_spec(model.config.image_size, manifest.split("train"))
+    preprocess = folder.preprocess or PreprocessSpec.of_split(model.config.image_size, manifest.split("train"))
     splits = {}
     for name in ("train", "valid", split):
         records = manifest.split(name)
         images = load_images([r.image_path for r in records], preprocess, opts.progress)
         splits[name] = SplitData(records, encode_images(model, images, opts.batch_size), images)
     return Downstream(model, splits["train"], splits["valid"], splits[split], opts, folder, preprocess)
-
-
-def _training_spec(image_size: int, train: list[ImageRecord]) -> PreprocessSpec:
-    """The spec of a model folder that has none: the evaluation transform at the model's size,
-    with the planes and sequences of the manifest's train split."""
-    sequences = tuple(sorted({r.sequence for r in train if r.sequence})) or ("T1", "T2")
-    return PreprocessSpec.of_model(image_size, tuple(sorted({r.plane for r in train})), sequences)
 
 
 @dataclass

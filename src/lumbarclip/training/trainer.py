@@ -168,12 +168,9 @@ def preprocess_spec(data: PairDataModule, image_size: int) -> PreprocessSpec:
     the planes and sequences of the training split (of a shard folder's index when it records
     them; axial T1/T2 otherwise)."""
     if data.manifest is not None:
-        train = data.manifest.split("train")
-        planes = tuple(sorted({r.plane for r in train}))
-        sequences = tuple(sorted({r.sequence for r in train if r.sequence}))
-    else:
-        index = read_shard_index(data.shards)
-        planes, sequences = tuple(index.get("planes", ())), tuple(index.get("sequences", ()))
+        return PreprocessSpec.of_split(image_size, data.manifest.split("train"))
+    index = read_shard_index(data.shards)
+    planes, sequences = tuple(index.get("planes", ())), tuple(index.get("sequences", ()))
     return PreprocessSpec.of_model(image_size, planes or ("axial",), sequences or ("T1", "T2"))
 
 
