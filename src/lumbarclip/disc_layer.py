@@ -13,7 +13,7 @@ from lumbarclip.bundle import ModelFolder
 from lumbarclip.data.manifest import read_manifest
 from lumbarclip.evaluation.grades import choose_grader, class_scores, disc_table, pfirrmann_scores
 from lumbarclip.models.detector import DetectorConfig, DiscDetector
-from lumbarclip.training.detector import score_detector, train_detector
+from lumbarclip.training.detector import choose_column_rule, score_detector, train_detector
 
 
 def build_disc_layer(
@@ -25,19 +25,26 @@ def build_disc_layer(
     test: bool = False,
     detector: bool = True,
     grader: bool = True,
+    column: bool = True,
     progress: bool = True,
 ) -> dict[str, object]:
     """The disc layer of a sagittal model folder: the detector (epoch by valid F1) and the
     grader (feature source chosen on valid), then their figures on valid and, with `test`, on
     the test split (score it once, for the chosen settings). `detector=False` / `grader=False`
-    keep what the folder already has. The card gets a `discs` section when the folder has one."""
+    keep what the folder already has; `column` chooses the detector's column rule on valid
+    (`training.detector.choose_column_rule`), for a new or a kept detector. The card gets a `discs` section when the folder has one."""
     started = time.perf_counter()
     folder = ModelFolder.load(model_dir, require=())
     figures: dict[str, object] = {}
     if detector:
         folder.detector, figures["detector_train"] = train_detector(manifest, config, epochs=epochs, seed=seed, progress=progress)
-        folder.write(("detector",), overwrite=True)
     folder.require("detector")
+    if column:
+        folder.detector.config, figures["column_rules_valid"] = choose_column_rule(folder.detector, manifest, progress=progress)
+    if detector or column:
+        folder.write(("detector",), overwrite=True)
+    rule = folder.detector.config
+    figures["column_rule"] = {"min_score": rule.min_score, "column_tolerance": rule.column_tolerance, "gap_ratio": rule.gap_ratio}
     for split in ("valid", "test") if test else ("valid",):
         figures[f"detection_{split}"] = score_detector(folder.detector, manifest, split, progress=progress).to_dict()
     figures["seconds_detector"] = round(time.perf_counter() - started, 1)
@@ -70,7 +77,9 @@ def _card_section(detector: DiscDetector, figures: dict[str, object]) -> dict[st
         f"{config.image_size} px, one class; epoch of best valid F1 at IoU 0.5",
         "valid_f1": train.get("best_valid_f1"),  # type: ignore[union-attr]
         "valid_detection": figures.get("detection_valid"),
-        "levels": "named by order from the sacrum (lowest disc L5-S1); a missed or transitional disc shifts the names above it",
+        "column_rule": figures.get("column_rule"),
+        "levels": "named by order from the sacrum (lowest disc L5-S1), after the column rule chosen on valid "
+        "(boxes off the column of discs dropped, wide gaps counted as missed discs); a transitional vertebra is not guessed",
         "grader": figures["grader"],
         "output": "predict: discs (level, box in image pixels, Pfirrmann grade and class probabilities where validated on valid)",
     }

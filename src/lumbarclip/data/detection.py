@@ -33,12 +33,15 @@ class DetectionScore:
     fn: int = 0
     naming: list[tuple[str, str]] = field(default_factory=list)
 
-    def add(self, pred: np.ndarray, truth: np.ndarray, truth_levels: list[str], iou: float = 0.5) -> None:
+    def add(
+        self, pred: np.ndarray, truth: np.ndarray, truth_levels: list[str], iou: float = 0.5, names: list[str] | None = None
+    ) -> None:
+        """Count one slice; `names` are the predicted boxes' levels (default: by order from the sacrum)."""
         pairs = match_boxes(pred, truth, iou)
         self.tp += len(pairs)
         self.fp += len(pred) - len(pairs)
         self.fn += len(truth) - len(pairs)
-        names = names_from_the_sacrum(pred) if len(pred) else []
+        names = names if names is not None else names_from_the_sacrum(pred) if len(pred) else []
         self.naming += [(truth_levels[t], names[p]) for p, t in pairs]
 
     @property

@@ -91,12 +91,68 @@ def order_from_the_sacrum(boxes: np.ndarray) -> np.ndarray:
     return np.argsort(-(boxes[:, 1] + boxes[:, 3]) / 2, kind="stable")
 
 
-def names_from_the_sacrum(boxes: np.ndarray) -> list[str]:
-    """Level names of boxes [N, 4] by the order of their vertical centres from the bottom."""
-    names = [""] * len(boxes)
-    for rank, i in enumerate(order_from_the_sacrum(boxes)):
-        names[int(i)] = level_name(rank)
-    return names
+def ranks_from_the_sacrum(boxes: np.ndarray, gap_ratio: float = 0.0) -> np.ndarray:
+    """Rank of each box [N, 4] (input order) from the lowest disc (0 = L5-S1). With `gap_ratio`
+    > 0, a spacing between neighbouring centres above `gap_ratio` times the median spacing
+    counts the discs missed inside it (round(spacing / median) - 1), so the names above a
+    missed disc stay right; 0 ranks the boxes one after another."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    order = order_from_the_sacrum(boxes)
+    steps = np.ones(len(boxes), dtype=np.int64)
+    if len(boxes):
+        steps[0] = 0
+    if gap_ratio > 0 and len(boxes) >= 3:
+        yc = (boxes[order, 1] + boxes[order, 3]) / 2
+        spacing = yc[:-1] - yc[1:]
+        typical = float(np.median(spacing))
+        if typical > 0:
+            wide = spacing > gap_ratio * typical
+            steps[1:] = np.where(wide, np.maximum(1, np.rint(spacing / typical)), 1).astype(np.int64)
+    ranks = np.empty(len(boxes), dtype=np.int64)
+    ranks[order] = np.cumsum(steps)
+    return ranks
+
+
+def names_from_the_sacrum(boxes: np.ndarray, gap_ratio: float = 0.0) -> list[str]:
+    """Level names of boxes [N, 4] by the order of their vertical centres from the bottom
+    (`ranks_from_the_sacrum`)."""
+    return [level_name(int(r)) for r in ranks_from_the_sacrum(boxes, gap_ratio)]
+
+
+def in_column(boxes: np.ndarray, scores: np.ndarray, tolerance: float, seed: int = 0) -> np.ndarray:
+    """Which of a detector's boxes [N, 4] form the column of discs: centres within `tolerance`
+    median box widths of the column, a curve x = f(y) of degree 2 (the lordosis) fitted by
+    scikit-learn's RANSAC; then one box per height (of two kept boxes overlapping vertically by
+    more than half the smaller height, the higher score stays). A box off the column (posterior
+    elements, a vessel) or a second box on one disc would shift every name above it. Fewer than
+    4 boxes are too few to tell the column from an outlier and skip the curve. `tolerance` 0
+    keeps every box."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    keep = np.ones(len(boxes), dtype=bool)
+    if tolerance <= 0 or len(boxes) < 2:
+        return keep
+    if len(boxes) >= 4:
+        from sklearn.linear_model import LinearRegression, RANSACRegressor
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import PolynomialFeatures
+
+        ransac = RANSACRegressor(
+            make_pipeline(PolynomialFeatures(2), LinearRegression()), min_samples=3,
+            residual_threshold=tolerance * float(np.median(boxes[:, 2] - boxes[:, 0])), max_trials=50, random_state=seed,
+        )  # fmt: skip
+        try:
+            ransac.fit(((boxes[:, 1] + boxes[:, 3]) / 2)[:, None], (boxes[:, 0] + boxes[:, 2]) / 2)
+            keep = ransac.inlier_mask_.copy()
+        except ValueError:  # no curve found a consensus: keep the boxes rather than guess
+            pass
+    heights = boxes[:, 3] - boxes[:, 1]
+    for i in np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable"):
+        if keep[i]:
+            inter = np.minimum(boxes[i, 3], boxes[:, 3]) - np.maximum(boxes[i, 1], boxes[:, 1])
+            same = inter > 0.5 * np.minimum(heights[i], heights)
+            same[i] = False
+            keep &= ~same
+    return keep
 
 
 def _overlaps(a: Box, b: Box) -> bool:

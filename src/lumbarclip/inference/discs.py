@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lumbarclip.data.discs import LUMBAR_FROM_SACRUM, level_name, order_from_the_sacrum
+from lumbarclip.data.discs import LUMBAR_FROM_SACRUM, level_name
 from lumbarclip.data.transforms import MEAN, STD, image_boxes, square_boxes, to_square_tensor
 from lumbarclip.bundle.grader import DISC_CLASSES, PFIRRMANN, DiscGrader
 from lumbarclip.inference.grades import disc_features
 from lumbarclip.inference.results import Disc
-from lumbarclip.models.detector import DiscDetector
+from lumbarclip.models.detector import DiscDetector, column_of_discs
 
 NOT_GRADED = "no disc grader in this model folder"
 
@@ -39,16 +39,14 @@ def find_discs(
     h, w = pixels.shape[:2]
     boxes = np.clip(image_boxes(found["boxes"].numpy(), (h, w), size), 0.0, [w, h, w, h])  # padding is not image
     keep = (boxes[:, 2] - boxes[:, 0] >= 1.0) & (boxes[:, 3] - boxes[:, 1] >= 1.0)
-    boxes, scores = boxes[keep], found["scores"].numpy()[keep]
-    order = order_from_the_sacrum(boxes)
-    boxes, scores = boxes[order], scores[order]
+    boxes, scores, ranks = column_of_discs(boxes[keep], found["scores"].numpy().astype(np.float64)[keep], detector.config)
     grades = _grades(grader, model, pixels, boxes, model_input) if grader is not None and len(boxes) else None
     out = []
-    for rank in range(len(boxes)):
+    for i, rank in enumerate(int(r) for r in ranks):
         disc: dict[str, object] = {
             "level": level_name(rank),
-            "box_xyxy": [round(float(v), 1) for v in boxes[rank]],
-            "score": round(float(scores[rank]), 4),
+            "box_xyxy": [round(float(v), 1) for v in boxes[i]],
+            "score": round(float(scores[i]), 4),
             "thoracic": rank >= len(LUMBAR_FROM_SACRUM),
             "pfirrmann": None,
             "validated": False,
@@ -56,7 +54,7 @@ def find_discs(
         if grades is None:
             disc["reason"] = NOT_GRADED
         else:
-            disc |= _shown(grader, str(disc["level"]), grades[0][rank], grades[1][rank])  # type: ignore[arg-type]
+            disc |= _shown(grader, str(disc["level"]), grades[0][i], grades[1][i])  # type: ignore[arg-type]
         out.append(Disc(**disc))  # type: ignore[arg-type]
     return out
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.models.detection import FCOS
@@ -23,6 +24,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.ops import FeaturePyramidNetwork
 
+from lumbarclip.data.discs import in_column, order_from_the_sacrum, ranks_from_the_sacrum
 from lumbarclip.models.vision import create_vision_tower
 
 
@@ -39,6 +41,11 @@ class DetectorConfig:
     score_thresh: float = 0.3
     nms_thresh: float = 0.5
     max_discs: int = 12
+    # the column rule (`lumbarclip.data.discs`), chosen on valid by `training.detector.choose_column_rule`;
+    # 0 turns each off (folders written before it read as off)
+    min_score: float = 0.0  # boxes scoring below are dropped (above score_thresh)
+    column_tolerance: float = 0.0  # median box widths a centre may lie off the column (`in_column`)
+    gap_ratio: float = 0.0  # a spacing this many times the median counts missed discs (`ranks_from_the_sacrum`)
 
     def __post_init__(self) -> None:
         self.levels = tuple(self.levels)
@@ -101,3 +108,15 @@ class DiscDetector(nn.Module):
         model = cls(DetectorConfig(**config), pretrained=False)
         model.load_state_dict(weights)
         return model.eval()
+
+
+def column_of_discs(boxes: np.ndarray, scores: np.ndarray, config: DetectorConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A detector's raw boxes and scores under the config's column rule: (boxes, scores, ranks
+    from the sacrum), lowest disc first."""
+    keep = scores >= config.min_score
+    boxes, scores = boxes[keep], scores[keep]
+    keep = in_column(boxes, scores, config.column_tolerance)
+    boxes, scores = boxes[keep], scores[keep]
+    order = order_from_the_sacrum(boxes)
+    boxes, scores = boxes[order], scores[order]
+    return boxes, scores, ranks_from_the_sacrum(boxes, config.gap_ratio)
