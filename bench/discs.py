@@ -6,7 +6,8 @@ Pfirrmann grades per patient and level, disc classes per disc. `make real` runs 
 
     python bench/discs.py --data real-out/cohort/manifest.csv --model real-out/run/model [--test] [--out discs.json]
 
-The detector goes into MODEL/detector/ and the grader into MODEL/grader.*, beside the CLIP
+The detector (with the column rule chosen on valid) goes into MODEL/detector/ and the grader
+(the linear graders and the disc CNN compared on valid) into MODEL/grader.*, beside the CLIP
 model, so `predict` finds them. `--no-detector` / `--no-grader` keep what MODEL already has.
 """
 
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from lumbarclip.models.detector import DetectorConfig
+from lumbarclip.models.disc_cnn import DiscCNNConfig
 from lumbarclip.disc_layer import build_disc_layer
 
 
@@ -30,12 +32,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-detector", action="store_true", help="keep MODEL/detector as it is")
     ap.add_argument("--no-grader", action="store_true", help="keep MODEL/grader.* as they are")
+    ap.add_argument("--no-column", action="store_true", help="keep the detector's column rule (default: choose it on valid)")
+    ap.add_argument("--no-cnn", action="store_true", help="compare only the linear graders (no disc CNN)")
+    ap.add_argument("--cnn-epochs", type=int, default=6, help="disc CNN epochs (default 6)")
+    ap.add_argument("--cnn-crop", default="32x64", help="disc CNN crop, ROWSxCOLS (default 32x64)")
     ap.add_argument("--test", action="store_true", help="also score the test split (once, for the chosen settings)")
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args(argv)
+    try:
+        rows, cols = (int(v) for v in args.cnn_crop.lower().split("x"))
+        cnn_config = DiscCNNConfig(crop=(rows, cols))
+    except ValueError as err:
+        ap.error(f"--cnn-crop {args.cnn_crop!r}: ROWSxCOLS, each >= 8 ({err})")
     figures = build_disc_layer(
         args.data, args.model, DetectorConfig(image_size=args.image_size), epochs=args.epochs, seed=args.seed,
-        test=args.test, detector=not args.no_detector, grader=not args.no_grader,
+        test=args.test, detector=not args.no_detector, grader=not args.no_grader, column=not args.no_column,
+        cnn=not args.no_cnn, cnn_config=cnn_config, cnn_epochs=args.cnn_epochs,
     )  # fmt: skip
     print(json.dumps({k: v for k, v in figures.items() if k.startswith(("detection", "pfirrmann", "classes"))}, indent=1))
     if args.out:

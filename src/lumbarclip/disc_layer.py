@@ -13,7 +13,9 @@ from lumbarclip.bundle import ModelFolder
 from lumbarclip.data.manifest import read_manifest
 from lumbarclip.evaluation.grades import choose_grader, class_scores, disc_table, pfirrmann_scores
 from lumbarclip.models.detector import DetectorConfig, DiscDetector
+from lumbarclip.models.disc_cnn import DiscCNNConfig
 from lumbarclip.training.detector import choose_column_rule, score_detector, train_detector
+from lumbarclip.training.grader import train_disc_cnn
 
 
 def build_disc_layer(
@@ -26,13 +28,17 @@ def build_disc_layer(
     detector: bool = True,
     grader: bool = True,
     column: bool = True,
+    cnn: bool = True,
+    cnn_config: DiscCNNConfig | None = None,
+    cnn_epochs: int = 6,
     progress: bool = True,
 ) -> dict[str, object]:
     """The disc layer of a sagittal model folder: the detector (epoch by valid F1) and the
     grader (feature source chosen on valid), then their figures on valid and, with `test`, on
     the test split (score it once, for the chosen settings). `detector=False` / `grader=False`
     keep what the folder already has; `column` chooses the detector's column rule on valid
-    (`training.detector.choose_column_rule`), for a new or a kept detector. The card gets a `discs` section when the folder has one."""
+    (`training.detector.choose_column_rule`), for a new or a kept detector; `cnn` trains the disc
+    CNN (`training.grader`) as a third grader source beside the linear ones. The card gets a `discs` section when the folder has one."""
     started = time.perf_counter()
     folder = ModelFolder.load(model_dir, require=())
     figures: dict[str, object] = {}
@@ -52,13 +58,17 @@ def build_disc_layer(
     model = folder.model()
     size = model.config.image_size
     if grader:
-        folder.grader, figures["grader_sources_valid"] = choose_grader(model, records, size, seed, progress=progress)
+        network = None
+        if cnn:
+            network, figures["disc_cnn_train"] = train_disc_cnn(records, size, cnn_config, epochs=cnn_epochs, seed=seed, progress=progress)
+        folder.grader, figures["grader_sources_valid"] = choose_grader(model, records, size, seed, progress=progress, network=network)
         folder.write(("grader",), overwrite=True)
     folder.require("grader")
     kept = folder.grader
-    figures["grader"] = {"source": kept.source, "gate": kept.gate}
+    figures["grader"] = {"source": kept.source, "temperature": kept.temperature, "gate": kept.gate}
     if test:
-        table = disc_table(kept.source, model, [r for r in records if r.split == "test"], size, progress)
+        extractor = kept.network if kept.source == "cnn" else model
+        table = disc_table(kept.source, extractor, [r for r in records if r.split == "test"], size, progress)
         figures["pfirrmann_test"] = pfirrmann_scores(kept, table)
         figures["classes_test"] = class_scores(kept, table)
     figures["seconds"] = round(time.perf_counter() - started, 1)

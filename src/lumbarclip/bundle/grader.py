@@ -2,7 +2,10 @@
 (`lumbarclip.inference.grades.disc_features`) giving the Pfirrmann grade (1-5) and the disc
 classes a reader boxed (degenerated, bulge, stenosis, spondylolisthesis; none of them is a
 normal disc), with each level's and class's valid figure and whether it passed the gate: only
-validated ones are shown. Fitted by `lumbarclip.evaluation.grades`."""
+validated ones are shown. Fitted by `lumbarclip.evaluation.grades`. For source "cnn" the
+features are those of a CNN trained on the crops (`lumbarclip.models.disc_cnn`), whose weights
+travel in the same file, and the linear models are its own heads. The Pfirrmann model of every
+source is divided by a temperature fitted on valid, so its probabilities are calibrated."""
 
 from __future__ import annotations
 
@@ -11,14 +14,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import softmax
 
+import torch
+
 from lumbarclip.decision import sigmoid
+from lumbarclip.models.disc_cnn import DiscCNN
 
 PFIRRMANN: tuple[int, ...] = (1, 2, 3, 4, 5)
 DISC_CLASSES: tuple[str, ...] = ("DDD", "bulge", "stenosis", "spondylolisthesis")
-SOURCES: tuple[str, ...] = ("clip", "crop")
+SOURCES: tuple[str, ...] = ("clip", "crop", "cnn")
 #: Box margin (fraction of its size on each side) for the crop and the pooled region.
 MARGIN = 0.25
 _ARRAYS = ("mean", "scale", "pfirrmann_coef", "pfirrmann_intercept", "class_coef", "class_intercept")
+_NETWORK = "network."  # prefix of the CNN's weights among the arrays
 
 
 @dataclass
@@ -35,6 +42,8 @@ class DiscGrader:
     #: valid figures and the gate: {"pfirrmann": {level: {"kappa", "accuracy", "validated"}},
     #: "classes": {name: {"auroc", "validated"}}}
     gate: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)
+    network: DiscCNN | None = None  # source "cnn": the network whose features the linear models read
+    temperature: float = 1.0  # fitted on valid, already divided into the Pfirrmann model; recorded
 
     def _z(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
@@ -58,7 +67,11 @@ class DiscGrader:
         arrays = {k: np.asarray(getattr(self, k), dtype=np.float64) for k in _ARRAYS}
         doc = {"source": self.source, "pfirrmann": list(PFIRRMANN), "classes": list(DISC_CLASSES),
                "class_thresholds": self.class_thresholds, "input_size": self.input_size, "gate": self.gate,
-               "margin": MARGIN}  # fmt: skip
+               "margin": MARGIN, "temperature": self.temperature}  # fmt: skip
+        if self.network is not None:
+            config, weights = self.network.to_state()
+            doc["network"] = config
+            arrays |= {_NETWORK + k: v.numpy() for k, v in weights.items()}
         return doc, arrays
 
     @classmethod
@@ -66,5 +79,10 @@ class DiscGrader:
         """Inverse of `to_state`; KeyError / TypeError / ValueError on a malformed document."""
         if doc["source"] not in SOURCES:
             raise ValueError(f"source {doc['source']!r} is not one of {', '.join(SOURCES)}")
+        network = None
+        if doc["source"] == "cnn":
+            weights = {k[len(_NETWORK) :]: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items() if k.startswith(_NETWORK)}
+            network = DiscCNN.from_state(doc["network"], weights)
         return cls(doc["source"], **{k: arrays[k] for k in _ARRAYS}, class_thresholds=doc["class_thresholds"],
-                   input_size=int(doc["input_size"]), gate=doc["gate"])  # fmt: skip
+                   input_size=int(doc["input_size"]), gate=doc["gate"], network=network,
+                   temperature=float(doc.get("temperature", 1.0)))  # fmt: skip

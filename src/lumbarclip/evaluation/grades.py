@@ -1,9 +1,11 @@
 """Fitting and measuring the disc grader on the labelled boxes of a sagittal cohort.
 
-For each source of features (`lumbarclip.inference.grades.SOURCES`) a multinomial logistic
-regression learns the Pfirrmann grade (train discs at L3-L4, L4-L5, L5-S1, the graded levels)
-and one logistic regression per disc class learns the boxed classes (every train disc); the
-source with the higher mean valid linear-weighted kappa is kept. The gate: a level's Pfirrmann
+For the linear sources of features (`lumbarclip.inference.grades.SOURCES`: "clip", "crop") a
+multinomial logistic regression learns the Pfirrmann grade (train discs at L3-L4, L4-L5, L5-S1,
+the graded levels) and one logistic regression per disc class learns the boxed classes (every
+train disc); source "cnn" is a CNN trained on the crops (`lumbarclip.training.grader`) whose
+heads are its linear models. Every source's grade probabilities are temperature-scaled on valid
+(`calibrate`). The source with the highest mean valid linear-weighted kappa is kept. The gate: a level's Pfirrmann
 grade is shown when its valid kappa reaches `KAPPA_GATE` (inter-reader agreement is about 0.6),
 a class when its valid AUROC reaches `AUROC_GATE` (the per-finding gate). Test is scored once
 for the kept source, per patient and level (the mean of the patient's slices' probabilities),
@@ -19,6 +21,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
 from tqdm import tqdm
 
 from lumbarclip.data.discs import NAMED_LEVELS, discs_from_json
@@ -26,8 +30,10 @@ from lumbarclip.data.imageio import load_image
 from lumbarclip.data.manifest import ImageRecord
 from lumbarclip.data.transforms import MEAN, STD, square_boxes, to_square_tensor
 from lumbarclip.decision import choose_threshold
+from lumbarclip.evaluation.metrics import expected_calibration_error
 from lumbarclip.bundle.grader import DISC_CLASSES, PFIRRMANN, SOURCES, DiscGrader
 from lumbarclip.inference.grades import disc_features
+from lumbarclip.models.disc_cnn import DiscCNN
 
 KAPPA_GATE = 0.6
 AUROC_GATE = 0.80
@@ -86,33 +92,70 @@ def fit(train: DiscTable, source: str, size: int, seed: int = 0) -> DiscGrader:
     return DiscGrader(source, scaler.mean_, scale, coef, intercept, ccoef, cint, dict.fromkeys(DISC_CLASSES, 0.5), size)
 
 
+def from_network(network: DiscCNN, size: int) -> DiscGrader:
+    """The grader of source "cnn": the network's own heads as the linear models over its features."""
+    width = int(network.pfirrmann.in_features)
+    return DiscGrader(
+        "cnn", np.zeros(width), np.ones(width),
+        network.pfirrmann.weight.detach().double().numpy(), network.pfirrmann.bias.detach().double().numpy(),
+        network.classes.weight.detach().double().numpy(), network.classes.bias.detach().double().numpy(),
+        dict.fromkeys(DISC_CLASSES, 0.5), size, network=network,
+    )  # fmt: skip
+
+
+def calibrate(grader: DiscGrader, valid: DiscTable) -> None:
+    """Temperature scaling of the Pfirrmann model: the temperature that minimises the negative
+    log-likelihood of the valid discs' grades (scipy, bounded), divided into the model, so a
+    probability of 0.7 is right about 70% of the time."""
+    graded = _graded(valid)
+    if not graded.any():
+        return
+    z = grader._z(valid.features[graded])
+    logits = z @ grader.pfirrmann_coef.T + grader.pfirrmann_intercept
+    target = valid.pfirrmann[graded] - 1
+
+    def nll(t: float) -> float:
+        return float(-np.mean(log_softmax(logits / t, axis=1)[np.arange(len(target)), target]))
+
+    temperature = float(minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded").x)
+    grader.pfirrmann_coef = grader.pfirrmann_coef / temperature
+    grader.pfirrmann_intercept = grader.pfirrmann_intercept / temperature
+    grader.temperature = grader.temperature * temperature
+
+
 def patient_grades(grader: DiscGrader, t: DiscTable) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """level -> (true grade, predicted grade) per patient: the mean of its slices' probabilities."""
+    """level -> (true grade, predicted grade) per patient: the argmax of the mean of its slices' probabilities."""
+    return {level: (truth, np.array(PFIRRMANN)[proba.argmax(axis=1)]) for level, (truth, proba) in patient_probabilities(grader, t).items()}
+
+
+def patient_probabilities(grader: DiscGrader, t: DiscTable) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """level -> (true grade [P], P(grade 1..5) [P, 5]) per patient: the mean of its slices' probabilities."""
     graded = _graded(t)
     proba = grader.pfirrmann_proba(t.features[graded])
     out = {}
     for level in NAMED_LEVELS:
         keys = sorted({p for p, lv in zip(t.patients[graded], t.levels[graded]) if lv == level})
-        truth, pred = [], []
+        truth, mean = [], []
         for pid in keys:
             mask = (t.patients[graded] == pid) & (t.levels[graded] == level)
             truth.append(int(t.pfirrmann[graded][mask][0]))
-            pred.append(PFIRRMANN[int(np.argmax(proba[mask].mean(axis=0)))])
-        out[level] = (np.array(truth), np.array(pred))
+            mean.append(proba[mask].mean(axis=0))
+        out[level] = (np.array(truth, dtype=int), np.array(mean).reshape(-1, len(PFIRRMANN)))
     return out
 
 
 def pfirrmann_scores(grader: DiscGrader, t: DiscTable) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
-    pairs = patient_grades(grader, t)
-    pooled_t = np.concatenate([a for a, _ in pairs.values()])
-    pooled_p = np.concatenate([b for _, b in pairs.values()])
-    for level, (truth, pred) in [*pairs.items(), ("all", (pooled_t, pooled_p))]:
+    by_level = patient_probabilities(grader, t)
+    pooled = (np.concatenate([a for a, _ in by_level.values()]), np.concatenate([b for _, b in by_level.values()]))
+    for level, (truth, proba) in [*by_level.items(), ("all", pooled)]:
+        pred = np.array(PFIRRMANN)[proba.argmax(axis=1)]
         out[level] = {
             "n": len(truth),
             "accuracy": float(accuracy_score(truth, pred)),
             "kappa_linear": float(cohen_kappa_score(truth, pred, weights="linear", labels=list(PFIRRMANN))),
             "within_one": float(np.mean(np.abs(truth - pred) <= 1)),
+            "ece_top_label": expected_calibration_error((pred == truth).astype(int), proba.max(axis=1)),
             "confusion_matrix": confusion_matrix(truth, pred, labels=list(PFIRRMANN)).tolist(),
         }
     return out
@@ -148,16 +191,26 @@ def gate_on_valid(grader: DiscGrader, valid: DiscTable) -> None:
     }
 
 
-def choose_grader(model: object, records: list[ImageRecord], size: int, seed: int = 0, progress: bool = False) -> tuple[DiscGrader, dict[str, object]]:
-    """Fit each source on train, gate it on valid, keep the best mean valid kappa; the valid
-    figures of every source come back beside it."""
+def choose_grader(
+    model: object, records: list[ImageRecord], size: int, seed: int = 0, progress: bool = False, network: DiscCNN | None = None
+) -> tuple[DiscGrader, dict[str, object]]:
+    """Fit each source on train (the linear ones; "cnn", when a trained `network` is given, is
+    its own heads), calibrate its grades and gate it on valid, keep the best mean valid kappa;
+    the valid figures of every source come back beside it."""
     by_split = {s: [r for r in records if r.split == s] for s in ("train", "valid")}
     compared: dict[str, object] = {}
     best: tuple[float, DiscGrader] | None = None
     with torch.no_grad():
         for source in SOURCES:
-            tables = {s: disc_table(source, model, recs, size, progress) for s, recs in by_split.items()}
-            grader = fit(tables["train"], source, size, seed)
+            if source == "cnn":
+                if network is None:
+                    continue
+                tables = {"valid": disc_table(source, network, by_split["valid"], size, progress)}
+                grader = from_network(network, size)
+            else:
+                tables = {s: disc_table(source, model, recs, size, progress) for s, recs in by_split.items()}
+                grader = fit(tables["train"], source, size, seed)
+            calibrate(grader, tables["valid"])
             gate_on_valid(grader, tables["valid"])
             kappa = float(np.mean([grader.gate["pfirrmann"][lv]["kappa"] for lv in NAMED_LEVELS]))  # type: ignore[misc]
             compared[source] = {"valid_mean_kappa": kappa, "gate": grader.gate}

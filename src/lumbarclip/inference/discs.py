@@ -67,7 +67,8 @@ def _grades(
     size = grader.input_size
     if model_input is None or model_input.shape[-1] != size:
         model_input = (to_square_tensor(pixels, size) - MEAN) / STD
-    feats = disc_features(grader.source, model, model_input, square_boxes(boxes, pixels.shape[:2], size))
+    extractor = grader.network if grader.source == "cnn" else model
+    feats = disc_features(grader.source, extractor, model_input, square_boxes(boxes, pixels.shape[:2], size))
     return grader.pfirrmann_proba(feats), grader.class_proba(feats)
 
 
