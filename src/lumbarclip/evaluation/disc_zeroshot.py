@@ -1,13 +1,17 @@
 """Per-level zero-shot from the report text: each graded level's findings, as the report states
 them (`Findings.level`), scored by the level's prompts (`inference.findings.FindingClassifier`)
 against an image of that level: the disc's own crop (its box widened, padded square, at the
-model's input size) or, for comparison, the whole slice. A patient's score at a level is the
+model's input size), the whole slice, or the disc's grader features projected into the CLIP
+space by a projection aligned with the level's report sentences (`ALIGNED`,
+`training.crop_text`). A patient's score at a level is the
 mean over its slices; AUROC per level and finding group. And nearest-report search at level
 granularity: each (patient, level) crop against every patient's report sentences that name that
 level, the own patient's sentence counted as the hit (R@K beside chance).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,9 +21,11 @@ from lumbarclip.data.dataset import level_names
 from lumbarclip.data.discs import NAMED_LEVELS, discs_from_json
 from lumbarclip.data.imageio import load_image
 from lumbarclip.data.manifest import ImageRecord
-from lumbarclip.data.transforms import MEAN, STD, to_square_tensor
-from lumbarclip.findings import Findings, level_kinds
+from lumbarclip.bundle.grader import DiscGrader
+from lumbarclip.data.transforms import MEAN, STD, square_boxes, to_square_tensor
+from lumbarclip.findings import LEVEL_KINDS, Findings, level_kinds
 from lumbarclip.inference.findings import FindingClassifier
+from lumbarclip.inference.grades import disc_features
 from lumbarclip.reports.sentences import split_sentences
 
 #: The finding groups of the target: a group is present at a level when any of its kinds is.
@@ -30,6 +36,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 MARGIN = 0.5  # of the box's size on each side: the crop keeps the canal behind the disc
 VIEWS: tuple[str, ...] = ("crop", "slice")
+#: The disc's grader features projected into the CLIP space (`training.crop_text`); needs a projection.
+ALIGNED = "aligned"
 
 
 def _crop(pixels: np.ndarray, box: list[float]) -> np.ndarray:
@@ -118,3 +126,45 @@ def level_retrieval(
         hits = {k: float(np.mean([i in rank[i, :k] for i in range(len(pids))])) for k in ks}
         out[level] = {**{f"r@{k}": hits[k] for k in ks}, **{f"chance_r@{k}": min(1.0, k / len(pids)) for k in ks}, "n": float(len(pids))}
     return out
+
+
+@dataclass
+class LevelDiscs:
+    """Every labelled disc at a graded level of a split's slices: its grader features, (patient,
+    level), the patient's report findings, and the report's sentences naming that level ('' when
+    none does)."""
+
+    features: np.ndarray
+    keys: list[tuple[str, str]]
+    findings: list[Findings]
+    sentences: list[str]
+
+    def labels(self) -> np.ndarray:
+        """[N, K] multi-hot of `LEVEL_KINDS` at each disc's level, as its report states them."""
+        return np.array([[float(k in level_kinds(f.level(lv))) for k in LEVEL_KINDS] for f, (_, lv) in zip(self.findings, self.keys)])
+
+
+def level_discs(grader: DiscGrader, extractor: object, records: list[ImageRecord], size: int) -> LevelDiscs:
+    """`LevelDiscs` of the records, read as the grader reads them (its source, at `size`)."""
+    feats, keys, findings, sentences = [], [], [], []
+    for record in records:
+        discs = [d for d in discs_from_json(record.discs) if d.level in NAMED_LEVELS]
+        if not discs:
+            continue
+        pixels = load_image(record.image_path)
+        model_input = (to_square_tensor(pixels, size) - MEAN) / STD
+        boxes = square_boxes(np.array([d.box_xyxy for d in discs]), pixels.shape[:2], size)
+        feats.append(disc_features(grader.source, extractor, model_input, boxes))
+        parsed = Findings.from_json(record.findings) if record.findings else Findings()
+        for disc in discs:
+            keys.append((record.patient_id, disc.level))
+            findings.append(parsed)
+            sentences.append(" ".join(level_sentences(record.report, disc.level)))
+    return LevelDiscs(np.concatenate(feats) if feats else np.zeros((0, 0)), keys, findings, sentences)
+
+
+@torch.no_grad()
+def aligned_embeddings(projection: torch.nn.Module, discs: LevelDiscs) -> np.ndarray:
+    """Unit CLIP-space embeddings [N, D] of the discs' features through the aligned projection."""
+    out = projection(torch.as_tensor(discs.features, dtype=torch.float32))
+    return torch.nn.functional.normalize(out, dim=-1).numpy()
