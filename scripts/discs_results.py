@@ -36,13 +36,24 @@ def tables(fig: dict) -> dict[str, dict]:
         "columns": ["split", "recall (IoU >= 0.5)", "precision", "TP / FP / FN", "naming L3-L4", "naming L4-L5", "naming L5-S1", "naming, three levels"],
         "rows": rows,
     }
+    rules = fig.get("column_rules_valid") or []
+    chosen_rule = fig.get("column_rule") or {}
+    out["column"] = {
+        "columns": ["min score", "column tolerance (box widths)", "gap ratio", "valid recall", "valid precision", "valid F1",
+                    "valid naming, three levels", "(F1 + naming) / 2", "chosen"],
+        "rows": [[_f(r["min_score"]), _f(r["column_tolerance"]), _f(r["gap_ratio"]), _f(r["recall"]), _f(r["precision"]), _f(r["f1"]),
+                  _f(r["naming"]), _f(r["objective"]),
+                  "yes" if all(r[k] == chosen_rule.get(k) for k in ("min_score", "column_tolerance", "gap_ratio")) else ""] for r in rules],
+    }  # fmt: skip
     pf = fig.get("pfirrmann_test") or {}
+    gate = fig["grader"]["gate"]["pfirrmann"]
     out["pfirrmann"] = {
-        "columns": ["level", "patients", "accuracy", "linear-weighted kappa", "within one grade", "shown by predict (valid kappa >= 0.6)"],
-        "rows": [[lv, str(pf[lv]["n"]), _f(pf[lv]["accuracy"]), _f(pf[lv]["kappa_linear"]), _f(pf[lv]["within_one"]),
-                  ("yes" if fig["grader"]["gate"]["pfirrmann"][lv]["validated"] else "no") + f" ({fig['grader']['gate']['pfirrmann'][lv]['kappa']:.2f})"]
-                 for lv in (*LEVELS, "all") if lv in pf and lv in fig["grader"]["gate"]["pfirrmann"]]
-        + ([["all three", str(pf["all"]["n"]), _f(pf["all"]["accuracy"]), _f(pf["all"]["kappa_linear"]), _f(pf["all"]["within_one"]), ""]] if "all" in pf else []),
+        "columns": ["level", "patients", "accuracy", "linear-weighted kappa", "within one grade", "ECE (top grade)", "shown by predict (valid kappa >= 0.6)"],
+        "rows": [[lv, str(pf[lv]["n"]), _f(pf[lv]["accuracy"]), _f(pf[lv]["kappa_linear"]), _f(pf[lv]["within_one"]), _f(pf[lv].get("ece_top_label")),
+                  ("yes" if gate[lv]["validated"] else "no") + f" ({gate[lv]['kappa']:.2f})"]
+                 for lv in LEVELS if lv in pf and lv in gate]
+        + ([["all three", str(pf["all"]["n"]), _f(pf["all"]["accuracy"]), _f(pf["all"]["kappa_linear"]), _f(pf["all"]["within_one"]),
+             _f(pf["all"].get("ece_top_label")), ""]] if "all" in pf else []),
     }  # fmt: skip
     if "all" in pf:
         cm = pf["all"]["confusion_matrix"]
@@ -60,9 +71,10 @@ def tables(fig: dict) -> dict[str, dict]:
     }  # fmt: skip
     sources = fig.get("grader_sources_valid") or {}
     out["sources"] = {
-        "columns": ["grader features", "valid mean kappa (three levels)", "chosen"],
-        "rows": [[name, _f(v["valid_mean_kappa"]), "yes" if name == fig["grader"]["source"] else ""] for name, v in sources.items()],
-    }
+        "columns": ["grader features", "valid mean kappa (three levels)", "temperature (valid)", "chosen"],
+        "rows": [[name, _f(v["valid_mean_kappa"]), _f(v.get("temperature")), "yes" if name == fig["grader"]["source"] else ""]
+                 for name, v in sources.items()],
+    }  # fmt: skip
     train = fig["detector_train"]
     out["detector"] = {
         "columns": ["detector", "input", "epochs", "best valid F1", "train slices", "valid slices", "seconds (detector, grader and scoring)"],
@@ -70,6 +82,13 @@ def tables(fig: dict) -> dict[str, dict]:
                   f"{train['config']['image_size']} px", str(train["epochs"]), _f(train["best_valid_f1"]),
                   str(train["train_slices"]), str(train["valid_slices"]), f"{fig.get('seconds', 0):.0f}"]],
     }  # fmt: skip
+    cnn = fig.get("disc_cnn_train")
+    if cnn:
+        out["disc_cnn"] = {
+            "columns": ["disc CNN", "crop (rows x cols)", "epochs", "best valid kappa (per disc)", "train discs", "valid discs", "seconds"],
+            "rows": [[f"{cnn['config']['backbone']} ({cnn['config']['pretrained'] or 'scratch'})", "x".join(map(str, cnn["config"]["crop"])),
+                      str(cnn["epochs"]), _f(cnn["best_valid_kappa_per_disc"]), str(cnn["train_discs"]), str(cnn["valid_discs"]), f"{cnn['seconds']:.0f}"]],
+        }  # fmt: skip
     return out
 
 

@@ -213,7 +213,7 @@ def choose_grader(
             calibrate(grader, tables["valid"])
             gate_on_valid(grader, tables["valid"])
             kappa = float(np.mean([grader.gate["pfirrmann"][lv]["kappa"] for lv in NAMED_LEVELS]))  # type: ignore[misc]
-            compared[source] = {"valid_mean_kappa": kappa, "gate": grader.gate}
+            compared[source] = {"valid_mean_kappa": kappa, "temperature": grader.temperature, "gate": grader.gate}
             if best is None or kappa > best[0]:
                 best = (kappa, grader)
     assert best is not None
