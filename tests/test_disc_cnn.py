@@ -14,7 +14,6 @@ from PIL import Image
 from scipy.special import log_softmax
 
 from lumbarclip.bundle import ModelFolder
-from lumbarclip.bundle.grader import DiscGrader
 from lumbarclip.data.manifest import read_manifest
 from lumbarclip.evaluation.grades import calibrate, disc_table, from_network, gate_on_valid, pfirrmann_scores
 from lumbarclip.inference.grades import disc_crops, disc_features
