@@ -47,7 +47,6 @@ import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lumbarclip.data.dataset import ImageTextDataset, collate_pairs  # noqa: E402
