@@ -101,3 +101,34 @@ def test_the_cnn_learns_grades_from_crops(tmp_path):
     test = disc_table("cnn", network, [r for r in records if r.split == "test"], 96)
     scores = pfirrmann_scores(grader, test)
     assert scores["all"]["kappa_linear"] >= 0.7 and scores["all"]["within_one"] >= 0.9, scores["all"]
+
+
+def test_predict_grades_found_discs_with_the_folder_cnn(tmp_path):
+    """A folder whose grader is the CNN: predict reads each found disc's crop through the stored
+    network, and a validated level's probabilities are the grader's own on that crop."""
+    from dataclasses import replace
+
+    from _model_folder import add_parts, make_model_folder
+    from test_detector import FixedDiscs
+
+    from lumbarclip.data.transforms import load_model_input, square_boxes
+    from lumbarclip.inference.predict import Predictor
+
+    folder = make_model_folder(tmp_path / "model")
+    op = ModelFolder.load(folder).operating_point
+    op.preprocess = replace(op.preprocess, planes=("sagittal",))
+    add_parts(folder, operating_point=op)
+    torch.manual_seed(0)
+    grader = from_network(DiscCNN(TINY).eval(), 32)
+    grader.gate = {"pfirrmann": {"L5-S1": {"kappa": 0.7, "validated": True}}, "classes": {}}
+    add_parts(folder, grader=grader)
+    predictor = Predictor.load(folder, salt="s")
+    predictor.detector, predictor.grader = FixedDiscs(), ModelFolder.load(folder).grader
+    png = tmp_path / "slice.png"
+    Image.fromarray((np.random.default_rng(0).random((120, 80)) * 255).astype(np.uint8)).save(png)
+    (line,) = predictor.predict([png], top_k=0).images
+    low = next(d for d in line.discs if d.level == "L5-S1")
+    tensor, _ = load_model_input(png, op.preprocess)
+    expected = grader.pfirrmann_proba(disc_features("cnn", grader.network, tensor, square_boxes(np.array([low.box_xyxy]), (120, 80), 32)))[0]
+    assert [low.pfirrmann_probabilities[str(g)] for g in range(1, 6)] == pytest.approx(expected.tolist(), abs=1e-3)
+    assert low.validated and low.pfirrmann == int(np.argmax(expected)) + 1
