@@ -82,6 +82,7 @@ class _Fixed(torch.nn.Module):
     def __init__(self, boxes: list[np.ndarray], config: DetectorConfig) -> None:
         super().__init__()
         self.boxes, self.config, self.calls = boxes, config, 0
+        self.fcos = type("Thresholds", (), {"score_thresh": config.score_thresh})()
 
     def forward(self, images):
         out = self.boxes[self.calls % len(self.boxes)]
@@ -118,3 +119,15 @@ def test_the_rule_is_chosen_on_valid_and_scored_with_it(tmp_path):
     assert on["naming"] == 1.0 and off["naming"] == pytest.approx(2 / 3)  # of the three named levels, L3-L4 is shifted
     score = score_detector(_Fixed([stray], chosen), manifest, "test")
     assert (score.tp, score.fp, score.fn) == (6, 0, 0) and score.naming_accuracy()["all"] == 1.0
+
+
+
+def test_a_lower_min_score_lowers_the_detectors_own_threshold():
+    from dataclasses import replace
+
+    from lumbarclip.models.detector import DiscDetector
+
+    tiny = DetectorConfig(backbone="test_efficientnet", pretrained="", image_size=64, fpn_channels=32, head_convs=1)
+    detector = DiscDetector(tiny)
+    detector.set_config(replace(tiny, score_thresh=0.15, min_score=0.15, column_tolerance=1.0))
+    assert detector.fcos.score_thresh == 0.15 and detector.config.column_tolerance == 1.0

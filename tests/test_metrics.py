@@ -308,3 +308,17 @@ def test_outcome_warnings_flag_majority_chance_and_pixel_parity():
     assert "linear_probe calls" not in warnings and "linear_probe patient balanced" not in warnings
     metrics["baselines"] = {"raw_pixels": Predictions(y, np.where(y == 1, 0.4, 0.6), pids).metrics()}
     assert "raw-pixel" not in " ".join(outcome_warnings(metrics, "linear_probe"))
+
+
+def test_f1_threshold_is_the_best_f1_by_brute_force():
+    from sklearn.metrics import f1_score
+
+    from lumbarclip.decision import choose_f1_threshold
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(300) < 0.1).astype(int)  # a rare class, as spondylolisthesis boxes are
+    prob = np.clip(0.3 * y + rng.normal(0.3, 0.15, 300), 0, 1)
+    t = choose_f1_threshold(y, prob)
+    best = max(f1_score(y, prob >= c) for c in np.unique(prob))
+    assert f1_score(y, prob >= t) == pytest.approx(best)
+    assert choose_f1_threshold(np.zeros(5, int), np.linspace(0, 1, 5)) == 0.5

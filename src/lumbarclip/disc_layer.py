@@ -46,11 +46,13 @@ def build_disc_layer(
         folder.detector, figures["detector_train"] = train_detector(manifest, config, epochs=epochs, seed=seed, progress=progress)
     folder.require("detector")
     if column:
-        folder.detector.config, figures["column_rules_valid"] = choose_column_rule(folder.detector, manifest, progress=progress)
+        chosen, figures["column_rules_valid"] = choose_column_rule(folder.detector, manifest, progress=progress)
+        folder.detector.set_config(chosen)
     if detector or column:
         folder.write(("detector",), overwrite=True)
     rule = folder.detector.config
-    figures["column_rule"] = {"min_score": rule.min_score, "column_tolerance": rule.column_tolerance, "gap_ratio": rule.gap_ratio}
+    figures["column_rule"] = {"min_score": rule.min_score, "column_tolerance": rule.column_tolerance, "gap_ratio": rule.gap_ratio,
+                              "score_thresh": rule.score_thresh}  # fmt: skip
     for split in ("valid", "test") if test else ("valid",):
         figures[f"detection_{split}"] = score_detector(folder.detector, manifest, split, progress=progress).to_dict()
     figures["seconds_detector"] = round(time.perf_counter() - started, 1)

@@ -29,7 +29,7 @@ from lumbarclip.data.discs import NAMED_LEVELS, discs_from_json
 from lumbarclip.data.imageio import load_image
 from lumbarclip.data.manifest import ImageRecord
 from lumbarclip.data.transforms import MEAN, STD, square_boxes, to_square_tensor
-from lumbarclip.decision import choose_threshold
+from lumbarclip.decision import choose_f1_threshold
 from lumbarclip.evaluation.metrics import expected_calibration_error
 from lumbarclip.bundle.grader import DISC_CLASSES, PFIRRMANN, SOURCES, DiscGrader
 from lumbarclip.inference.grades import disc_features
@@ -178,10 +178,11 @@ def class_scores(grader: DiscGrader, t: DiscTable) -> dict[str, dict[str, float 
 
 
 def gate_on_valid(grader: DiscGrader, valid: DiscTable) -> None:
-    """Thresholds per class (balanced accuracy on valid) and the gate of levels and classes."""
+    """Thresholds per class (the best F1 on valid: disc classes are reported by their F1) and
+    the gate of levels and classes."""
     proba = grader.class_proba(valid.features)
     for j, name in enumerate(DISC_CLASSES):
-        grader.class_thresholds[name] = float(choose_threshold(valid.classes[:, j], proba[:, j]))
+        grader.class_thresholds[name] = float(choose_f1_threshold(valid.classes[:, j], proba[:, j]))
     pf = pfirrmann_scores(grader, valid)
     cl = class_scores(grader, valid)
     grader.gate = {

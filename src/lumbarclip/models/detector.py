@@ -98,6 +98,11 @@ class DiscDetector(nn.Module):
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
         return self.fcos(list(images), targets)
 
+    def set_config(self, config: DetectorConfig) -> None:
+        """Take a config that differs in its post-processing only (thresholds, the column rule)."""
+        self.config = config
+        self.fcos.score_thresh, self.fcos.nms_thresh, self.fcos.detections_per_img = config.score_thresh, config.nms_thresh, config.max_discs
+
     def to_state(self) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
         """(config document, weights) as the model folder stores them."""
         return asdict(self.config), {k: v.contiguous() for k, v in self.state_dict().items()}

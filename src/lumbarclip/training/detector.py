@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from lumbarclip._lightning import quiet_lightning
 from lumbarclip.data.detection import DetectionScore
-from lumbarclip.data.discs import discs_from_json, level_name
+from lumbarclip.data.discs import discs_from_json, level_name, ranks_from_the_sacrum
 from lumbarclip.data.imageio import load_image
 from lumbarclip.data.manifest import ImageRecord, read_manifest
 from lumbarclip.data.transforms import MEAN, STD, square_boxes, to_square_tensor
@@ -156,30 +156,43 @@ def train_detector(
 
 
 #: The column rules compared on valid (`choose_column_rule`): min_score, column_tolerance, gap_ratio.
+#: The defaults come first (ties go to them); min_score values below the detector's
+#: score_thresh lower it (more boxes for the column to choose from).
 COLUMN_GRID: dict[str, tuple[float, ...]] = {
-    "min_score": (0.0, 0.4, 0.5),
+    "min_score": (0.3, 0.15, 0.2, 0.4, 0.5),
     "column_tolerance": (0.0, 0.5, 1.0),
     "gap_ratio": (0.0, 1.6),
 }
 
 
 @torch.no_grad()
-def _raw_detections(detector: DiscDetector, data: DiscBoxes, progress: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+def _raw_detections(detector: DiscDetector, data: DiscBoxes, floor: float, progress: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every box scoring at least `floor` on each slice (the detector's own threshold lowered
+    for the run, then restored)."""
     detector.eval()
+    kept, detector.fcos.score_thresh = detector.fcos.score_thresh, floor
     out = []
-    for i in tqdm(range(len(data)), desc="discs (valid, raw)", unit="slice", disable=not progress, leave=False):
-        found = detector(data[i][0][None])[0]
-        out.append((found["boxes"].numpy().astype(np.float64), found["scores"].numpy().astype(np.float64)))
+    try:
+        for i in tqdm(range(len(data)), desc="discs (valid, raw)", unit="slice", disable=not progress, leave=False):
+            found = detector(data[i][0][None])[0]
+            out.append((found["boxes"].numpy().astype(np.float64), found["scores"].numpy().astype(np.float64)))
+    finally:
+        detector.fcos.score_thresh = kept
     return out
 
 
-def _score(detections: list[tuple[np.ndarray, np.ndarray]], data: DiscBoxes, config: DetectorConfig) -> DetectionScore:
+def _score(detections: list[tuple[np.ndarray, np.ndarray]], data: DiscBoxes, config: DetectorConfig, cache: dict) -> DetectionScore:
+    """Counts under one rule; `cache` keeps each slice's column per (min_score, tolerance),
+    which the gap ratio does not change."""
     score = DetectionScore()
-    for (boxes, scores), record, i in zip(detections, data.records, range(len(data))):
-        boxes, _, ranks = column_of_discs(boxes, scores, config)
-        truth = data[i][1]["boxes"].numpy()
+    for i, ((boxes, scores), record) in enumerate(zip(detections, data.records)):
+        key = (i, config.min_score, config.column_tolerance)
+        if key not in cache:
+            cache[key] = column_of_discs(boxes, scores, replace(config, gap_ratio=0.0))[:2]
+        kept, _ = cache[key]
         levels = [d.level for d in discs_from_json(record.discs)]
-        score.add(boxes, truth, levels, names=[level_name(int(r)) for r in ranks])
+        names = [level_name(int(r)) for r in ranks_from_the_sacrum(kept, config.gap_ratio)]
+        score.add(kept, data[i][1]["boxes"].numpy(), levels, names=names)
     return score
 
 
@@ -187,19 +200,23 @@ def choose_column_rule(
     detector: DiscDetector, manifest: str | Path, grid: dict[str, tuple[float, ...]] | None = None, progress: bool = False
 ) -> tuple[DetectorConfig, list[dict[str, object]]]:
     """The column rule (`COLUMN_GRID`) with the best valid mean of detection F1 and naming
-    accuracy at the three named levels; the detector runs once, the rules are applied to its
-    raw boxes. Returns the detector's config with the chosen rule, and every rule's figures
-    (ties go to the simpler rule: the grid's earlier values)."""
+    accuracy at the three named levels; the detector runs once (at the lowest score of the
+    grid), the rules are applied to its raw boxes. Returns the detector's config with the
+    chosen rule (its score_thresh lowered where the rule's min_score is lower; apply it with
+    `DiscDetector.set_config`), and every rule's figures (ties go to the grid's earlier values)."""
     grid = grid or COLUMN_GRID
     data = DiscBoxes([r for r in read_manifest(manifest).records if r.split == "valid"], detector.config.image_size)
     if not len(data):
         raise InputError(f"{manifest}: no valid slices with disc boxes to choose the column rule on")
-    detections = _raw_detections(detector, data, progress)
+    floor = min(detector.config.score_thresh, *grid.get("min_score", (detector.config.score_thresh,)))
+    detections = _raw_detections(detector, data, floor, progress)
     rows: list[dict[str, object]] = []
     best: tuple[float, DetectorConfig] | None = None
+    cache: dict = {}
     for values in itertools.product(*grid.values()):
         config = replace(detector.config, **dict(zip(grid, values)))
-        score = _score(detections, data, config)
+        config.score_thresh = min(config.score_thresh, config.min_score) if config.min_score > 0 else config.score_thresh
+        score = _score(detections, data, config, cache)
         naming = score.naming_accuracy()["all"] or 0.0
         objective = (score.f1 + naming) / 2
         rows.append(dict(zip(grid, values)) | {"recall": score.recall, "precision": score.precision, "f1": score.f1,
