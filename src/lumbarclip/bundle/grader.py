@@ -45,16 +45,17 @@ class DiscGrader:
     network: DiscCNN | None = None  # source "cnn": the network whose features the linear models read
     temperature: float = 1.0  # fitted on valid, already divided into the Pfirrmann model; recorded
 
-    def _z(self, x: np.ndarray) -> np.ndarray:
+    def standardise(self, x: np.ndarray) -> np.ndarray:
+        """Features as the linear models read them (the train mean and spread removed)."""
         return (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
 
     def pfirrmann_proba(self, x: np.ndarray) -> np.ndarray:
         """[K, 5] P(grade 1..5)."""
-        return softmax(self._z(x) @ self.pfirrmann_coef.T + self.pfirrmann_intercept, axis=1)
+        return softmax(self.standardise(x) @ self.pfirrmann_coef.T + self.pfirrmann_intercept, axis=1)
 
     def class_proba(self, x: np.ndarray) -> np.ndarray:
         """[K, C] P(class) for each of `DISC_CLASSES`, independently."""
-        return sigmoid(self._z(x) @ self.class_coef.T + self.class_intercept)
+        return sigmoid(self.standardise(x) @ self.class_coef.T + self.class_intercept)
 
     def validated_level(self, level: str) -> bool:
         return bool(self.gate.get("pfirrmann", {}).get(level, {}).get("validated", False))

@@ -110,7 +110,7 @@ def calibrate(grader: DiscGrader, valid: DiscTable) -> None:
     graded = _graded(valid)
     if not graded.any():
         return
-    z = grader._z(valid.features[graded])
+    z = grader.standardise(valid.features[graded])
     logits = z @ grader.pfirrmann_coef.T + grader.pfirrmann_intercept
     target = valid.pfirrmann[graded] - 1
 
