@@ -1,7 +1,10 @@
 """`build_disc_layer()`: the disc layer of a sagittal model folder in one call. It trains the
 disc detector (`training.detector`), fits the disc grader (`evaluation.grades`), scores both,
 writes them into the model folder (`lumbarclip.bundle`) and describes them in the model card.
-It sits in the top layers because it both trains and evaluates.
+`tie_to_reports()` measures the disc layer against the report text: per-level zero-shot and
+level-granular sentence search, for three images of a level, one of them aligned with the
+level's sentences on train (`training.crop_text`). Both sit in the top layers because they
+train and evaluate.
 """
 
 from __future__ import annotations
@@ -9,11 +12,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from lumbarclip.bundle import ModelFolder
 from lumbarclip.data.manifest import read_manifest
+from lumbarclip.errors import InputError
+from lumbarclip.evaluation.disc_zeroshot import (
+    ALIGNED, VIEWS, aligned_embeddings, level_discs, level_embeddings, level_retrieval, zero_shot_auroc,
+)  # fmt: skip
+from lumbarclip.findings import LEVEL_KINDS
+from lumbarclip.inference import embed_texts
+from lumbarclip.inference.findings import FindingClassifier
 from lumbarclip.evaluation.grades import choose_grader, class_scores, disc_table, pfirrmann_scores
 from lumbarclip.models.detector import DetectorConfig, DiscDetector
 from lumbarclip.models.disc_cnn import DiscCNNConfig
+from lumbarclip.training.crop_text import fit_crop_projection
 from lumbarclip.training.detector import choose_column_rule, score_detector, train_detector
 from lumbarclip.training.grader import train_disc_cnn
 
@@ -95,3 +108,48 @@ def _card_section(detector: DiscDetector, figures: dict[str, object]) -> dict[st
         "grader": figures["grader"],
         "output": "predict: discs (level, box in image pixels, Pfirrmann grade and class probabilities where validated on valid)",
     }
+
+
+def tie_to_reports(
+    manifest: str | Path, model_dir: str | Path, test: bool = False, steps: int = 300, seed: int = 0
+) -> dict[str, object]:
+    """Per-level zero-shot and level-granular nearest-report search on valid for three images
+    of a level (the disc's crop, the whole slice, the grader's disc features projected into the
+    CLIP space by a projection fitted on train against the sentences naming the level); with
+    `test`, the view of the best valid macro AUROC scored once on test."""
+    folder = ModelFolder.load(model_dir, require=("grader",))
+    records = read_manifest(manifest).records
+    model = folder.model().eval()
+    grader = folder.grader
+    extractor = grader.network if grader.source == "cnn" else model
+    split = {s: [r for r in records if r.split == s] for s in ("train", "valid", "test")}
+    classifier = FindingClassifier.build(model)
+    reports = {r.patient_id: r.report for r in records}
+    train = level_discs(grader, extractor, split["train"], grader.input_size)
+    said = [i for i, text in enumerate(train.sentences) if text]
+    if len(said) < 2:
+        raise InputError(f"{manifest}: fewer than 2 train discs whose report names their level; nothing to align")
+    projection = fit_crop_projection(
+        train.features[said], embed_texts(model, [train.sentences[i] for i in said]), train.labels()[said],
+        float(model.logit_scale.detach()), steps=steps, seed=seed,
+    )  # fmt: skip
+
+    def score(subset: list, view: str) -> dict[str, object]:
+        if view == ALIGNED:
+            discs = level_discs(grader, extractor, subset, grader.input_size)
+            emb, keys, findings = aligned_embeddings(projection, discs), discs.keys, discs.findings
+        else:
+            emb, keys, findings = level_embeddings(model, subset, view)
+        return {"zero_shot": zero_shot_auroc(classifier, emb, keys, findings), "retrieval": level_retrieval(model, emb, keys, reports)}
+
+    views = (*VIEWS, ALIGNED)
+    valid = {view: score(split["valid"], view) for view in views}
+    chosen = max(views, key=lambda v: valid[v]["zero_shot"]["macro"]["auroc"] or 0.0)  # type: ignore[index]
+    figures: dict[str, object] = {
+        "valid": valid, "chosen": chosen, "grader_source": grader.source, "aligned_pairs_train": len(said),
+        "aligned_steps": steps, "seed": seed,
+        "train_level_positives": dict(zip(LEVEL_KINDS, np.asarray(train.labels()[said].sum(0), dtype=int).tolist())),
+    }  # fmt: skip
+    if test:
+        figures["test"] = score(split["test"], chosen)
+    return figures
