@@ -7,12 +7,15 @@ paper's test split. `make real SLICES=DIR NOTES=DIR OUT=DIR` runs this.
 Stages (a progress bar each): 1 cohort (`lumbarclip data mendeley-sagittal`), 2 one training and
 one valid evaluation per candidate, 3 the choice (highest valid patient AUROC of the linear
 probe; ties go to the first candidate), 4 the chosen run evaluated once on test, 5 the disc
-layer in the chosen model folder (detector, epoch by valid F1; grader, feature source chosen on
-valid), scored once on test (`--no-discs` skips it).
+layer in the chosen model folder (detector, epoch by valid F1, column rule chosen on valid;
+grader, linear or disc CNN chosen on valid), scored once on test, then tied to the reports
+(per-level zero-shot and level search, the view chosen on valid, test once); `--no-discs`
+skips it.
 
 Outputs: OUT/cohort/manifest.csv (+ adapter-report.json), OUT/candidates/NAME/ (each candidate's
 run and its valid figures), OUT/run/ (the chosen run: OUT/run/model is a model folder that
-`predict`, `serve` and `pacs` accept), OUT/run/eval-test/metrics.json and report.html, OUT/run/eval-test/discs.json, and
+`predict`, `serve` and `pacs` accept), OUT/run/eval-test/metrics.json and report.html, OUT/run/eval-test/discs.json and
+disc-zeroshot.json, and
 OUT/real.json (command, commit, seed, machine, the candidates' valid figures, the choice, the
 test figures and each stage's wall time). Nothing under OUT may be committed: it is derived from
 the real images and notes.
@@ -83,7 +86,7 @@ def main() -> int:
     from lumbarclip.evaluation.evaluate import EvalOptions, evaluate_run, format_summary
     from lumbarclip.evaluation.metrics_file import read_metrics
     from lumbarclip.training import load_config, train
-    from lumbarclip.disc_layer import build_disc_layer
+    from lumbarclip.disc_layer import build_disc_layer, tie_to_reports
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -146,9 +149,11 @@ def main() -> int:
     laps["test"] = time.perf_counter() - started - sum(laps.values())
     print(format_summary(metrics))
     if not args.no_discs:
-        print("5/5 the disc layer: detector and grader, chosen on valid, scored once on test", flush=True)
+        print("5/5 the disc layer: detector and grader, chosen on valid, scored once on test; tied to the reports", flush=True)
         discs = build_disc_layer(manifest, run_dir / "model", epochs=args.disc_epochs, seed=args.seed, test=True)
         (run_dir / "eval-test" / "discs.json").write_text(json.dumps(discs, indent=2) + "\n")
+        tied = tie_to_reports(manifest, run_dir / "model", test=True, seed=args.seed)
+        (run_dir / "eval-test" / "disc-zeroshot.json").write_text(json.dumps(tied, indent=2) + "\n")
         laps["discs"] = time.perf_counter() - started - sum(laps.values())
 
     summary = {
