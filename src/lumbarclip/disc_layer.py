@@ -115,7 +115,8 @@ def tie_to_reports(
 ) -> dict[str, object]:
     """Per-level zero-shot and level-granular nearest-report search on valid for three images
     of a level (the disc's crop, the whole slice, the grader's disc features projected into the
-    CLIP space by a projection fitted on train against the sentences naming the level); with
+    CLIP space by a projection fitted on train against the sentences naming the level, or
+    `UNSTATED` where none does); with
     `test`, the view of the best valid macro AUROC scored once on test."""
     folder = ModelFolder.load(model_dir, require=("grader",))
     records = read_manifest(manifest).records
@@ -126,13 +127,11 @@ def tie_to_reports(
     classifier = FindingClassifier.build(model)
     reports = {r.patient_id: r.report for r in records}
     train = level_discs(grader, extractor, split["train"], grader.input_size)
-    said = [i for i, text in enumerate(train.sentences) if text]
-    if len(said) < 2:
-        raise InputError(f"{manifest}: fewer than 2 train discs whose report names their level; nothing to align")
+    if len(train.keys) < 2:
+        raise InputError(f"{manifest}: fewer than 2 train discs at a graded level; nothing to align")
     projection = fit_crop_projection(
-        train.features[said], embed_texts(model, [train.sentences[i] for i in said]), train.labels()[said],
-        float(model.logit_scale.detach()), steps=steps, seed=seed,
-    )  # fmt: skip
+        train.features, embed_texts(model, train.texts()), train.labels(), float(model.logit_scale.detach()), steps=steps, seed=seed
+    )
 
     def score(subset: list, view: str) -> dict[str, object]:
         if view == ALIGNED:
@@ -146,9 +145,9 @@ def tie_to_reports(
     valid = {view: score(split["valid"], view) for view in views}
     chosen = max(views, key=lambda v: valid[v]["zero_shot"]["macro"]["auroc"] or 0.0)  # type: ignore[index]
     figures: dict[str, object] = {
-        "valid": valid, "chosen": chosen, "grader_source": grader.source, "aligned_pairs_train": len(said),
-        "aligned_steps": steps, "seed": seed,
-        "train_level_positives": dict(zip(LEVEL_KINDS, np.asarray(train.labels()[said].sum(0), dtype=int).tolist())),
+        "valid": valid, "chosen": chosen, "grader_source": grader.source, "aligned_discs_train": len(train.keys),
+        "aligned_discs_with_sentences": sum(bool(t) for t in train.sentences), "aligned_steps": steps, "seed": seed,
+        "train_level_positives": dict(zip(LEVEL_KINDS, np.asarray(train.labels().sum(0), dtype=int).tolist())),
     }  # fmt: skip
     if test:
         figures["test"] = score(split["test"], chosen)

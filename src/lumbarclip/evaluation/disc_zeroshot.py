@@ -38,6 +38,9 @@ MARGIN = 0.5  # of the box's size on each side: the crop keeps the canal behind 
 VIEWS: tuple[str, ...] = ("crop", "slice")
 #: The disc's grader features projected into the CLIP space (`training.crop_text`); needs a projection.
 ALIGNED = "aligned"
+#: The text a disc is aligned with when its report names no sentence at its level: by the
+#: reports' convention (and the zero-shot truth's) an unnamed level is normal.
+UNSTATED = "no abnormality at the {level} level"
 
 
 def _crop(pixels: np.ndarray, box: list[float]) -> np.ndarray:
@@ -138,6 +141,10 @@ class LevelDiscs:
     keys: list[tuple[str, str]]
     findings: list[Findings]
     sentences: list[str]
+
+    def texts(self) -> list[str]:
+        """What each disc is aligned with: its level's sentences, or `UNSTATED` at its level."""
+        return [text or UNSTATED.format(level=lv) for text, (_, lv) in zip(self.sentences, self.keys)]
 
     def labels(self) -> np.ndarray:
         """[N, K] multi-hot of `LEVEL_KINDS` at each disc's level, as its report states them."""

@@ -4,7 +4,8 @@ The CLIP model learnt whole slices against whole reports, so a disc's crop is an
 any it saw (its crop view scores at chance). This maps a disc's features (the disc grader's,
 `lumbarclip.inference.grades.disc_features`) into the CLIP embedding space with one linear
 layer, trained with the soft CLIP loss (`lumbarclip.losses.soft_clip_loss`) against the frozen
-text embeddings of the sentences of its patient's report that name its level, the per-sentence
+text embeddings of the sentences of its patient's report that name its level (a level no
+sentence names is normal by the reports' convention, and is paired with a sentence saying so), the per-sentence
 targets being the Jaccard similarity of the levels' findings (multi-hot over `LEVEL_KINDS`; two
 normal levels match). The text side stays as it is, so the model's prompts
 (`inference.findings.FindingClassifier`) and sentence search read the projected crops with no
