@@ -1,7 +1,8 @@
 """docs/results/data/discs.json from the disc layer's figures (`make real`'s
 OUT/run/eval-test/discs.json, or `bench/discs.py --out`): aggregate figures only.
 
-    python scripts/discs_results.py --figures real-out/run/eval-test/discs.json [--commit C] \
+    python scripts/discs_results.py --figures real-out/run/eval-test/discs.json --commit C \
+        --zero-shot real-out/run/eval-test/disc-zeroshot.json \
         [--example real-out/cohort/manifest.csv --model real-out/run/model --png OUT.png]
 
 `--example` draws one test slice with its found discs, levels and grades into `--png`, which
@@ -95,16 +96,22 @@ def tables(fig: dict) -> dict[str, dict]:
 def zero_shot_tables(zs: dict, commit: str | None) -> dict[str, dict]:
     """Per-level zero-shot (valid macro of each view, test per level and group for the chosen
     view) and level-granular nearest-report search (test, chosen view)."""
-    extra = {"command": "python bench/disc_zeroshot.py --data real-out/cohort/manifest.csv --model real-out/run/model", **({"commit": commit} if commit else {})}
+    extra = {"command": "make real (stage 5, lumbarclip.disc_layer.tie_to_reports)", **({"commit": commit} if commit else {})}
     groups = list(next(iter(zs["test"]["zero_shot"].values())))
     valid_rows = [[view, _f(zs["valid"][view]["zero_shot"]["macro"]["auroc"]), "yes" if view == zs["chosen"] else ""] for view in zs["valid"]]
     test = zs["test"]["zero_shot"]
-    test_rows = [[lv, *(_f(test[lv][g]) for g in groups)] for lv in LEVELS] + [["macro", _f(test["macro"]["auroc"]), "", ""]]
+    positives = test.get("positives") or {}
+
+    def cell(lv: str, g: str) -> str:
+        n = positives.get(lv, {}).get(g)
+        return _f(test[lv][g]) + (f" ({n})" if n is not None else "")
+
+    test_rows = [[lv, *(cell(lv, g) for g in groups)] for lv in LEVELS] + [["macro", _f(test["macro"]["auroc"]), "", ""]]
     ret = zs["test"]["retrieval"]
     ret_rows = [[lv, str(int(ret[lv]["n"])), _f(ret[lv]["r@1"]), _f(ret[lv]["chance_r@1"]), _f(ret[lv]["r@5"]), _f(ret[lv]["chance_r@5"])] for lv in LEVELS if lv in ret]
     return {
         "zeroshot_valid": {"columns": ["image of a level", "valid macro AUROC", "chosen"], "rows": valid_rows, **extra},
-        "zeroshot_test": {"columns": [f"level (test, {zs['chosen']})", *groups], "rows": test_rows, **extra},
+        "zeroshot_test": {"columns": [f"level (test, {zs['chosen']}): AUROC (positive patients)", *groups], "rows": test_rows, **extra},
         "level_retrieval": {"columns": ["level (test)", "patients with a sentence naming it", "R@1", "chance", "R@5", "chance"], "rows": ret_rows, **extra},
     }
 
@@ -146,7 +153,7 @@ def main() -> int:
     ap.add_argument("--commit", required=True, help="commit the figures were made at")
     ap.add_argument("--command", default="make real SLICES=YOLOspine-at-aab0746 NOTES=Lumbar-MedCLIP/local_data OUT=real-out")
     ap.add_argument("--machine", default="2 CPU cores (x86_64), no GPU")
-    ap.add_argument("--zero-shot", type=Path, help="bench/disc_zeroshot.py --out JSON: per-level zero-shot and retrieval")
+    ap.add_argument("--zero-shot", type=Path, help="make real's disc-zeroshot.json (or bench/disc_zeroshot.py --test --out): per-level zero-shot and retrieval")
     ap.add_argument("--zero-shot-commit", help="commit the zero-shot figures were made at")
     ap.add_argument("--example", type=Path, help="cohort manifest: draw one test slice (with --model and --png)")
     ap.add_argument("--model", type=Path)

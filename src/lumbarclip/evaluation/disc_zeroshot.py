@@ -79,12 +79,16 @@ def level_embeddings(model: object, records: list[ImageRecord], view: str) -> tu
 def zero_shot_auroc(
     classifier: FindingClassifier, emb: np.ndarray, keys: list[tuple[str, str]], findings: list[Findings]
 ) -> dict[str, dict[str, float | None]]:
-    """{level: {group: AUROC}} per patient (its slices' scores averaged), and the macro over them."""
+    """{level: {group: AUROC}} per patient (its slices' scores averaged), the macro over them,
+    and {"positives": {level: {group: patients with the finding}}}: an AUROC over one or two
+    positive patients says little."""
     scores = classifier.scores(emb, [lv for _, lv in keys])
     out: dict[str, dict[str, float | None]] = {}
+    positives: dict[str, dict[str, int]] = {}
     values = []
     for level in NAMED_LEVELS:
         out[level] = {}
+        positives[level] = {}
         for group, kinds in GROUPS.items():
             kinds_here = [k for k in kinds if k in scores]
             by_patient: dict[str, list[float]] = {}
@@ -98,9 +102,11 @@ def zero_shot_auroc(
             s = np.array([np.mean(v) for v in by_patient.values()])
             auroc = float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else None
             out[level][group] = auroc
+            positives[level][group] = int(y.sum())
             if auroc is not None:
                 values.append(auroc)
     out["macro"] = {"auroc": float(np.mean(values)) if values else None}
+    out["positives"] = positives  # type: ignore[assignment]
     return out
 
 
