@@ -4,12 +4,10 @@ chosen on valid from the detector's raw boxes. Expected names come from the hand
 
 from __future__ import annotations
 
-import csv
-import json
-
 import numpy as np
 import pytest
 import torch
+from _cohort import slice_row, write_manifest
 from PIL import Image
 
 from lumbarclip.data.discs import LUMBAR_FROM_SACRUM, in_column, names_from_the_sacrum, ranks_from_the_sacrum
@@ -98,13 +96,8 @@ def _manifest(root, column: np.ndarray, size: int) -> str:
         Image.fromarray(np.zeros((size, size), dtype=np.uint8)).save(path)
         discs = [{"level": LEVELS[r], "box_xyxy": [float(v) for v in column[r]], "classes": ["normal"], "thoracic": r > 4,
                   "pfirrmann": None} for r in range(len(column))]  # fmt: skip
-        rows.append({"image_path": f"img/{path.name}", "patient_id": f"{p:04d}", "split": split, "label": 1,
-                     "report": "Disc bulge.", "plane": "sagittal", "discs": json.dumps(discs)})  # fmt: skip
-    with (root / "manifest.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return str(root / "manifest.csv")
+        rows.append(slice_row(path, p, split, discs))
+    return write_manifest(root / "manifest.csv", rows)
 
 
 def test_the_rule_is_chosen_on_valid_and_scored_with_it(tmp_path):

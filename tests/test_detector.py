@@ -4,12 +4,13 @@ bars stacked like discs) learning to find them."""
 
 from __future__ import annotations
 
-import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _cohort import slice_row, write_manifest
 from _model_folder import add_parts
 from PIL import Image
 
@@ -86,14 +87,8 @@ def _cohort(root, n_patients=24, size=96, seed=0):
         path = root / "img" / f"p{p:02d}.png"
         Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(path)
         split = "train" if p < 16 else "valid" if p < 20 else "test"
-        rows.append({"image_path": f"img/{path.name}", "patient_id": f"{p:04d}", "split": split, "label": 1,
-                     "report": "Disc bulge.", "plane": "sagittal", "discs": json.dumps(discs)})  # fmt: skip
-    manifest = root / "manifest.csv"
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+        rows.append(slice_row(path, p, split, discs))
+    return Path(write_manifest(root / "manifest.csv", rows))
 
 
 @pytest.mark.slow

@@ -4,12 +4,10 @@ against a grid), and the grader with its network survives the model folder bit f
 
 from __future__ import annotations
 
-import csv
-import json
-
 import numpy as np
 import pytest
 import torch
+from _cohort import slice_row, write_manifest
 from PIL import Image
 from scipy.special import log_softmax
 
@@ -42,13 +40,8 @@ def _cohort(root, n_patients: int = 40, size: int = 96, seed: int = 0) -> str:
         path = root / "img" / f"p{p:02d}.png"
         Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(path)
         split = "train" if p < 28 else "valid" if p < 34 else "test"
-        rows.append({"image_path": f"img/{path.name}", "patient_id": f"{p:04d}", "split": split, "label": 1,
-                     "report": "Disc bulge.", "plane": "sagittal", "discs": json.dumps(discs)})  # fmt: skip
-    with (root / "manifest.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return str(root / "manifest.csv")
+        rows.append(slice_row(path, p, split, discs))
+    return write_manifest(root / "manifest.csv", rows)
 
 
 def test_labelled_discs_keep_grades_only_at_graded_levels(tmp_path):

@@ -11,21 +11,18 @@ the reports, and a sagittal flip swaps front and back).
 from __future__ import annotations
 
 import itertools
-import tempfile
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from lumbarclip._lightning import quiet_lightning
+from lumbarclip._lightning import adamw_one_cycle, fit_best_epoch
 from lumbarclip.data.detection import DetectionScore
 from lumbarclip.data.discs import discs_from_json, level_name, ranks_from_the_sacrum
 from lumbarclip.data.imageio import load_image
@@ -106,11 +103,7 @@ class DetectorModule(L.LightningModule):
         self._score = DetectionScore()
 
     def configure_optimizers(self) -> dict:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=1e-4)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.lr, total_steps=int(self.trainer.estimated_stepping_batches), pct_start=0.1
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_one_cycle(self, self.lr, pct_start=0.1)
 
 
 def train_detector(
@@ -132,25 +125,14 @@ def train_detector(
         raise InputError(f"{manifest}: the detector needs slices with disc boxes (discs column) in train and valid")
     L.seed_everything(seed, workers=True)
     module = DetectorModule(DiscDetector(config), lr, epochs)
-    work = tempfile.TemporaryDirectory(prefix="lumbarclip-detector-")
-    checkpoint = ModelCheckpoint(dirpath=work.name, monitor="val/f1", mode="max", save_top_k=1, save_weights_only=True)
-    started = time.perf_counter()
-    with work, quiet_lightning():
-        trainer = L.Trainer(
-            max_epochs=epochs, accelerator="auto", devices=1, logger=False, callbacks=[checkpoint],
-            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
-        )  # fmt: skip
-        trainer.fit(
-            module,
-            DataLoader(train_set, batch_size=batch_size, shuffle=True, collate_fn=_collate),
-            DataLoader(valid_set, batch_size=batch_size, collate_fn=_collate),
-        )
-        best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(best)
+    score, name, seconds = fit_best_epoch(
+        module, DataLoader(train_set, batch_size=batch_size, shuffle=True, collate_fn=_collate),
+        DataLoader(valid_set, batch_size=batch_size, collate_fn=_collate), "val/f1", epochs, progress,
+    )  # fmt: skip
     summary = {
         "config": asdict(config), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-        "best_valid_f1": float(checkpoint.best_model_score), "best_epoch_file": Path(checkpoint.best_model_path).name,
-        "train_slices": len(train_set), "valid_slices": len(valid_set), "seconds": round(time.perf_counter() - started, 1),
+        "best_valid_f1": score, "best_epoch_file": name,
+        "train_slices": len(train_set), "valid_slices": len(valid_set), "seconds": seconds,
     }  # fmt: skip
     return module.detector.eval(), summary
 

@@ -13,21 +13,17 @@ per disc class.
 
 from __future__ import annotations
 
-import tempfile
-import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
 from sklearn.metrics import cohen_kappa_score
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from lumbarclip._lightning import quiet_lightning
+from lumbarclip._lightning import adamw_one_cycle, fit_best_epoch
 from lumbarclip.bundle.grader import DISC_CLASSES, PFIRRMANN
 from lumbarclip.data.discs import NAMED_LEVELS, discs_from_json
 from lumbarclip.data.imageio import load_image
@@ -134,11 +130,7 @@ class DiscCNNModule(L.LightningModule):
         self._valid = []
 
     def configure_optimizers(self) -> dict:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=1e-4)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.lr, total_steps=int(self.trainer.estimated_stepping_batches), pct_start=0.15
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_one_cycle(self, self.lr, pct_start=0.15)
 
 
 def train_disc_cnn(
@@ -164,24 +156,13 @@ def train_disc_cnn(
     pos_weight = torch.as_tensor(np.clip((len(train.classes) - pos) / np.maximum(pos, 1), 1.0, 10.0), dtype=torch.float32)
     L.seed_everything(seed, workers=True)
     module = DiscCNNModule(DiscCNN(config), lr, grade_weights, pos_weight)
-    work = tempfile.TemporaryDirectory(prefix="lumbarclip-disc-cnn-")
-    checkpoint = ModelCheckpoint(dirpath=work.name, monitor="val/kappa", mode="max", save_top_k=1, save_weights_only=True)
-    started = time.perf_counter()
-    with work, quiet_lightning():
-        trainer = L.Trainer(
-            max_epochs=epochs, accelerator="auto", devices=1, logger=False, callbacks=[checkpoint],
-            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        )  # fmt: skip
-        trainer.fit(
-            module,
-            DataLoader(DiscCrops(train, config.crop, augment=True, seed=seed), batch_size=batch_size, shuffle=True),
-            DataLoader(DiscCrops(valid, config.crop), batch_size=256),
-        )
-        best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(best)
+    score, name, seconds = fit_best_epoch(
+        module, DataLoader(DiscCrops(train, config.crop, augment=True, seed=seed), batch_size=batch_size, shuffle=True),
+        DataLoader(DiscCrops(valid, config.crop), batch_size=256), "val/kappa", epochs, progress,
+    )  # fmt: skip
     summary = {
         "config": asdict(config), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "input_size": size,
-        "best_valid_kappa_per_disc": float(checkpoint.best_model_score), "best_epoch_file": Path(checkpoint.best_model_path).name,
-        "train_discs": len(train.slice_of), "valid_discs": len(valid.slice_of), "seconds": round(time.perf_counter() - started, 1),
+        "best_valid_kappa_per_disc": score, "best_epoch_file": name,
+        "train_discs": len(train.slice_of), "valid_discs": len(valid.slice_of), "seconds": seconds,
     }  # fmt: skip
     return module.network.eval(), summary
