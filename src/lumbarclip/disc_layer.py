@@ -103,8 +103,9 @@ def _card_section(detector: DiscDetector, figures: dict[str, object]) -> dict[st
         "valid_f1": train.get("best_valid_f1"),  # type: ignore[union-attr]
         "valid_detection": figures.get("detection_valid"),
         "column_rule": figures.get("column_rule"),
-        "levels": "named by order from the sacrum (lowest disc L5-S1), after the column rule chosen on valid "
-        "(boxes off the column of discs dropped, wide gaps counted as missed discs); a transitional vertebra is not guessed",
+        "levels": "named by order from the sacrum (lowest disc L5-S1) after the column rule chosen on valid "
+        "(column_rule: boxes under min_score dropped; column_tolerance > 0 drops boxes off the column of discs; "
+        "gap_ratio > 0 counts wide gaps as missed discs); a transitional vertebra is not guessed",
         "grader": figures["grader"],
         "output": "predict: discs (level, box in image pixels, Pfirrmann grade and class probabilities where validated on valid)",
     }
