@@ -17,8 +17,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # manifest reads the discs column with this module
+    import torch
+
+    from lumbarclip.data.manifest import ImageRecord
 
 LUMBAR_FROM_SACRUM: tuple[str, ...] = ("L5-S1", "L4-L5", "L3-L4", "L2-L3", "L1-L2")
 THORACIC_FROM_LUMBAR: tuple[str, ...] = tuple(
@@ -210,3 +216,18 @@ def discs_from_json(text: str) -> list[Disc]:
         if disc.pfirrmann is not None and disc.pfirrmann not in (1, 2, 3, 4, 5):
             raise ValueError(f"disc {disc.level}: pfirrmann must be 1-5 or null")
     return discs
+
+
+def labelled_slice(record: ImageRecord, size: int) -> tuple[torch.Tensor, np.ndarray, list[Disc]] | None:
+    """A slice with labelled discs as the disc models read it: the model input [1, size, size]
+    (the shared preprocessing, normalised), its discs' boxes in model-input pixels [K, 4], and
+    the discs; None when the record has no discs (nothing is read)."""
+    from lumbarclip.data.imageio import load_image
+    from lumbarclip.data.transforms import MEAN, STD, square_boxes, to_square_tensor
+
+    discs = discs_from_json(record.discs)
+    if not discs:
+        return None
+    pixels = load_image(record.image_path)
+    boxes = square_boxes(np.array([d.box_xyxy for d in discs]), pixels.shape[:2], size)
+    return (to_square_tensor(pixels, size) - MEAN) / STD, boxes, discs

@@ -22,10 +22,10 @@ from lumbarclip.data.discs import NAMED_LEVELS, discs_from_json
 from lumbarclip.data.imageio import load_image
 from lumbarclip.data.manifest import ImageRecord
 from lumbarclip.bundle.grader import DiscGrader
-from lumbarclip.data.transforms import MEAN, STD, square_boxes, to_square_tensor
+from lumbarclip.data.transforms import MEAN, STD, to_square_tensor
+from lumbarclip.evaluation.grades import disc_table
 from lumbarclip.findings import LEVEL_KINDS, Findings, level_kinds
 from lumbarclip.inference.findings import FindingClassifier
-from lumbarclip.inference.grades import disc_features
 from lumbarclip.reports.sentences import split_sentences
 
 #: The finding groups of the target: a group is present at a level when any of its kinds is.
@@ -158,22 +158,16 @@ class LevelDiscs:
 
 
 def level_discs(grader: DiscGrader, extractor: object, records: list[ImageRecord], size: int) -> LevelDiscs:
-    """`LevelDiscs` of the records, read as the grader reads them (its source, at `size`)."""
-    feats, keys, findings, sentences = [], [], [], []
-    for record in records:
-        discs = [d for d in discs_from_json(record.discs) if d.level in NAMED_LEVELS]
-        if not discs:
-            continue
-        pixels = load_image(record.image_path)
-        model_input = (to_square_tensor(pixels, size) - MEAN) / STD
-        boxes = square_boxes(np.array([d.box_xyxy for d in discs]), pixels.shape[:2], size)
-        feats.append(disc_features(grader.source, extractor, model_input, boxes))
-        parsed = Findings.from_json(record.findings) if record.findings else Findings()
-        for disc in discs:
-            keys.append((record.patient_id, disc.level))
-            findings.append(parsed)
-            sentences.append(" ".join(level_sentences(record.report, disc.level)))
-    return LevelDiscs(np.concatenate(feats) if feats else np.zeros((0, 0)), keys, findings, sentences)
+    """`LevelDiscs` of the records, read as the grader reads them (`evaluation.grades.disc_table`)."""
+    table = disc_table(grader.source, extractor, records, size)
+    at_level = np.isin(table.levels, NAMED_LEVELS)
+    by_patient = {r.patient_id: r for r in records}
+    keys = [(str(p), str(lv)) for p, lv in zip(table.patients[at_level], table.levels[at_level])]
+    findings = {pid: Findings.from_json(r.findings) if r.findings else Findings() for pid, r in by_patient.items()}
+    return LevelDiscs(
+        table.features[at_level], keys, [findings[p] for p, _ in keys],
+        [" ".join(level_sentences(by_patient[p].report, lv)) for p, lv in keys],
+    )  # fmt: skip
 
 
 @torch.no_grad()

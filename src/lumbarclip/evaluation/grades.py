@@ -25,10 +25,8 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 from tqdm import tqdm
 
-from lumbarclip.data.discs import NAMED_LEVELS, discs_from_json
-from lumbarclip.data.imageio import load_image
+from lumbarclip.data.discs import NAMED_LEVELS, labelled_slice
 from lumbarclip.data.manifest import ImageRecord
-from lumbarclip.data.transforms import MEAN, STD, square_boxes, to_square_tensor
 from lumbarclip.decision import choose_f1_threshold
 from lumbarclip.evaluation.metrics import expected_calibration_error
 from lumbarclip.bundle.grader import DISC_CLASSES, PFIRRMANN, SOURCES, DiscGrader
@@ -54,12 +52,10 @@ def disc_table(source: str, model: object, records: list[ImageRecord], size: int
     rows: list[np.ndarray] = []
     grade, classes, levels, patients = [], [], [], []
     for record in tqdm(records, desc=f"disc features ({source})", unit="slice", disable=not progress, leave=False):
-        discs = discs_from_json(record.discs)
-        if not discs:
+        read = labelled_slice(record, size)
+        if read is None:
             continue
-        pixels = load_image(record.image_path)
-        model_input = (to_square_tensor(pixels, size) - MEAN) / STD
-        boxes = square_boxes(np.array([d.box_xyxy for d in discs]), pixels.shape[:2], size)
+        model_input, boxes, discs = read
         rows.append(disc_features(source, model, model_input, boxes))
         for d in discs:
             grade.append(d.pfirrmann or 0)

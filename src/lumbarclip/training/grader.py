@@ -25,10 +25,8 @@ from tqdm import tqdm
 
 from lumbarclip._lightning import adamw_one_cycle, fit_best_epoch
 from lumbarclip.bundle.grader import DISC_CLASSES, PFIRRMANN
-from lumbarclip.data.discs import NAMED_LEVELS, discs_from_json
-from lumbarclip.data.imageio import load_image
+from lumbarclip.data.discs import NAMED_LEVELS, labelled_slice
 from lumbarclip.data.manifest import ImageRecord
-from lumbarclip.data.transforms import MEAN, STD, square_boxes, to_square_tensor
 from lumbarclip.errors import InputError
 from lumbarclip.inference.grades import disc_crops
 from lumbarclip.models.disc_cnn import DiscCNN, DiscCNNConfig
@@ -49,12 +47,12 @@ class LabelledDiscs:
 def labelled_discs(records: list[ImageRecord], size: int, progress: bool = False) -> LabelledDiscs:
     inputs, slice_of, boxes, grades, classes = [], [], [], [], []
     for record in tqdm(records, desc="disc crops", unit="slice", disable=not progress, leave=False):
-        discs = discs_from_json(record.discs)
-        if not discs:
+        read = labelled_slice(record, size)
+        if read is None:
             continue
-        pixels = load_image(record.image_path)
-        inputs.append((to_square_tensor(pixels, size) - MEAN) / STD)
-        boxes.append(square_boxes(np.array([d.box_xyxy for d in discs]), pixels.shape[:2], size))
+        model_input, slice_boxes, discs = read
+        inputs.append(model_input)
+        boxes.append(slice_boxes)
         for d in discs:
             slice_of.append(len(inputs) - 1)
             grades.append(d.pfirrmann if d.pfirrmann and d.level in NAMED_LEVELS else 0)
